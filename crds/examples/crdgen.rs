@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", orb_crds::crd_yaml());
+}

@@ -1,0 +1,257 @@
+//! The `AiOrb` custom resource (`hybridcoach.io/v1alpha1`).
+//!
+//! The spec is written once by signaling when the first person joins a room. The status has two
+//! owners, each writing with server-side apply under its own field manager: the operator owns the
+//! lifecycle fields, signaling owns the presence fields (`participants`, `lastActivityTime`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Field manager of every write the operator makes.
+pub const OPERATOR_FIELD_MANAGER: &str = "orb-operator";
+/// Field manager of signaling's presence writes on the status subresource.
+pub const SIGNALING_FIELD_MANAGER: &str = "orb-signaling";
+
+/// Upper bound for every duration in the spec: a day. A coaching call that needs more is a bug.
+pub const MAX_DURATION_SECONDS: i64 = 86_400;
+
+/// Desired state of an AI orb: which room it serves and its optional limits. Unset limits take the
+/// operator's configured defaults.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "hybridcoach.io",
+    version = "v1alpha1",
+    kind = "AiOrb",
+    plural = "aiorbs",
+    singular = "aiorb",
+    shortname = "orb",
+    category = "hybridcoach",
+    namespaced,
+    status = "AiOrbStatus",
+    printcolumn(name = "Room", type_ = "string", json_path = ".spec.roomId"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Participants", type_ = "integer", json_path = ".status.participants"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeName"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.terminationReason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AiOrbSpec {
+    /// The signaling room the orb joins. Immutable: an orb belongs to one room for its whole life.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._~-]*$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("roomId is immutable"))]
+    pub room_id: String,
+    /// The coaching session the call belongs to, passed to the orb for its summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub session_id: Option<String>,
+    /// The coach's user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub coach_id: Option<String>,
+    /// The client's user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub client_id: Option<String>,
+    /// Test mode: deterministic test brain and a short lifetime (the operator's test-mode timeout).
+    #[serde(default)]
+    pub test_mode: bool,
+    /// Hard limit on the orb's life from admission. Default: the operator's `--max-orb-lifetime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_lifetime_seconds: Option<i64>,
+    /// End the orb when the room shows no activity for this long. Default: `--idle-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_timeout_seconds: Option<i64>,
+    /// End the orb when the room has been empty this long. Default: `--empty-room-grace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub empty_room_grace_seconds: Option<i64>,
+}
+
+/// Where an orb is in its life. `Succeeded` and `Failed` are terminal.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum OrbPhase {
+    /// Waiting for capacity (`status.queuePosition` says where in line).
+    Queued,
+    /// Admitted; the pod is being scheduled or started.
+    Starting,
+    /// The orb's pod is ready: it has joined its room.
+    Ready,
+    /// The pod is being stopped (`status.terminationReason` says why).
+    Terminating,
+    /// The orb ended as intended.
+    Succeeded,
+    /// The orb ended with an error (`status.message` has the detail).
+    Failed,
+}
+
+impl OrbPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OrbPhase::Succeeded | OrbPhase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrbPhase::Queued => "Queued",
+            OrbPhase::Starting => "Starting",
+            OrbPhase::Ready => "Ready",
+            OrbPhase::Terminating => "Terminating",
+            OrbPhase::Succeeded => "Succeeded",
+            OrbPhase::Failed => "Failed",
+        }
+    }
+
+    pub const ALL: [OrbPhase; 6] = [
+        OrbPhase::Queued,
+        OrbPhase::Starting,
+        OrbPhase::Ready,
+        OrbPhase::Terminating,
+        OrbPhase::Succeeded,
+        OrbPhase::Failed,
+    ];
+}
+
+/// Why an orb ended (or is ending).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum TerminationReason {
+    /// The orb process finished the session on its own.
+    SessionComplete,
+    /// Everybody left and the empty-room grace period passed.
+    RoomCleanup,
+    /// No activity in the room for the idle timeout.
+    IdleTimeout,
+    /// The orb reached its maximum lifetime.
+    MaxLifetime,
+    /// The orb's pod failed and was not replaced.
+    Error,
+    /// The orb's pod disappeared (node lost, evicted, deleted by hand) and was not replaced.
+    PodLost,
+    /// The AiOrb was deleted.
+    Deleted,
+    /// The spec cannot be run (the message says what is wrong).
+    InvalidSpec,
+}
+
+impl TerminationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::SessionComplete => "SessionComplete",
+            TerminationReason::RoomCleanup => "RoomCleanup",
+            TerminationReason::IdleTimeout => "IdleTimeout",
+            TerminationReason::MaxLifetime => "MaxLifetime",
+            TerminationReason::Error => "Error",
+            TerminationReason::PodLost => "PodLost",
+            TerminationReason::Deleted => "Deleted",
+            TerminationReason::InvalidSpec => "InvalidSpec",
+        }
+    }
+
+    pub const ALL: [TerminationReason; 8] = [
+        TerminationReason::SessionComplete,
+        TerminationReason::RoomCleanup,
+        TerminationReason::IdleTimeout,
+        TerminationReason::MaxLifetime,
+        TerminationReason::Error,
+        TerminationReason::PodLost,
+        TerminationReason::Deleted,
+        TerminationReason::InvalidSpec,
+    ];
+
+    /// Reads a reason the orb wrote as the first word of its termination message.
+    pub fn from_termination_message(message: &str) -> Option<Self> {
+        let word = message.split_whitespace().next()?.trim_end_matches(':');
+        Self::ALL.into_iter().find(|r| r.as_str() == word)
+    }
+}
+
+impl std::fmt::Display for TerminationReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for OrbPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Condition types the operator maintains. `Ready`, `Reconciling` and `Stalled` follow kstatus so
+/// that `kubectl wait --for=condition=Ready` and `helm --wait` understand an orb.
+pub mod condition {
+    pub const ADMITTED: &str = "Admitted";
+    pub const POD_SCHEDULED: &str = "PodScheduled";
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Observed state of an orb.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AiOrbStatus {
+    // ---- owned by the operator ----
+    /// Where the orb is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<OrbPhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// 1-based place in the admission queue while `Queued`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// When the orb was admitted past the concurrency cap; its lifetime counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<Time>,
+    /// When the orb's pod first became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Time>,
+    /// When the orb reached `Succeeded` or `Failed`; finished orbs are deleted a TTL after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The orb's current pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// The node the current pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// How many times a failed pod was replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<i32>,
+    /// Why the orb ended or is ending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_reason: Option<TerminationReason>,
+    /// Human-readable detail of the last transition (the pod's termination message on failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    // ---- owned by signaling ----
+    /// Humans in the room, as signaling last saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<i32>,
+    /// The last join, leave or media activity signaling saw in the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_time: Option<Time>,
+}
+
+impl AiOrb {
+    pub fn phase(&self) -> Option<OrbPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase().is_some_and(OrbPhase::is_terminal)
+    }
+}

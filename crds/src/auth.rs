@@ -1,0 +1,162 @@
+//! Room tokens: the JWT (HS256) every participant presents to signaling. The app backend mints
+//! them for humans, the operator mints one per orb (role `ai`, scoped to its room, expiring with
+//! its lifetime), signaling verifies them. Claims: `room`, `sub` (user id), `role`, `exp`.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Shortest signing key accepted: HS256 keys shorter than the hash output weaken it.
+pub const MIN_SIGNING_KEY_BYTES: usize = 32;
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Coach,
+    Client,
+    Ai,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coach => "coach",
+            Role::Client => "client",
+            Role::Ai => "ai",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct RoomClaims {
+    /// The only room this token opens.
+    pub room: String,
+    /// The user id signaling uses for this participant, whatever the join message says.
+    pub sub: String,
+    pub role: Role,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no room token was presented")]
+    Missing,
+    #[error("the room token has expired")]
+    Expired,
+    #[error("the room token is for another room")]
+    WrongRoom,
+    #[error("the room token's signature does not match")]
+    BadSignature,
+    #[error("the room token is malformed: {0}")]
+    Malformed(String),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("the signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes (got {0})")]
+pub struct WeakKeyError(pub usize);
+
+/// The shared HS256 secret of the operator and signaling.
+#[derive(Clone)]
+pub struct SigningKey(Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
+}
+
+impl SigningKey {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, WeakKeyError> {
+        // A key read from a file or Secret usually ends with a newline nobody meant as key material.
+        let mut bytes = bytes.into();
+        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            bytes.pop();
+        }
+        if bytes.len() < MIN_SIGNING_KEY_BYTES {
+            return Err(WeakKeyError(bytes.len()));
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn mint(&self, claims: &RoomClaims) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(&self.0),
+        )
+        .expect("HS256 encoding of plain claims cannot fail")
+    }
+
+    /// Verifies signature, expiry and that the token opens `room`.
+    pub fn verify(&self, token: &str, room: &str) -> Result<RoomClaims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp"]);
+        let data = jsonwebtoken::decode::<RoomClaims>(token, &DecodingKey::from_secret(&self.0), &validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed(e.to_string()),
+            },
+        )?;
+        if data.claims.room != room {
+            return Err(AuthError::WrongRoom);
+        }
+        Ok(data.claims)
+    }
+}
+
+/// Seconds since the Unix epoch, for `exp`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> SigningKey {
+        SigningKey::new(vec![b; 32]).unwrap()
+    }
+
+    fn claims(room: &str, exp: u64) -> RoomClaims {
+        RoomClaims {
+            room: room.into(),
+            sub: "coach-1".into(),
+            role: Role::Coach,
+            exp,
+        }
+    }
+
+    #[test]
+    fn a_valid_token_opens_its_room_only() {
+        let t = key(1).mint(&claims("room-a", unix_now() + 60));
+        assert_eq!(key(1).verify(&t, "room-a").unwrap().sub, "coach-1");
+        assert_eq!(key(1).verify(&t, "room-b"), Err(AuthError::WrongRoom));
+    }
+
+    #[test]
+    fn bad_tokens_say_why() {
+        let expired = key(1).mint(&claims("r", unix_now() - 3600));
+        assert_eq!(key(1).verify(&expired, "r"), Err(AuthError::Expired));
+        let other = key(2).mint(&claims("r", unix_now() + 60));
+        assert_eq!(key(1).verify(&other, "r"), Err(AuthError::BadSignature));
+        assert_eq!(key(1).verify("", "r"), Err(AuthError::Missing));
+        assert!(matches!(key(1).verify("not.a.jwt", "r"), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn short_keys_are_refused_and_trailing_newlines_ignored() {
+        assert_eq!(SigningKey::new(b"short".to_vec()).unwrap_err(), WeakKeyError(5));
+        let mut k = vec![7u8; 32];
+        k.push(b'\n');
+        let t = SigningKey::new(k).unwrap().mint(&claims("r", unix_now() + 60));
+        assert!(key(7).verify(&t, "r").is_ok());
+    }
+}

@@ -1,0 +1,20 @@
+//! The API of the orb system: the `AiOrb` custom resource and the contracts the operator,
+//! signaling and the orb share (room naming, room tokens, the duration format).
+
+pub mod aiorb;
+pub mod auth;
+pub mod duration;
+pub mod naming;
+
+pub use aiorb::{
+    AiOrb, AiOrbSpec, AiOrbStatus, MAX_DURATION_SECONDS, OPERATOR_FIELD_MANAGER, OrbPhase, SIGNALING_FIELD_MANAGER,
+    TerminationReason, condition,
+};
+
+use kube::CustomResourceExt;
+
+/// The CRD manifests, as YAML documents, in the order they should be applied.
+pub fn crd_yaml() -> String {
+    let crd = AiOrb::crd();
+    format!("---\n{}", serde_yaml::to_string(&crd).expect("a CRD always serialises"))
+}

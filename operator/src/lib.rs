@@ -1,0 +1,1 @@
+//! orb-operator

@@ -1,0 +1,268 @@
+//! The wire protocol of `/ws-simple/{roomId}` (seed 001, kept wire-compatible): JSON text frames
+//! with a `type` tag and camelCase fields. This module is the single definition of the protocol;
+//! the orb's signaling client uses these same types.
+//!
+//! SDP and ICE payloads (`offer`, `answer`, `candidate`) are relayed untouched as raw JSON, so a
+//! browser's `RTCSessionDescriptionInit` / `RTCIceCandidateInit` round-trips exactly.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `userRole` of a participant.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    Coach,
+    Client,
+    Ai,
+}
+
+/// `participantType`: the AI never creates offers; humans do.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ParticipantType {
+    #[default]
+    Human,
+    Ai,
+}
+
+/// `ai_status.status`. `queued`, `starting` and `unavailable` are sent by signaling on the orb's
+/// behalf before the orb itself is in the room.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AiStatus {
+    Queued,
+    Starting,
+    Ready,
+    Listening,
+    Processing,
+    Speaking,
+    Unavailable,
+    Ended,
+}
+
+/// A peer as listed in `peer-discovery`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    pub user_id: String,
+    pub user_role: UserRole,
+    pub participant_type: ParticipantType,
+}
+
+/// Messages a client (browser or orb) sends to signaling.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientMessage {
+    #[serde(rename_all = "camelCase")]
+    Join {
+        #[serde(default)]
+        room_id: Option<String>,
+        #[serde(default)]
+        user_id: Option<String>,
+        #[serde(default)]
+        user_role: Option<UserRole>,
+        #[serde(default)]
+        user_name: Option<String>,
+        #[serde(default)]
+        participant_type: Option<ParticipantType>,
+    },
+    Offer(Relay),
+    Answer(Relay),
+    IceCandidate(Relay),
+    Leave,
+    Ping,
+    #[serde(rename = "ai_status", rename_all = "camelCase")]
+    AiStatus {
+        status: AiStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+    },
+    /// Orb → server control messages of seed 001, carried as-is.
+    #[serde(rename = "orb_ready")]
+    OrbReady(Value),
+    #[serde(rename = "orb_heartbeat")]
+    OrbHeartbeat(Value),
+    #[serde(rename = "orb_error")]
+    OrbError(Value),
+    #[serde(rename = "session_summary")]
+    SessionSummary(Value),
+}
+
+/// The body of `offer`, `answer` and `ice-candidate`. The sender's `fromId` is never trusted: the
+/// server overwrites it. `toId` (or the seed's alias `targetId`) targets one peer; without it the
+/// message is broadcast to the room.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Relay {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Value>,
+}
+
+impl Relay {
+    /// The addressed peer: `toId`, else `targetId`.
+    pub fn target(&self) -> Option<&str> {
+        self.to_id.as_deref().or(self.target_id.as_deref())
+    }
+}
+
+/// Messages signaling sends to a client.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage {
+    PeerDiscovery {
+        peers: Vec<PeerInfo>,
+    },
+    #[serde(rename_all = "camelCase")]
+    UserJoined {
+        user_id: String,
+        user_role: UserRole,
+        participant_type: ParticipantType,
+        should_create_offer: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    UserLeft {
+        user_id: String,
+        user_role: UserRole,
+    },
+    Offer(Relay),
+    Answer(Relay),
+    IceCandidate(Relay),
+    Pong,
+    #[serde(rename = "ai_status", rename_all = "camelCase")]
+    AiStatus {
+        status: AiStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_id: Option<String>,
+    },
+    /// The orb's session summary, delivered to the room's coach.
+    #[serde(rename = "session_summary")]
+    SessionSummary(Value),
+    /// Bad input from this socket; sent to that socket only.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Machine-readable reason of an `error` message.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    UnknownType,
+    InvalidMessage,
+    NotJoined,
+    AlreadyJoined,
+    FrameTooLarge,
+    RateLimited,
+    RoomFull,
+    Unauthorized,
+    UnknownPeer,
+    BinaryNotSupported,
+}
+
+/// Seed 001's offer rule, evaluated for an `existing` participant when `joining` arrives: should
+/// `existing` create the offer? The AI never offers; between humans the smaller userId offers.
+pub fn should_create_offer(existing: &PeerInfo, joining: &PeerInfo) -> bool {
+    if existing.participant_type == ParticipantType::Ai {
+        return false;
+    }
+    if joining.participant_type == ParticipantType::Ai {
+        return true;
+    }
+    existing.user_id < joining.user_id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seed_join_message_parses() {
+        let m: ClientMessage = serde_json::from_value(json!({
+            "type": "join", "roomId": "room123", "userId": "user456", "userRole": "coach",
+            "userName": "John Doe", "participantType": "human"
+        }))
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Join {
+                user_role: Some(UserRole::Coach),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn relay_keeps_browser_payloads_verbatim() {
+        let raw = json!({"type": "ice-candidate", "toId": "ai-1",
+            "candidate": {"candidate": "candidate:1 1 udp 1 10.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}});
+        let m: ClientMessage = serde_json::from_value(raw.clone()).unwrap();
+        let ClientMessage::IceCandidate(relay) = m else {
+            panic!()
+        };
+        let out = serde_json::to_value(ServerMessage::IceCandidate(Relay {
+            from_id: Some("coach-1".into()),
+            ..relay
+        }))
+        .unwrap();
+        assert_eq!(out["candidate"], raw["candidate"]);
+        assert_eq!(out["fromId"], "coach-1");
+        assert_eq!(out["type"], "ice-candidate");
+    }
+
+    #[test]
+    fn server_messages_use_seed_names() {
+        let v = serde_json::to_value(ServerMessage::UserJoined {
+            user_id: "u".into(),
+            user_role: UserRole::Client,
+            participant_type: ParticipantType::Human,
+            should_create_offer: true,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "user-joined", "userId": "u", "userRole": "client", "participantType": "human", "shouldCreateOffer": true})
+        );
+        assert_eq!(
+            serde_json::to_value(ServerMessage::Pong).unwrap(),
+            json!({"type": "pong"})
+        );
+        assert_eq!(
+            serde_json::to_value(ServerMessage::PeerDiscovery { peers: vec![] }).unwrap(),
+            json!({"type": "peer-discovery", "peers": []})
+        );
+    }
+
+    #[test]
+    fn offer_rule() {
+        let human = |id: &str| PeerInfo {
+            user_id: id.into(),
+            user_role: UserRole::Coach,
+            participant_type: ParticipantType::Human,
+        };
+        let ai = PeerInfo {
+            user_id: "ai".into(),
+            user_role: UserRole::Ai,
+            participant_type: ParticipantType::Ai,
+        };
+        assert!(should_create_offer(&human("b"), &ai), "humans offer to a joining AI");
+        assert!(!should_create_offer(&ai, &human("a")), "the AI never offers");
+        assert!(should_create_offer(&human("a"), &human("b")), "the smaller id offers");
+        assert!(!should_create_offer(&human("b"), &human("a")));
+    }
+}
