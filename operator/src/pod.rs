@@ -1,0 +1,397 @@
+//! The objects the operator creates for an orb, built by pure functions from the AiOrb and the
+//! configuration: the orb's pod and the Secret holding its signaling token.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction,
+    LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use orb_crds::AiOrb;
+use orb_crds::naming::{pod_name, token_secret_name};
+
+use crate::config::PodSettings;
+
+/// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
+pub const TERMINATION_GRACE_SECONDS: i64 = 10;
+/// Added to the remaining lifetime for `activeDeadlineSeconds`, so the kubelet's backstop only
+/// fires when the operator's own MaxLifetime termination did not.
+pub const ACTIVE_DEADLINE_MARGIN: Duration = Duration::from_secs(60);
+/// The orb's HTTP port (health, readiness, metrics).
+pub const ORB_HTTP_PORT: i32 = 9090;
+/// Non-root uid/gid of the orb image.
+pub const ORB_UID: i64 = 65532;
+/// The key of the token in the per-orb Secret.
+pub const TOKEN_KEY: &str = "token";
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_ORB: &str = "hybridcoach.io/orb";
+pub const LABEL_ATTEMPT: &str = "hybridcoach.io/attempt";
+/// Selects every object the operator manages (its pod watch uses it).
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=orb-operator";
+
+fn labels(orb: &AiOrb) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.into(), "orb".into()),
+        ("app.kubernetes.io/component".into(), "ai-orb".into()),
+        (LABEL_MANAGED_BY.into(), "orb-operator".into()),
+        (LABEL_ORB.into(), orb.name_any()),
+    ])
+}
+
+fn owned_meta(orb: &AiOrb, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: orb.namespace(),
+        labels: Some(labels),
+        owner_references: orb.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+/// The per-orb Secret with the orb's room token; owned by the AiOrb so it goes with it.
+pub fn build_token_secret(orb: &AiOrb, token: &str) -> Secret {
+    Secret {
+        metadata: owned_meta(orb, token_secret_name(&orb.name_any()), labels(orb)),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.into(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(5),
+        ..Default::default()
+    }
+}
+
+/// The pod for one attempt of an orb. `lifetime_left` is what remains of its lifetime, so a
+/// replacement pod does not get a fresh full lifetime.
+pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, lifetime_left: Duration) -> Pod {
+    let spec = &orb.spec;
+    let orb_name = orb.name_any();
+    let mut args = vec![
+        format!("--room={}", spec.room_id),
+        format!("--signaling-url={}", settings.signaling_url),
+    ];
+    for (flag, value) in [
+        ("session", &spec.session_id),
+        ("coach", &spec.coach_id),
+        ("client", &spec.client_id),
+    ] {
+        if let Some(v) = value {
+            args.push(format!("--{flag}={v}"));
+        }
+    }
+    let lifetime_secs = lifetime_left.as_secs().max(1);
+    args.push(format!("--max-lifetime={lifetime_secs}s"));
+    if let Some(idle) = spec.idle_timeout_seconds {
+        args.push(format!("--idle-timeout={idle}s"));
+    }
+    if spec.test_mode {
+        args.push("--test-mode".into());
+    }
+
+    let mut env_vars = vec![
+        EnvVar {
+            name: "ORB_SIGNALING_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: token_secret_name(&orb_name),
+                    key: TOKEN_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("ORB_HTTP_ADDR", format!("0.0.0.0:{ORB_HTTP_PORT}")),
+    ];
+    env_vars.extend(settings.extra_env.iter().cloned());
+
+    let mut resources: ResourceRequirements = settings.resources.clone();
+    if settings.gpu_count > 0 {
+        // Extended resources must be requested as limits (requests default to them).
+        let gpus = Quantity(settings.gpu_count.to_string());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(settings.gpu_resource.clone(), gpus);
+    }
+
+    let mut pod_labels = labels(orb);
+    pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    Pod {
+        metadata: owned_meta(orb, pod_name(&orb_name, attempt), pod_labels),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            active_deadline_seconds: Some((lifetime_secs + ACTIVE_DEADLINE_MARGIN.as_secs()) as i64),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            node_selector: Some(settings.node_selector.clone()).filter(|m| !m.is_empty()),
+            tolerations: Some(settings.tolerations.clone()).filter(|t| !t.is_empty()),
+            runtime_class_name: settings.runtime_class.clone(),
+            image_pull_secrets: Some(
+                settings
+                    .image_pull_secrets
+                    .iter()
+                    .map(|n| LocalObjectReference { name: n.clone() })
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|s| !s.is_empty()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(ORB_UID),
+                run_as_group: Some(ORB_UID),
+                fs_group: Some(ORB_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: "orb".into(),
+                image: Some(settings.image.clone()),
+                image_pull_policy: Some(settings.image_pull_policy.clone()),
+                args: Some(args),
+                env: Some(env_vars),
+                env_from: Some(
+                    settings
+                        .env_from_secrets
+                        .iter()
+                        .map(|s| EnvFromSource {
+                            secret_ref: Some(SecretEnvSource {
+                                name: s.clone(),
+                                optional: Some(false),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .filter(|v| !v.is_empty()),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: ORB_HTTP_PORT,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                resources: Some(resources),
+                // Seed: an orb silent for 60 s is unresponsive, for 120 s it is killed.
+                readiness_probe: Some(probe("/readyz", 10, 6)),
+                liveness_probe: Some(probe("/healthz", 30, 4)),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    run_as_non_root: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                termination_message_path: Some("/dev/termination-log".into()),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity("64Mi".into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Toleration;
+    use orb_crds::AiOrbSpec;
+
+    fn orb() -> AiOrb {
+        let mut orb = AiOrb::new(
+            "room-1",
+            AiOrbSpec {
+                room_id: "room-1".into(),
+                session_id: Some("s-1".into()),
+                coach_id: Some("coach-1".into()),
+                test_mode: true,
+                idle_timeout_seconds: Some(120),
+                ..Default::default()
+            },
+        );
+        orb.metadata.namespace = Some("calls".into());
+        orb.metadata.uid = Some("uid-1".into());
+        orb
+    }
+
+    fn settings() -> PodSettings {
+        PodSettings {
+            image: "registry.example/orb:1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            signaling_url: "ws://orb-signaling:8080".into(),
+            gpu_resource: "nvidia.com/gpu".into(),
+            gpu_count: 1,
+            node_selector: BTreeMap::from([("gpu".into(), "true".into())]),
+            tolerations: vec![Toleration {
+                key: Some("nvidia.com/gpu".into()),
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }],
+            runtime_class: Some("nvidia".into()),
+            image_pull_secrets: vec!["regcred".into()],
+            extra_env: vec![env("RUST_LOG", "info")],
+            env_from_secrets: vec!["ai-keys".into()],
+            resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_pod_carries_every_setting_and_the_safety_defaults() {
+        let pod = build_pod(&orb(), &settings(), 2, Duration::from_secs(30));
+        assert_eq!(pod.metadata.name.as_deref(), Some("orb-room-1-2"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("calls"));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("AiOrb", "uid-1", Some(true))
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(10));
+        assert_eq!(spec.active_deadline_seconds, Some(90));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(spec.node_selector.unwrap()["gpu"], "true");
+        assert_eq!(spec.tolerations.unwrap().len(), 1);
+        assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(spec.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/orb:1.0"));
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "--room=room-1",
+                "--signaling-url=ws://orb-signaling:8080",
+                "--session=s-1",
+                "--coach=coach-1",
+                "--max-lifetime=30s",
+                "--idle-timeout=120s",
+                "--test-mode"
+            ]
+        );
+        let env = c.env.as_ref().unwrap();
+        let token = env.iter().find(|e| e.name == "ORB_SIGNALING_TOKEN").unwrap();
+        assert!(token.value.is_none(), "the token never appears in the pod spec");
+        assert_eq!(
+            token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name,
+            "orb-room-1-token"
+        );
+        assert!(env.iter().any(|e| e.name == "RUST_LOG"));
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name,
+            "ai-keys"
+        );
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"],
+            Quantity("1".into())
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &["ALL"]);
+    }
+
+    #[test]
+    fn no_gpu_and_no_optional_settings_leave_fields_unset() {
+        let bare = PodSettings {
+            gpu_count: 0,
+            image: "orb".into(),
+            ..Default::default()
+        };
+        let spec = build_pod(&orb(), &bare, 0, Duration::from_secs(7200)).spec.unwrap();
+        assert!(spec.node_selector.is_none() && spec.tolerations.is_none() && spec.image_pull_secrets.is_none());
+        assert!(spec.containers[0].resources.as_ref().unwrap().limits.is_none());
+        assert!(spec.containers[0].env_from.is_none());
+    }
+
+    #[test]
+    fn the_token_secret_is_owned_by_the_orb() {
+        let s = build_token_secret(&orb(), "jwt");
+        assert_eq!(s.metadata.name.as_deref(), Some("orb-room-1-token"));
+        assert_eq!(s.data.unwrap()[TOKEN_KEY].0, b"jwt");
+        assert_eq!(s.metadata.owner_references.unwrap()[0].name, "room-1");
+    }
+}

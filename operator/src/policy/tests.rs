@@ -1,0 +1,692 @@
+use super::*;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodSpec, PodStatus,
+};
+use proptest::prelude::*;
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn entry(i: usize, created: i64) -> AdmissionEntry {
+    AdmissionEntry {
+        uid: format!("uid-{i:03}"),
+        key: format!("ns/orb-{i:03}"),
+        created: t(created),
+        phase: None,
+        admitted: false,
+        deleting: false,
+        valid: true,
+    }
+}
+
+fn admitted(mut e: AdmissionEntry, phase: OrbPhase) -> AdmissionEntry {
+    e.admitted = true;
+    e.phase = Some(phase);
+    e
+}
+
+// ---- admission ----
+
+#[test]
+fn admits_oldest_first_up_to_the_cap_and_queues_the_rest_in_order() {
+    let orbs: Vec<_> = (0..5).map(|i| entry(i, 10 - i as i64)).collect();
+    let plan = plan_admission(&orbs, &BTreeSet::new(), 2);
+    assert_eq!(plan.admit, vec!["uid-004", "uid-003"]);
+    assert_eq!(
+        plan.queue,
+        vec![("uid-002".into(), 1), ("uid-001".into(), 2), ("uid-000".into(), 3)]
+    );
+    assert_eq!(
+        plan.ledger,
+        BTreeSet::from(["uid-003".to_string(), "uid-004".to_string()])
+    );
+}
+
+#[test]
+fn creation_time_ties_break_by_namespace_and_name() {
+    let mut a = entry(1, 0);
+    a.key = "b/orb".into();
+    let mut b = entry(2, 0);
+    b.key = "a/orb".into();
+    let plan = plan_admission(&[a, b], &BTreeSet::new(), 1);
+    assert_eq!(plan.admit, vec!["uid-002"]);
+    assert_eq!(plan.queue, vec![("uid-001".into(), 1)]);
+}
+
+#[test]
+fn a_hundred_orbs_racing_for_eight_slots() {
+    let orbs: Vec<_> = (0..100).map(|i| entry(i, (i * 7 % 13) as i64)).collect();
+    let plan = plan_admission(&orbs, &BTreeSet::new(), 8);
+    assert_eq!(plan.admit.len(), 8);
+    assert_eq!(plan.queue.len(), 92);
+    let positions: Vec<i32> = plan.queue.iter().map(|(_, p)| *p).collect();
+    assert_eq!(positions, (1..=92).collect::<Vec<_>>());
+    // Everyone admitted is at least as old as everyone queued.
+    let created = |uid: &str| orbs.iter().find(|o| o.uid == uid).unwrap().created;
+    let newest_admitted = plan.admit.iter().map(|u| created(u)).max().unwrap();
+    assert!(plan.queue.iter().all(|(u, _)| created(u) >= newest_admitted));
+}
+
+#[test]
+fn capacity_freed_by_a_finished_orb_goes_to_the_head_of_the_queue() {
+    let mut orbs: Vec<_> = (0..8).map(|i| admitted(entry(i, i as i64), OrbPhase::Ready)).collect();
+    orbs.push(entry(8, 100));
+    orbs.push(entry(9, 101));
+    let full = plan_admission(&orbs, &BTreeSet::new(), 8);
+    assert!(full.admit.is_empty());
+    assert_eq!(full.queue, vec![("uid-008".into(), 1), ("uid-009".into(), 2)]);
+
+    orbs[3].phase = Some(OrbPhase::Succeeded);
+    let freed = plan_admission(&orbs, &full.ledger, 8);
+    assert_eq!(freed.admit, vec!["uid-008"]);
+    assert_eq!(freed.queue, vec![("uid-009".into(), 1)]);
+    assert!(!freed.ledger.contains("uid-003"));
+}
+
+#[test]
+fn terminating_and_deleting_orbs_still_hold_their_slot() {
+    let mut deleting = admitted(entry(1, 0), OrbPhase::Ready);
+    deleting.deleting = true;
+    let orbs = vec![admitted(entry(0, 0), OrbPhase::Terminating), deleting, entry(2, 5)];
+    let plan = plan_admission(&orbs, &BTreeSet::new(), 2);
+    assert!(plan.admit.is_empty());
+    assert_eq!(plan.queue, vec![("uid-002".into(), 1)]);
+}
+
+#[test]
+fn after_a_restart_eight_running_orbs_leave_no_room() {
+    // A fresh operator knows nothing but what the API says: the status and the ledger.
+    let mut orbs: Vec<_> = (0..8).map(|i| admitted(entry(i, i as i64), OrbPhase::Ready)).collect();
+    orbs.extend((8..20).map(|i| entry(i, i as i64)));
+    for ledger in [BTreeSet::new(), orbs[..8].iter().map(|o| o.uid.clone()).collect()] {
+        let plan = plan_admission(&orbs, &ledger, 8);
+        assert!(plan.admit.is_empty());
+        assert_eq!(plan.queue.len(), 12);
+    }
+}
+
+#[test]
+fn ledger_entries_without_status_count_and_get_their_status_finished() {
+    // The previous leader wrote the ledger but died before the status write.
+    let orbs: Vec<_> = (0..4).map(|i| entry(i, i as i64)).collect();
+    let ledger = BTreeSet::from(["uid-002".to_string()]);
+    let plan = plan_admission(&orbs, &ledger, 2);
+    assert_eq!(plan.admit, vec!["uid-002", "uid-000"]);
+    assert_eq!(plan.queue, vec![("uid-001".into(), 1), ("uid-003".into(), 2)]);
+}
+
+#[test]
+fn invalid_deleting_and_finished_orbs_are_never_admitted() {
+    let mut invalid = entry(0, 0);
+    invalid.valid = false;
+    let mut deleting = entry(1, 0);
+    deleting.deleting = true;
+    let mut failed = entry(2, 0);
+    failed.phase = Some(OrbPhase::Failed);
+    let plan = plan_admission(&[invalid, deleting, failed], &BTreeSet::new(), 8);
+    assert!(plan.admit.is_empty() && plan.queue.is_empty() && plan.ledger.is_empty());
+}
+
+proptest! {
+    /// Whatever the mix of states and ledger, a pass never leaves more than `cap` orbs holding
+    /// capacity unless they already held it before the pass.
+    #[test]
+    fn never_over_admits(
+        states in prop::collection::vec((0u8..8, any::<bool>(), any::<bool>(), 0i64..50), 0..60),
+        ledger_bits in prop::collection::vec(any::<bool>(), 60),
+        cap in 0usize..12,
+    ) {
+        let phases = [None, Some(OrbPhase::Queued), Some(OrbPhase::Starting), Some(OrbPhase::Ready),
+            Some(OrbPhase::Terminating), Some(OrbPhase::Succeeded), Some(OrbPhase::Failed), Some(OrbPhase::Starting)];
+        let orbs: Vec<AdmissionEntry> = states.iter().enumerate().map(|(i, (p, adm, del, c))| {
+            let mut e = entry(i, *c);
+            e.phase = phases[*p as usize];
+            e.admitted = *adm && e.phase != Some(OrbPhase::Queued) && e.phase.is_some();
+            e.deleting = *del;
+            e
+        }).collect();
+        let ledger: BTreeSet<String> =
+            orbs.iter().zip(&ledger_bits).filter(|(_, b)| **b).map(|(o, _)| o.uid.clone()).collect();
+        let before = orbs.iter().filter(|o| !o.phase.is_some_and(OrbPhase::is_terminal)
+            && (o.admitted || ledger.contains(&o.uid))).count();
+        let plan = plan_admission(&orbs, &ledger, cap);
+        prop_assert!(plan.ledger.len() <= cap.max(before));
+        // Feeding the result back in admits nothing new: the plan is a fixed point.
+        let mut after = orbs.clone();
+        for o in &mut after { if plan.ledger.contains(&o.uid) { o.admitted = true; } }
+        let again = plan_admission(&after, &plan.ledger, cap);
+        prop_assert!(again.admit.is_empty());
+        prop_assert_eq!(again.ledger, plan.ledger);
+    }
+}
+
+// ---- limits and deadlines ----
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+fn orb_limits_of(spec: &AiOrbSpec) -> OrbLimits {
+    orb_limits(spec, &limits())
+}
+
+#[test]
+fn spec_values_override_defaults_and_test_mode_caps_the_lifetime() {
+    let plain = orb_limits_of(&AiOrbSpec::default());
+    assert_eq!(plain.lifetime, Duration::from_secs(7200));
+    assert_eq!(plain.idle_timeout, Duration::from_secs(300));
+    assert_eq!(plain.empty_room_grace, Duration::from_secs(60));
+
+    let spec = AiOrbSpec {
+        max_lifetime_seconds: Some(600),
+        idle_timeout_seconds: Some(9),
+        ..Default::default()
+    };
+    assert_eq!(orb_limits_of(&spec).lifetime, Duration::from_secs(600));
+    assert_eq!(orb_limits_of(&spec).idle_timeout, Duration::from_secs(9));
+
+    let test = AiOrbSpec {
+        test_mode: true,
+        max_lifetime_seconds: Some(600),
+        ..Default::default()
+    };
+    assert_eq!(orb_limits_of(&test).lifetime, Duration::from_secs(30));
+    let short_test = AiOrbSpec {
+        test_mode: true,
+        max_lifetime_seconds: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(orb_limits_of(&short_test).lifetime, Duration::from_secs(5));
+}
+
+fn clock(admitted: i64, participants: Option<i32>, activity: Option<i64>) -> OrbClock {
+    OrbClock {
+        created: t(0),
+        admitted_at: Some(t(admitted)),
+        participants,
+        last_activity: activity.map(t),
+    }
+}
+
+#[test]
+fn max_lifetime_fires_at_admission_plus_lifetime() {
+    let l = OrbLimits {
+        lifetime: Duration::from_secs(100),
+        idle_timeout: Duration::from_secs(1000),
+        empty_room_grace: Duration::from_secs(60),
+    };
+    let d = deadlines(&clock(10, Some(2), Some(50)), &l);
+    assert_eq!(due_deadline(&d, t(109)), None);
+    assert_eq!(
+        due_deadline(&d, t(110)),
+        Some(Deadline {
+            reason: TerminationReason::MaxLifetime,
+            at: t(110)
+        })
+    );
+    assert_eq!(next_deadline(&d, t(50)), Some(t(110)));
+}
+
+#[test]
+fn room_cleanup_fires_only_while_the_room_is_empty() {
+    let l = orb_limits_of(&AiOrbSpec::default());
+    let occupied = deadlines(&clock(0, Some(1), Some(100)), &l);
+    assert!(occupied.iter().all(|d| d.reason != TerminationReason::RoomCleanup));
+    let empty = deadlines(&clock(0, Some(0), Some(100)), &l);
+    assert_eq!(due_deadline(&empty, t(159)), None);
+    assert_eq!(
+        due_deadline(&empty, t(160)).unwrap().reason,
+        TerminationReason::RoomCleanup
+    );
+    // Not reported yet is not empty.
+    let unknown = deadlines(&clock(0, None, None), &l);
+    assert!(unknown.iter().all(|d| d.reason != TerminationReason::RoomCleanup));
+}
+
+#[test]
+fn idle_timeout_counts_from_the_last_activity_or_admission() {
+    let l = orb_limits_of(&AiOrbSpec::default());
+    let d = deadlines(&clock(0, Some(2), Some(1000)), &l);
+    assert_eq!(due_deadline(&d, t(1299)), None);
+    assert_eq!(
+        due_deadline(&d, t(1300)).unwrap().reason,
+        TerminationReason::IdleTimeout
+    );
+    let silent = deadlines(&clock(50, Some(2), None), &l);
+    assert_eq!(
+        due_deadline(&silent, t(350)).unwrap().reason,
+        TerminationReason::IdleTimeout
+    );
+    // Activity reported before admission does not shorten the admitted orb's idle window.
+    let early = deadlines(&clock(500, Some(2), Some(10)), &l);
+    assert_eq!(due_deadline(&early, t(799)), None);
+}
+
+#[test]
+fn the_earliest_due_deadline_wins_and_ties_go_to_the_hard_limit() {
+    let l = OrbLimits {
+        lifetime: Duration::from_secs(100),
+        idle_timeout: Duration::from_secs(30),
+        empty_room_grace: Duration::from_secs(10),
+    };
+    // Empty since 20: cleanup at 30, idle at 50, lifetime at 100 — all due at 200.
+    let d = deadlines(&clock(0, Some(0), Some(20)), &l);
+    assert_eq!(
+        due_deadline(&d, t(200)).unwrap(),
+        Deadline {
+            reason: TerminationReason::RoomCleanup,
+            at: t(30)
+        }
+    );
+    // All three at the same instant.
+    let same = OrbLimits {
+        lifetime: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(60),
+        empty_room_grace: Duration::from_secs(60),
+    };
+    let d = deadlines(&clock(0, Some(0), Some(0)), &same);
+    assert_eq!(due_deadline(&d, t(60)).unwrap().reason, TerminationReason::MaxLifetime);
+    // Idle and cleanup tie without a lifetime involved: cleanup is the better explanation.
+    let tie = OrbLimits {
+        lifetime: Duration::from_secs(1000),
+        idle_timeout: Duration::from_secs(60),
+        empty_room_grace: Duration::from_secs(60),
+    };
+    let d = deadlines(&clock(0, Some(0), Some(0)), &tie);
+    assert_eq!(due_deadline(&d, t(60)).unwrap().reason, TerminationReason::RoomCleanup);
+}
+
+// ---- pods ----
+
+fn pod(phase: &str) -> Pod {
+    Pod {
+        spec: Some(PodSpec {
+            node_name: Some("gpu-1".into()),
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn with_ready(mut p: Pod, ready: bool) -> Pod {
+    let s = p.status.as_mut().unwrap();
+    s.conditions = Some(vec![PodCondition {
+        type_: "Ready".into(),
+        status: if ready { "True" } else { "False" }.into(),
+        ..Default::default()
+    }]);
+    p
+}
+
+fn with_termination_message(mut p: Pod, message: &str) -> Pod {
+    p.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+        name: "orb".into(),
+        state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                message: Some(message.into()),
+                exit_code: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    p
+}
+
+#[test]
+fn every_pod_state_is_observed() {
+    assert_eq!(observe_pod(None), PodState::Missing);
+    assert_eq!(
+        observe_pod(Some(&pod("Pending"))),
+        PodState::Pending {
+            node: Some("gpu-1".into())
+        }
+    );
+    assert_eq!(
+        observe_pod(Some(&with_ready(pod("Running"), false))),
+        PodState::Running {
+            ready: false,
+            node: Some("gpu-1".into())
+        }
+    );
+    assert_eq!(
+        observe_pod(Some(&with_ready(pod("Running"), true))),
+        PodState::Running {
+            ready: true,
+            node: Some("gpu-1".into())
+        }
+    );
+    assert_eq!(
+        observe_pod(Some(&pod("Succeeded"))),
+        PodState::Succeeded { message: None }
+    );
+    assert_eq!(
+        observe_pod(Some(&with_termination_message(pod("Failed"), "Error: brain crashed\n"))),
+        PodState::Failed {
+            reason: None,
+            message: Some("Error: brain crashed".into())
+        }
+    );
+    assert_eq!(
+        observe_pod(Some(&pod("Failed"))),
+        PodState::Failed {
+            reason: None,
+            message: None
+        }
+    );
+    let mut deleting = with_ready(pod("Running"), true);
+    deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(0)));
+    assert_eq!(observe_pod(Some(&deleting)), PodState::Deleting);
+    assert_eq!(tracked_phase(&PodState::Pending { node: None }), OrbPhase::Starting);
+    assert_eq!(
+        tracked_phase(&PodState::Running {
+            ready: false,
+            node: None
+        }),
+        OrbPhase::Starting
+    );
+    assert_eq!(
+        tracked_phase(&PodState::Running {
+            ready: true,
+            node: None
+        }),
+        OrbPhase::Ready
+    );
+}
+
+fn view(phase: OrbPhase) -> OrbView {
+    OrbView {
+        phase: Some(phase),
+        clock: clock(0, Some(2), Some(0)),
+        has_pod: true,
+        ..Default::default()
+    }
+}
+
+fn step(v: &OrbView, pod: &PodState, now: i64) -> Step {
+    decide(v, pod, &orb_limits_of(&AiOrbSpec::default()), &limits(), t(now)).step
+}
+
+#[test]
+fn the_step_that_follows_every_pod_state() {
+    let running = PodState::Running {
+        ready: true,
+        node: None,
+    };
+    let v = view(OrbPhase::Starting);
+    assert_eq!(
+        step(
+            &OrbView {
+                has_pod: false,
+                ..v.clone()
+            },
+            &PodState::Missing,
+            10
+        ),
+        Step::CreatePod { attempt: 0 }
+    );
+    assert_eq!(step(&v, &PodState::Pending { node: None }, 10), Step::Track);
+    assert_eq!(step(&v, &running, 10), Step::Track);
+    assert_eq!(step(&v, &PodState::Deleting, 10), Step::Track);
+    assert_eq!(
+        step(&v, &PodState::Succeeded { message: None }, 10),
+        Step::Finish {
+            phase: OrbPhase::Succeeded,
+            reason: TerminationReason::SessionComplete,
+            message: None
+        }
+    );
+    let idle = PodState::Succeeded {
+        message: Some("IdleTimeout: nobody spoke for 5m".into()),
+    };
+    assert!(matches!(
+        step(&v, &idle, 10),
+        Step::Finish {
+            reason: TerminationReason::IdleTimeout,
+            ..
+        }
+    ));
+    // Failed with and without a message: replacement first (room occupied), message carried.
+    let failed = PodState::Failed {
+        reason: None,
+        message: Some("Error: boom".into()),
+    };
+    assert_eq!(
+        step(&v, &failed, 10),
+        Step::AwaitReplacement {
+            reason: TerminationReason::Error,
+            message: Some("Error: boom".into())
+        }
+    );
+    assert_eq!(
+        step(
+            &v,
+            &PodState::Failed {
+                reason: None,
+                message: None
+            },
+            10
+        ),
+        Step::AwaitReplacement {
+            reason: TerminationReason::Error,
+            message: None
+        }
+    );
+    // Deleted underneath.
+    assert!(matches!(
+        step(&v, &PodState::Missing, 10),
+        Step::AwaitReplacement {
+            reason: TerminationReason::PodLost,
+            ..
+        }
+    ));
+    // activeDeadlineSeconds backstop.
+    let deadline = PodState::Failed {
+        reason: Some("DeadlineExceeded".into()),
+        message: None,
+    };
+    assert!(matches!(
+        step(&v, &deadline, 10),
+        Step::Finish {
+            reason: TerminationReason::MaxLifetime,
+            phase: OrbPhase::Succeeded,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_due_deadline_terminates_then_finishes_when_the_pod_is_gone() {
+    let mut v = view(OrbPhase::Ready);
+    v.clock.last_activity = Some(t(7000));
+    let running = PodState::Running {
+        ready: true,
+        node: None,
+    };
+    assert_eq!(
+        step(&v, &running, 7200),
+        Step::Terminate {
+            reason: TerminationReason::MaxLifetime
+        }
+    );
+    let terminating = OrbView {
+        phase: Some(OrbPhase::Terminating),
+        termination_reason: Some(TerminationReason::MaxLifetime),
+        ..v
+    };
+    assert_eq!(
+        step(&terminating, &PodState::Deleting, 7201),
+        Step::Terminate {
+            reason: TerminationReason::MaxLifetime
+        }
+    );
+    for gone in [
+        PodState::Missing,
+        PodState::Failed {
+            reason: None,
+            message: None,
+        },
+        PodState::Succeeded { message: None },
+    ] {
+        assert!(matches!(
+            step(&terminating, &gone, 7210),
+            Step::Finish {
+                phase: OrbPhase::Succeeded,
+                reason: TerminationReason::MaxLifetime,
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn queued_orbs_wait_but_still_end_when_their_room_empties() {
+    let mut v = OrbView {
+        phase: Some(OrbPhase::Queued),
+        clock: OrbClock {
+            created: t(0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    v.clock.participants = Some(1);
+    let d = decide(
+        &v,
+        &PodState::Missing,
+        &orb_limits_of(&AiOrbSpec::default()),
+        &limits(),
+        t(10),
+    );
+    assert_eq!(d.step, Step::Wait);
+    assert_eq!(d.requeue_at, Some(t(300)), "idle timeout while queued");
+    v.clock.participants = Some(0);
+    v.clock.last_activity = Some(t(5));
+    assert_eq!(
+        step(&v, &PodState::Missing, 65),
+        Step::Finish {
+            phase: OrbPhase::Succeeded,
+            reason: TerminationReason::RoomCleanup,
+            message: None
+        }
+    );
+}
+
+#[test]
+fn replacement_waits_for_the_backoff_and_is_bounded() {
+    let failed = PodState::Failed {
+        reason: None,
+        message: Some("Error: x".into()),
+    };
+    let mut v = view(OrbPhase::Starting);
+    v.failed_since = Some(t(100));
+    assert_eq!(step(&v, &failed, 109), Step::Wait);
+    assert_eq!(step(&v, &failed, 110), Step::Replace { attempt: 1 });
+    v.restarts = 2;
+    assert_eq!(restart_backoff(2, &limits()), Duration::from_secs(40));
+    assert_eq!(step(&v, &failed, 139), Step::Wait);
+    assert_eq!(step(&v, &failed, 140), Step::Replace { attempt: 3 });
+    v.restarts = 3;
+    assert!(matches!(
+        step(&v, &failed, 1000),
+        Step::Finish {
+            phase: OrbPhase::Failed,
+            reason: TerminationReason::Error,
+            ..
+        }
+    ));
+    assert_eq!(restart_backoff(30, &limits()), Duration::from_secs(300));
+}
+
+#[test]
+fn no_replacement_for_an_empty_room_or_a_due_deadline() {
+    let failed = PodState::Failed {
+        reason: None,
+        message: None,
+    };
+    let mut empty = view(OrbPhase::Ready);
+    empty.clock.participants = Some(0);
+    assert!(matches!(
+        step(&empty, &failed, 10),
+        Step::Finish {
+            phase: OrbPhase::Failed,
+            ..
+        }
+    ));
+    let expired = view(OrbPhase::Ready);
+    assert!(matches!(
+        step(&expired, &PodState::Missing, 8000),
+        Step::Finish {
+            reason: TerminationReason::PodLost,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn invalid_specs_fail_once_and_finished_orbs_expire_after_the_ttl() {
+    let v = OrbView {
+        invalid: Some("spec.roomId: room id is empty".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        step(&v, &PodState::Missing, 0),
+        Step::Finish {
+            phase: OrbPhase::Failed,
+            reason: TerminationReason::InvalidSpec,
+            ..
+        }
+    ));
+    let done = OrbView {
+        phase: Some(OrbPhase::Failed),
+        finished_at: Some(t(0)),
+        ..Default::default()
+    };
+    let d = decide(
+        &done,
+        &PodState::Missing,
+        &orb_limits_of(&AiOrbSpec::default()),
+        &limits(),
+        t(10),
+    );
+    assert_eq!(
+        d,
+        Decision {
+            step: Step::Wait,
+            requeue_at: Some(t(3600))
+        }
+    );
+    assert_eq!(step(&done, &PodState::Missing, 3600), Step::Expire);
+}
+
+#[test]
+fn spec_validation_explains_itself() {
+    assert!(
+        validate_spec(&AiOrbSpec {
+            room_id: "room-1".into(),
+            ..Default::default()
+        })
+        .is_ok()
+    );
+    let e = validate_spec(&AiOrbSpec::default()).unwrap_err();
+    assert!(e.contains("spec.roomId"), "{e}");
+    let e = validate_spec(&AiOrbSpec {
+        room_id: "r".into(),
+        max_lifetime_seconds: Some(0),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("spec.maxLifetimeSeconds"), "{e}");
+    let e = validate_spec(&AiOrbSpec {
+        room_id: "r".into(),
+        idle_timeout_seconds: Some(86_401),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("spec.idleTimeoutSeconds"), "{e}");
+}

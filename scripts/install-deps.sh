@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing the project needs on a Debian machine with a Rust toolchain.
+# Idempotent: packages already present are skipped without touching the network.
+set -euo pipefail
+
+# System packages: C libraries for -sys crates and the real tools the tests start.
+APT_PACKAGES=(
+  pkg-config
+  libopus-dev
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
