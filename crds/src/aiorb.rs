@@ -4,6 +4,9 @@
 //! owners, each writing with server-side apply under its own field manager: the operator owns the
 //! lifecycle fields, signaling owns the presence fields (`participants`, `lastActivityTime`).
 
+// clippy reads the repeated `type_` of separate printcolumn(...) entries as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

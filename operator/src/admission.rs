@@ -1,0 +1,306 @@
+//! The single admitting loop. Only the leader runs it, and each pass:
+//!
+//! 1. reads the admission ledger, a ConfigMap in the operator's namespace listing the uids that
+//!    hold capacity;
+//! 2. lists every AiOrb from the API server (a consistent read, not the watch cache);
+//! 3. plans with [`crate::policy::plan_admission`];
+//! 4. writes the new ledger with the resourceVersion it read — the compare-and-swap that makes
+//!    admission safe across parallel passes, restarts and leader changes: of two writers that read
+//!    the same ledger, one gets a conflict and starts over from a fresh read;
+//! 5. only then marks the admitted orbs in their status (also resourceVersion-guarded), and
+//!    updates queue positions.
+//!
+//! An admitter that dies between 4 and 5 leaves uids in the ledger without status; the next pass
+//! counts them as holding capacity and finishes their status write.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{EventType, Recorder};
+use kube::{Client, ResourceExt};
+use orb_crds::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::controller::publish_event;
+use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ResultLabels};
+use crate::policy::{self, AdmissionEntry};
+use crate::status;
+
+pub const LEDGER_NAME: &str = "orb-operator-admission";
+const LEDGER_KEY: &str = "admitted";
+/// A pass runs at least this often, so nothing depends on a wake-up being delivered.
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the admission ledger changed underneath this pass")]
+    Conflict,
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+pub struct Admitter {
+    pub client: Client,
+    pub ledger: Api<ConfigMap>,
+    pub orbs: Api<AiOrb>,
+    pub cap: usize,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub wake: Arc<Notify>,
+    pub now: fn() -> Timestamp,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassOutcome {
+    pub admitted: Vec<String>,
+    pub queued: usize,
+}
+
+fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(LEDGER_KEY))
+        .map(|v| {
+            v.lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One line per holder, `namespace/name uid`, so that `kubectl get cm -o yaml` is readable.
+fn render_ledger(ledger: &BTreeSet<String>, orbs: &[AiOrb]) -> String {
+    let names: BTreeMap<&str, String> = orbs
+        .iter()
+        .filter_map(|o| {
+            Some((
+                o.metadata.uid.as_deref()?,
+                format!("{}/{}", o.namespace()?, o.name_any()),
+            ))
+        })
+        .collect();
+    ledger
+        .iter()
+        .map(|uid| format!("{} {uid}\n", names.get(uid.as_str()).map_or("?", String::as_str)))
+        .collect()
+}
+
+fn entry(orb: &AiOrb) -> Option<AdmissionEntry> {
+    let status = orb.status.as_ref();
+    Some(AdmissionEntry {
+        uid: orb.metadata.uid.clone()?,
+        key: format!("{}/{}", orb.namespace().unwrap_or_default(), orb.name_any()),
+        created: orb
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        phase: status.and_then(|s| s.phase),
+        admitted: status.is_some_and(|s| s.admitted_at.is_some()),
+        deleting: orb.metadata.deletion_timestamp.is_some(),
+        valid: policy::validate_spec(&orb.spec).is_ok(),
+    })
+}
+
+impl Admitter {
+    /// Runs passes on every wake-up and every [`RESYNC`] until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut failures: u32 = 0;
+        loop {
+            let delay = match self.pass().await {
+                Ok(outcome) => {
+                    failures = 0;
+                    self.metrics
+                        .admission_passes
+                        .get_or_create(&ResultLabels { result: "success" })
+                        .inc();
+                    debug!(
+                        admitted = outcome.admitted.len(),
+                        queued = outcome.queued,
+                        "admission pass"
+                    );
+                    RESYNC
+                }
+                Err(AdmissionError::Conflict) => {
+                    self.metrics
+                        .admission_passes
+                        .get_or_create(&ResultLabels { result: "conflict" })
+                        .inc();
+                    Duration::from_millis(200)
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics
+                        .admission_passes
+                        .get_or_create(&ResultLabels { result: "error" })
+                        .inc();
+                    warn!(error = %e, "admission pass failed");
+                    Duration::from_secs(1 << failures.min(5))
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One admission pass (see the module docs for the steps).
+    pub async fn pass(&self) -> Result<PassOutcome, AdmissionError> {
+        let now = (self.now)();
+        let ledger_cm = self.ledger.get_opt(LEDGER_NAME).await?;
+        let ledger = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
+        let orbs = self.orbs.list(&ListParams::default()).await?.items;
+        let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(entry).collect();
+        let plan = policy::plan_admission(&entries, &ledger, self.cap);
+        self.observe(&orbs, &plan);
+
+        if plan.ledger != ledger {
+            self.write_ledger(ledger_cm, &plan.ledger, &orbs).await?;
+        }
+        let by_uid: BTreeMap<&str, &AiOrb> = orbs
+            .iter()
+            .filter_map(|o| Some((o.metadata.uid.as_deref()?, o)))
+            .collect();
+        let mut outcome = PassOutcome {
+            queued: plan.queue.len(),
+            ..Default::default()
+        };
+        for uid in &plan.admit {
+            let Some(orb) = by_uid.get(uid.as_str()) else { continue };
+            let mut next = status::operator_status(orb);
+            next.admitted_at = Some(Time(now));
+            next.queue_position = None;
+            next.phase = Some(OrbPhase::Starting);
+            if self.write_status(orb, next, now).await? {
+                if let Some(created) = &orb.metadata.creation_timestamp {
+                    self.metrics
+                        .admission_wait
+                        .observe(created.0.duration_until(now).as_secs_f64().max(0.0));
+                }
+                info!(orb = %orb.name_any(), "admitted");
+                self.event(orb, "Admitted", "admitted within the concurrency cap".into())
+                    .await;
+                outcome.admitted.push(orb.name_any());
+            }
+        }
+        for (uid, position) in &plan.queue {
+            let Some(orb) = by_uid.get(uid.as_str()) else { continue };
+            let current = orb.status.clone().unwrap_or_default();
+            if current.queue_position == Some(*position) && current.phase == Some(OrbPhase::Queued) {
+                continue;
+            }
+            let mut next = status::operator_status(orb);
+            next.phase = Some(OrbPhase::Queued);
+            next.queue_position = Some(*position);
+            if self.write_status(orb, next, now).await? && current.phase != Some(OrbPhase::Queued) {
+                self.event(orb, "Queued", format!("at capacity; position {position} in the queue"))
+                    .await;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn write_ledger(
+        &self,
+        existing: Option<ConfigMap>,
+        ledger: &BTreeSet<String>,
+        orbs: &[AiOrb],
+    ) -> Result<(), AdmissionError> {
+        let data = BTreeMap::from([(LEDGER_KEY.to_owned(), render_ledger(ledger, orbs))]);
+        let result = match existing {
+            // Replace carries the resourceVersion we read: the compare-and-swap.
+            Some(mut cm) => {
+                cm.data = Some(data);
+                self.ledger.replace(LEDGER_NAME, &PostParams::default(), &cm).await
+            }
+            None => {
+                let cm = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(LEDGER_NAME.into()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/managed-by".into(),
+                            "orb-operator".into(),
+                        )])),
+                        ..Default::default()
+                    },
+                    data: Some(data),
+                    ..Default::default()
+                };
+                self.ledger.create(&PostParams::default(), &cm).await
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Err(AdmissionError::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Returns false when the orb changed since the list (it will be seen again next pass).
+    async fn write_status(
+        &self,
+        orb: &AiOrb,
+        mut next: orb_crds::AiOrbStatus,
+        now: Timestamp,
+    ) -> Result<bool, AdmissionError> {
+        status::derive_conditions(&mut next, orb.metadata.generation, None, now);
+        let api: Api<AiOrb> = Api::namespaced(self.client.clone(), &orb.namespace().unwrap_or_default());
+        let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+        match api
+            .patch_status(
+                &orb.name_any(),
+                &params,
+                &Patch::Apply(status::status_apply_body(orb, &next)),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => {
+                self.wake.notify_one();
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn event(&self, orb: &AiOrb, reason: &str, note: String) {
+        publish_event(&self.recorder, orb, EventType::Normal, reason, note, "Admit").await;
+    }
+
+    fn observe(&self, orbs: &[AiOrb], plan: &policy::AdmissionPlan) {
+        let m = &self.metrics;
+        for phase in OrbPhase::ALL {
+            let n = orbs
+                .iter()
+                .filter(|o| o.phase().unwrap_or(OrbPhase::Queued) == phase)
+                .count();
+            m.orbs
+                .get_or_create(&PhaseLabels { phase: phase.as_str() })
+                .set(n as i64);
+        }
+        m.node_orbs.clear();
+        for orb in orbs.iter().filter(|o| !o.is_finished()) {
+            if let Some(node) = orb.status.as_ref().and_then(|s| s.node_name.clone()) {
+                m.node_orbs.get_or_create(&NodeLabels { node }).inc();
+            }
+        }
+        m.queue_length.set(plan.queue.len() as i64);
+        m.capacity_used.set(plan.ledger.len() as i64);
+        m.capacity_limit.set(self.cap as i64);
+    }
+}

@@ -1,0 +1,504 @@
+//! The AiOrb reconciler: read → validate → decide (pure, [`crate::policy`]) → apply → status.
+//!
+//! The reconciler never admits: admission belongs to the single admitting loop in
+//! [`crate::admission`], which the reconciler wakes when an orb waits or frees capacity. Every
+//! status write is a server-side apply with a resourceVersion precondition, so a reconcile working
+//! from a stale cache gets a conflict and retries instead of undoing newer state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use orb_crds::auth::{Role, RoomClaims};
+use orb_crds::naming::pod_name;
+use orb_crds::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
+use thiserror::Error;
+use tokio::sync::Notify;
+use tracing::{Instrument, field, info, info_span, warn};
+
+use crate::config::{Config, PodSettings};
+use crate::metrics::Metrics;
+use crate::pod::{MANAGED_SELECTOR, TERMINATION_GRACE_SECONDS, build_pod, build_token_secret};
+use crate::policy::{self, Decision, Limits, OrbClock, OrbView, PodState, Step};
+use crate::status::{self, REPLACING};
+
+pub const FINALIZER: &str = "hybridcoach.io/orb-cleanup";
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("AiOrb has no namespace")]
+    NoNamespace,
+    /// Not a failure: a deleted orb keeps its finalizer until its pod is gone.
+    #[error("waiting for pod {0} to terminate")]
+    WaitingForPod(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(_) => "kube",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                _ => "finalizer",
+            },
+            Error::NoNamespace => "invalid_object",
+            Error::WaitingForPod(_) => "waiting_for_pod",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub limits: Limits,
+    pub pod: PodSettings,
+    pub signing_key: orb_crds::auth::SigningKey,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Wakes the admitter.
+    pub admission: Arc<Notify>,
+    /// The clock: injected so that scenario tests are exact.
+    pub now: fn() -> Timestamp,
+}
+
+impl Context {
+    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>, admission: Arc<Notify>) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "orb-operator".into(),
+            instance: Some(config.identity.clone()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            limits: config.limits.clone(),
+            pod: config.pod.clone(),
+            signing_key: config.signing_key.clone(),
+            metrics,
+            admission,
+            now: Timestamp::now,
+        }
+    }
+
+    async fn event(&self, orb: &AiOrb, type_: EventType, reason: &str, note: String) {
+        publish_event(&self.recorder, orb, type_, reason, note, "Reconcile").await;
+    }
+}
+
+/// Publishes a Kubernetes Event about an orb. Events are best effort: losing one must never fail
+/// or repeat a transition.
+pub async fn publish_event(
+    recorder: &Recorder,
+    orb: &AiOrb,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &orb.object_ref(&())).await {
+        warn!(error = %e, "could not publish event {reason}");
+    }
+}
+
+/// Reconciles one AiOrb. Deletion goes through the finalizer so the pod is removed and the end
+/// recorded before the AiOrb disappears.
+pub async fn reconcile(orb: Arc<AiOrb>, ctx: Arc<Context>) -> Result<Action> {
+    let span = info_span!("reconcile", orb = %orb.name_any(), namespace = field::Empty);
+    let started = Instant::now();
+    let result = async {
+        let ns = orb.namespace().ok_or(Error::NoNamespace)?;
+        tracing::Span::current().record("namespace", ns.as_str());
+        let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &ns);
+        finalizer(&api, FINALIZER, orb, |event| async {
+            match event {
+                Finalizer::Apply(orb) => apply(&orb, &ctx).await,
+                Finalizer::Cleanup(orb) => cleanup(&orb, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    }
+    .instrument(span)
+    .await;
+    let label = result
+        .as_ref()
+        .err()
+        .map(Error::metric_label)
+        .filter(|l| *l != "waiting_for_pod");
+    ctx.metrics.reconciled(started.elapsed(), label);
+    result
+}
+
+/// Requeue policy on error: conflicts and pod waits retry soon, API trouble backs off. Never a hot
+/// loop: the shortest delay is a second.
+pub fn error_policy(orb: Arc<AiOrb>, error: &Error, _ctx: Arc<Context>) -> Action {
+    match error.metric_label() {
+        "conflict" => Action::requeue(Duration::from_secs(1)),
+        "waiting_for_pod" => Action::requeue(Duration::from_secs(3)),
+        _ => {
+            warn!(orb = %orb.name_any(), %error, "reconcile failed");
+            Action::requeue(Duration::from_secs(15))
+        }
+    }
+}
+
+fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
+    let status = orb.status.clone().unwrap_or_default();
+    let created = orb
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+    let attempt = status.restarts.unwrap_or(0);
+    OrbView {
+        phase: status.phase,
+        clock: OrbClock {
+            created,
+            admitted_at: status.admitted_at.as_ref().map(|t| t.0),
+            participants: status.participants,
+            last_activity: status.last_activity_time.as_ref().map(|t| t.0),
+        },
+        finished_at: status.finished_at.as_ref().map(|t| t.0),
+        has_pod: pod_found || status.pod_name.as_deref() == Some(pod_name(&orb.name_any(), attempt).as_str()),
+        restarts: attempt,
+        termination_reason: status.termination_reason,
+        failed_since: status::failed_since(&status),
+        invalid: policy::validate_spec(&orb.spec).err(),
+    }
+}
+
+fn requeue(decision: &Decision, now: Timestamp) -> Action {
+    match decision.requeue_at {
+        Some(at) => {
+            let wait = now.duration_until(at).unsigned_abs();
+            // A second of slack: waking a hair early would only reschedule.
+            Action::requeue(wait.max(Duration::from_millis(100)) + Duration::from_secs(1))
+        }
+        None => Action::await_change(),
+    }
+}
+
+async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
+    let ns = orb.namespace().ok_or(Error::NoNamespace)?;
+    let name = orb.name_any();
+    let now = (ctx.now)();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = orb.status.clone().unwrap_or_default();
+    let attempt = current.restarts.unwrap_or(0);
+
+    // Read: only an admitted orb can have a pod. Read it from the API, not a cache, so a pod
+    // deleted underneath is seen as gone.
+    let pod = if current.admitted_at.is_some() {
+        pods.get_opt(&pod_name(&name, attempt)).await?
+    } else {
+        None
+    };
+    let pod_state = policy::observe_pod(pod.as_ref());
+    let view = view_of(orb, pod.is_some());
+    let orb_limits = policy::orb_limits(&orb.spec, &ctx.limits);
+    let decision = policy::decide(&view, &pod_state, &orb_limits, &ctx.limits, now);
+
+    let mut next = status::operator_status(orb);
+    // The Replacing condition stays set while a failed pod waits out its backoff.
+    let was_replacing = status::condition_status(&current, REPLACING)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.clone());
+    let replacing = match &decision.step {
+        Step::AwaitReplacement { reason, .. } => Some(reason.as_str().to_owned()),
+        Step::Wait => was_replacing.clone(),
+        _ => None,
+    };
+    match &decision.step {
+        Step::Wait => {
+            if current.admitted_at.is_none() {
+                next.phase.get_or_insert(OrbPhase::Queued);
+                ctx.admission.notify_one();
+            }
+        }
+        Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
+        Step::CreatePod { attempt } => {
+            create_pod(orb, ctx, *attempt, &orb_limits, now).await?;
+            next.pod_name = Some(pod_name(&name, *attempt));
+            next.phase = Some(OrbPhase::Starting);
+            ctx.event(
+                orb,
+                EventType::Normal,
+                "PodCreated",
+                format!("created pod {}", pod_name(&name, *attempt)),
+            )
+            .await;
+        }
+        Step::Terminate { reason } => {
+            delete_pod(&pods, &pod_name(&name, attempt)).await?;
+            if current.phase != Some(OrbPhase::Terminating) {
+                next.phase = Some(OrbPhase::Terminating);
+                next.termination_reason = Some(*reason);
+                ctx.event(
+                    orb,
+                    EventType::Normal,
+                    "Terminating",
+                    format!("stopping the orb: {reason}"),
+                )
+                .await;
+            }
+        }
+        Step::Finish { phase, reason, message } => {
+            next.phase = Some(*phase);
+            next.termination_reason = Some(*reason);
+            next.message = message.clone().or(next.message);
+            next.finished_at = Some(Time(now));
+            next.queue_position = None;
+            let type_ = if *phase == OrbPhase::Failed {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let note = format!(
+                "{phase}: {reason}{}",
+                message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+            );
+            ctx.event(orb, type_, phase.as_str(), note).await;
+            ctx.metrics.terminated(*reason);
+            ctx.admission.notify_one();
+        }
+        Step::AwaitReplacement { reason, message } => {
+            next.message = message.clone();
+            if was_replacing.is_none() {
+                let note = format!("pod failed ({reason}); replacing it after a backoff");
+                ctx.event(orb, EventType::Warning, "PodFailed", note).await;
+            }
+        }
+        Step::Replace { attempt: new_attempt } => {
+            delete_pod(&pods, &pod_name(&name, attempt)).await?;
+            create_pod(orb, ctx, *new_attempt, &orb_limits, now).await?;
+            next.restarts = Some(*new_attempt);
+            next.pod_name = Some(pod_name(&name, *new_attempt));
+            next.node_name = None;
+            next.phase = Some(OrbPhase::Starting);
+            ctx.metrics.restarts.inc();
+            ctx.event(
+                orb,
+                EventType::Normal,
+                "PodReplaced",
+                format!("replacement {new_attempt} of the failed pod"),
+            )
+            .await;
+        }
+        Step::Expire => {
+            let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &ns);
+            info!("finished orb's TTL passed; deleting it");
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Action::await_change());
+        }
+    }
+    write_status(orb, ctx, next, replacing, now).await?;
+    Ok(requeue(&decision, now))
+}
+
+/// Mirrors the running pod into the status.
+async fn track(next: &mut orb_crds::AiOrbStatus, pod: &PodState, orb: &AiOrb, ctx: &Context, now: Timestamp) {
+    let phase = policy::tracked_phase(pod);
+    if let PodState::Pending { node: Some(n) } | PodState::Running { node: Some(n), .. } = pod {
+        next.node_name = Some(n.clone());
+    }
+    if phase == OrbPhase::Ready && next.phase != Some(OrbPhase::Ready) {
+        if next.ready_at.is_none() {
+            next.ready_at = Some(Time(now));
+            if let Some(created) = &orb.metadata.creation_timestamp {
+                ctx.metrics
+                    .time_to_ready
+                    .observe(created.0.duration_until(now).as_secs_f64().max(0.0));
+            }
+        }
+        let node = next.node_name.clone().unwrap_or_default();
+        ctx.event(
+            orb,
+            EventType::Normal,
+            "Ready",
+            format!("the orb joined its room from node {node}"),
+        )
+        .await;
+    }
+    next.phase = Some(phase);
+}
+
+/// Writes the status if it changed, with a resourceVersion precondition.
+async fn write_status(
+    orb: &AiOrb,
+    ctx: &Context,
+    mut next: orb_crds::AiOrbStatus,
+    replacing: Option<String>,
+    now: Timestamp,
+) -> Result<()> {
+    status::derive_conditions(&mut next, orb.metadata.generation, replacing.as_deref(), now);
+    if next == status::operator_status(orb) {
+        return Ok(());
+    }
+    let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &orb.namespace().ok_or(Error::NoNamespace)?);
+    let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    api.patch_status(
+        &orb.name_any(),
+        &params,
+        &Patch::Apply(status::status_apply_body(orb, &next)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the orb's token Secret and pod. Both are idempotent: an AlreadyExists from a previous
+/// reconcile whose status write was lost is success.
+async fn create_pod(
+    orb: &AiOrb,
+    ctx: &Context,
+    attempt: i32,
+    limits: &policy::OrbLimits,
+    now: Timestamp,
+) -> Result<()> {
+    let ns = orb.namespace().ok_or(Error::NoNamespace)?;
+    let admitted = orb
+        .status
+        .as_ref()
+        .and_then(|s| s.admitted_at.as_ref())
+        .map_or(now, |t| t.0);
+    let ends = admitted.checked_add(limits.lifetime).unwrap_or(Timestamp::MAX);
+    let lifetime_left = now.duration_until(ends).unsigned_abs().max(Duration::from_secs(1));
+    let claims = RoomClaims {
+        room: orb.spec.room_id.clone(),
+        sub: format!("ai-orb-{}", orb.name_any()),
+        role: Role::Ai,
+        // Valid for the orb's life plus the grace period to say goodbye.
+        exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
+    };
+    let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    secrets
+        .patch(
+            secret.metadata.name.as_deref().unwrap_or_default(),
+            &params,
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    match pods
+        .create(
+            &PostParams {
+                field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &build_pod(orb, &ctx.pod, attempt, lifetime_left),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes a pod with the orb's grace period; a pod already gone is fine.
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(TERMINATION_GRACE_SECONDS as u32),
+        ..Default::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The AiOrb is being deleted: stop its pod, wait for it to be gone (it still holds a GPU), record
+/// the end. Returning `Ok` lets the finalizer helper remove the finalizer.
+async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
+    let ns = orb.namespace().ok_or(Error::NoNamespace)?;
+    let now = (ctx.now)();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = orb.status.clone().unwrap_or_default();
+    let name = pod_name(&orb.name_any(), current.restarts.unwrap_or(0));
+    let finished = current.phase.is_some_and(OrbPhase::is_terminal);
+    let mut next = status::operator_status(orb);
+    if current.admitted_at.is_some()
+        && !finished
+        && let Some(pod) = pods.get_opt(&name).await?
+    {
+        if pod.metadata.deletion_timestamp.is_none() {
+            delete_pod(&pods, &name).await?;
+        }
+        if current.phase != Some(OrbPhase::Terminating) {
+            next.phase = Some(OrbPhase::Terminating);
+            next.termination_reason = Some(TerminationReason::Deleted);
+            write_status(orb, ctx, next, None, now).await?;
+            ctx.event(
+                orb,
+                EventType::Normal,
+                "Terminating",
+                "the AiOrb was deleted; stopping its pod".into(),
+            )
+            .await;
+        }
+        return Err(Error::WaitingForPod(name));
+    }
+    if !finished {
+        next.phase = Some(OrbPhase::Succeeded);
+        next.termination_reason = Some(TerminationReason::Deleted);
+        next.finished_at = Some(Time(now));
+        next.queue_position = None;
+        write_status(orb, ctx, next, None, now).await?;
+        ctx.event(orb, EventType::Normal, "Deleted", "the AiOrb was deleted".into())
+            .await;
+        ctx.metrics.terminated(TerminationReason::Deleted);
+    }
+    ctx.admission.notify_one();
+    Ok(Action::await_change())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    watch_namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (orbs, pods): (Api<AiOrb>, Api<Pod>) = match watch_namespace {
+        Some(ns) => (
+            Api::namespaced(ctx.client.clone(), ns),
+            Api::namespaced(ctx.client.clone(), ns),
+        ),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    Controller::new(orbs, watcher::Config::default().any_semantic())
+        .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR).any_semantic())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

@@ -1,0 +1,124 @@
+//! The `orb-operator` binary: flags → validated config → HTTP endpoints → leader election →
+//! controller and admitter, until SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use clap::Parser;
+use kube::Client;
+use kube::api::Api;
+use orb_operator::admission::Admitter;
+use orb_operator::config::{Cli, Command};
+use orb_operator::controller::{self, Context};
+use orb_operator::http::{self, HttpState};
+use orb_operator::leader;
+use orb_operator::metrics::Metrics;
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", orb_crds::crd_yaml());
+        return Ok(());
+    }
+    let config = match cli.run.validate(std::env::var("ORB_SIGNING_KEY").ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("orb-operator: invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    orb_operator::telemetry::init(config.json_logs);
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let http_addr = config.http_addr;
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(http_addr, http_state).await {
+            error!(error = %e, %http_addr, "HTTP server failed");
+            std::process::exit(1);
+        }
+    });
+
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    client
+        .apiserver_version()
+        .await
+        .context("cannot reach the Kubernetes API server")?;
+    ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        orb_operator::telemetry::shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Standby replicas wait here; leadership lost later ends the process (the Deployment restarts
+    // it as a standby), so two replicas never run the admitter at once.
+    let leadership = if config.leader_election {
+        let l = leader::acquire(
+            client.clone(),
+            &config.operator_namespace,
+            &config.identity,
+            stopped(stop_rx.clone()),
+        )
+        .await?;
+        match l {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
+    } else {
+        warn!("leader election is disabled: run a single replica only");
+        None
+    };
+    metrics.leader.set(1);
+
+    let wake = Arc::new(Notify::new());
+    let ctx = Arc::new(Context::new(client.clone(), &config, metrics.clone(), wake.clone()));
+    let orbs = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let admitter = Admitter {
+        ledger: Api::namespaced(client.clone(), &config.operator_namespace),
+        orbs,
+        client: client.clone(),
+        cap: config.limits.max_concurrent_orbs,
+        metrics: metrics.clone(),
+        recorder: ctx.recorder.clone(),
+        wake,
+        now: ctx.now,
+    };
+    info!(cap = config.limits.max_concurrent_orbs, namespace = ?config.watch_namespace, "orb-operator leading");
+    let lost = async {
+        match &leadership {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = controller::run(ctx, config.watch_namespace.as_deref(), stopped(stop_rx.clone())) => {}
+        _ = admitter.run(stopped(stop_rx.clone())) => {}
+        _ = lost => {
+            error!("lost the leader lease; exiting so that a standby takes over");
+            std::process::exit(1);
+        }
+    }
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    Ok(())
+}
