@@ -370,6 +370,15 @@ impl Decision {
 
 /// Decides the orb's next step from its view and its pod.
 pub fn decide(view: &OrbView, pod: &PodState, orb_limits: &OrbLimits, limits: &Limits, now: Timestamp) -> Decision {
+    let mut decision = decide_step(view, pod, orb_limits, limits, now);
+    // A finished orb comes back when its TTL expires, to be deleted.
+    if matches!(decision.step, Step::Finish { .. }) {
+        decision.requeue_at = Some(after(now, limits.finished_orb_ttl));
+    }
+    decision
+}
+
+fn decide_step(view: &OrbView, pod: &PodState, orb_limits: &OrbLimits, limits: &Limits, now: Timestamp) -> Decision {
     if view.phase.is_some_and(OrbPhase::is_terminal) {
         let expire_at = after(view.finished_at.unwrap_or(now), limits.finished_orb_ttl);
         return if now >= expire_at {

@@ -1,3 +1,0 @@
-fn main() {
-    print!("{}", orb_crds::crd_yaml());
-}

@@ -1,0 +1,688 @@
+//! Mocked-API scenarios: the reconciler and the admitter run against a scripted API server
+//! (kube-rs' `ApiServerVerifier` pattern with tower-test). Each script lists the exact requests
+//! expected, in order; a missing, different or extra request fails the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client};
+use orb_crds::AiOrb;
+use orb_crds::auth::SigningKey;
+use orb_operator::admission::Admitter;
+use orb_operator::config::PodSettings;
+use orb_operator::controller::{Context, Error, error_policy, reconcile};
+use orb_operator::metrics::Metrics;
+use orb_operator::policy::Limits;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const NS: &str = "calls";
+const ORBS: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/calls/aiorbs";
+const PODS: &str = "/api/v1/namespaces/calls/pods";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
+const LEDGER: &str = "/api/v1/namespaces/orb-system/configmaps";
+
+/// 2027-01-15T08:00:00Z: every scenario runs at this instant.
+fn now() -> Timestamp {
+    "2027-01-15T08:00:00Z".parse().unwrap()
+}
+
+fn ago(secs: i64) -> String {
+    now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+        .unwrap()
+        .to_string()
+}
+
+/// One expected request and the canned response.
+struct Exchange {
+    method: &'static str,
+    uri: String,
+    status: u16,
+    /// `None` echoes the request body back (what the API server does for creates and applies).
+    response: Option<Value>,
+}
+
+fn expect(method: &'static str, uri: impl Into<String>, response: Option<Value>) -> Exchange {
+    Exchange {
+        method,
+        uri: uri.into(),
+        status: 200,
+        response,
+    }
+}
+
+fn not_found(method: &'static str, uri: impl Into<String>) -> Exchange {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+    Exchange {
+        method,
+        uri: uri.into(),
+        status: 404,
+        response: Some(status),
+    }
+}
+
+fn conflict(method: &'static str, uri: impl Into<String>) -> Exchange {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+    Exchange {
+        method,
+        uri: uri.into(),
+        status: 409,
+        response: Some(status),
+    }
+}
+
+fn event() -> Exchange {
+    expect("POST", EVENTS, None)
+}
+
+#[derive(Debug)]
+struct Seen {
+    uri: String,
+    body: Value,
+}
+
+async fn verify(mut handle: Handle, script: Vec<Exchange>) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = Vec::new();
+    for (i, want) in script.into_iter().enumerate() {
+        let made: Vec<String> = seen.iter().map(|s| s.uri.clone()).collect();
+        let (request, reply) = handle.next_request().await.unwrap_or_else(|| {
+            panic!(
+                "request #{i} {} {} was never made; made: {made:#?}",
+                want.method, want.uri
+            )
+        });
+        let (method, uri) = (request.method().to_string(), request.uri().to_string());
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            (want.method, want.uri.as_str()),
+            "request #{i}; before it: {made:#?}"
+        );
+        let response = want.response.unwrap_or_else(|| body.clone());
+        reply.send_response(
+            Response::builder()
+                .status(want.status)
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
+        seen.push(Seen { uri, body });
+    }
+    if let Some((request, _)) = handle.next_request().await {
+        panic!("unexpected extra request {} {}", request.method(), request.uri());
+    }
+    seen
+}
+
+fn context(client: Client, cap: usize) -> Context {
+    Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "orb-operator".into(),
+                instance: None,
+            },
+        ),
+        client,
+        limits: Limits {
+            max_concurrent_orbs: cap,
+            ..Limits::default()
+        },
+        pod: PodSettings {
+            image: "orb:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            signaling_url: "ws://orb-signaling:8080".into(),
+            gpu_resource: "nvidia.com/gpu".into(),
+            gpu_count: 1,
+            ..Default::default()
+        },
+        signing_key: SigningKey::new(vec![7u8; 32]).unwrap(),
+        metrics: Arc::new(Metrics::default()),
+        admission: Arc::new(Notify::new()),
+        now,
+    }
+}
+
+/// Runs one reconcile of `orb` against `script`.
+async fn reconcile_with(orb: Value, script: Vec<Exchange>) -> (Result<Action, Error>, Vec<Seen>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(verify(handle, script));
+    let ctx = Arc::new(context(Client::new(service, "default"), 8));
+    let orb: AiOrb = serde_json::from_value(orb).unwrap();
+    let result = reconcile(Arc::new(orb), ctx).await;
+    (result, finish(verifier).await)
+}
+
+/// Runs one admission pass with `cap` against `script`.
+async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(verify(handle, script));
+    let client = Client::new(service, "default");
+    let ctx = context(client.clone(), cap);
+    let admitter = Admitter {
+        ledger: Api::namespaced(client.clone(), "orb-system"),
+        orbs: Api::all(client.clone()),
+        client,
+        cap,
+        metrics: ctx.metrics.clone(),
+        recorder: ctx.recorder.clone(),
+        wake: ctx.admission.clone(),
+        now,
+    };
+    admitter.pass().await.expect("admission pass");
+    drop((admitter, ctx));
+    finish(verifier).await
+}
+
+async fn finish(verifier: tokio::task::JoinHandle<Vec<Seen>>) -> Vec<Seen> {
+    // Generous: this only guards against a hang, it measures nothing.
+    tokio::time::timeout(Duration::from_secs(60), verifier)
+        .await
+        .expect("the scripted API server hung")
+        .unwrap()
+}
+
+// ---- fixtures ----
+
+fn orb(name: &str, uid: &str, created_ago: i64, status: Value) -> Value {
+    let mut o = json!({
+        "apiVersion": "hybridcoach.io/v1alpha1",
+        "kind": "AiOrb",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": uid, "resourceVersion": "100", "generation": 1,
+            "creationTimestamp": ago(created_ago), "finalizers": ["hybridcoach.io/orb-cleanup"]
+        },
+        "spec": {"roomId": name, "coachId": "coach-1"},
+    });
+    if !status.is_null() {
+        o["status"] = status;
+    }
+    o
+}
+
+fn running(admitted_ago: i64) -> Value {
+    json!({"phase": "Ready", "admittedAt": ago(admitted_ago), "podName": "orb-room-1-0", "nodeName": "gpu-1",
+        "participants": 2, "lastActivityTime": ago(10)})
+}
+
+fn pod(phase: &str, ready: bool, message: Option<&str>) -> Value {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orb-room-1-0", "namespace": NS},
+        "spec": {"nodeName": "gpu-1", "containers": [{"name": "orb"}]},
+        "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    });
+    if let Some(m) = message {
+        p["status"]["containerStatuses"] = json!([{"name": "orb", "image": "orb", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 1, "message": m}}}]);
+    }
+    p
+}
+
+fn status_of(seen: &Seen) -> &Value {
+    assert!(seen.uri.contains("/status?"), "not a status write: {}", seen.uri);
+    assert_eq!(
+        seen.body["metadata"]["resourceVersion"], "100",
+        "status writes carry a resourceVersion precondition"
+    );
+    &seen.body["status"]
+}
+
+/// A status apply; the API server answers with the whole object.
+fn status_write(name: &str) -> Exchange {
+    expect("PATCH", status_uri(name), Some(orb(name, "uid", 0, Value::Null)))
+}
+
+fn status_uri(name: &str) -> String {
+    format!("{ORBS}/{name}/status?&force=true&fieldManager=orb-operator")
+}
+
+// ---- scenarios ----
+
+#[tokio::test]
+async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_pod() {
+    // 1. No finalizer yet: add it, nothing else.
+    let mut fresh = orb("room-1", "uid-1", 5, Value::Null);
+    fresh["metadata"].as_object_mut().unwrap().remove("finalizers");
+    let (result, seen) = reconcile_with(
+        fresh,
+        vec![expect(
+            "PATCH",
+            format!("{ORBS}/room-1?"),
+            Some(orb("room-1", "uid-1", 5, Value::Null)),
+        )],
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(seen[0].body[1]["path"], "/metadata/finalizers");
+
+    // 2. Not admitted: the orb shows Queued and wakes the admitter; no pod is looked up.
+    let (result, seen) = reconcile_with(orb("room-1", "uid-1", 5, Value::Null), vec![status_write("room-1")]).await;
+    assert!(result.is_ok());
+    let status = status_of(&seen[0]);
+    assert_eq!(status["phase"], "Queued");
+    assert!(
+        status.get("participants").is_none(),
+        "the operator never writes signaling's fields"
+    );
+
+    // 3. The admitter: ledger, fresh list, ledger write (create), status, event.
+    let queued = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
+    let seen = admit_with(
+        8,
+        vec![
+            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+            expect(
+                "GET",
+                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [queued]})),
+            ),
+            expect("POST", format!("{LEDGER}?"), None),
+            status_write("room-1"),
+            event(),
+        ],
+    )
+    .await;
+    assert_eq!(seen[2].body["data"]["admitted"], "calls/room-1 uid-1\n");
+    let status = status_of(&seen[3]);
+    assert_eq!(status["phase"], "Starting");
+    assert_eq!(status["admittedAt"], now().to_string());
+    assert_eq!(seen[4].body["reason"], "Admitted");
+
+    // 4. Admitted, no pod: token Secret, pod, event, status.
+    let admitted = orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}));
+    let (result, seen) = reconcile_with(
+        admitted,
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect(
+                "PATCH",
+                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                None,
+            ),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[1].body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let token = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&seen[1].body["data"]["token"]).0).unwrap();
+    let claims = SigningKey::new(vec![7u8; 32])
+        .unwrap()
+        .verify(&token, "room-1")
+        .expect("a valid room token");
+    assert_eq!(claims.role, orb_crds::auth::Role::Ai);
+    let pod = &seen[2].body;
+    assert_eq!(pod["metadata"]["name"], "orb-room-1-0");
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+    assert_eq!(seen[3].body["reason"], "PodCreated");
+    assert_eq!(status_of(&seen[4])["podName"], "orb-room-1-0");
+}
+
+/// `ByteString` reads base64 from JSON.
+trait FromJson {
+    fn deserialize_from(v: &Value) -> Self;
+}
+impl FromJson for k8s_openapi::ByteString {
+    fn deserialize_from(v: &Value) -> Self {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_queued_orb_gets_its_position_in_status_and_no_pod() {
+    let holder = orb("room-0", "uid-0", 100, running(90));
+    let waiting = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
+    let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"},
+        "data": {"admitted": "calls/room-0 uid-0\n"}});
+    let seen = admit_with(
+        1,
+        vec![
+            expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
+            expect(
+                "GET",
+                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [holder, waiting.clone()]})),
+            ),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    let status = status_of(&seen[2]);
+    assert_eq!(
+        (status["phase"].as_str(), status["queuePosition"].as_i64()),
+        (Some("Queued"), Some(1))
+    );
+    assert!(status.get("admittedAt").is_none());
+
+    // Its own reconcile then has nothing to do: no pod lookup, no write.
+    let mut positioned = waiting;
+    positioned["status"] = status.clone();
+    let (result, seen) = reconcile_with(positioned, vec![]).await;
+    assert!(result.is_ok());
+    assert!(seen.is_empty());
+}
+
+#[tokio::test]
+async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
+    let done = orb(
+        "room-0",
+        "uid-0",
+        100,
+        json!({"phase": "Succeeded", "admittedAt": ago(90), "finishedAt": ago(1)}),
+    );
+    let waiting = orb("room-1", "uid-1", 5, json!({"phase": "Queued", "queuePosition": 1}));
+    let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"},
+        "data": {"admitted": "calls/room-0 uid-0\n"}});
+    let seen = admit_with(
+        1,
+        vec![
+            expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
+            expect(
+                "GET",
+                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [done, waiting]})),
+            ),
+            expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
+            status_write("room-1"),
+            event(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen[2].body["metadata"]["resourceVersion"], "7",
+        "the ledger write is conditional on what was read"
+    );
+    assert_eq!(seen[2].body["data"]["admitted"], "calls/room-1 uid-1\n");
+    assert_eq!(status_of(&seen[3])["phase"], "Starting");
+}
+
+#[tokio::test]
+async fn a_ledger_conflict_aborts_the_pass_before_any_admission() {
+    let waiting = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let script = vec![
+        not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+        expect(
+            "GET",
+            "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+            Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
+        ),
+        conflict("POST", format!("{LEDGER}?")),
+    ];
+    let verifier = tokio::spawn(verify(handle, script));
+    let client = Client::new(service, "default");
+    let ctx = context(client.clone(), 8);
+    let admitter = Admitter {
+        ledger: Api::namespaced(client.clone(), "orb-system"),
+        orbs: Api::all(client.clone()),
+        client,
+        cap: 8,
+        metrics: ctx.metrics.clone(),
+        recorder: ctx.recorder.clone(),
+        wake: ctx.admission.clone(),
+        now,
+    };
+    let result = admitter.pass().await;
+    assert!(
+        matches!(result, Err(orb_operator::admission::AdmissionError::Conflict)),
+        "{result:?}"
+    );
+    drop((admitter, ctx));
+    finish(verifier).await;
+}
+
+#[tokio::test]
+async fn a_reached_deadline_terminates_and_deletes_the_pod() {
+    let (result, seen) = reconcile_with(
+        orb("room-1", "uid-1", 7300, running(7200)),
+        vec![
+            expect("GET", format!("{PODS}/orb-room-1-0"), Some(pod("Running", true, None))),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-room-1-0?"),
+                Some(pod("Running", true, None)),
+            ),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[1].body["gracePeriodSeconds"], 10);
+    assert_eq!(seen[2].body["reason"], "Terminating");
+    let status = status_of(&seen[3]);
+    assert_eq!(
+        (status["phase"].as_str(), status["terminationReason"].as_str()),
+        (Some("Terminating"), Some("MaxLifetime"))
+    );
+}
+
+#[tokio::test]
+async fn a_succeeded_pod_finishes_the_orb_with_its_reason() {
+    let (result, seen) = reconcile_with(
+        orb("room-1", "uid-1", 600, running(500)),
+        vec![
+            expect(
+                "GET",
+                format!("{PODS}/orb-room-1-0"),
+                Some(pod("Succeeded", false, Some("SessionComplete: summary sent"))),
+            ),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    // Finished orbs come back after the TTL to be deleted.
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3601)));
+    let status = status_of(&seen[2]);
+    assert_eq!(status["phase"], "Succeeded");
+    assert_eq!(status["terminationReason"], "SessionComplete");
+    assert_eq!(status["finishedAt"], now().to_string());
+    assert_eq!(status["message"], "SessionComplete: summary sent");
+}
+
+#[tokio::test]
+async fn deleting_an_orb_stops_its_pod_then_removes_the_finalizer() {
+    let mut deleting = orb("room-1", "uid-1", 600, running(500));
+    deleting["metadata"]["deletionTimestamp"] = json!(ago(1));
+    // First pass: the pod still runs; delete it, record Terminating, keep the finalizer.
+    let (result, seen) = reconcile_with(
+        deleting.clone(),
+        vec![
+            expect("GET", format!("{PODS}/orb-room-1-0"), Some(pod("Running", true, None))),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-room-1-0?"),
+                Some(pod("Running", true, None)),
+            ),
+            status_write("room-1"),
+            event(),
+        ],
+    )
+    .await;
+    assert!(result.is_err(), "the finalizer stays while the pod runs");
+    assert_eq!(status_of(&seen[2])["terminationReason"], "Deleted");
+
+    // Second pass: the pod is gone; record the end, then remove the finalizer.
+    deleting["status"]["phase"] = json!("Terminating");
+    deleting["status"]["terminationReason"] = json!("Deleted");
+    let (result, seen) = reconcile_with(
+        deleting,
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            status_write("room-1"),
+            event(),
+            expect(
+                "PATCH",
+                format!("{ORBS}/room-1?"),
+                Some(orb("room-1", "uid-1", 600, Value::Null)),
+            ),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(status_of(&seen[1])["phase"], "Succeeded");
+    assert_eq!(
+        seen[3].body[1],
+        json!({"op": "remove", "path": "/metadata/finalizers/0"})
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
+    // First: record the failure and wait out the backoff.
+    let (result, seen) = reconcile_with(
+        orb("room-1", "uid-1", 600, running(500)),
+        vec![
+            expect(
+                "GET",
+                format!("{PODS}/orb-room-1-0"),
+                Some(pod("Failed", false, Some("Error: brain crashed"))),
+            ),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(11)));
+    assert_eq!(seen[1].body["reason"], "PodFailed");
+    let status = status_of(&seen[2]).clone();
+    assert_eq!(status["message"], "Error: brain crashed");
+    let replacing = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Replacing")
+        .unwrap();
+    assert_eq!(replacing["status"], "True");
+
+    // After the backoff: the old pod goes, attempt 1 comes with a fresh token.
+    let mut waited = orb("room-1", "uid-1", 600, status);
+    // The operator's write carried none of signaling's presence fields; the object still has them.
+    waited["status"]["participants"] = json!(2);
+    waited["status"]["lastActivityTime"] = json!(ago(10));
+    for c in waited["status"]["conditions"].as_array_mut().unwrap() {
+        c["lastTransitionTime"] = json!(ago(11));
+    }
+    let (result, seen) = reconcile_with(
+        waited,
+        vec![
+            expect(
+                "GET",
+                format!("{PODS}/orb-room-1-0"),
+                Some(pod("Failed", false, Some("Error: brain crashed"))),
+            ),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-room-1-0?"),
+                Some(pod("Failed", false, None)),
+            ),
+            expect(
+                "PATCH",
+                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                None,
+            ),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[3].body["metadata"]["name"], "orb-room-1-1");
+    assert_eq!(seen[4].body["reason"], "PodReplaced");
+    let status = status_of(&seen[5]);
+    assert_eq!(
+        (status["restarts"].as_i64(), status["podName"].as_str()),
+        (Some(1), Some("orb-room-1-1"))
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_fails_once_with_a_warning_and_no_pod() {
+    let mut bad = orb("room-1", "uid-1", 5, Value::Null);
+    bad["spec"]["roomId"] = json!("no spaces allowed");
+    let (result, seen) = reconcile_with(bad.clone(), vec![event(), status_write("room-1")]).await;
+    assert!(result.is_ok());
+    assert_eq!(
+        (seen[0].body["type"].as_str(), seen[0].body["reason"].as_str()),
+        (Some("Warning"), Some("Failed"))
+    );
+    let status = status_of(&seen[1]).clone();
+    assert_eq!(
+        (status["phase"].as_str(), status["terminationReason"].as_str()),
+        (Some("Failed"), Some("InvalidSpec"))
+    );
+    assert!(status["message"].as_str().unwrap().contains("spec.roomId"));
+    // Reconciling the failed orb again writes nothing: no hot loop.
+    bad["status"] = status;
+    let (result, seen) = reconcile_with(bad, vec![]).await;
+    assert!(result.is_ok() && seen.is_empty());
+}
+
+#[tokio::test]
+async fn after_a_restart_the_admitter_rebuilds_from_the_api_and_admits_nothing_over_the_cap() {
+    let mut items: Vec<Value> = (0..8)
+        .map(|i| orb(&format!("room-{i}"), &format!("uid-{i}"), 1000 - i, running(900)))
+        .collect();
+    items.push(orb(
+        "room-8",
+        "uid-8",
+        5,
+        json!({"phase": "Queued", "queuePosition": 1}),
+    ));
+    // The ledger ConfigMap was lost too: the status alone must hold the line.
+    let seen = admit_with(
+        8,
+        vec![
+            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+            expect(
+                "GET",
+                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items})),
+            ),
+            expect("POST", format!("{LEDGER}?"), None),
+        ],
+    )
+    .await;
+    assert_eq!(seen[2].body["data"]["admitted"].as_str().unwrap().lines().count(), 8);
+}
+
+#[tokio::test]
+async fn conflicts_retry_soon_and_other_errors_back_off() {
+    let o: AiOrb = serde_json::from_value(orb("room-1", "uid-1", 5, Value::Null)).unwrap();
+    let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(context(Client::new(service, "default"), 8));
+    let conflict = Error::Kube(kube::Error::Api(
+        kube::core::Status::failure("modified", "Conflict")
+            .with_code(409)
+            .boxed(),
+    ));
+    assert_eq!(
+        error_policy(Arc::new(o.clone()), &conflict, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    let other = Error::Kube(kube::Error::Api(
+        kube::core::Status::failure("boom", "InternalError")
+            .with_code(500)
+            .boxed(),
+    ));
+    assert_eq!(
+        error_policy(Arc::new(o), &other, ctx),
+        Action::requeue(Duration::from_secs(15))
+    );
+}
