@@ -50,10 +50,13 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
-    client
-        .apiserver_version()
-        .await
-        .context("cannot reach the Kubernetes API server")?;
+    // An API server that is briefly away is waited for (not ready meanwhile), not crash-looped on.
+    let mut delay = std::time::Duration::from_secs(1);
+    while let Err(e) = client.apiserver_version().await {
+        warn!(error = %e, "cannot reach the Kubernetes API server; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(30));
+    }
     ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, stop_rx) = watch::channel(false);

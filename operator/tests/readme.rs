@@ -6,7 +6,10 @@ use orb_operator::config::Cli;
 
 fn readme_rows() -> Vec<(String, String, String)> {
     let readme = include_str!("../../README.md");
-    let section = readme.split("### orb-operator flags").nth(1).expect("README has an '### orb-operator flags' section");
+    let section = readme
+        .split("### orb-operator flags")
+        .nth(1)
+        .expect("README has an '### orb-operator flags' section");
     section
         .lines()
         .skip_while(|l| !l.starts_with('|'))
@@ -25,9 +28,20 @@ fn code_rows() -> Vec<(String, String, String)> {
         .filter(|a| !matches!(a.get_id().as_str(), "help" | "version"))
         .map(|a| {
             let flag = format!("--{}", a.get_long().expect("every operator setting is a long flag"));
-            let env = a.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-            let default: Vec<String> = a.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
-            let default = if default.is_empty() || default == [""] { "(unset)".to_owned() } else { default.join(",") };
+            let env = a
+                .get_env()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let default: Vec<String> = a
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let default = if default.is_empty() || default == [""] {
+                "(unset)".to_owned()
+            } else {
+                default.join(",")
+            };
             (flag, env, default)
         })
         .collect()
@@ -38,9 +52,15 @@ fn readme_documents_every_flag_env_and_default() {
     let readme = readme_rows();
     let code = code_rows();
     for row in &code {
-        assert!(readme.contains(row), "README lacks or misstates {row:?}; the README has {readme:#?}");
+        assert!(
+            readme.contains(row),
+            "README lacks or misstates {row:?}; the README has {readme:#?}"
+        );
     }
     for row in &readme {
-        assert!(code.contains(row), "README documents {row:?}, which the code does not have");
+        assert!(
+            code.contains(row),
+            "README documents {row:?}, which the code does not have"
+        );
     }
 }
