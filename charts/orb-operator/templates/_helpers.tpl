@@ -1,0 +1,74 @@
+{{/* Common names and labels. */}}
+{{/* `orb` for a release named orb (so the signaling Service is orb-signaling), else `<release>-orb`. */}}
+{{- define "orb.fullname" -}}
+{{- if contains "orb" .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-orb" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "orb.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/part-of: orb-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "orb.selector" -}}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/name: {{ .component }}
+{{- end -}}
+
+{{- define "orb.image" -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .repository (default .root.Chart.AppVersion .root.Values.image.tag) -}}
+{{- end -}}
+
+{{- define "orb.signingSecret" -}}
+{{- default (printf "%s-signing-key" (include "orb.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "orb.signalingName" -}}
+{{- printf "%s-signaling" (include "orb.fullname" .) -}}
+{{- end -}}
+
+{{- define "orb.operatorName" -}}
+{{- printf "%s-operator" (include "orb.fullname" .) -}}
+{{- end -}}
+
+{{/* The restricted security context every container of the chart runs with. */}}
+{{- define "orb.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{- define "orb.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* A map as key=value pairs joined by commas (the operator's --orb-node-selector format). */}}
+{{- define "orb.keyValues" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{/* Seconds in a duration written as 30s, 5m or 2h. */}}
+{{- define "orb.seconds" -}}
+{{- $d := toString . -}}
+{{- if hasSuffix "h" $d -}}{{- mul (trimSuffix "h" $d | int) 3600 -}}
+{{- else if hasSuffix "m" $d -}}{{- mul (trimSuffix "m" $d | int) 60 -}}
+{{- else -}}{{- trimSuffix "s" $d | int -}}
+{{- end -}}
+{{- end -}}

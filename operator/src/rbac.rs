@@ -1,0 +1,44 @@
+//! Every Kubernetes API call the operator makes, as RBAC rules: the single list the Helm chart's
+//! roles are tested against (granting less breaks the operator, granting more breaks least
+//! privilege).
+
+/// Where a permission is needed: cluster-wide (or the watched namespace), or only in the
+/// operator's own namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Watched,
+    OwnNamespace,
+}
+
+/// `(scope, apiGroup, resource, verbs)`.
+pub const API_CALLS: &[(Scope, &str, &str, &[&str])] = &[
+    // The controller's watch and reconcile: finalizer patches, TTL deletion; the admitter's list.
+    (
+        Scope::Watched,
+        "hybridcoach.io",
+        "aiorbs",
+        &["get", "list", "watch", "patch", "delete"],
+    ),
+    // Status by server-side apply.
+    (Scope::Watched, "hybridcoach.io", "aiorbs/status", &["get", "patch"]),
+    // The owned-pod watch, the pod read, create and delete.
+    (
+        Scope::Watched,
+        "",
+        "pods",
+        &["get", "list", "watch", "create", "delete"],
+    ),
+    // The per-orb token Secret, by server-side apply (create when absent).
+    (Scope::Watched, "", "secrets", &["create", "patch"]),
+    // Transition events.
+    (Scope::Watched, "events.k8s.io", "events", &["create", "patch"]),
+    // The admission ledger.
+    (Scope::OwnNamespace, "", "configmaps", &["get", "create", "update"]),
+    // Leader election.
+    (
+        Scope::OwnNamespace,
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "patch"],
+    ),
+];

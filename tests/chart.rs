@@ -1,0 +1,402 @@
+//! The Helm chart, rendered by the real Helm 4 binary, checked against the code: lint, every CI
+//! values file, security contexts, ports, RBAC coverage of exactly the API calls the operator
+//! makes, the CRD copy, the rendered plain manifests and the dashboards.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use clap::CommandFactory;
+use orb_operator::rbac::{API_CALLS, Scope};
+use serde::Deserialize;
+use serde_json::Value;
+use support::{root, run, tool};
+
+const CHART: &str = "charts/orb-operator";
+
+fn helm() -> Command {
+    let mut c = Command::new(tool("helm", "scripts/install-helm.sh"));
+    c.current_dir(root());
+    c
+}
+
+fn values_files() -> Vec<Option<String>> {
+    let mut files: Vec<Option<String>> = vec![None];
+    for entry in std::fs::read_dir(root().join(CHART).join("ci")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with("-values.yaml") {
+            files.push(Some(format!("{CHART}/ci/{name}")));
+        }
+    }
+    files
+}
+
+fn render(values: Option<&str>, extra: &[&str]) -> Vec<Value> {
+    let mut cmd = helm();
+    cmd.args(["template", "orb", CHART, "--namespace", "orbs"]);
+    if let Some(v) = values {
+        cmd.args(["-f", v]);
+    }
+    cmd.args(extra);
+    let out = run(&mut cmd);
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| {
+            o["kind"] == kind
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with(name_suffix)
+        })
+        .unwrap_or_else(|| panic!("no {kind} named *{name_suffix}"))
+}
+
+#[test]
+fn lints_strictly_with_every_values_file() {
+    for values in values_files() {
+        let mut cmd = helm();
+        cmd.args(["lint", "--strict", CHART]);
+        if let Some(v) = &values {
+            cmd.args(["-f", v]);
+        }
+        run(&mut cmd);
+    }
+}
+
+#[test]
+fn every_object_is_labelled_and_every_workload_is_locked_down() {
+    for values in values_files() {
+        let objects = render(values.as_deref(), &[]);
+        assert!(!objects.is_empty());
+        for o in &objects {
+            let what = format!("{} {} ({values:?})", o["kind"], o["metadata"]["name"]);
+            assert!(
+                o["apiVersion"].is_string() && o["metadata"]["name"].is_string(),
+                "{what}"
+            );
+            assert_eq!(
+                o["metadata"]["labels"]["app.kubernetes.io/part-of"], "orb-operator",
+                "{what}"
+            );
+            let pod_spec = match o["kind"].as_str().unwrap() {
+                "Deployment" => &o["spec"]["template"]["spec"],
+                "Pod" => &o["spec"],
+                _ => continue,
+            };
+            assert_eq!(pod_spec["securityContext"]["runAsNonRoot"], true, "{what}");
+            assert_eq!(
+                pod_spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{what}"
+            );
+            for c in pod_spec["containers"].as_array().unwrap() {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}");
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
+                assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{what}");
+                if o["kind"] == "Deployment" {
+                    assert!(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "{what}");
+                    assert!(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "{what}");
+                    assert!(c["resources"]["requests"].is_object(), "{what}");
+                }
+            }
+        }
+    }
+}
+
+fn rules_of(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    out.insert((
+                        g.as_str().unwrap().into(),
+                        r.as_str().unwrap().into(),
+                        v.as_str().unwrap().into(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn calls(scope: Scope) -> BTreeSet<(String, String, String)> {
+    API_CALLS
+        .iter()
+        .filter(|(s, ..)| *s == scope)
+        .flat_map(|(_, g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect()
+}
+
+#[test]
+fn operator_rbac_grants_exactly_the_calls_the_code_makes() {
+    let objects = render(None, &[]);
+    assert_eq!(
+        rules_of(find(&objects, "ClusterRole", "-operator")),
+        calls(Scope::Watched)
+    );
+    assert_eq!(
+        rules_of(find(&objects, "Role", "-operator-own")),
+        calls(Scope::OwnNamespace)
+    );
+    // Watching one namespace narrows the grant to a Role there.
+    let narrowed = render(Some(&format!("{CHART}/ci/single-namespace-values.yaml")), &[]);
+    assert!(!narrowed.iter().any(|o| o["kind"] == "ClusterRole"));
+    let role = find(&narrowed, "Role", "orb-operator");
+    assert_eq!(role["metadata"]["namespace"], "calls");
+    assert_eq!(rules_of(role), calls(Scope::Watched));
+}
+
+fn container_env(deployment: &Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_operator_deployment_uses_real_settings_ports_and_ha() {
+    let objects = render(Some(&format!("{CHART}/ci/monitoring-values.yaml")), &[]);
+    let operator = find(&objects, "Deployment", "-operator");
+    assert_eq!(operator["spec"]["replicas"], 2);
+    assert_eq!(operator["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let known: BTreeSet<String> = orb_operator::config::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    for env in container_env(operator) {
+        assert!(
+            known.contains(&env),
+            "the chart sets {env}, which the operator does not read"
+        );
+    }
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"], 8081);
+    let http_default = orb_operator::config::Cli::command()
+        .get_arguments()
+        .find(|a| a.get_long() == Some("http-addr"))
+        .map(|a| a.get_default_values()[0].to_string_lossy().into_owned())
+        .unwrap();
+    assert!(http_default.ends_with(":8081"), "{http_default}");
+    // Orb pods: the NetworkPolicy and the PodMonitor speak to the port the operator gives them.
+    let policy = find(&objects, "NetworkPolicy", "-orbs");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"][0]["port"],
+        orb_operator::pod::ORB_HTTP_PORT
+    );
+    let monitor = find(&objects, "PodMonitor", "-orbs");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"],
+        "orb-operator"
+    );
+    let alerts = find(&objects, "PrometheusRule", "orb");
+    assert!(alerts["spec"]["groups"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn the_signing_key_secret_is_generated_unless_one_is_given() {
+    let objects = render(None, &[]);
+    let secret = find(&objects, "Secret", "-signing-key");
+    assert_eq!(secret["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    assert!(
+        secret["data"]["signing-key"].as_str().unwrap().len() >= 44,
+        "at least 32 bytes, base64"
+    );
+    let given = render(Some(&format!("{CHART}/ci/single-namespace-values.yaml")), &[]);
+    assert!(!given.iter().any(|o| o["kind"] == "Secret"));
+}
+
+#[test]
+fn unknown_values_are_rejected() {
+    let out = helm()
+        .args(["template", "orb", CHART, "--set", "operator.replica=3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("additional properties 'replica' not allowed"));
+}
+
+#[test]
+fn the_chart_ships_the_crd_the_types_generate() {
+    let copy = std::fs::read_to_string(root().join(CHART).join("files/crds/aiorbs.hybridcoach.io.yaml")).unwrap();
+    assert!(
+        copy == orb_crds::crd_yaml(),
+        "charts/orb-operator/files/crds is stale: copy crds/generated into it"
+    );
+    let rendered = render(None, &[]);
+    let crd = find(&rendered, "CustomResourceDefinition", "aiorbs.hybridcoach.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    let generated: Value = serde_yaml::from_str(&copy).unwrap();
+    // Helm writes whole floats (schemars' `maximum: 86400.0`) as integers; the schema is the same.
+    assert!(
+        integral(&crd["spec"]) == integral(&generated["spec"]),
+        "the rendered CRD differs from crds/generated"
+    );
+    let without = render(None, &["--set", "crds.enabled=false"]);
+    assert!(!without.iter().any(|o| o["kind"] == "CustomResourceDefinition"));
+}
+
+fn integral(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && n.is_f64() => Value::from(f as i64),
+            _ => v.clone(),
+        },
+        Value::Array(a) => Value::Array(a.iter().map(integral).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), integral(v))).collect()),
+        _ => v.clone(),
+    }
+}
+
+/// The command that renders manifests/install.yaml (also in docs/install.md).
+const INSTALL_ARGS: &[&str] = &[
+    "template",
+    "orb",
+    CHART,
+    "--namespace",
+    "orb-system",
+    "--skip-tests",
+    "--set",
+    "auth.existingSecret=orb-signing-key",
+];
+
+#[test]
+fn manifests_install_yaml_is_the_rendered_chart() {
+    let out = run(helm().args(INSTALL_ARGS));
+    let committed = std::fs::read(root().join("manifests/install.yaml")).unwrap();
+    assert!(
+        out.stdout == committed,
+        "manifests/install.yaml is stale; regenerate it with: helm {} > manifests/install.yaml",
+        INSTALL_ARGS.join(" ")
+    );
+}
+
+#[test]
+fn dashboards_are_portable_and_labelled_for_grafana() {
+    let objects = render(None, &[]);
+    let maps: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str().unwrap().contains("-dashboard-"))
+        .collect();
+    assert_eq!(maps.len(), 4);
+    let mut uids = BTreeSet::new();
+    for map in maps {
+        assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+        let (_, json) = map["data"].as_object().unwrap().iter().next().unwrap();
+        let dashboard: Value = serde_json::from_str(json.as_str().unwrap()).unwrap();
+        let uid = dashboard["uid"].as_str().unwrap().to_owned();
+        assert!(uids.insert(uid.clone()), "duplicate uid {uid}");
+        assert_eq!(dashboard["templating"]["list"][0]["type"], "datasource", "{uid}");
+        for panel in dashboard["panels"].as_array().unwrap() {
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{uid}");
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                if expr.contains("rate(") {
+                    assert!(expr.contains("[$__rate_interval]"), "{uid}: {expr}");
+                }
+            }
+        }
+    }
+}
+
+fn flatten(prefix: &str, node: &Value, out: &mut Vec<(String, Value)>) {
+    const OPAQUE: &[&str] = &["resources", "Selector", "labels", "annotations", "affinity"];
+    match node {
+        Value::Object(map) if !map.is_empty() && !OPAQUE.iter().any(|s| prefix.ends_with(s)) => {
+            for (k, v) in map {
+                flatten(
+                    &if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    },
+                    v,
+                    out,
+                );
+            }
+        }
+        _ => out.push((prefix.to_owned(), node.clone())),
+    }
+}
+
+#[test]
+fn docs_install_md_documents_every_value_with_its_default() {
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap()).unwrap();
+    let mut keys = Vec::new();
+    flatten("", &values, &mut keys);
+    let doc = std::fs::read_to_string(root().join("docs/install.md")).unwrap();
+    let documented: Vec<(String, Value)> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l
+                .split(" | ")
+                .map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ' || ch == '`'))
+                .collect();
+            (
+                cells[0].to_owned(),
+                serde_json::from_str(cells[1]).unwrap_or_else(|e| panic!("{l}: {e}")),
+            )
+        })
+        .collect();
+    for (key, default) in &keys {
+        let row = documented
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("docs/install.md lacks {key}"));
+        assert_eq!(&row.1, default, "docs/install.md states another default for {key}");
+    }
+    assert_eq!(
+        documented.len(),
+        keys.len(),
+        "docs/install.md documents keys values.yaml does not have"
+    );
+}
+
+#[test]
+fn dockerfiles_build_the_binaries_the_chart_runs_as_its_user_and_ports() {
+    for (dir, bin, port) in [
+        ("operator", "orb-operator", 8081),
+        ("signaling", "orb-signaling", 8080),
+        ("orb", "orb", 9090),
+    ] {
+        let file = std::fs::read_to_string(root().join(dir).join("Dockerfile")).unwrap();
+        assert!(file.contains(&format!("--bin {bin}")), "{dir}/Dockerfile builds {bin}");
+        assert!(
+            file.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")),
+            "{dir}/Dockerfile runs {bin}"
+        );
+        assert!(
+            file.contains("USER 65532:65532"),
+            "{dir}/Dockerfile runs as the chart's uid"
+        );
+        assert!(
+            file.contains(&format!("EXPOSE {port}")),
+            "{dir}/Dockerfile exposes {port}"
+        );
+    }
+    // The chart's pods and the operator's orb pods run as that uid.
+    assert_eq!(orb_operator::pod::ORB_UID, 65532);
+    let objects = render(None, &[]);
+    for name in ["-operator", "-signaling"] {
+        let d = find(&objects, "Deployment", name);
+        assert_eq!(d["spec"]["template"]["spec"]["securityContext"]["runAsUser"], 65532);
+    }
+    let signaling = find(&objects, "Deployment", "-signaling");
+    assert_eq!(
+        signaling["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+}

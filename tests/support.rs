@@ -1,0 +1,33 @@
+//! Helpers shared by the cross-crate tests: the repository root and the real tools they start.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A tool the project's scripts install: on PATH, or under target/tools/bin.
+pub fn tool(name: &str, installer: &str) -> PathBuf {
+    let local = root().join("target/tools/bin").join(name);
+    if local.exists() {
+        return local;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.exists());
+    on_path.unwrap_or_else(|| panic!("{name} is not installed: run {installer}"))
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
