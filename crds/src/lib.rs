@@ -4,6 +4,7 @@
 pub mod aiorb;
 pub mod auth;
 pub mod duration;
+pub mod exposition;
 pub mod naming;
 
 pub use aiorb::{
