@@ -14,7 +14,7 @@ use serde_json::Value;
 use support::{root, tool};
 
 /// Kills the child when the test ends, however it ends.
-struct Process(Child, &'static str);
+struct Process(Child);
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -99,7 +99,7 @@ fn start(job: &'static str, cmd: &mut Command, port: u16) -> Target {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{job}: {e}"));
-    let mut process = Process(child, job);
+    let mut process = Process(child);
     wait_for(&format!("{job} /metrics"), || {
         assert!(process.0.try_wait().unwrap().is_none(), "{job} exited early");
         http_get(port, "/metrics").filter(|(c, _)| *c == 200)
@@ -206,7 +206,6 @@ fn prometheus_scrapes_the_binaries_and_every_panel_and_alert_query_works() {
             .stderr(Stdio::null())
             .spawn()
             .expect("start prometheus"),
-        "prometheus",
     );
     for t in &targets {
         wait_for(&format!("prometheus to scrape {}", t.job), || {

@@ -21,6 +21,7 @@ pub fn tool(name: &str, installer: &str) -> PathBuf {
     on_path.unwrap_or_else(|| panic!("{name} is not installed: run {installer}"))
 }
 
+#[allow(dead_code)] // not every test binary that includes this module runs commands
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
