@@ -10,4 +10,3 @@ pub mod pod;
 pub mod policy;
 pub mod rbac;
 pub mod status;
-pub mod telemetry;

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    orb_operator::telemetry::init(config.json_logs);
+    orb_crds::telemetry::init_logging(config.json_logs);
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        orb_operator::telemetry::shutdown_signal().await;
+        orb_crds::telemetry::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });

@@ -173,9 +173,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        orb_crds::telemetry::encode_metrics(&self.registry)
     }
 }
 

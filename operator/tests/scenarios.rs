@@ -162,7 +162,13 @@ async fn reconcile_with(orb: Value, script: Vec<Exchange>) -> (Result<Action, Er
 }
 
 /// Runs one admission pass with `cap` against `script`.
-async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
+async fn admission_pass(
+    cap: usize,
+    script: Vec<Exchange>,
+) -> (
+    Result<orb_operator::admission::PassOutcome, orb_operator::admission::AdmissionError>,
+    Vec<Seen>,
+) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let verifier = tokio::spawn(verify(handle, script));
     let client = Client::new(service, "default");
@@ -177,9 +183,15 @@ async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
         wake: ctx.admission.clone(),
         now,
     };
-    admitter.pass().await.expect("admission pass");
+    let result = admitter.pass().await;
     drop((admitter, ctx));
-    finish(verifier).await
+    (result, finish(verifier).await)
+}
+
+async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
+    let (result, seen) = admission_pass(cap, script).await;
+    result.expect("admission pass");
+    seen
 }
 
 async fn finish(verifier: tokio::task::JoinHandle<Vec<Seen>>) -> Vec<Seen> {
@@ -413,36 +425,23 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
 #[tokio::test]
 async fn a_ledger_conflict_aborts_the_pass_before_any_admission() {
     let waiting = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let script = vec![
-        not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-        expect(
-            "GET",
-            "/apis/hybridcoach.io/v1alpha1/aiorbs?",
-            Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
-        ),
-        conflict("POST", format!("{LEDGER}?")),
-    ];
-    let verifier = tokio::spawn(verify(handle, script));
-    let client = Client::new(service, "default");
-    let ctx = context(client.clone(), 8);
-    let admitter = Admitter {
-        ledger: Api::namespaced(client.clone(), "orb-system"),
-        orbs: Api::all(client.clone()),
-        client,
-        cap: 8,
-        metrics: ctx.metrics.clone(),
-        recorder: ctx.recorder.clone(),
-        wake: ctx.admission.clone(),
-        now,
-    };
-    let result = admitter.pass().await;
+    let (result, _) = admission_pass(
+        8,
+        vec![
+            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+            expect(
+                "GET",
+                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
+            ),
+            conflict("POST", format!("{LEDGER}?")),
+        ],
+    )
+    .await;
     assert!(
         matches!(result, Err(orb_operator::admission::AdmissionError::Conflict)),
         "{result:?}"
     );
-    drop((admitter, ctx));
-    finish(verifier).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,53 @@
+//! What every binary of the system does the same way at its edges: structured logs, the shutdown
+//! signal, and encoding its metrics registry. Behind the `telemetry` feature so that users of the
+//! API types alone do not pull in a logging stack and a runtime.
+
+use tracing_subscriber::EnvFilter;
+
+/// Structured logs to stderr, as text or JSON lines; `RUST_LOG` filters (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Which signal asked the process to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: the kubelet (or a supervisor) stops the process.
+    Terminate,
+    /// Ctrl-C.
+    Interrupt,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() -> Signal {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Signal::Interrupt,
+        _ = term => Signal::Terminate,
+    }
+}
+
+/// The registry as OpenMetrics text (see [`crate::exposition`] for serving it).
+pub fn encode_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String cannot fail");
+    out
+}
