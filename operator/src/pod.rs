@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction,
-    LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, Secret, SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    LocalObjectReference, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -127,17 +127,6 @@ pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, lifetime_lef
                     name: token_secret_name(&orb_name),
                     key: TOKEN_KEY.into(),
                     optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        EnvVar {
-            name: "POD_IP".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
                 }),
                 ..Default::default()
             }),
