@@ -1,0 +1,451 @@
+//! Command line and environment configuration. Every flag has an environment equivalent so the
+//! operator can configure a pod through env alone; the seed's flag names are kept.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use orb_crds::duration::parse_duration;
+use thiserror::Error;
+
+/// Which brain drives the orb's speech.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BrainKind {
+    /// Deterministic tone greeting and echo, for tests.
+    Test,
+    /// A speech-to-speech service speaking the OpenAI Realtime protocol.
+    OpenaiRealtime,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Clone, Debug)]
+#[command(name = "orb", version, about = "The AI participant of a tri-party coaching call")]
+pub struct Cli {
+    /// Room to join.
+    #[arg(long, env = "ORB_ROOM")]
+    pub room: String,
+    /// Session id reported in status and the session summary.
+    #[arg(long, env = "ORB_SESSION", default_value = "")]
+    pub session: String,
+    /// The coach's user id.
+    #[arg(long, env = "ORB_COACH", default_value = "")]
+    pub coach: String,
+    /// The client's user id.
+    #[arg(long, env = "ORB_CLIENT", default_value = "")]
+    pub client: String,
+    /// Longest the orb lives before it leaves on its own (bare integer = milliseconds).
+    #[arg(long, env = "ORB_MAX_LIFETIME", default_value = "2h", value_parser = parse_duration)]
+    pub max_lifetime: Duration,
+    /// Time without activity in the room after which the orb leaves on its own.
+    #[arg(long, env = "ORB_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Test mode: forces the test brain.
+    #[arg(long, env = "ORB_TEST_MODE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub test_mode: bool,
+    /// Base URL of signaling (ws:// or wss://); the orb connects to `{url}/ws-simple/{room}`.
+    #[arg(long, env = "SIGNALING_URL", default_value = "ws://orb-signaling:8080")]
+    pub signaling_url: String,
+    /// File holding the signaling token (used when ORB_SIGNALING_TOKEN is unset).
+    #[arg(long, env = "ORB_SIGNALING_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The orb's user id in the room.
+    #[arg(long, env = "ORB_USER_ID")]
+    pub user_id: Option<String>,
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(long, env = "ORB_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
+    /// Where the termination message is written on exit.
+    #[arg(long, env = "ORB_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+    /// Brain to run (test mode implies `test`).
+    #[arg(long, env = "ORB_BRAIN", value_enum, default_value = "openai-realtime")]
+    pub brain: BrainKind,
+    /// Delay before the test brain echoes what it hears.
+    #[arg(long, env = "ORB_TEST_ECHO_DELAY", default_value = "100ms", value_parser = parse_duration)]
+    pub test_echo_delay: Duration,
+    /// Base URL of the realtime speech service.
+    #[arg(long, env = "OPENAI_BASE_URL", default_value = "wss://api.openai.com/v1")]
+    pub openai_base_url: String,
+    /// Realtime model name.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-realtime")]
+    pub openai_model: String,
+    /// Voice of the realtime model.
+    #[arg(long, env = "OPENAI_VOICE", default_value = "alloy")]
+    pub openai_voice: String,
+    /// Instructions given to the realtime model.
+    #[arg(
+        long,
+        env = "OPENAI_INSTRUCTIONS",
+        default_value = "You are a supportive AI assistant taking part in a coaching session between a coach and a client. Speak briefly and only when it helps."
+    )]
+    pub openai_instructions: String,
+    /// STUN/TURN server URLs, comma-separated.
+    #[arg(long, env = "ORB_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+    /// Username for the TURN servers.
+    #[arg(long, env = "ORB_TURN_USERNAME", default_value = "")]
+    pub turn_username: String,
+    /// Credential for the TURN servers.
+    #[arg(long, env = "ORB_TURN_CREDENTIAL", default_value = "", hide_env_values = true)]
+    pub turn_credential: String,
+    /// Public address advertised in host candidates (NAT 1:1).
+    #[arg(long, env = "ORB_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Local UDP addresses for media, comma-separated; `0.0.0.0:0` means every non-loopback interface.
+    #[arg(long, env = "ORB_UDP_ADDRS", value_delimiter = ',', default_value = "0.0.0.0:0")]
+    pub udp_addrs: Vec<SocketAddr>,
+    /// Log output format.
+    #[arg(long, env = "ORB_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("invalid room id: {0}")]
+    Room(#[from] orb_crds::naming::RoomIdError),
+    #[error("signaling URL must start with ws:// or wss:// (got {0:?})")]
+    SignalingUrl(String),
+    #[error("OpenAI base URL must start with ws://, wss://, http:// or https:// (got {0:?})")]
+    OpenaiUrl(String),
+    #[error("cannot read the signaling token file {path}: {source}")]
+    TokenFile { path: PathBuf, source: std::io::Error },
+    #[error("the openai-realtime brain needs OPENAI_API_KEY")]
+    MissingApiKey,
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+    #[error("no UDP address for media was given")]
+    NoUdpAddr,
+}
+
+/// Secrets are read from the environment only, so they never show up in `ps` or the pod spec.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// `ORB_SIGNALING_TOKEN`.
+    pub signaling_token: Option<String>,
+    /// `OPENAI_API_KEY`.
+    pub openai_api_key: Option<String>,
+}
+
+impl Secrets {
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+        Self {
+            signaling_token: var("ORB_SIGNALING_TOKEN"),
+            openai_api_key: var("OPENAI_API_KEY"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("signaling_token", &self.signaling_token.as_ref().map(|_| ".."))
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// The OpenAI Realtime settings.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    pub base_url: String,
+    pub model: String,
+    pub voice: String,
+    pub instructions: String,
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("voice", &self.voice)
+            .field("api_key", &"..")
+            .finish_non_exhaustive()
+    }
+}
+
+/// WebRTC transport settings.
+#[derive(Clone, Debug)]
+pub struct RtcConfig {
+    pub ice_servers: Vec<String>,
+    pub turn_username: String,
+    pub turn_credential: String,
+    pub public_ip: Option<IpAddr>,
+    pub udp_addrs: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub enum BrainConfig {
+    Test { echo_delay: Duration },
+    OpenAi(OpenAiConfig),
+}
+
+/// Validated configuration. Its `Debug` leaves the token out.
+#[derive(Clone)]
+pub struct Config {
+    pub room: String,
+    pub session: String,
+    pub coach: String,
+    pub client: String,
+    pub user_id: String,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub test_mode: bool,
+    /// `{signaling_url}/ws-simple/{room}`.
+    pub signaling_endpoint: String,
+    pub token: Option<String>,
+    pub http_addr: SocketAddr,
+    pub termination_log: PathBuf,
+    pub brain: BrainConfig,
+    pub rtc: RtcConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("room", &self.room)
+            .field("session", &self.session)
+            .field("user_id", &self.user_id)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("test_mode", &self.test_mode)
+            .field("signaling_endpoint", &self.signaling_endpoint)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("brain", &self.brain)
+            .field("rtc", &self.rtc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli, secrets: Secrets) -> Result<Self, ConfigError> {
+        orb_crds::naming::validate_room_id(&cli.room)?;
+        let base = cli.signaling_url.trim_end_matches('/');
+        if !(base.starts_with("ws://") || base.starts_with("wss://")) {
+            return Err(ConfigError::SignalingUrl(cli.signaling_url));
+        }
+        if cli.max_lifetime.is_zero() {
+            return Err(ConfigError::ZeroDuration("--max-lifetime"));
+        }
+        if cli.idle_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("--idle-timeout"));
+        }
+        if cli.udp_addrs.is_empty() {
+            return Err(ConfigError::NoUdpAddr);
+        }
+        let token = match (secrets.signaling_token, &cli.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(path)) => {
+                let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(raw.trim().to_owned()).filter(|t| !t.is_empty())
+            }
+            (None, None) => None,
+        };
+        let kind = if cli.test_mode { BrainKind::Test } else { cli.brain };
+        let brain = match kind {
+            BrainKind::Test => BrainConfig::Test {
+                echo_delay: cli.test_echo_delay,
+            },
+            BrainKind::OpenaiRealtime => {
+                let url = cli.openai_base_url.trim_end_matches('/').to_owned();
+                if !["ws://", "wss://", "http://", "https://"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
+                    return Err(ConfigError::OpenaiUrl(url));
+                }
+                BrainConfig::OpenAi(OpenAiConfig {
+                    base_url: url,
+                    model: cli.openai_model,
+                    voice: cli.openai_voice,
+                    instructions: cli.openai_instructions,
+                    api_key: secrets.openai_api_key.ok_or(ConfigError::MissingApiKey)?,
+                })
+            }
+        };
+        let user_id = cli.user_id.unwrap_or_else(|| format!("ai-orb-{}", cli.room));
+        Ok(Self {
+            signaling_endpoint: format!("{base}/ws-simple/{}", cli.room),
+            room: cli.room,
+            session: cli.session,
+            coach: cli.coach,
+            client: cli.client,
+            user_id,
+            max_lifetime: cli.max_lifetime,
+            idle_timeout: cli.idle_timeout,
+            test_mode: cli.test_mode,
+            token,
+            http_addr: cli.http_addr,
+            termination_log: cli.termination_log,
+            brain,
+            rtc: RtcConfig {
+                ice_servers: cli.ice_servers.into_iter().filter(|s| !s.trim().is_empty()).collect(),
+                turn_username: cli.turn_username,
+                turn_credential: cli.turn_credential,
+                public_ip: cli.public_ip,
+                udp_addrs: cli.udp_addrs,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["orb"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn seed_flags_parse_with_bare_milliseconds() {
+        let c = cli(&[
+            "--room=room123",
+            "--session=abc456",
+            "--coach=c1",
+            "--client=c2",
+            "--max-lifetime=7200000",
+            "--idle-timeout=300000",
+            "--test-mode",
+            "--signaling-url=ws://localhost:8080/",
+        ]);
+        let cfg = Config::from_cli(c, Secrets::default()).unwrap();
+        assert_eq!(cfg.max_lifetime, Duration::from_secs(7200));
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(300));
+        assert_eq!(cfg.signaling_endpoint, "ws://localhost:8080/ws-simple/room123");
+        assert!(
+            matches!(cfg.brain, BrainConfig::Test { .. }),
+            "test mode implies the test brain"
+        );
+        assert_eq!(cfg.user_id, "ai-orb-room123");
+        assert!(cfg.token.is_none());
+    }
+
+    #[test]
+    fn openai_brain_needs_a_key() {
+        let err = Config::from_cli(cli(&["--room=r", "--brain=openai-realtime"]), Secrets::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingApiKey));
+        let secrets = Secrets {
+            openai_api_key: Some("k".into()),
+            signaling_token: Some(" tok\n".into()),
+        };
+        let cfg = Config::from_cli(cli(&["--room=r"]), secrets).unwrap();
+        assert_eq!(cfg.token.as_deref(), Some("tok"));
+        let BrainConfig::OpenAi(o) = cfg.brain else { panic!() };
+        assert_eq!(o.model, "gpt-realtime");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let secrets = Secrets {
+            openai_api_key: Some("sk-very-secret".into()),
+            signaling_token: Some("jwt-very-secret".into()),
+        };
+        let cfg = Config::from_cli(cli(&["--room=r"]), secrets.clone()).unwrap();
+        let shown = format!("{cfg:?} {secrets:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::from_cli(cli(&["--room=a b", "--test-mode"]), Secrets::default()).is_err());
+        assert!(
+            Config::from_cli(
+                cli(&["--room=r", "--test-mode", "--signaling-url=http://x"]),
+                Secrets::default()
+            )
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["orb", "--room=r", "--idle-timeout=5d"]).is_err());
+        assert!(
+            Config::from_cli(
+                cli(&["--room=r", "--test-mode", "--max-lifetime=0"]),
+                Secrets::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let path = std::env::temp_dir().join(format!("orb-token-{}", std::process::id()));
+        std::fs::write(&path, "secret-token\n").unwrap();
+        let c = cli(&["--room=r", "--test-mode", &format!("--token-file={}", path.display())]);
+        let cfg = Config::from_cli(c, Secrets::default()).unwrap();
+        assert_eq!(cfg.token.as_deref(), Some("secret-token"));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// The README's flag table is the user's reference; keep it exactly in step with clap.
+    #[test]
+    fn readme_flag_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        let documented: Vec<(String, String, String)> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| {
+                let cells: Vec<String> = l.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect();
+                (cells[0].clone(), cells[1].clone(), cells[2].clone())
+            })
+            .collect();
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        // Building fills in implied defaults such as `false` for flags.
+        cmd.build();
+        let mut expected = Vec::new();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .map(|e| format!("`{}`", e.to_string_lossy()))
+                .unwrap_or_default();
+            let defaults: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            let default = if arg.is_required_set() {
+                "required".to_owned()
+            } else if defaults.is_empty() {
+                "none".to_owned()
+            } else if defaults == [""] {
+                "`\"\"`".to_owned()
+            } else {
+                format!("`{}`", defaults.join(","))
+            };
+            expected.push((format!("`--{long}`"), env, default));
+        }
+        assert_eq!(documented, expected);
+    }
+
+    #[test]
+    fn ice_settings_split_on_commas() {
+        let c = cli(&[
+            "--room=r",
+            "--test-mode",
+            "--ice-servers=stun:a:3478,turn:b:3478",
+            "--udp-addrs=127.0.0.1:0,[::1]:0",
+            "--public-ip=203.0.113.7",
+        ]);
+        let cfg = Config::from_cli(c, Secrets::default()).unwrap();
+        assert_eq!(cfg.rtc.ice_servers, ["stun:a:3478", "turn:b:3478"]);
+        assert_eq!(cfg.rtc.udp_addrs.len(), 2);
+        assert_eq!(cfg.rtc.public_ip, Some("203.0.113.7".parse().unwrap()));
+    }
+}

@@ -1,0 +1,102 @@
+//! `orb`: joins a room as the AI participant. Exit codes: 0 session ended (signal, lifetime,
+//! idle timeout), 1 runtime error, 2 bad configuration.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use orb::brain::Brain;
+use orb::config::{BrainConfig, Cli, Config, LogFormat, Secrets};
+use orb::health::Health;
+use orb::lifecycle::{Ending, exit_code, write_termination_message};
+use orb::media::webrtc_stack::WebrtcStack;
+use orb::metrics::Metrics;
+use orb::session::{self, SessionOptions};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+/// The WebRTC stack logs every state change at info and some benign conditions as warnings.
+const DEFAULT_LOG: &str = "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn";
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let termination_log = cli.termination_log.clone();
+    let config = match Config::from_cli(cli, Secrets::from_env()) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            let _ = write_termination_message(&termination_log, &format!("Error invalid configuration: {e}"));
+            std::process::exit(exit_code::USAGE);
+        }
+    };
+    // One provider for every TLS client in the process (signaling and the speech service).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Two worker threads: media, brain and session are light, and pods are sized small.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let code = match runtime.block_on(run(config.clone())) {
+        Ok(ending) => ending.exit_code(),
+        Err(e) => {
+            error!("{e:#}");
+            let message = Ending::Error(format!("{e:#}")).termination_message(std::time::Duration::ZERO);
+            let _ = write_termination_message(&config.termination_log, &message);
+            exit_code::ERROR
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+async fn run(config: Config) -> anyhow::Result<Ending> {
+    let metrics = Metrics::new();
+    let health = Health::new();
+    health.beat();
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    info!(addr = %listener.local_addr()?, room = %config.room, "orb starting");
+    let app = orb::http::router(health.clone(), metrics.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let brain: Box<dyn Brain> = match &config.brain {
+        BrainConfig::Test { echo_delay } => Box::new(orb::brain::test::TestBrain::new(*echo_delay)),
+        BrainConfig::OpenAi(openai) => Box::new(orb::brain::openai::OpenAiBrain::new(openai.clone())),
+    };
+    let media = Arc::new(WebrtcStack::new(config.rtc.clone(), metrics.clone()));
+    let ending = session::run(
+        config,
+        media,
+        brain,
+        metrics,
+        health,
+        SessionOptions::default(),
+        shutdown_signal(),
+    )
+    .await;
+    info!(reason = %ending.reason(), code = ending.exit_code(), "orb finished");
+    Ok(ending)
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,120 @@
+//! The orb's view of WebRTC: one answering peer per human, audio in and out. The stack behind
+//! it ([`webrtc_stack`]) can be swapped without touching the session logic.
+
+pub mod webrtc_stack;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Identifies one peer connection: a human and which of their offers it answers (a new offer
+/// from the same human replaces the connection and bumps the generation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub user: Arc<str>,
+    pub generation: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerState {
+    New,
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+impl PeerState {
+    pub const ALL: [PeerState; 6] = [
+        PeerState::New,
+        PeerState::Connecting,
+        PeerState::Connected,
+        PeerState::Disconnected,
+        PeerState::Failed,
+        PeerState::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::New => "new",
+            PeerState::Connecting => "connecting",
+            PeerState::Connected => "connected",
+            PeerState::Disconnected => "disconnected",
+            PeerState::Failed => "failed",
+            PeerState::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A local ICE candidate to trickle to the human (`RTCIceCandidateInit` JSON).
+    LocalCandidate {
+        key: PeerKey,
+        candidate: Value,
+    },
+    State {
+        key: PeerKey,
+        state: PeerState,
+    },
+    /// One decoded frame of the human's audio (48 kHz mono).
+    Audio {
+        key: PeerKey,
+        pcm: Vec<i16>,
+        at: Instant,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum MediaError {
+    #[error("invalid offer: {0}")]
+    InvalidOffer(String),
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    #[error("WebRTC: {0}")]
+    Stack(String),
+}
+
+/// One encoded 20 ms frame for a peer's outgoing track. `samples` is how far the RTP clock
+/// advances since the previous frame (more than one frame when the pacer skipped ticks).
+#[derive(Clone, Debug)]
+pub struct OutFrame {
+    pub payload: Bytes,
+    pub samples: u32,
+}
+
+/// Where the pacer writes a peer's audio; a full queue drops the frame rather than delay it.
+pub type AudioSink = mpsc::Sender<OutFrame>;
+
+#[async_trait]
+pub trait Peer: Send + Sync {
+    /// Applies the human's offer (`RTCSessionDescriptionInit` JSON) and returns the answer.
+    async fn answer(&self, offer: &Value) -> Result<Value, MediaError>;
+    /// Adds a trickled candidate; an empty or null candidate (end of candidates) is accepted.
+    async fn add_remote_candidate(&self, candidate: &Value) -> Result<(), MediaError>;
+    /// The queue of the outgoing audio track.
+    fn audio_sink(&self) -> AudioSink;
+    /// Closes the connection and stops its tasks.
+    async fn close(&self);
+}
+
+#[async_trait]
+pub trait MediaStack: Send + Sync {
+    async fn create_peer(&self, key: PeerKey, events: mpsc::Sender<PeerEvent>) -> Result<Box<dyn Peer>, MediaError>;
+}
+
+/// `true` for a trickle message that only says "no more candidates".
+pub fn is_end_of_candidates(candidate: &Value) -> bool {
+    match candidate {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Object(o) => o.get("candidate").is_none_or(|c| c.is_null() || c.as_str() == Some("")),
+        _ => false,
+    }
+}

@@ -1,0 +1,582 @@
+//! The session loop: one task owns the room state (peers, participants, transcript, status)
+//! and reacts to signaling, peer, brain and timer events in turn, so no state is shared
+//! behind locks. It ends on a signal, a deadline or a fatal error, and then says goodbye.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orb_signaling::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, Relay, ServerMessage, UserRole};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::audio::{VOICE_THRESHOLD, rms};
+use crate::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
+use crate::config::Config;
+use crate::health::Health;
+use crate::lifecycle::{Deadlines, Ending, write_termination_message};
+use crate::media::{MediaStack, Peer, PeerEvent, PeerKey, PeerState};
+use crate::metrics::{KindLabel, Metrics, StateLabel};
+use crate::playout::{self, PacerCmd};
+use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
+use crate::summary::{SessionRecord, SummaryIds, TranscriptLine, session_summary};
+
+/// Seed 001: a heartbeat every 30 s.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long the goodbye (final status and summary) may take before the orb exits anyway; well
+/// inside the pod's 10 s grace period.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Knobs tests turn; production uses the defaults.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+struct PeerEntry {
+    key: PeerKey,
+    peer: Box<dyn Peer>,
+    state: PeerState,
+    offered_at: Instant,
+    connected: bool,
+}
+
+struct Session {
+    config: Config,
+    metrics: Metrics,
+    health: Health,
+    media: Arc<dyn MediaStack>,
+    signaling: SignalingHandle,
+    brain_tx: mpsc::Sender<BrainInput>,
+    pacer_tx: mpsc::Sender<PacerCmd>,
+    peer_tx: mpsc::Sender<PeerEvent>,
+    peers: HashMap<Arc<str>, PeerEntry>,
+    generation: u64,
+    /// Humans in the room now.
+    present: BTreeMap<Arc<str>, UserRole>,
+    record: SessionRecord,
+    deadlines: Deadlines,
+    joined: bool,
+    brain_ready: bool,
+    brain_status: AiStatus,
+    speaking: bool,
+    sent_status: Option<AiStatus>,
+}
+
+/// Runs the orb until it ends; returns why. `shutdown` resolves with a signal name.
+pub async fn run(
+    config: Config,
+    media: Arc<dyn MediaStack>,
+    brain: Box<dyn Brain>,
+    metrics: Metrics,
+    health: Health,
+    options: SessionOptions,
+    shutdown: impl Future<Output = &'static str>,
+) -> Ending {
+    let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
+    let (signaling, sig_task) = signaling::spawn(
+        SignalingConfig::new(
+            config.signaling_endpoint.clone(),
+            config.token.clone(),
+            config.room.clone(),
+            config.user_id.clone(),
+        ),
+        sig_tx,
+    );
+    let (brain_tx, brain_in) = mpsc::channel(256);
+    let (brain_events_tx, mut brain_rx) = mpsc::channel(256);
+    info!(brain = brain.name(), "starting the brain");
+    let mut brain_task = tokio::spawn(brain.run(BrainIo {
+        input: brain_in,
+        events: brain_events_tx,
+    }));
+    let (pacer_tx, pacer_rx) = mpsc::channel(256);
+    let (speaking_tx, mut speaking_rx) = mpsc::channel(8);
+    let pacer_task = tokio::spawn(playout::run(pacer_rx, speaking_tx, metrics.clone()));
+    let (peer_tx, mut peer_rx) = mpsc::channel(1024);
+
+    let now = Instant::now();
+    let mut s = Session {
+        deadlines: Deadlines::new(now, config.max_lifetime, config.idle_timeout),
+        config,
+        metrics,
+        health,
+        media,
+        signaling,
+        brain_tx,
+        pacer_tx,
+        peer_tx,
+        peers: HashMap::new(),
+        generation: 0,
+        present: BTreeMap::new(),
+        record: SessionRecord::default(),
+        joined: false,
+        brain_ready: false,
+        brain_status: AiStatus::Listening,
+        speaking: false,
+        sent_status: None,
+    };
+    s.update_peer_gauges();
+    let mut heartbeat = tokio::time::interval_at(now + options.heartbeat_interval, options.heartbeat_interval);
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    let mut brain_done = false;
+
+    let ending = loop {
+        let (deadline, deadline_ending) = s.deadlines.next();
+        tokio::select! {
+            name = &mut shutdown => break Ending::Signal(name),
+            _ = tokio::time::sleep_until(deadline) => break deadline_ending,
+            Some(event) = sig_rx.recv() => {
+                if let Some(ending) = s.on_signaling(event).await { break ending; }
+            }
+            Some(event) = peer_rx.recv() => s.on_peer_event(event).await,
+            Some(event) = brain_rx.recv() => s.on_brain_event(event).await,
+            result = &mut brain_task, if !brain_done => {
+                brain_done = true;
+                match result {
+                    Ok(Ok(())) => info!("the brain stopped"),
+                    Ok(Err(e)) => break Ending::Error(e.to_string()),
+                    Err(e) => break Ending::Error(format!("the brain crashed: {e}")),
+                }
+            }
+            Some(speaking) = speaking_rx.recv() => {
+                s.speaking = speaking;
+                s.publish_status();
+            }
+            _ = heartbeat.tick() => s.send_heartbeat(),
+            _ = beat.tick() => s.health.beat(),
+        }
+    };
+
+    s.goodbye(&ending).await;
+    drop(s.brain_tx);
+    drop(s.pacer_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(1), pacer_task).await;
+    brain_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(1), sig_task).await;
+    ending
+}
+
+impl Session {
+    fn role_of(&self, user: &str) -> UserRole {
+        self.present.get(user).copied().unwrap_or(if user == self.config.coach {
+            UserRole::Coach
+        } else {
+            UserRole::Client
+        })
+    }
+
+    fn update_ready(&self) {
+        self.health.set_ready(self.joined && self.brain_ready);
+    }
+
+    fn update_peer_gauges(&self) {
+        for state in PeerState::ALL {
+            let n = self.peers.values().filter(|p| p.state == state).count();
+            self.metrics
+                .peer_connections
+                .get_or_create(&StateLabel { state: state.as_str() })
+                .set(n as i64);
+        }
+        self.metrics.participants.set(self.present.len() as i64);
+    }
+
+    fn current_status(&self) -> AiStatus {
+        if !self.brain_ready {
+            AiStatus::Starting
+        } else if self.speaking {
+            AiStatus::Speaking
+        } else {
+            self.brain_status
+        }
+    }
+
+    fn send_status(&mut self, status: AiStatus) {
+        self.sent_status = Some(status);
+        self.signaling.send(ClientMessage::AiStatus {
+            status,
+            session_id: Some(self.config.session.clone()).filter(|s| !s.is_empty()),
+        });
+    }
+
+    /// Sends `ai_status` when it changed (and the orb is in the room to say it). The first
+    /// status after each join is `ready`, so the room learns the orb can hear it.
+    fn publish_status(&mut self) {
+        if !(self.joined && self.brain_ready) {
+            return;
+        }
+        if self.sent_status.is_none() {
+            self.send_status(AiStatus::Ready);
+        }
+        let status = self.current_status();
+        if self.sent_status != Some(status) {
+            self.send_status(status);
+        }
+    }
+
+    fn participant_ids(&self) -> Vec<&str> {
+        self.present.keys().map(|k| &**k).collect()
+    }
+
+    async fn on_signaling(&mut self, event: SignalingEvent) -> Option<Ending> {
+        match event {
+            SignalingEvent::Connected => {
+                self.metrics.signaling_connected.set(1);
+            }
+            SignalingEvent::Disconnected(reason) => {
+                if self.joined {
+                    warn!(%reason, "lost signaling; media keeps flowing while reconnecting");
+                }
+                self.joined = false;
+                self.sent_status = None;
+                self.metrics.signaling_connected.set(0);
+                self.metrics.signaling_reconnects.inc();
+                self.update_ready();
+            }
+            SignalingEvent::Fatal(e) => return Some(Ending::Error(e.to_string())),
+            SignalingEvent::Message(msg) => self.on_message(msg).await,
+        }
+        None
+    }
+
+    async fn on_message(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::PeerDiscovery { peers } => {
+                // The join was accepted; this list is the room as it is now, also after a reconnect.
+                self.present.clear();
+                for p in peers.iter().filter(|p| p.participant_type == ParticipantType::Human) {
+                    self.present.insert(p.user_id.as_str().into(), p.user_role);
+                    self.record.participants.insert(p.user_id.clone(), p.user_role);
+                }
+                let gone: Vec<Arc<str>> = self
+                    .peers
+                    .keys()
+                    .filter(|u| !self.present.contains_key(*u))
+                    .cloned()
+                    .collect();
+                for user in gone {
+                    self.close_peer(&user).await;
+                }
+                self.joined = true;
+                self.update_ready();
+                self.update_peer_gauges();
+                info!(participants = self.present.len(), "in the room");
+                let participants = self.participant_ids();
+                let ready = json!({
+                    "roomId": self.config.room,
+                    "sessionId": self.config.session,
+                    "webrtcStatus": if self.peers.is_empty() { "waiting" } else { "connected" },
+                    "participants": participants,
+                });
+                self.signaling.send(ClientMessage::OrbReady(ready));
+                self.sent_status = None;
+                self.publish_status();
+            }
+            ServerMessage::UserJoined {
+                user_id,
+                user_role,
+                participant_type,
+                ..
+            } => {
+                if participant_type == ParticipantType::Human {
+                    self.deadlines.activity(Instant::now());
+                    self.present.insert(user_id.as_str().into(), user_role);
+                    self.record.participants.insert(user_id, user_role);
+                    self.update_peer_gauges();
+                }
+            }
+            ServerMessage::UserLeft { user_id, .. } => {
+                self.deadlines.activity(Instant::now());
+                let user: Arc<str> = user_id.as_str().into();
+                self.present.remove(&user);
+                self.close_peer(&user).await;
+                let _ = self.brain_tx.try_send(BrainInput::Left { speaker: user });
+                self.update_peer_gauges();
+            }
+            ServerMessage::Offer(relay) => self.on_offer(relay).await,
+            ServerMessage::IceCandidate(relay) => self.on_candidate(relay).await,
+            ServerMessage::Answer(relay) => {
+                debug!(from = ?relay.from_id, "ignoring an answer: the orb never offers");
+            }
+            ServerMessage::Error { code, message } => {
+                warn!(?code, %message, "signaling reported an error");
+                if code == ErrorCode::Unauthorized {
+                    self.metrics
+                        .peer_errors
+                        .get_or_create(&KindLabel { kind: "unauthorized" })
+                        .inc();
+                }
+            }
+            ServerMessage::Pong | ServerMessage::AiStatus { .. } | ServerMessage::SessionSummary(_) => {}
+        }
+    }
+
+    /// Tells signaling (and through it the peer) that this peer's input was refused; the peer's
+    /// connection is dropped, everyone else carries on.
+    fn peer_error(&self, user: &str, kind: &'static str, error: &str) {
+        warn!(peer = user, kind, error, "refused input from a peer");
+        self.metrics.peer_errors.get_or_create(&KindLabel { kind }).inc();
+        self.signaling.send(ClientMessage::OrbError(json!({
+            "roomId": self.config.room,
+            "toId": user,
+            "peerId": user,
+            "code": kind,
+            "error": error,
+        })));
+    }
+
+    async fn close_peer(&mut self, user: &Arc<str>) {
+        if let Some(entry) = self.peers.remove(user) {
+            let _ = self
+                .pacer_tx
+                .send(PacerCmd::RemoveSink { key: entry.key.clone() })
+                .await;
+            entry.peer.close().await;
+            info!(peer = %user, "closed peer connection");
+            self.update_peer_gauges();
+        }
+    }
+
+    async fn on_offer(&mut self, relay: Relay) {
+        let Some(from) = relay.from_id.clone() else {
+            warn!("offer without fromId");
+            return;
+        };
+        let user: Arc<str> = from.as_str().into();
+        self.deadlines.activity(Instant::now());
+        let Some(offer) = relay.offer else {
+            self.peer_error(&from, "invalid_offer", "offer message without an offer");
+            return;
+        };
+        // A new offer from the same human replaces the old connection (a browser reload or an
+        // ICE restart done as a fresh connection).
+        self.close_peer(&user).await;
+        self.generation += 1;
+        let key = PeerKey {
+            user: user.clone(),
+            generation: self.generation,
+        };
+        let offered_at = Instant::now();
+        let peer = match self.media.create_peer(key.clone(), self.peer_tx.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.peer_error(&from, "peer_setup", &e.to_string());
+                return;
+            }
+        };
+        match peer.answer(&offer).await {
+            Ok(answer) => {
+                self.signaling.send(ClientMessage::Answer(Relay {
+                    to_id: Some(from.clone()),
+                    answer: Some(answer),
+                    ..Relay::default()
+                }));
+                self.peers.insert(
+                    user,
+                    PeerEntry {
+                        key,
+                        peer,
+                        state: PeerState::New,
+                        offered_at,
+                        connected: false,
+                    },
+                );
+                info!(peer = %from, "answered offer");
+            }
+            Err(e) => {
+                peer.close().await;
+                self.peer_error(&from, "invalid_offer", &e.to_string());
+            }
+        }
+        self.update_peer_gauges();
+    }
+
+    async fn on_candidate(&mut self, relay: Relay) {
+        let Some(from) = relay.from_id.as_deref() else { return };
+        let Some(entry) = self.peers.get(from) else {
+            debug!(peer = from, "candidate for no connection");
+            return;
+        };
+        let candidate = relay.candidate.unwrap_or(Value::Null);
+        if let Err(e) = entry.peer.add_remote_candidate(&candidate).await {
+            // A bad candidate costs that candidate only; the connection may still succeed.
+            self.peer_error(from, "invalid_candidate", &e.to_string());
+        }
+    }
+
+    async fn on_peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::LocalCandidate { key, candidate } => {
+                if self.peers.get(&key.user).is_some_and(|e| e.key == key) {
+                    self.signaling.send(ClientMessage::IceCandidate(Relay {
+                        to_id: Some(key.user.to_string()),
+                        candidate: Some(candidate),
+                        ..Relay::default()
+                    }));
+                }
+            }
+            PeerEvent::State { key, state } => {
+                let Some(entry) = self.peers.get_mut(&key.user).filter(|e| e.key == key) else {
+                    return;
+                };
+                entry.state = state;
+                info!(peer = %key.user, state = state.as_str(), "peer connection state");
+                if state == PeerState::Connected && !entry.connected {
+                    entry.connected = true;
+                    // Audio starts once DTLS is up; earlier packets could only be dropped.
+                    let sink = entry.peer.audio_sink();
+                    let _ = self.pacer_tx.send(PacerCmd::AddSink { key: key.clone(), sink }).await;
+                    let entry = self.peers.get(&key.user).expect("present");
+                    self.metrics
+                        .ice_connect_seconds
+                        .observe(entry.offered_at.elapsed().as_secs_f64());
+                    let role = self.role_of(&key.user);
+                    let _ = self.brain_tx.try_send(BrainInput::Connected {
+                        speaker: key.user.clone(),
+                        role,
+                    });
+                }
+                if matches!(state, PeerState::Failed | PeerState::Closed) {
+                    self.close_peer(&key.user).await;
+                }
+                self.update_peer_gauges();
+            }
+            PeerEvent::Audio { key, pcm, at } => {
+                if rms(&pcm) >= VOICE_THRESHOLD {
+                    self.deadlines.activity(at);
+                }
+                let role = self.role_of(&key.user);
+                let frame = HeardFrame {
+                    speaker: key.user,
+                    role,
+                    pcm,
+                    at,
+                };
+                if self.brain_tx.try_send(BrainInput::Audio(frame)).is_err() {
+                    self.metrics.audio_frames_dropped.inc();
+                }
+            }
+        }
+    }
+
+    async fn on_brain_event(&mut self, event: BrainEvent) {
+        match event {
+            BrainEvent::Ready => {
+                self.brain_ready = true;
+                self.update_ready();
+                self.publish_status();
+            }
+            BrainEvent::NotReady => {
+                self.brain_ready = false;
+                self.update_ready();
+            }
+            BrainEvent::Status(status) => {
+                self.brain_status = status;
+                self.publish_status();
+            }
+            BrainEvent::Audio { lane, pcm, origin } => {
+                let _ = self.pacer_tx.send(PacerCmd::Audio { lane, pcm, origin }).await;
+            }
+            BrainEvent::Interrupt { lane } => {
+                let _ = self.pacer_tx.send(PacerCmd::Interrupt { lane }).await;
+            }
+            BrainEvent::Transcript { speaker, text } => {
+                let (speaker, role) = match speaker {
+                    Speaker::Ai => ("ai".to_owned(), UserRole::Ai),
+                    Speaker::Human(Some(id)) => {
+                        let role = self.role_of(&id);
+                        (id.to_string(), role)
+                    }
+                    Speaker::Human(None) => ("human".to_owned(), UserRole::Client),
+                };
+                let offset_ms = self.deadlines.uptime(Instant::now()).as_millis() as u64;
+                self.record.add_line(TranscriptLine {
+                    speaker,
+                    role,
+                    text,
+                    offset_ms,
+                });
+            }
+            BrainEvent::Topics(topics) => self.record.topics = topics,
+            BrainEvent::Error(error) => {
+                warn!(%error, "brain error");
+                self.metrics.brain_errors.inc();
+                self.signaling.send(ClientMessage::OrbError(json!({
+                    "roomId": self.config.room,
+                    "source": "brain",
+                    "error": error,
+                })));
+            }
+        }
+    }
+
+    fn send_heartbeat(&self) {
+        let usage = crate::procstat::sample();
+        self.signaling.send(ClientMessage::OrbHeartbeat(json!({
+            "roomId": self.config.room,
+            "timestamp": crate::procstat::unix_millis(),
+            "metrics": {
+                "cpu": usage.cpu_percent,
+                "memory": usage.rss_bytes / (1024 * 1024),
+                "latency": match self.metrics.last_brain_latency_us.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => Value::Null,
+                    us => json!(us / 1000),
+                },
+                "peers": self.peers.len(),
+                "connectedPeers": self.peers.values().filter(|p| p.state == PeerState::Connected).count(),
+                "participants": self.present.len(),
+                "uptimeSeconds": self.deadlines.uptime(Instant::now()).as_secs(),
+            }
+        })));
+    }
+
+    /// Final status, summary to the coach, peers closed, signaling left, termination message.
+    async fn goodbye(&mut self, ending: &Ending) {
+        let uptime = self.deadlines.uptime(Instant::now());
+        info!(reason = %ending.reason(), "ending the session");
+        self.health.set_ready(false);
+        self.send_status(AiStatus::Ended);
+        let ids = SummaryIds {
+            room: &self.config.room,
+            session: &self.config.session,
+            coach: &self.config.coach,
+            client: &self.config.client,
+        };
+        let summary = session_summary(&ids, &self.record, uptime, ending.reason().as_str());
+        let deadline = Instant::now() + GOODBYE_TIMEOUT;
+        if !self
+            .signaling
+            .send_flushed(ClientMessage::SessionSummary(summary), GOODBYE_TIMEOUT)
+            .await
+        {
+            warn!("could not deliver the session summary to signaling");
+        }
+        let users: Vec<Arc<str>> = self.peers.keys().cloned().collect();
+        for user in users {
+            self.close_peer(&user).await;
+        }
+        self.signaling
+            .leave(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(200)),
+            )
+            .await;
+        let message = ending.termination_message(uptime);
+        if let Err(e) = write_termination_message(&self.config.termination_log, &message) {
+            warn!(path = %self.config.termination_log.display(), error = %e, "cannot write the termination message");
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The orb's signaling client: one WebSocket to `/ws-simple/{room}`, joined as the AI
+//! participant, reconnected with backoff and jitter whenever it drops. The session (peers,
+//! brain, transcript) lives outside this module and survives reconnects; after each re-join the
+//! server's `peer-discovery` tells the orb who is still there.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use orb_signaling::protocol::{ClientMessage, ParticipantType, ServerMessage, UserRole, close_code};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
+use tracing::{debug, info, warn};
+
+/// Messages queued while disconnected; older ones are dropped first.
+const MAX_QUEUED: usize = 256;
+/// Largest frame accepted from signaling.
+const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct SignalingConfig {
+    pub endpoint: String,
+    pub token: Option<String>,
+    pub room: String,
+    pub user_id: String,
+    pub ping_interval: Duration,
+    /// No frame at all from the server for this long means the socket is dead.
+    pub read_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl std::fmt::Debug for SignalingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalingConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalingConfig {
+    pub fn new(endpoint: String, token: Option<String>, room: String, user_id: String) -> Self {
+        Self {
+            endpoint,
+            token,
+            room,
+            user_id,
+            ping_interval: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(65),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SignalingError {
+    #[error("signaling refused the orb's token: {0}")]
+    Unauthorized(String),
+    #[error("a newer connection joined the room as this orb")]
+    Replaced,
+    #[error("invalid signaling endpoint: {0}")]
+    Endpoint(String),
+}
+
+/// What the client reports to the orb.
+#[derive(Debug)]
+pub enum SignalingEvent {
+    /// The socket is open and `join` was sent.
+    Connected,
+    Message(ServerMessage),
+    /// The socket dropped; the client is reconnecting.
+    Disconnected(String),
+    /// Reconnecting cannot help.
+    Fatal(SignalingError),
+}
+
+/// Exponential backoff with jitter, so a restarted signaling server is not hit by every orb at
+/// the same instant.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    attempt: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+            attempt: 0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The next delay: the capped exponential scaled by a factor in [0.5, 1.0) from `unit` ∈ [0, 1).
+    pub fn next_delay_with(&mut self, unit: f64) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        exp.min(self.max).mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        self.next_delay_with(random_unit())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// A random number in [0, 1).
+fn random_unit() -> f64 {
+    (crate::random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+enum Outgoing {
+    Send(ClientMessage, Option<oneshot::Sender<()>>),
+    Leave(oneshot::Sender<()>),
+}
+
+/// Sends to signaling; cheap to clone.
+#[derive(Clone)]
+pub struct SignalingHandle {
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl SignalingHandle {
+    /// Queues a message; it is sent now or after the next reconnect.
+    pub fn send(&self, msg: ClientMessage) {
+        let _ = self.tx.send(Outgoing::Send(msg, None));
+    }
+
+    /// Sends a message and waits until it is written to the socket (or `timeout` passes).
+    pub async fn send_flushed(&self, msg: ClientMessage, timeout: Duration) -> bool {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Outgoing::Send(msg, Some(ack))).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())))
+    }
+
+    /// Sends `leave`, closes the socket and stops reconnecting.
+    pub async fn leave(&self, timeout: Duration) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Outgoing::Leave(ack)).is_ok() {
+            let _ = tokio::time::timeout(timeout, done).await;
+        }
+    }
+}
+
+/// Starts the client task.
+pub fn spawn(
+    config: SignalingConfig,
+    events: mpsc::UnboundedSender<SignalingEvent>,
+) -> (SignalingHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(config, rx, events));
+    (SignalingHandle { tx }, task)
+}
+
+fn join_message(config: &SignalingConfig) -> ClientMessage {
+    ClientMessage::Join {
+        room_id: Some(config.room.clone()),
+        user_id: Some(config.user_id.clone()),
+        user_role: Some(UserRole::Ai),
+        user_name: Some("AI Orb".to_owned()),
+        participant_type: Some(ParticipantType::Ai),
+    }
+}
+
+fn request(config: &SignalingConfig) -> Result<tungstenite::handshake::client::Request, SignalingError> {
+    let mut req = config
+        .endpoint
+        .as_str()
+        .into_client_request()
+        .map_err(|e| SignalingError::Endpoint(e.to_string()))?;
+    if let Some(token) = &config.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| SignalingError::Endpoint("the token is not a valid header value".into()))?;
+        req.headers_mut().insert("authorization", value);
+    }
+    Ok(req)
+}
+
+async fn run(
+    mut config: SignalingConfig,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    events: mpsc::UnboundedSender<SignalingEvent>,
+) {
+    let mut queue: VecDeque<(ClientMessage, Option<oneshot::Sender<()>>)> = VecDeque::new();
+    let ws_config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    loop {
+        let req = match request(&config) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = events.send(SignalingEvent::Fatal(e));
+                return;
+            }
+        };
+        let connect = tokio_tungstenite::connect_async_with_config(req, Some(ws_config), true);
+        let ws = tokio::select! {
+            r = connect => r,
+            // A leave while we are not connected ends the client at once.
+            Some(Outgoing::Leave(ack)) = next_leave(&mut outgoing, &mut queue) => {
+                let _ = ack.send(());
+                return;
+            }
+        };
+        let mut ws = match ws {
+            Ok((ws, _)) => ws,
+            Err(tungstenite::Error::Http(resp))
+                if resp.status() == tungstenite::http::StatusCode::UNAUTHORIZED
+                    || resp.status() == tungstenite::http::StatusCode::FORBIDDEN =>
+            {
+                let status = resp.status().as_u16();
+                let _ = events.send(SignalingEvent::Fatal(SignalingError::Unauthorized(format!(
+                    "HTTP {status}"
+                ))));
+                return;
+            }
+            Err(e) => {
+                let delay = config.backoff.next_delay();
+                debug!(error = %e, ?delay, "signaling connect failed");
+                let _ = events.send(SignalingEvent::Disconnected(e.to_string()));
+                if sleep_or_leave(delay, &mut outgoing, &mut queue).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let join = serde_json::to_string(&join_message(&config)).expect("join serialises");
+        if let Err(e) = ws.send(Message::text(join)).await {
+            let _ = events.send(SignalingEvent::Disconnected(e.to_string()));
+            if sleep_or_leave(config.backoff.next_delay(), &mut outgoing, &mut queue).await {
+                return;
+            }
+            continue;
+        }
+        info!(endpoint = %config.endpoint, "joined signaling");
+        let _ = events.send(SignalingEvent::Connected);
+        let mut failed = None;
+        while let Some((msg, ack)) = queue.pop_front() {
+            if let Err(e) = ws.send(Message::text(to_json(&msg))).await {
+                queue.push_front((msg, ack));
+                failed = Some(e.to_string());
+                break;
+            }
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
+        }
+        let mut ping = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        let mut last_read = Instant::now();
+        let reason = if let Some(reason) = failed {
+            reason
+        } else {
+            loop {
+                tokio::select! {
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            last_read = Instant::now();
+                            // A successful exchange means the server is healthy again.
+                            config.backoff.reset();
+                            match serde_json::from_str::<ServerMessage>(&text) {
+                                Ok(m) => { let _ = events.send(SignalingEvent::Message(m)); }
+                                Err(e) => warn!(error = %e, "unreadable signaling message"),
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let code = frame.as_ref().map(|f| u16::from(f.code));
+                            let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                            if let Some(fatal) = fatal_close(code, &reason) {
+                                let _ = events.send(SignalingEvent::Fatal(fatal));
+                                return;
+                            }
+                            break format!("closed by the server ({} {reason})", code.unwrap_or(0));
+                        }
+                        None => break "closed by the server".to_owned(),
+                        Some(Ok(_)) => last_read = Instant::now(),
+                        Some(Err(e)) => break e.to_string(),
+                    },
+                    out = outgoing.recv() => match out {
+                        Some(Outgoing::Send(msg, ack)) => {
+                            if let Err(e) = ws.send(Message::text(to_json(&msg))).await {
+                                push_bounded(&mut queue, msg, ack);
+                                break e.to_string();
+                            }
+                            if let Some(ack) = ack { let _ = ack.send(()); }
+                        }
+                        Some(Outgoing::Leave(ack)) => {
+                            let _ = ws.send(Message::text(to_json(&ClientMessage::Leave))).await;
+                            let _ = ws.close(None).await;
+                            let _ = ack.send(());
+                            return;
+                        }
+                        None => { let _ = ws.close(None).await; return; }
+                    },
+                    _ = ping.tick() => {
+                        if last_read.elapsed() > config.read_timeout {
+                            break "no message from signaling within the read timeout".to_owned();
+                        }
+                        if let Err(e) = ws.send(Message::text(to_json(&ClientMessage::Ping))).await {
+                            break e.to_string();
+                        }
+                    }
+                }
+            }
+        };
+        warn!(%reason, "signaling connection lost; reconnecting");
+        let _ = events.send(SignalingEvent::Disconnected(reason));
+        if sleep_or_leave(config.backoff.next_delay(), &mut outgoing, &mut queue).await {
+            return;
+        }
+    }
+}
+
+/// Close codes after which reconnecting cannot help: the token is refused, or a newer
+/// connection took over this orb's identity (a replacement orb; fighting it would flap both).
+fn fatal_close(code: Option<u16>, reason: &str) -> Option<SignalingError> {
+    match code? {
+        close_code::UNAUTHORIZED => Some(SignalingError::Unauthorized(reason.to_owned())),
+        close_code::REPLACED => Some(SignalingError::Replaced),
+        _ => None,
+    }
+}
+
+fn to_json(msg: &ClientMessage) -> String {
+    serde_json::to_string(msg).expect("client messages serialise")
+}
+
+fn push_bounded(
+    queue: &mut VecDeque<(ClientMessage, Option<oneshot::Sender<()>>)>,
+    msg: ClientMessage,
+    ack: Option<oneshot::Sender<()>>,
+) {
+    if queue.len() >= MAX_QUEUED {
+        queue.pop_front();
+    }
+    queue.push_back((msg, ack));
+}
+
+/// Waits for the next `leave`, queueing every other message meanwhile.
+async fn next_leave(
+    outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
+    queue: &mut VecDeque<(ClientMessage, Option<oneshot::Sender<()>>)>,
+) -> Option<Outgoing> {
+    loop {
+        match outgoing.recv().await? {
+            Outgoing::Send(msg, ack) => push_bounded(queue, msg, ack),
+            leave @ Outgoing::Leave(_) => return Some(leave),
+        }
+    }
+}
+
+/// Sleeps before a reconnect; true when the orb asked to leave meanwhile.
+async fn sleep_or_leave(
+    delay: Duration,
+    outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
+    queue: &mut VecDeque<(ClientMessage, Option<oneshot::Sender<()>>)>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        leave = next_leave(outgoing, queue) => {
+            if let Some(Outgoing::Leave(ack)) = leave { let _ = ack.send(()); }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay_with(0.0), Duration::from_millis(100));
+        assert_eq!(
+            b.next_delay_with(0.999_999),
+            Duration::from_millis(400).mul_f64(0.999_999_5)
+        );
+        for _ in 0..40 {
+            let d = b.next_delay_with(0.5);
+            assert!(d <= Duration::from_secs(10));
+        }
+        assert_eq!(
+            b.next_delay_with(0.0),
+            Duration::from_secs(5),
+            "capped at max, jitter down to half"
+        );
+        b.reset();
+        assert_eq!(b.next_delay_with(0.0), Duration::from_millis(100));
+        let u = random_unit();
+        assert!((0.0..1.0).contains(&u));
+    }
+
+    #[test]
+    fn refused_tokens_and_replacement_are_final_other_closes_are_retried() {
+        assert!(matches!(
+            fatal_close(Some(close_code::UNAUTHORIZED), "bad"),
+            Some(SignalingError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            fatal_close(Some(close_code::REPLACED), ""),
+            Some(SignalingError::Replaced)
+        ));
+        for code in [
+            close_code::GOING_AWAY,
+            close_code::SLOW_CONSUMER,
+            close_code::IDLE_TIMEOUT,
+            close_code::ROOM_FULL,
+        ] {
+            assert!(fatal_close(Some(code), "").is_none());
+        }
+        assert!(fatal_close(None, "").is_none());
+    }
+
+    #[test]
+    fn join_is_the_ai_participant() {
+        let c = SignalingConfig::new(
+            "ws://x/ws-simple/r".into(),
+            Some("t".into()),
+            "r".into(),
+            "ai-orb-r".into(),
+        );
+        let v = serde_json::to_value(join_message(&c)).unwrap();
+        assert_eq!(v["type"], "join");
+        assert_eq!(v["userRole"], "ai");
+        assert_eq!(v["participantType"], "ai");
+        assert_eq!(v["roomId"], "r");
+        let req = request(&c).unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer t");
+    }
+}

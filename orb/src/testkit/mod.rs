@@ -1,0 +1,122 @@
+//! Test and benchmark support: a minimal signaling relay, a scripted human peer, and a handle
+//! on an orb process. Shipped in the library so the end-to-end tests and the benchmark binary
+//! share one implementation.
+
+pub mod human;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// A free TCP port on loopback (bound, then released for the child to take).
+pub fn free_local_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// An orb process started for a test or benchmark.
+pub struct OrbProcess {
+    pub child: Child,
+    pub http_addr: SocketAddr,
+    pub termination_log: PathBuf,
+}
+
+impl OrbProcess {
+    /// Starts `binary` in test mode against `signaling_url`, media bound to loopback.
+    pub fn spawn(binary: &Path, signaling_url: &str, room: &str, extra: &[&str]) -> std::io::Result<Self> {
+        Self::spawn_with_env(binary, signaling_url, room, extra, &[])
+    }
+
+    /// [`OrbProcess::spawn`] with extra environment variables (a token, say).
+    pub fn spawn_with_env(
+        binary: &Path,
+        signaling_url: &str,
+        room: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
+        let http_addr = free_local_addr()?;
+        let termination_log =
+            std::env::temp_dir().join(format!("orb-termination-{}-{}", room, crate::random_u64() % 1_000_000));
+        let mut cmd = Command::new(binary);
+        cmd.args([
+            &format!("--room={room}"),
+            "--session=session-1",
+            "--coach=coach-1",
+            "--client=client-1",
+            "--test-mode",
+            &format!("--signaling-url={signaling_url}"),
+            &format!("--http-addr={http_addr}"),
+            &format!("--termination-log={}", termination_log.display()),
+            "--udp-addrs=127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("ORB_SIGNALING_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        let child = cmd.spawn()?;
+        Ok(Self {
+            child,
+            http_addr,
+            termination_log,
+        })
+    }
+
+    /// Sends SIGTERM, as the kubelet does.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the orb already exited"))?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("kill failed"))
+        }
+    }
+
+    /// GETs a path of the orb's HTTP server; `None` while it is not answering.
+    pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http_addr, path).await
+    }
+
+    /// Waits for /metrics to contain `needle`.
+    pub async fn wait_metric(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some((200, body)) = self.http_get("/metrics").await
+                && body.contains(needle)
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for probes and metrics without an HTTP client dependency.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -1,0 +1,239 @@
+//! The openai-realtime brain against a local server that speaks the OpenAI Realtime event
+//! protocol: session setup, audio both ways, transcripts, a service error and a dropped
+//! connection, after which the brain reconnects and carries on.
+
+// The handshake callback's error type is tungstenite's HTTP response, not ours to shrink.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::{SinkExt, StreamExt};
+use orb::audio::{FRAME_SAMPLES, tone, tone_power};
+use orb::brain::openai::OpenAiBrain;
+use orb::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
+use orb::config::OpenAiConfig;
+use orb::signaling::Backoff;
+use orb_signaling::protocol::UserRole;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What the fake service saw on one connection.
+#[derive(Debug, Default)]
+struct Seen {
+    authorization: String,
+    path: String,
+    first_event: String,
+    input_samples_24k: Vec<i16>,
+}
+
+fn b64_pcm(samples: &[i16]) -> String {
+    B64.encode(samples.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+/// Serves connection 1 (a full turn, an error, then an abrupt close) and connection 2 (session
+/// only), reporting what each saw.
+async fn fake_service(listener: TcpListener, seen_tx: mpsc::UnboundedSender<Seen>) {
+    for connection in 1..=2 {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut seen = Seen::default();
+        let (auth_tx, auth_rx) = std::sync::mpsc::channel();
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("").to_owned());
+            auth_tx.send((auth.unwrap_or_default(), req.uri().to_string())).unwrap();
+            Ok(resp)
+        })
+        .await
+        .unwrap();
+        (seen.authorization, seen.path) = auth_rx.recv().unwrap();
+        let send = |v: Value| Message::text(v.to_string());
+        ws.send(send(json!({"type": "session.created", "session": {"id": "sess_1"}})))
+            .await
+            .unwrap();
+        let Some(Ok(Message::Text(first))) = ws.next().await else {
+            panic!("no session.update")
+        };
+        let first: Value = serde_json::from_str(&first).unwrap();
+        seen.first_event = first["type"].as_str().unwrap_or_default().to_owned();
+        ws.send(send(json!({"type": "session.updated", "session": {"id": "sess_1"}})))
+            .await
+            .unwrap();
+        if connection == 2 {
+            seen_tx.send(seen).unwrap();
+            // Stay until the brain closes.
+            while let Some(Ok(_)) = ws.next().await {}
+            return;
+        }
+        // Collect 200 ms of input audio, then play one turn.
+        while seen.input_samples_24k.len() < 4800 {
+            let Some(Ok(Message::Text(text))) = ws.next().await else {
+                panic!("input ended")
+            };
+            let event: Value = serde_json::from_str(&text).unwrap();
+            if event["type"] == "input_audio_buffer.append" {
+                let bytes = B64.decode(event["audio"].as_str().unwrap()).unwrap();
+                seen.input_samples_24k
+                    .extend(bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+            }
+        }
+        // 100 ms of a 600 Hz tone at 24 kHz (tone() counts at 48 kHz, so ask for twice the pitch).
+        let reply = tone(1200.0, 2400, 8000, 0);
+        for event in [
+            json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0}),
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 200}),
+            json!({"type": "input_audio_buffer.committed", "item_id": "item_1"}),
+            json!({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1", "transcript": "hello orb"}),
+            json!({"type": "response.created", "response": {"id": "resp_1"}}),
+            json!({"type": "response.output_audio.delta", "response_id": "resp_1", "delta": b64_pcm(&reply)}),
+            json!({"type": "response.output_audio.delta", "response_id": "resp_1", "delta": b64_pcm(&reply)}),
+            json!({"type": "response.output_audio_transcript.done", "response_id": "resp_1", "transcript": "Hi there"}),
+            json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}),
+            json!({"type": "error", "error": {"type": "invalid_request_error", "code": "bad_thing", "message": "boom"}}),
+        ] {
+            ws.send(send(event)).await.unwrap();
+        }
+        seen_tx.send(seen).unwrap();
+        // Drop the TCP connection without a close handshake, as a crashed service would.
+        drop(ws);
+    }
+}
+
+fn kind(e: &BrainEvent) -> String {
+    match e {
+        BrainEvent::Ready => "ready".into(),
+        BrainEvent::NotReady => "not-ready".into(),
+        BrainEvent::Status(s) => format!("status:{}", serde_json::to_value(s).unwrap().as_str().unwrap()),
+        BrainEvent::Audio { origin, .. } => format!("audio{}", if origin.is_some() { "+origin" } else { "" }),
+        BrainEvent::Interrupt { .. } => "interrupt".into(),
+        BrainEvent::Transcript {
+            speaker: Speaker::Ai,
+            text,
+        } => format!("ai:{text}"),
+        BrainEvent::Transcript {
+            speaker: Speaker::Human(_),
+            text,
+        } => format!("human:{text}"),
+        BrainEvent::Topics(_) => "topics".into(),
+        BrainEvent::Error(e) => format!("error:{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let service = tokio::spawn(fake_service(listener, seen_tx));
+
+    let config = OpenAiConfig {
+        base_url: format!("http://{addr}/v1"),
+        model: "test-model".into(),
+        voice: "alloy".into(),
+        instructions: "be brief".into(),
+        api_key: "test-key".into(),
+    };
+    let mut backoff = Backoff::default();
+    backoff.initial = Duration::from_millis(10);
+    backoff.max = Duration::from_millis(50);
+    let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));
+    let (in_tx, input) = mpsc::channel(256);
+    let (events, mut ev_rx) = mpsc::channel(256);
+    let brain_task = tokio::spawn(brain.run(BrainIo { input, events }));
+
+    // A human speaks a 1 kHz tone in real time.
+    let speaker: Arc<str> = "coach-1".into();
+    let feeder_tx = in_tx.clone();
+    let feeder = tokio::spawn(async move {
+        let mut i = 0;
+        loop {
+            let frame = HeardFrame {
+                speaker: speaker.clone(),
+                role: UserRole::Coach,
+                pcm: tone(1000.0, FRAME_SAMPLES, 8000, i * FRAME_SAMPLES),
+                at: tokio::time::Instant::now(),
+            };
+            if feeder_tx.send(BrainInput::Audio(frame)).await.is_err() {
+                return;
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    let mut kinds = Vec::new();
+    let mut reply_audio = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, ev_rx.recv())
+            .await
+            .expect("brain event")
+            .unwrap();
+        if let BrainEvent::Audio { pcm, .. } = &event {
+            reply_audio.extend_from_slice(pcm);
+        }
+        let k = kind(&event);
+        let lost = k.starts_with("error:realtime service:");
+        kinds.push(k);
+        if lost {
+            break;
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            "ready",
+            "status:listening",
+            "interrupt",
+            "status:listening",
+            "status:processing",
+            "human:hello orb",
+            "audio+origin",
+            "audio",
+            "ai:Hi there",
+            "status:listening",
+            "error:realtime service error bad_thing: boom",
+            kinds.last().unwrap().as_str(),
+        ]
+    );
+    // 2 × 100 ms at 24 kHz became 200 ms at 48 kHz, still the same tone.
+    assert_eq!(reply_audio.len(), 2 * 4800);
+    assert!(tone_power(&reply_audio[960..], 600.0) > 0.8);
+
+    let first = seen_rx.recv().await.unwrap();
+    assert_eq!(first.authorization, "Bearer test-key");
+    assert_eq!(first.path, "/v1/realtime?model=test-model");
+    assert_eq!(first.first_event, "session.update");
+    // 48 kHz 1 kHz in, 24 kHz out: the tone sits at 2 kHz when read at 48 kHz.
+    assert!(tone_power(&first.input_samples_24k[480..], 2000.0) > 0.8);
+
+    // The brain reconnects on its own, sets the session up again and is ready again.
+    let second = tokio::time::timeout(WAIT, seen_rx.recv()).await.unwrap().unwrap();
+    assert_eq!(second.first_event, "session.update");
+    let mut after = Vec::new();
+    while after.last().map(String::as_str) != Some("ready") {
+        let event = tokio::time::timeout(WAIT, ev_rx.recv())
+            .await
+            .expect("brain event")
+            .unwrap();
+        after.push(kind(&event));
+    }
+    assert_eq!(after.first().map(String::as_str), Some("not-ready"), "{after:?}");
+    assert!(
+        !brain_task.is_finished(),
+        "the brain survived the error and the disconnect"
+    );
+
+    feeder.abort();
+    drop(in_tx);
+    tokio::time::timeout(WAIT, brain_task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(WAIT, service).await.unwrap().unwrap();
+}

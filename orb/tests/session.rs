@@ -1,0 +1,281 @@
+//! The session loop with a fake WebRTC stack: which connections exist when, and what goes back
+//! to signaling. Real media is covered by the end-to-end tests.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use orb::brain::test::TestBrain;
+use orb::config::{Cli, Config, Secrets};
+use orb::health::Health;
+use orb::media::{AudioSink, MediaError, MediaStack, Peer, PeerEvent, PeerKey, PeerState};
+use orb::metrics::Metrics;
+use orb::session::{self, SessionOptions};
+use orb::testkit::relay::TestRelay;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Log {
+    created: Vec<PeerKey>,
+    closed: Vec<PeerKey>,
+    candidates: Vec<(PeerKey, Value)>,
+}
+
+#[derive(Clone, Default)]
+struct FakeStack(Arc<Mutex<Log>>);
+
+struct FakePeer {
+    key: PeerKey,
+    log: Arc<Mutex<Log>>,
+    events: mpsc::Sender<PeerEvent>,
+    sink: AudioSink,
+}
+
+#[async_trait]
+impl MediaStack for FakeStack {
+    async fn create_peer(&self, key: PeerKey, events: mpsc::Sender<PeerEvent>) -> Result<Box<dyn Peer>, MediaError> {
+        self.0.lock().unwrap().created.push(key.clone());
+        let (sink, _) = mpsc::channel(1);
+        Ok(Box::new(FakePeer {
+            key,
+            log: self.0.clone(),
+            events,
+            sink,
+        }))
+    }
+}
+
+#[async_trait]
+impl Peer for FakePeer {
+    async fn answer(&self, offer: &Value) -> Result<Value, MediaError> {
+        let sdp = offer["sdp"].as_str().unwrap_or_default();
+        if !sdp.starts_with("v=0") {
+            return Err(MediaError::InvalidOffer("not SDP".into()));
+        }
+        // A real stack gathers a candidate and connects; the fake says so at once.
+        let candidate = json!({"candidate": format!("candidate:{} 1 udp 1 127.0.0.1 9 typ host", self.key.generation), "sdpMid": "0", "sdpMLineIndex": 0});
+        let _ = self
+            .events
+            .send(PeerEvent::LocalCandidate {
+                key: self.key.clone(),
+                candidate,
+            })
+            .await;
+        let _ = self
+            .events
+            .send(PeerEvent::State {
+                key: self.key.clone(),
+                state: PeerState::Connected,
+            })
+            .await;
+        Ok(json!({"type": "answer", "sdp": format!("v=0 answer {}", self.key.generation)}))
+    }
+
+    async fn add_remote_candidate(&self, candidate: &Value) -> Result<(), MediaError> {
+        if orb::media::is_end_of_candidates(candidate) {
+            return Ok(());
+        }
+        if candidate["candidate"]
+            .as_str()
+            .is_none_or(|c| !c.starts_with("candidate:"))
+        {
+            return Err(MediaError::InvalidCandidate("garbage".into()));
+        }
+        self.log
+            .lock()
+            .unwrap()
+            .candidates
+            .push((self.key.clone(), candidate.clone()));
+        Ok(())
+    }
+
+    fn audio_sink(&self) -> AudioSink {
+        self.sink.clone()
+    }
+
+    async fn close(&self) {
+        self.log.lock().unwrap().closed.push(self.key.clone());
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn human(url: &str, user: &str, role: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}/ws-simple/room-s"))
+        .await
+        .unwrap();
+    let join =
+        json!({"type": "join", "roomId": "room-s", "userId": user, "userRole": role, "participantType": "human"});
+    ws.send(Message::text(join.to_string())).await.unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// Next message of `kind` on a human's socket.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("socket ended")
+            };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind}"))
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("condition never held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_are_answered_replaced_and_closed_per_human() {
+    let relay = TestRelay::start().await.unwrap();
+    let log_path = std::env::temp_dir().join(format!("orb-session-test-{}", std::process::id()));
+    let cli = Cli::try_parse_from([
+        "orb",
+        "--room=room-s",
+        "--test-mode",
+        &format!("--signaling-url={}", relay.url()),
+        &format!("--termination-log={}", log_path.display()),
+    ])
+    .unwrap();
+    let config = Config::from_cli(cli, Secrets::default()).unwrap();
+    let stack = FakeStack::default();
+    let log = stack.0.clone();
+    let health = Health::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let orb = tokio::spawn(session::run(
+        config,
+        Arc::new(stack),
+        Box::new(TestBrain::new(Duration::from_millis(10))),
+        Metrics::new(),
+        health.clone(),
+        SessionOptions {
+            heartbeat_interval: Duration::from_millis(100),
+        },
+        async move {
+            let _ = stop_rx.await;
+            "SIGTERM"
+        },
+    ));
+    relay.wait_control("orb_ready", 1, WAIT).await.unwrap();
+    eventually(|| health.is_ready()).await;
+    relay.wait_control("orb_heartbeat", 1, WAIT).await.unwrap();
+    let control = relay.control_messages();
+    let (_, beat) = control.iter().find(|(k, _)| k == "orb_heartbeat").unwrap();
+    assert_eq!(beat["roomId"], "room-s");
+    assert!(
+        beat["metrics"]["memory"].as_u64().is_some() && beat["metrics"]["cpu"].is_number(),
+        "{beat}"
+    );
+
+    let mut coach = human(&relay.url(), "coach-1", "coach").await;
+    let mut client = human(&relay.url(), "client-1", "client").await;
+    let ai = "ai-orb-room-s";
+    // The orb is already in the room: each human offers, the orb answers each on its own peer.
+    send(
+        &mut coach,
+        json!({"type": "offer", "toId": ai, "offer": {"type": "offer", "sdp": "v=0 coach"}}),
+    )
+    .await;
+    let answer = next_of(&mut coach, "answer").await;
+    assert_eq!(answer["fromId"], ai);
+    assert_eq!(answer["answer"]["sdp"], "v=0 answer 1");
+    // Trickle: the orb's candidate reaches the coach after the answer, and the coach's reaches the peer.
+    let cand = next_of(&mut coach, "ice-candidate").await;
+    assert!(
+        cand["candidate"]["candidate"]
+            .as_str()
+            .unwrap()
+            .starts_with("candidate:1 ")
+    );
+    send(&mut coach, json!({"type": "ice-candidate", "toId": ai, "candidate": {"candidate": "candidate:x 1 udp 1 10.0.0.1 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}})).await;
+    send(
+        &mut coach,
+        json!({"type": "ice-candidate", "toId": ai, "candidate": null}),
+    )
+    .await;
+    send(
+        &mut client,
+        json!({"type": "offer", "toId": ai, "offer": {"type": "offer", "sdp": "v=0 client"}}),
+    )
+    .await;
+    assert_eq!(next_of(&mut client, "answer").await["answer"]["sdp"], "v=0 answer 2");
+    eventually(|| log.lock().unwrap().candidates.len() == 1).await;
+
+    // The same human offers again (a reload): the old connection is replaced.
+    send(
+        &mut coach,
+        json!({"type": "offer", "toId": ai, "offer": {"type": "offer", "sdp": "v=0 coach again"}}),
+    )
+    .await;
+    assert_eq!(next_of(&mut coach, "answer").await["answer"]["sdp"], "v=0 answer 3");
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.closed.len(), 1);
+        assert_eq!((&*log.closed[0].user, log.closed[0].generation), ("coach-1", 1));
+    }
+
+    // Garbage from the client costs the client only.
+    send(
+        &mut client,
+        json!({"type": "ice-candidate", "toId": ai, "candidate": {"candidate": "nonsense"}}),
+    )
+    .await;
+    relay.wait_control("orb_error", 1, WAIT).await.unwrap();
+    let errors = relay.control_messages();
+    let (_, err) = errors.iter().find(|(k, _)| k == "orb_error").unwrap();
+    assert_eq!(
+        (err["toId"].as_str(), err["code"].as_str()),
+        (Some("client-1"), Some("invalid_candidate"))
+    );
+
+    // user-left closes that human's peer only.
+    send(&mut client, json!({"type": "leave"})).await;
+    eventually(|| log.lock().unwrap().closed.iter().any(|k| &*k.user == "client-1")).await;
+    assert!(
+        !log.lock()
+            .unwrap()
+            .closed
+            .iter()
+            .any(|k| &*k.user == "coach-1" && k.generation == 3)
+    );
+
+    stop_tx.send(()).unwrap();
+    let ending = tokio::time::timeout(WAIT, orb).await.unwrap().unwrap();
+    assert_eq!(ending.reason(), orb_crds::TerminationReason::SessionComplete);
+    let summary = next_of(&mut coach, "session_summary").await;
+    assert_eq!(summary["summary"]["reason"], "SessionComplete");
+    assert!(
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .starts_with("SessionComplete ")
+    );
+    let _ = std::fs::remove_file(&log_path);
+    let log = log.lock().unwrap();
+    assert_eq!(log.created.len(), 3);
+    assert!(
+        log.closed.iter().any(|k| &*k.user == "coach-1" && k.generation == 3),
+        "closed on shutdown"
+    );
+}
