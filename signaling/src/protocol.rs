@@ -186,6 +186,24 @@ pub fn should_create_offer(existing: &PeerInfo, joining: &PeerInfo) -> bool {
     existing.user_id < joining.user_id
 }
 
+/// WebSocket close codes signaling uses. 1000/1001 are the standard ones; the 4xxx codes are this
+/// protocol's own (the range RFC 6455 leaves to applications), shaped after the HTTP status they
+/// resemble so that a client can branch on them without parsing the reason text.
+pub mod close_code {
+    /// The server is shutting down; reconnect (to another replica).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The outbound queue overflowed: the client did not read fast enough. Reconnect and rejoin.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// No or bad room token; the reason text says which. Do not retry with the same token.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Nothing was received (not even a pong) for the idle timeout, or no `join` in time.
+    pub const IDLE_TIMEOUT: u16 = 4408;
+    /// A newer connection joined the room with the same userId.
+    pub const REPLACED: u16 = 4409;
+    /// The room already has the maximum number of participants.
+    pub const ROOM_FULL: u16 = 4429;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

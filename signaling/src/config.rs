@@ -1,0 +1,334 @@
+//! Command line and environment configuration, validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use orb_crds::auth::{SigningKey, WeakKeyError};
+use orb_crds::duration::parse_duration;
+use thiserror::Error;
+
+use crate::auth::Authenticator;
+
+/// The environment variable holding the signing key itself (never a flag: flags show in `ps`).
+pub const SIGNING_KEY_ENV: &str = "ORB_SIGNING_KEY";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// Create `AiOrb` resources for the operator.
+    Kubernetes,
+    /// Start orb processes on this machine (development).
+    Local,
+    /// No orbs: calls run without an AI.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Room tokens (JWT, HS256) decide who joins which room as whom.
+    Jwt,
+    /// Trust the join message, as seed 001 did. Local development only.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// orb-signaling: WebSocket signaling for the tri-party orb call.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "orb-signaling", version, about)]
+pub struct Args {
+    /// Address for HTTP and WebSocket.
+    #[arg(long, env = "SIGNALING_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Where orbs come from.
+    #[arg(long, env = "ORB_RUNTIME", value_enum, default_value = "kubernetes")]
+    pub orb_runtime: RuntimeKind,
+    /// How participants prove who they are.
+    #[arg(long, env = "SIGNALING_AUTH", value_enum, default_value = "jwt")]
+    pub auth: AuthMode,
+    /// File holding the HS256 room-token key (alternative to ORB_SIGNING_KEY).
+    #[arg(long, env = "ORB_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Namespace of the AiOrbs (default: the Kubernetes client's default namespace).
+    #[arg(long, env = "ORB_NAMESPACE")]
+    pub orb_namespace: Option<String>,
+    /// Create orbs with spec.testMode set.
+    #[arg(long, env = "ORB_TEST_MODE")]
+    pub orb_test_mode: bool,
+    /// Minimum spacing of presence writes per room.
+    #[arg(long, env = "SIGNALING_PRESENCE_DEBOUNCE", default_value = "2s", value_parser = duration)]
+    pub presence_debounce: Duration,
+    /// How long shutdown waits for connections to close.
+    #[arg(long, env = "SIGNALING_DRAIN_TIMEOUT", default_value = "15s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Largest accepted text frame.
+    #[arg(long, env = "SIGNALING_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+    /// Participants per room, the AI included.
+    #[arg(long, env = "SIGNALING_MAX_PARTICIPANTS_PER_ROOM", default_value_t = 4)]
+    pub max_participants_per_room: usize,
+    /// Sustained inbound messages per second per connection (bursts of twice this pass).
+    #[arg(long, env = "SIGNALING_MAX_MESSAGES_PER_SECOND", default_value_t = 50)]
+    pub max_messages_per_second: u32,
+    /// Close a socket that sends nothing (not even a pong) for this long, or does not join in it.
+    #[arg(long, env = "SIGNALING_IDLE_SOCKET_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_socket_timeout: Duration,
+    /// Outbound messages queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "SIGNALING_SEND_QUEUE", default_value_t = 256)]
+    pub send_queue: usize,
+    /// POST each session summary here (JSON), with retries.
+    #[arg(long, env = "SIGNALING_SUMMARY_WEBHOOK_URL")]
+    pub summary_webhook_url: Option<String>,
+    /// Log output format.
+    #[arg(long, env = "SIGNALING_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Local runtime: the orb binary (default: `orb` next to this binary, else on PATH).
+    #[arg(long, env = "ORB_BINARY")]
+    pub orb_binary: Option<PathBuf>,
+    /// Local runtime: directory of the per-orb logs `orb-<room>.log`.
+    #[arg(long, env = "ORB_LOG_DIR", default_value = "orb-logs")]
+    pub orb_log_dir: PathBuf,
+    /// Local runtime: admitted, unfinished orbs at most; the rest queue (as the operator's flag).
+    #[arg(long, env = "MAX_CONCURRENT_ORBS", default_value_t = 8)]
+    pub max_concurrent_orbs: usize,
+    /// Local runtime: lifetime of an orb from admission.
+    #[arg(long, env = "MAX_ORB_LIFETIME", default_value = "2h", value_parser = duration)]
+    pub max_orb_lifetime: Duration,
+    /// Local runtime: an orb ends after this long without activity in its room.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// Local runtime: an empty room's orb ends after this grace period.
+    #[arg(long, env = "ORB_CLEANUP_GRACE_PERIOD", default_value = "60s", value_parser = duration)]
+    pub empty_room_grace: Duration,
+}
+
+/// Per-connection and per-room limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_participants_per_room: usize,
+    pub max_messages_per_second: u32,
+    pub idle_socket_timeout: Duration,
+    pub send_queue: usize,
+}
+
+impl Limits {
+    /// The WebSocket layer's own cap: frames above `max_frame_bytes` still arrive (and get an
+    /// `error` reply) up to this size; beyond it the WebSocket layer fails the read and the socket
+    /// is dropped.
+    pub fn transport_max_bytes(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(4)
+    }
+
+    /// How often the server pings a quiet socket, so live clients answer well inside the timeout.
+    pub fn keepalive_interval(&self) -> Duration {
+        (self.idle_socket_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(20))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub orb_runtime: RuntimeKind,
+    pub auth: Authenticator,
+    pub orb_namespace: Option<String>,
+    pub orb_test_mode: bool,
+    pub presence_debounce: Duration,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+    pub summary_webhook_url: Option<http::Uri>,
+    pub log_format: LogFormat,
+    /// How `--orb-runtime=local` starts orbs (its signing key is set from `auth`).
+    pub local: crate::orb_runtime::local::LocalSettings,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("--auth=jwt needs a signing key: set {SIGNING_KEY_ENV} or --signing-key-file")]
+    MissingSigningKey,
+    #[error("set either {SIGNING_KEY_ENV} or --signing-key-file, not both")]
+    TwoSigningKeys,
+    #[error("cannot read the signing key file {path}: {source}")]
+    SigningKeyFile { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    WeakSigningKey(#[from] WeakKeyError),
+    #[error("--{flag} {message}")]
+    OutOfRange { flag: &'static str, message: &'static str },
+    #[error("--summary-webhook-url must be an absolute http:// or https:// URL (got {0:?})")]
+    WebhookUrl(String),
+}
+
+impl Config {
+    /// Validates the arguments; the signing key comes from `env_key` (the value of
+    /// [`SIGNING_KEY_ENV`]) or the key file.
+    pub fn from_args(args: Args, env_key: Option<String>) -> Result<Self, ConfigError> {
+        let range = |ok: bool, flag, message| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { flag, message })
+            }
+        };
+        range(
+            (1024..=16 << 20).contains(&args.max_frame_bytes),
+            "max-frame-bytes",
+            "must be between 1024 and 16777216",
+        )?;
+        range(
+            (2..=64).contains(&args.max_participants_per_room),
+            "max-participants-per-room",
+            "must be between 2 and 64",
+        )?;
+        range(
+            args.max_messages_per_second >= 1,
+            "max-messages-per-second",
+            "must be at least 1",
+        )?;
+        range(
+            args.idle_socket_timeout >= Duration::from_secs(1),
+            "idle-socket-timeout",
+            "must be at least 1s",
+        )?;
+        range(
+            (1..=65536).contains(&args.send_queue),
+            "send-queue",
+            "must be between 1 and 65536",
+        )?;
+        range(
+            args.presence_debounce >= Duration::from_millis(100),
+            "presence-debounce",
+            "must be at least 100ms",
+        )?;
+        let summary_webhook_url = args
+            .summary_webhook_url
+            .as_deref()
+            .map(|raw| {
+                raw.parse::<http::Uri>()
+                    .ok()
+                    .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+                    .ok_or_else(|| ConfigError::WebhookUrl(raw.to_owned()))
+            })
+            .transpose()?;
+        let auth = match args.auth {
+            AuthMode::None => Authenticator::None,
+            AuthMode::Jwt => {
+                let env_key = env_key.filter(|k| !k.is_empty());
+                let bytes = match (env_key, &args.signing_key_file) {
+                    (Some(_), Some(_)) => return Err(ConfigError::TwoSigningKeys),
+                    (None, None) => return Err(ConfigError::MissingSigningKey),
+                    (Some(k), None) => k.into_bytes(),
+                    (None, Some(path)) => std::fs::read(path).map_err(|source| ConfigError::SigningKeyFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+                };
+                Authenticator::Jwt(SigningKey::new(bytes)?)
+            }
+        };
+        range(
+            args.max_concurrent_orbs >= 1,
+            "max-concurrent-orbs",
+            "must be at least 1",
+        )?;
+        let local = crate::orb_runtime::local::LocalSettings {
+            orb_binary: args.orb_binary,
+            log_dir: args.orb_log_dir,
+            limits: orb_operator::policy::Limits {
+                max_concurrent_orbs: args.max_concurrent_orbs,
+                max_orb_lifetime: args.max_orb_lifetime,
+                idle_timeout: args.idle_timeout,
+                empty_room_grace: args.empty_room_grace,
+                ..Default::default()
+            },
+            test_mode: args.orb_test_mode,
+            signing_key: match &auth {
+                Authenticator::Jwt(key) => Some(key.clone()),
+                Authenticator::None => None,
+            },
+        };
+        Ok(Self {
+            local,
+            listen: args.listen,
+            orb_runtime: args.orb_runtime,
+            auth,
+            orb_namespace: args.orb_namespace,
+            orb_test_mode: args.orb_test_mode,
+            presence_debounce: args.presence_debounce,
+            drain_timeout: args.drain_timeout,
+            limits: Limits {
+                max_frame_bytes: args.max_frame_bytes,
+                max_participants_per_room: args.max_participants_per_room,
+                max_messages_per_second: args.max_messages_per_second,
+                idle_socket_timeout: args.idle_socket_timeout,
+                send_queue: args.send_queue,
+            },
+            summary_webhook_url,
+            log_format: args.log_format,
+        })
+    }
+
+    /// Parses a command line as the binary would, with `env_key` as the signing key's env value.
+    /// Other env variables are read by clap as usual.
+    pub fn parse_from<I, T>(argv: I, env_key: Option<String>) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Ok(Self::from_args(Args::try_parse_from(argv)?, env_key)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str], key: Option<&str>) -> Result<Config, String> {
+        let argv = std::iter::once("orb-signaling").chain(extra.iter().copied());
+        Config::parse_from(argv, key.map(str::to_owned)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[], Some(&"k".repeat(32))).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.orb_runtime, RuntimeKind::Kubernetes);
+        assert!(matches!(c.auth, Authenticator::Jwt(_)));
+        assert_eq!(c.presence_debounce, Duration::from_secs(2));
+        assert_eq!(c.limits.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn jwt_needs_exactly_one_strong_key() {
+        assert!(parse(&[], None).unwrap_err().contains("needs a signing key"));
+        assert!(parse(&[], Some("short")).unwrap_err().contains("at least 32 bytes"));
+        let err = parse(&["--signing-key-file", "/nonexistent/key"], Some(&"k".repeat(32))).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        let err = parse(&["--signing-key-file", "/nonexistent/key"], None).unwrap_err();
+        assert!(err.contains("cannot read the signing key file"), "{err}");
+        assert!(matches!(
+            parse(&["--auth", "none"], None).unwrap().auth,
+            Authenticator::None
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = parse(&["--auth=none", "--presence-debounce", "5 parsecs"], None).unwrap_err();
+        assert!(err.contains("invalid duration"), "{err}");
+        let err = parse(&["--auth=none", "--max-participants-per-room", "1"], None).unwrap_err();
+        assert!(err.contains("--max-participants-per-room"), "{err}");
+        let err = parse(&["--auth=none", "--summary-webhook-url", "ftp://x"], None).unwrap_err();
+        assert!(err.contains("--summary-webhook-url"), "{err}");
+        let err = parse(&["--auth=none", "--orb-runtime", "docker"], None).unwrap_err();
+        assert!(err.contains("docker"), "{err}");
+    }
+}

@@ -1,0 +1,476 @@
+//! One WebSocket connection: a reader loop (limits, decoding, dispatch) in the connection's task
+//! and a writer task that owns the socket's sink, drains the bounded outbound queue, pings quiet
+//! clients and writes the close frame. Bad input gets an `error` message on this socket only.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use orb_crds::auth::AuthError;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::limits::RateLimiter;
+use crate::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, ServerMessage, UserRole};
+use crate::room::{CloseReason, ConnHandle, ConnReceivers, Identity, Outbound, Relayed, Room};
+use crate::server::AppState;
+use crate::wire::{self, Inbound};
+
+/// Longest user id accepted from a join message (the AiOrb spec allows 256 for coach/client ids).
+const MAX_USER_ID_LEN: usize = 256;
+/// Frames written per flush when the queue has a backlog.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection may take to flush its queue and close frame, and (outside a
+/// drain) how long it waits for the client's close reply.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves one upgraded socket until it closes. `auth` is the outcome of the token check made
+/// before the upgrade: refusing after the upgrade lets a browser see the reason (close code 4401
+/// and an `error` message), which a plain HTTP 401 on a WebSocket handshake would hide.
+pub async fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    room_id: String,
+    auth: Result<Option<Identity>, AuthError>,
+) {
+    let id = state.next_conn_id();
+    let span = info_span!("conn", room = %room_id, conn = id, user = tracing::field::Empty);
+    async move {
+        state.metrics.connections.inc();
+        let (handle, receivers) = ConnHandle::new(id, state.limits.send_queue);
+        let (sink, mut stream) = socket.split();
+        let writer = tokio::spawn(
+            write_loop(sink, receivers, state.limits.keepalive_interval(), state.clone()).in_current_span(),
+        );
+        match auth {
+            Ok(token_identity) => {
+                let mut conn = Conn {
+                    state: &state,
+                    room_id: &room_id,
+                    handle: &handle,
+                    token_identity,
+                    joined: None,
+                    limiter: RateLimiter::new(state.limits.max_messages_per_second, Instant::now()),
+                };
+                conn.read_loop(&mut stream).await;
+                if let Some((room, _)) = conn.joined.take() {
+                    state.registry.leave(&room, id);
+                }
+            }
+            Err(e) => {
+                debug!(reason = %e, "refusing connection");
+                handle.send_message(&error(ErrorCode::Unauthorized, e.to_string()));
+                handle.close(CloseReason::Unauthorized);
+            }
+        }
+        let reason = handle.close_reason();
+        if let Some(reason) = reason {
+            // Only a drain is worth waiting the full drain timeout for; otherwise a client that
+            // never answers (or a flood of bad tokens) would hold sockets open that long.
+            let wait = match reason {
+                CloseReason::Shutdown => state.close_handshake_timeout,
+                _ => state.close_handshake_timeout.min(WRITER_GRACE),
+            };
+            await_close_reply(&mut stream, wait).await;
+        }
+        // Dropping the last sender ends the writer after it flushed what is queued.
+        drop(handle);
+        let mut writer = writer;
+        if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
+            writer.abort();
+        }
+        state.metrics.connections.dec();
+        state.metrics.disconnect(reason);
+        debug!(
+            reason = reason.map_or("client closed", CloseReason::text),
+            "connection closed"
+        );
+    }
+    .instrument(span)
+    .await
+}
+
+struct Conn<'a> {
+    state: &'a AppState,
+    room_id: &'a str,
+    handle: &'a ConnHandle,
+    /// The identity from the token; `None` when auth is off.
+    token_identity: Option<Identity>,
+    joined: Option<(Arc<Room>, Identity)>,
+    limiter: RateLimiter,
+}
+
+impl Conn<'_> {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
+        let idle = self.state.limits.idle_socket_timeout;
+        let mut close = self.handle.subscribe_close();
+        let closed = wait_closed(&mut close);
+        let shutdown = self.state.shutdown.cancelled();
+        let mut last_seen = Instant::now();
+        let mut unjoined_since = last_seen;
+        // Armed once and re-armed only when it fires early: resetting a timer per message would
+        // cost a timer-wheel update on the hot path.
+        let deadline = tokio::time::sleep_until(unjoined_since + idle);
+        tokio::pin!(closed, shutdown, deadline);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closed => return,
+                _ = &mut shutdown => {
+                    self.handle.close(CloseReason::Shutdown);
+                    return;
+                }
+                _ = &mut deadline => {
+                    let due = if self.joined.is_some() { last_seen + idle } else { unjoined_since + idle };
+                    if due > Instant::now() {
+                        deadline.as_mut().reset(due);
+                        continue;
+                    }
+                    let reason = if self.joined.is_some() { CloseReason::IdleTimeout } else { CloseReason::JoinTimeout };
+                    self.handle.close(reason);
+                    return;
+                }
+                frame = stream.next() => {
+                    let Some(Ok(frame)) = frame else { return };
+                    last_seen = Instant::now();
+                    match frame {
+                        Message::Text(text) => {
+                            let was_joined = self.joined.is_some();
+                            if self.on_text(text.as_str(), last_seen).is_break() {
+                                return;
+                            }
+                            if was_joined && self.joined.is_none() {
+                                // Leaving starts a new join deadline.
+                                unjoined_since = last_seen;
+                                if deadline.deadline() < unjoined_since + idle {
+                                    deadline.as_mut().reset(unjoined_since + idle);
+                                }
+                            }
+                        }
+                        Message::Binary(_) => {
+                            self.reject(ErrorCode::BinaryNotSupported, "binary frames are not supported; send JSON text".into());
+                        }
+                        Message::Close(_) => return,
+                        // Keepalive answers; they count as life above.
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, msg: &ServerMessage) {
+        self.handle.send_message(msg);
+    }
+
+    fn reject(&self, code: ErrorCode, message: String) {
+        self.state.metrics.rejected(code);
+        debug!(?code, %message, "rejected message");
+        self.send(&error(code, message));
+    }
+
+    fn on_text(&mut self, text: &str, received_at: Instant) -> ControlFlow<()> {
+        let limits = &self.state.limits;
+        if text.len() > limits.max_frame_bytes {
+            self.reject(
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "a {} byte frame exceeds the limit of {} bytes",
+                    text.len(),
+                    limits.max_frame_bytes
+                ),
+            );
+            return ControlFlow::Continue(());
+        }
+        if !self.limiter.try_acquire(received_at) {
+            self.reject(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second; retry in {} ms",
+                    limits.max_messages_per_second,
+                    self.limiter.retry_after().as_millis().max(1)
+                ),
+            );
+            return ControlFlow::Continue(());
+        }
+        match wire::parse_frame(text) {
+            Err(e) => self.reject(e.code(), e.to_string()),
+            Ok(Inbound::Relay { kind, target, body }) => {
+                let Some((room, me)) = &self.joined else {
+                    self.reject(
+                        ErrorCode::NotJoined,
+                        format!("join the room before sending {}", kind.as_str()),
+                    );
+                    return ControlFlow::Continue(());
+                };
+                let out = Outbound {
+                    text: wire::relay_frame(body, &me.user_id).into(),
+                    received_at: Some(received_at),
+                };
+                match self.state.registry.relay(room, self.handle.id, target.as_deref(), out) {
+                    Relayed::Delivered(_) => self.state.metrics.relayed(kind),
+                    Relayed::UnknownPeer => self.reject(
+                        ErrorCode::UnknownPeer,
+                        format!("no participant {:?} in this room", target.unwrap_or_default()),
+                    ),
+                    Relayed::NotMember => self.reject(ErrorCode::NotJoined, "no longer in the room".into()),
+                }
+            }
+            Ok(Inbound::Message(msg)) => return self.on_message(msg),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_message(&mut self, msg: ClientMessage) -> ControlFlow<()> {
+        match msg {
+            ClientMessage::Ping => self.send(&ServerMessage::Pong),
+            ClientMessage::Join {
+                user_id,
+                user_role,
+                user_name,
+                participant_type,
+                ..
+            } => {
+                if self.joined.is_some() {
+                    self.reject(ErrorCode::AlreadyJoined, "this socket already joined the room".into());
+                    return ControlFlow::Continue(());
+                }
+                let identity = match self.token_identity.clone() {
+                    Some(mut identity) => {
+                        identity.user_name = user_name;
+                        identity
+                    }
+                    None => match claimed_identity(user_id, user_role, user_name, participant_type) {
+                        Ok(identity) => identity,
+                        Err(message) => {
+                            self.reject(ErrorCode::InvalidMessage, message);
+                            return ControlFlow::Continue(());
+                        }
+                    },
+                };
+                return self.join(identity);
+            }
+            ClientMessage::Leave => match self.joined.take() {
+                Some((room, _)) => {
+                    self.state.registry.leave(&room, self.handle.id);
+                }
+                None => self.reject(ErrorCode::NotJoined, "not in the room".into()),
+            },
+            ClientMessage::AiStatus { status, session_id } => {
+                if let Some(room) = self.orb_room("ai_status")
+                    && self
+                        .state
+                        .registry
+                        .orb_status(&room, self.handle.id, status, session_id)
+                        != Relayed::NotMember
+                {
+                    self.state.metrics.relayed_other("ai_status");
+                }
+            }
+            ClientMessage::OrbReady(_) => {
+                if self.orb_room("orb_ready").is_some() {
+                    info!("orb ready");
+                    self.state.registry.runtime_status(self.room_id, AiStatus::Ready);
+                }
+            }
+            ClientMessage::OrbHeartbeat(_) => {
+                // Liveness of the orb is the operator's business (pod probes); a heartbeat is not
+                // room activity, or an idle room would never time out.
+                let _ = self.orb_room("orb_heartbeat");
+            }
+            ClientMessage::OrbError(body) => {
+                if self.orb_room("orb_error").is_some() {
+                    let detail = body.get("error").cloned().unwrap_or(body);
+                    warn!(error = %detail, "orb reported an error");
+                }
+            }
+            ClientMessage::SessionSummary(body) => {
+                if let Some(room) = self.orb_room("session_summary") {
+                    self.session_summary(&room, body);
+                }
+            }
+            // The decoder keeps these raw (see `wire`); typed ones never reach here.
+            ClientMessage::Offer(_) | ClientMessage::Answer(_) | ClientMessage::IceCandidate(_) => {
+                self.reject(ErrorCode::InvalidMessage, "unexpected relay message".into());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn join(&mut self, identity: Identity) -> ControlFlow<()> {
+        match self.state.registry.join(self.room_id, self.handle, identity.clone()) {
+            Ok(room) => {
+                tracing::Span::current().record("user", identity.user_id.as_str());
+                info!(role = ?identity.role, "joined");
+                self.joined = Some((room, identity));
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                self.state.metrics.rejected(ErrorCode::RoomFull);
+                self.send(&error(ErrorCode::RoomFull, e.to_string()));
+                self.handle.close(CloseReason::RoomFull);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// The room, if this socket is the orb in it; otherwise the message is refused, because
+    /// humans must not be able to forge the orb's status or summary.
+    fn orb_room(&self, kind: &str) -> Option<Arc<Room>> {
+        match &self.joined {
+            None => {
+                self.reject(ErrorCode::NotJoined, format!("join the room before sending {kind}"));
+                None
+            }
+            Some((_, me)) if !me.is_ai() => {
+                self.reject(
+                    ErrorCode::InvalidMessage,
+                    format!("only the AI participant sends {kind}"),
+                );
+                None
+            }
+            Some((room, _)) => Some(room.clone()),
+        }
+    }
+
+    fn session_summary(&self, room: &Room, body: Value) {
+        let mut body = match body {
+            Value::Object(map) => map,
+            other => {
+                let mut map = serde_json::Map::new();
+                map.insert("summary".into(), other);
+                map
+            }
+        };
+        // The room is the one the orb is in, whatever the orb wrote.
+        body.insert("roomId".into(), Value::String(self.room_id.to_owned()));
+        if let Some((_, me)) = &self.joined {
+            body.insert("fromId".into(), Value::String(me.user_id.clone()));
+        }
+        let msg = ServerMessage::SessionSummary(Value::Object(body));
+        let coaches = self.state.registry.to_coaches(room, &msg);
+        self.state.metrics.relayed_other("session_summary");
+        info!(coaches, "session summary received");
+        if let Ok(full) = serde_json::to_value(&msg) {
+            self.state.summaries.submit(full);
+        }
+    }
+}
+
+/// The identity a join message claims, used only with auth off (seed 001 behaviour).
+fn claimed_identity(
+    user_id: Option<String>,
+    user_role: Option<UserRole>,
+    user_name: Option<String>,
+    participant_type: Option<ParticipantType>,
+) -> Result<Identity, String> {
+    let user_id = user_id.ok_or("join needs a userId")?;
+    if user_id.len() > MAX_USER_ID_LEN {
+        return Err(format!("userId is longer than {MAX_USER_ID_LEN} bytes"));
+    }
+    let role = user_role.ok_or("join needs a userRole: coach, client or ai")?;
+    // The seed defaulted participantType to human; an `ai` role without a type is the AI.
+    let participant_type = participant_type.unwrap_or(if role == UserRole::Ai {
+        ParticipantType::Ai
+    } else {
+        ParticipantType::Human
+    });
+    Ok(Identity {
+        user_id,
+        role,
+        participant_type,
+        user_name,
+    })
+}
+
+fn error(code: ErrorCode, message: String) -> ServerMessage {
+    ServerMessage::Error { code, message }
+}
+
+/// After the server sent its close frame: reads (and ignores) until the client's close reply, so
+/// the client sees a clean close instead of a reset, bounded by `timeout`.
+async fn await_close_reply(stream: &mut SplitStream<WebSocket>, timeout: Duration) {
+    let drain = async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, Message::Close(_)) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
+async fn wait_closed(rx: &mut watch::Receiver<Option<CloseReason>>) -> CloseReason {
+    loop {
+        if let Some(reason) = *rx.borrow_and_update() {
+            return reason;
+        }
+        if rx.changed().await.is_err() {
+            // No handle is left to close us; the other branches end the connection.
+            return std::future::pending().await;
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: ConnReceivers,
+    keepalive: Duration,
+    state: Arc<AppState>,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
+    let mut batch: Vec<Option<Instant>> = Vec::with_capacity(WRITE_BATCH);
+    let closed = wait_closed(&mut rx.close);
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            biased;
+            reason = &mut closed => {
+                if reason.flushes_queue() {
+                    while let Ok(out) = rx.outbound.try_recv() {
+                        if sink.feed(Message::Text(out.text)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let frame = CloseFrame { code: reason.code(), reason: reason.text().into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+            out = rx.outbound.recv() => {
+                let Some(first) = out else {
+                    let _ = sink.close().await;
+                    return;
+                };
+                batch.clear();
+                let mut next = Some(first);
+                while let Some(out) = next.take() {
+                    batch.push(out.received_at);
+                    if sink.feed(Message::Text(out.text)).await.is_err() {
+                        return;
+                    }
+                    if batch.len() < WRITE_BATCH {
+                        next = rx.outbound.try_recv().ok();
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                for received_at in batch.iter().flatten() {
+                    state.metrics.relay_latency.observe(received_at.elapsed().as_secs_f64());
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

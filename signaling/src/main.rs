@@ -1,0 +1,94 @@
+//! The `orb-signaling` binary: configuration, logging, the orb runtime, the server and signals.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use orb_signaling::config::{Args, Config, LogFormat, RuntimeKind, SIGNING_KEY_ENV};
+use orb_signaling::metrics::Metrics;
+use orb_signaling::orb_runtime::kubernetes::{KubernetesRuntime, KubernetesSettings};
+use orb_signaling::orb_runtime::local::LocalRuntime;
+use orb_signaling::orb_runtime::{NoOrbRuntime, OrbEvents, OrbRuntime};
+use orb_signaling::server::Server;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let config = Config::from_args(args, std::env::var(SIGNING_KEY_ENV).ok()).context("invalid configuration")?;
+
+    let metrics = Metrics::shared();
+    let (events, events_rx) = OrbEvents::new(metrics.clone());
+    let mut local_runtime = None;
+    let runtime: Arc<dyn OrbRuntime> = match config.orb_runtime {
+        RuntimeKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client (in-cluster or KUBECONFIG); use --orb-runtime=local or none outside a cluster")?;
+            let namespace = config
+                .orb_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            info!(%namespace, "creating orbs as AiOrb resources");
+            let settings = KubernetesSettings {
+                namespace,
+                test_mode: config.orb_test_mode,
+                presence_debounce: config.presence_debounce,
+            };
+            Arc::new(KubernetesRuntime::start(client, settings, events, metrics.clone()))
+        }
+        RuntimeKind::Local => {
+            let local = Arc::new(LocalRuntime::start(config.local.clone(), events));
+            local_runtime = Some(local.clone());
+            local
+        }
+        RuntimeKind::None => Arc::new(NoOrbRuntime::new(events)),
+    };
+
+    let server = Server::start(&config, runtime, events_rx, metrics)
+        .await
+        .with_context(|| format!("cannot start the server on {}", config.listen))?;
+    if let Some(local) = &local_runtime {
+        local.serve_at(server.local_addr());
+    }
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown signal received");
+        token.cancel();
+    });
+    server.wait().await;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,239 @@
+//! Prometheus metrics (`orb_signaling_*`). Labels are small closed sets (message type, reason,
+//! result); room, session and user ids never become labels. Hot-path handles are resolved once
+//! at start-up so that relaying a message costs no label lookup.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+use crate::room::CloseReason;
+use crate::wire::RelayKind;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Results of asking a runtime for an orb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrbRequestResult {
+    /// A new orb was created.
+    Created,
+    /// A live orb for the room already existed.
+    Existing,
+    /// A finished orb was replaced by a new one.
+    Replaced,
+    /// The runtime could not provide an orb (API error, runtime disabled).
+    Failed,
+}
+
+impl OrbRequestResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            OrbRequestResult::Created => "created",
+            OrbRequestResult::Existing => "existing",
+            OrbRequestResult::Replaced => "replaced",
+            OrbRequestResult::Failed => "failed",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub rooms: Gauge,
+    participants: Family<Labels, Gauge>,
+    relayed: Family<Labels, Counter>,
+    pub relay_latency: Histogram,
+    rejected: Family<Labels, Counter>,
+    auth_failures: Family<Labels, Counter>,
+    orb_requests: Family<Labels, Counter>,
+    disconnects: Family<Labels, Counter>,
+    presence_writes: Family<Labels, Counter>,
+    webhook_deliveries: Family<Labels, Counter>,
+    relay_handles: [Counter; 3],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("orb_signaling");
+        let connections = Gauge::default();
+        registry.register("connections", "Open WebSocket connections", connections.clone());
+        let rooms = Gauge::default();
+        registry.register("rooms", "Rooms with at least one participant", rooms.clone());
+        let participants = Family::<Labels, Gauge>::default();
+        registry.register(
+            "participants",
+            "Participants in rooms, by participant type",
+            participants.clone(),
+        );
+        let relayed = Family::<Labels, Counter>::default();
+        registry.register(
+            "messages_relayed",
+            "Messages forwarded to peers, by type",
+            relayed.clone(),
+        );
+        // From reading the frame to writing it to the receiver's socket; signaling must stay well
+        // below a millisecond, so the buckets start at 50µs.
+        let relay_latency = Histogram::new([
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]);
+        registry.register(
+            "relay_latency_seconds",
+            "Time from receiving a relayed message to writing it to the receiver",
+            relay_latency.clone(),
+        );
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "messages_rejected",
+            "Inbound messages refused, by reason",
+            rejected.clone(),
+        );
+        let auth_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Connections refused for their room token, by reason",
+            auth_failures.clone(),
+        );
+        let orb_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "orb_requests",
+            "Orb requests to the runtime, by result",
+            orb_requests.clone(),
+        );
+        let disconnects = Family::<Labels, Counter>::default();
+        registry.register("disconnects", "Closed connections, by reason", disconnects.clone());
+        let presence_writes = Family::<Labels, Counter>::default();
+        registry.register(
+            "presence_writes",
+            "Presence writes to the orb runtime's store, by result",
+            presence_writes.clone(),
+        );
+        let webhook_deliveries = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Session summaries posted to the webhook, by result",
+            webhook_deliveries.clone(),
+        );
+        let relay_handles = RelayKind::ALL.map(|k| relayed.get_or_create(&vec![("type", k.as_str())]).clone());
+        Self {
+            registry,
+            connections,
+            rooms,
+            participants,
+            relayed,
+            relay_latency,
+            rejected,
+            auth_failures,
+            orb_requests,
+            disconnects,
+            presence_writes,
+            webhook_deliveries,
+            relay_handles,
+        }
+    }
+
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::new())
+    }
+
+    pub fn relayed(&self, kind: RelayKind) {
+        let i = RelayKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.relay_handles[i].inc();
+    }
+
+    /// Messages relayed that are not SDP/ICE (`ai_status`, `session_summary`).
+    pub fn relayed_other(&self, kind: &'static str) {
+        self.relayed.get_or_create(&vec![("type", kind)]).inc();
+    }
+
+    pub fn participants(&self, participant_type: &'static str) -> Gauge {
+        self.participants
+            .get_or_create(&vec![("participant_type", participant_type)])
+            .clone()
+    }
+
+    pub fn rejected(&self, code: ErrorCode) {
+        self.rejected
+            .get_or_create(&vec![("reason", error_code_label(code))])
+            .inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub fn orb_request(&self, result: OrbRequestResult) {
+        self.orb_requests
+            .get_or_create(&vec![("result", result.as_str())])
+            .inc();
+    }
+
+    pub fn disconnect(&self, reason: Option<CloseReason>) {
+        let label = reason.map_or("client_closed", CloseReason::label);
+        self.disconnects.get_or_create(&vec![("reason", label)]).inc();
+    }
+
+    pub fn presence_write(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.presence_writes.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    pub fn webhook_delivery(&self, result: &'static str) {
+        self.webhook_deliveries.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn error_code_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::MalformedJson => "malformed_json",
+        ErrorCode::UnknownType => "unknown_type",
+        ErrorCode::InvalidMessage => "invalid_message",
+        ErrorCode::NotJoined => "not_joined",
+        ErrorCode::AlreadyJoined => "already_joined",
+        ErrorCode::FrameTooLarge => "frame_too_large",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::RoomFull => "room_full",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::UnknownPeer => "unknown_peer",
+        ErrorCode::BinaryNotSupported => "binary_not_supported",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.relayed(RelayKind::IceCandidate);
+        m.rejected(ErrorCode::RateLimited);
+        m.relay_latency.observe(0.0001);
+        let text = m.render();
+        for needle in [
+            "orb_signaling_connections ",
+            "orb_signaling_messages_relayed_total{type=\"ice-candidate\"} 1",
+            "orb_signaling_messages_rejected_total{reason=\"rate_limited\"} 1",
+            "orb_signaling_relay_latency_seconds_bucket",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,987 @@
+//! `--orb-runtime=local`: orbs as child processes on this machine, for development without a
+//! cluster. A small operator in one task: it keeps per-room records shaped like an AiOrb's status
+//! (phase, admission time, restarts, presence) and drives them with the operator's own pure policy
+//! (`orb_operator::policy`: `plan_admission` for the cap and the FIFO queue, `decide` for every
+//! step), so dev mode enforces the same admission, lifetime, idle, empty-room and termination rules
+//! as the cluster. The orb's pod becomes a process: running, ready (its `/readyz`), exited 0
+//! (`Succeeded`, with the termination message it wrote), exited otherwise (`Failed`). Terminating
+//! is SIGTERM, then SIGKILL after the pod grace period. Each orb's output goes to
+//! `<log-dir>/orb-<room>.log`, as the seed's per-orb logs did.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use orb_crds::auth::{Role, RoomClaims, SigningKey};
+use orb_crds::{AiOrb, AiOrbSpec, OrbPhase, TerminationReason, naming};
+use orb_operator::config::PodSettings;
+use orb_operator::pod::{TERMINATION_GRACE_SECONDS, build_pod};
+use orb_operator::policy::{self, AdmissionEntry, Limits, OrbClock, OrbView, PodState, Step};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::kubernetes::ai_status_for;
+use super::{OrbEvents, OrbRequest, OrbRuntime, Presence};
+use crate::metrics::OrbRequestResult;
+use crate::protocol::AiStatus;
+
+/// How often a running orb's `/readyz` is probed (the kubelet's readiness probe).
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Passes of admission + decisions after one event: a finished orb frees capacity for the next.
+const MAX_PASSES: usize = 4;
+
+/// How the local runtime starts orbs.
+#[derive(Clone, Debug)]
+pub struct LocalSettings {
+    /// The `orb` binary; `None`: `orb` next to this binary, else on `PATH`.
+    pub orb_binary: Option<PathBuf>,
+    /// Where `orb-<room>.log` files go.
+    pub log_dir: PathBuf,
+    /// The operator's limits: cap, lifetime, idle timeout, empty-room grace, restarts.
+    pub limits: Limits,
+    /// Start orbs with `spec.testMode` (test brain, test-mode lifetime cap).
+    pub test_mode: bool,
+    /// Mints each orb's room token when signaling checks tokens.
+    pub signing_key: Option<SigningKey>,
+}
+
+impl LocalSettings {
+    fn orb_binary(&self) -> PathBuf {
+        if let Some(p) = &self.orb_binary {
+            return p.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("orb")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("orb"))
+    }
+}
+
+/// The per-orb log file of a room.
+pub fn log_path(log_dir: &Path, room_id: &str) -> PathBuf {
+    log_dir.join(format!("orb-{room_id}.log"))
+}
+
+enum Command {
+    Request(OrbRequest),
+    Presence(String, Presence),
+    Serve(SocketAddr),
+    Probe { uid: String, attempt: i32, ready: bool },
+    Exited { uid: String, attempt: i32, exit: Exit },
+    Shutdown(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Debug)]
+struct Exit {
+    code: Option<i32>,
+    /// The termination message the orb wrote (its end reason first).
+    message: Option<String>,
+}
+
+pub struct LocalRuntime {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl LocalRuntime {
+    /// Starts the runtime's loop. Orbs are started once [`LocalRuntime::serve_at`] said where
+    /// signaling listens.
+    pub fn start(settings: LocalSettings, events: OrbEvents) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Err(e) = std::fs::create_dir_all(&settings.log_dir) {
+            warn!(dir = %settings.log_dir.display(), error = %e, "cannot create the orb log directory");
+        }
+        info!(
+            orb = %settings.orb_binary().display(),
+            logs = %settings.log_dir.display(),
+            cap = settings.limits.max_concurrent_orbs,
+            "starting orbs as local processes under the operator's policy"
+        );
+        let state = State {
+            settings,
+            events,
+            tx: tx.clone(),
+            signaling: None,
+            orbs: BTreeMap::new(),
+            presence: HashMap::new(),
+            generation: 0,
+        };
+        tokio::spawn(state.run(rx));
+        Self { tx }
+    }
+
+    /// Where orbs reach signaling (the server's bound address; an unspecified IP means loopback).
+    pub fn serve_at(&self, addr: SocketAddr) {
+        let _ = self.tx.send(Command::Serve(addr));
+    }
+}
+
+impl OrbRuntime for LocalRuntime {
+    fn request_orb(&self, request: OrbRequest) {
+        let _ = self.tx.send(Command::Request(request));
+    }
+
+    fn report_presence(&self, room_id: &str, presence: Presence) {
+        let _ = self.tx.send(Command::Presence(room_id.to_owned(), presence));
+    }
+
+    /// Stops every orb (SIGTERM, SIGKILL after the grace period) and waits for them.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let (done, wait) = oneshot::channel();
+        let sent = self.tx.send(Command::Shutdown(done)).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = wait.await;
+            }
+        })
+    }
+}
+
+/// The running process of one attempt: the pod of the local world.
+struct Proc {
+    attempt: i32,
+    ready: bool,
+    /// SIGTERM was sent (the pod is being deleted).
+    stopping: bool,
+    exit: Option<Exit>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// One orb: an AiOrb's spec and status, kept in memory.
+struct Orb {
+    uid: String,
+    name: String,
+    spec: AiOrbSpec,
+    created: Timestamp,
+    phase: Option<OrbPhase>,
+    admitted_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+    restarts: i32,
+    reason: Option<TerminationReason>,
+    failed_since: Option<Timestamp>,
+    queue_position: Option<i32>,
+    proc: Option<Proc>,
+    requeue_at: Option<Timestamp>,
+    reported: Option<AiStatus>,
+}
+
+impl Orb {
+    fn pod_state(&self) -> PodState {
+        match &self.proc {
+            None => PodState::Missing,
+            Some(Proc { exit: Some(e), .. }) => match e.code {
+                Some(0) => PodState::Succeeded {
+                    message: e.message.clone(),
+                },
+                code => PodState::Failed {
+                    reason: None,
+                    message: e.message.clone().or_else(|| {
+                        Some(match code {
+                            Some(c) => format!("the orb exited with code {c}"),
+                            None => "the orb was killed by a signal".to_owned(),
+                        })
+                    }),
+                },
+            },
+            Some(Proc { stopping: true, .. }) => PodState::Deleting,
+            Some(p) => PodState::Running {
+                ready: p.ready,
+                node: Some("local".into()),
+            },
+        }
+    }
+}
+
+struct State {
+    settings: LocalSettings,
+    events: OrbEvents,
+    tx: mpsc::UnboundedSender<Command>,
+    signaling: Option<String>,
+    orbs: BTreeMap<String, Orb>,
+    presence: HashMap<String, Presence>,
+    generation: u64,
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn timestamp(t: std::time::SystemTime) -> Timestamp {
+    Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now())
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let wake = self.orbs.values().filter_map(|o| o.requeue_at).min();
+            // Never negative (a due deadline wakes at once), never a hot loop.
+            let sleep = wake.map(|at| {
+                let wait = Timestamp::now().duration_until(at).max(SignedDuration::ZERO);
+                wait.unsigned_abs().max(Duration::from_millis(10))
+            });
+            let cmd = match sleep {
+                Some(d) => tokio::select! {
+                    cmd = rx.recv() => Some(cmd),
+                    // A little slack so the deadline is due when we look.
+                    _ = tokio::time::sleep(d + Duration::from_millis(5)) => None,
+                },
+                None => Some(rx.recv().await),
+            };
+            match cmd {
+                Some(None) => return,
+                Some(Some(Command::Shutdown(done))) => {
+                    self.shutdown(&mut rx).await;
+                    let _ = done.send(());
+                    return;
+                }
+                Some(Some(cmd)) => self.handle(cmd),
+                None => {}
+            }
+            self.reconcile(Timestamp::now());
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request(request) => self.request(request),
+            Command::Presence(room, presence) => {
+                let known = self.orbs.values().any(|o| o.spec.room_id == room);
+                if known || presence.humans > 0 {
+                    self.presence.insert(room, presence);
+                } else {
+                    self.presence.remove(&room);
+                }
+            }
+            Command::Serve(addr) => {
+                let ip = if addr.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    addr.ip()
+                };
+                self.signaling = Some(format!("ws://{}", SocketAddr::new(ip, addr.port())));
+            }
+            Command::Probe { uid, attempt, ready } => {
+                if let Some(p) = self.proc_mut(&uid, attempt) {
+                    p.ready = ready;
+                }
+            }
+            Command::Exited { uid, attempt, exit } => {
+                if let Some(orb) = self.orbs.get(&uid) {
+                    let detail = exit.message.clone().unwrap_or_default();
+                    let line = format!("orb exited (attempt {attempt}, exit code {:?}) {detail}", exit.code);
+                    self.note(&orb.spec.room_id, &line);
+                }
+                if let Some(p) = self.proc_mut(&uid, attempt) {
+                    p.exit = Some(exit);
+                    p.ready = false;
+                    p.stop = None;
+                }
+            }
+            Command::Shutdown(_) => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn proc_mut(&mut self, uid: &str, attempt: i32) -> Option<&mut Proc> {
+        self.orbs
+            .get_mut(uid)
+            .and_then(|o| o.proc.as_mut())
+            .filter(|p| p.attempt == attempt)
+    }
+
+    fn live_orb(&self, room_id: &str) -> Option<&Orb> {
+        self.orbs
+            .values()
+            .find(|o| o.spec.room_id == room_id && !o.phase.is_some_and(OrbPhase::is_terminal))
+    }
+
+    fn request(&mut self, request: OrbRequest) {
+        if let Some(orb) = self.live_orb(&request.room_id) {
+            let status = ai_status_for(orb.phase);
+            self.events.request_result(OrbRequestResult::Existing);
+            self.events.status(&request.room_id, status);
+            return;
+        }
+        let finished: Vec<String> = self
+            .orbs
+            .values()
+            .filter(|o| o.spec.room_id == request.room_id)
+            .map(|o| o.uid.clone())
+            .collect();
+        let replaced = !finished.is_empty();
+        for uid in finished {
+            self.orbs.remove(&uid);
+        }
+        // Presence from the room's previous life is stale; the joiner's report follows this request.
+        self.presence.remove(&request.room_id);
+        self.generation += 1;
+        let spec = AiOrbSpec {
+            room_id: request.room_id.clone(),
+            coach_id: request.coach_id.clone(),
+            client_id: request.client_id.clone(),
+            test_mode: self.settings.test_mode,
+            ..AiOrbSpec::default()
+        };
+        let name = naming::orb_name_for_room(&request.room_id);
+        let uid = format!("{name}-{}", self.generation);
+        self.note(&request.room_id, "orb requested: the first participant joined");
+        self.orbs.insert(
+            uid.clone(),
+            Orb {
+                uid,
+                name,
+                spec,
+                created: Timestamp::now(),
+                phase: None,
+                admitted_at: None,
+                finished_at: None,
+                restarts: 0,
+                reason: None,
+                failed_since: None,
+                queue_position: None,
+                proc: None,
+                requeue_at: None,
+                reported: None,
+            },
+        );
+        self.events.request_result(if replaced {
+            OrbRequestResult::Replaced
+        } else {
+            OrbRequestResult::Created
+        });
+    }
+
+    /// Admission, then one decision per orb, repeated while something finished (capacity freed).
+    fn reconcile(&mut self, now: Timestamp) {
+        for _ in 0..MAX_PASSES {
+            self.admit(now);
+            let uids: Vec<String> = self.orbs.keys().cloned().collect();
+            let mut freed = false;
+            for uid in uids {
+                freed |= self.step(&uid, now);
+            }
+            if !freed {
+                break;
+            }
+        }
+        self.report();
+    }
+
+    fn admit(&mut self, now: Timestamp) {
+        let entries: Vec<AdmissionEntry> = self
+            .orbs
+            .values()
+            .map(|o| AdmissionEntry {
+                uid: o.uid.clone(),
+                key: format!("local/{}", o.uid),
+                created: o.created,
+                phase: o.phase,
+                admitted: o.admitted_at.is_some(),
+                deleting: false,
+                valid: policy::validate_spec(&o.spec).is_ok(),
+            })
+            .collect();
+        let ledger: BTreeSet<String> = self
+            .orbs
+            .values()
+            .filter(|o| o.admitted_at.is_some() && !o.phase.is_some_and(OrbPhase::is_terminal))
+            .map(|o| o.uid.clone())
+            .collect();
+        let plan = policy::plan_admission(&entries, &ledger, self.settings.limits.max_concurrent_orbs);
+        for uid in &plan.admit {
+            let Some(orb) = self.orbs.get_mut(uid) else { continue };
+            if orb.admitted_at.is_none() {
+                orb.admitted_at = Some(now);
+                orb.phase = Some(OrbPhase::Starting);
+                orb.queue_position = None;
+                let room = orb.spec.room_id.clone();
+                self.note(&room, "orb admitted");
+            }
+        }
+        for (uid, position) in &plan.queue {
+            let Some(orb) = self.orbs.get_mut(uid) else { continue };
+            let was = orb.queue_position.replace(*position);
+            orb.phase = Some(OrbPhase::Queued);
+            if was.is_none() {
+                let room = orb.spec.room_id.clone();
+                let cap = self.settings.limits.max_concurrent_orbs;
+                self.note(
+                    &room,
+                    &format!("orb queued at position {position}: {cap} orbs are running"),
+                );
+            }
+        }
+    }
+
+    /// One `decide` step for the orb; true when it finished (capacity may have freed).
+    fn step(&mut self, uid: &str, now: Timestamp) -> bool {
+        let limits = self.settings.limits.clone();
+        let Some(orb) = self.orbs.get(uid) else { return false };
+        let presence = self.presence.get(&orb.spec.room_id);
+        let view = OrbView {
+            phase: orb.phase,
+            clock: OrbClock {
+                created: orb.created,
+                admitted_at: orb.admitted_at,
+                participants: presence.map(|p| p.humans as i32),
+                last_activity: presence.map(|p| timestamp(p.last_activity)),
+            },
+            finished_at: orb.finished_at,
+            has_pod: orb.proc.is_some(),
+            restarts: orb.restarts,
+            termination_reason: orb.reason,
+            failed_since: orb.failed_since,
+            invalid: policy::validate_spec(&orb.spec).err(),
+        };
+        let pod = orb.pod_state();
+        let orb_limits = policy::orb_limits(&orb.spec, &limits);
+        let decision = policy::decide(&view, &pod, &orb_limits, &limits, now);
+        let room = orb.spec.room_id.clone();
+        let mut finished = false;
+        match decision.step {
+            Step::Wait => {}
+            Step::Track => {
+                let phase = policy::tracked_phase(&pod);
+                let orb = self.orbs.get_mut(uid).expect("present");
+                if orb.phase != Some(phase) {
+                    orb.phase = Some(phase);
+                    if phase == OrbPhase::Ready {
+                        self.note(&room, "orb ready: it joined the room");
+                    }
+                }
+            }
+            Step::CreatePod { attempt } => {
+                self.spawn(uid, attempt, now, &orb_limits);
+                self.orbs.get_mut(uid).expect("present").phase = Some(OrbPhase::Starting);
+            }
+            Step::Terminate { reason } => {
+                let orb = self.orbs.get_mut(uid).expect("present");
+                if orb.phase != Some(OrbPhase::Terminating) {
+                    orb.phase = Some(OrbPhase::Terminating);
+                    orb.reason = Some(reason);
+                }
+                let mut signalled = false;
+                if let Some(p) = orb.proc.as_mut().filter(|p| !p.stopping && p.exit.is_none()) {
+                    p.stopping = true;
+                    p.ready = false;
+                    if let Some(stop) = p.stop.take() {
+                        signalled = stop.send(()).is_ok();
+                    }
+                }
+                if signalled {
+                    self.note(
+                        &room,
+                        &format!("terminating the orb: {reason} (SIGTERM, SIGKILL after {TERMINATION_GRACE_SECONDS}s)"),
+                    );
+                }
+            }
+            Step::Finish { phase, reason, message } => {
+                let orb = self.orbs.get_mut(uid).expect("present");
+                orb.phase = Some(phase);
+                orb.reason = Some(reason);
+                orb.finished_at = Some(now);
+                orb.queue_position = None;
+                let detail = message.map(|m| format!(" ({m})")).unwrap_or_default();
+                self.note(&room, &format!("orb ended: {phase} {reason}{detail}"));
+                finished = true;
+            }
+            Step::AwaitReplacement { reason, message } => {
+                let orb = self.orbs.get_mut(uid).expect("present");
+                if orb.failed_since.is_none() {
+                    orb.failed_since = Some(now);
+                    let detail = message.unwrap_or_default();
+                    self.note(
+                        &room,
+                        &format!("orb failed ({reason}: {detail}); replacing it after a backoff"),
+                    );
+                }
+            }
+            Step::Replace { attempt } => {
+                {
+                    let orb = self.orbs.get_mut(uid).expect("present");
+                    orb.restarts = attempt;
+                    orb.failed_since = None;
+                    orb.phase = Some(OrbPhase::Starting);
+                }
+                self.note(&room, &format!("replacement {attempt} of the failed orb"));
+                self.spawn(uid, attempt, now, &orb_limits);
+            }
+            Step::Expire => {
+                self.orbs.remove(uid);
+                return false;
+            }
+        }
+        if let Some(orb) = self.orbs.get_mut(uid) {
+            orb.requeue_at = decision.requeue_at;
+        }
+        finished
+    }
+
+    /// Sends each room the status of its orb when it changed.
+    fn report(&mut self) {
+        for orb in self.orbs.values_mut() {
+            let status = ai_status_for(orb.phase);
+            if orb.reported != Some(status) {
+                orb.reported = Some(status);
+                self.events.status(&orb.spec.room_id, status);
+            }
+        }
+    }
+
+    /// Starts attempt `attempt` of the orb: the operator's pod arguments, as a process.
+    fn spawn(&mut self, uid: &str, attempt: i32, now: Timestamp, limits: &policy::OrbLimits) {
+        let Some(signaling) = self.signaling.clone() else {
+            warn!("an orb was due before the server listened; it starts on the next event");
+            return;
+        };
+        let orb = self.orbs.get(uid).expect("present");
+        let room = orb.spec.room_id.clone();
+        let ends = after(orb.admitted_at.unwrap_or(now), limits.lifetime);
+        let lifetime_left = now
+            .duration_until(ends)
+            .max(SignedDuration::ZERO)
+            .unsigned_abs()
+            .max(Duration::from_secs(1));
+        let pod_settings = PodSettings {
+            image: "orb".into(),
+            image_pull_policy: "Never".into(),
+            signaling_url: signaling,
+            gpu_resource: String::new(),
+            gpu_count: 0,
+            node_selector: Default::default(),
+            tolerations: Vec::new(),
+            runtime_class: None,
+            image_pull_secrets: Vec::new(),
+            extra_env: Vec::new(),
+            env_from_secrets: Vec::new(),
+            resources: Default::default(),
+        };
+        let resource = AiOrb::new(&orb.name, orb.spec.clone());
+        let pod = build_pod(&resource, &pod_settings, attempt, lifetime_left);
+        let mut args: Vec<String> = pod
+            .spec
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.args)
+            .unwrap_or_default();
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(a) => a.port(),
+            Err(e) => {
+                warn!(error = %e, "no free port for the orb's HTTP server");
+                0
+            }
+        };
+        let termination_log = self.settings.log_dir.join(format!("orb-{room}.termination-log"));
+        let _ = std::fs::remove_file(&termination_log);
+        args.push(format!("--http-addr=127.0.0.1:{port}"));
+        args.push(format!("--termination-log={}", termination_log.display()));
+
+        let binary = self.settings.orb_binary();
+        let mut cmd = tokio::process::Command::new(&binary);
+        // The log is a file: no terminal colours in it.
+        cmd.args(&args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(key) = &self.settings.signing_key {
+            let claims = RoomClaims {
+                room: room.clone(),
+                sub: format!("ai-orb-{}", orb.name),
+                role: Role::Ai,
+                exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
+            };
+            cmd.env("ORB_SIGNALING_TOKEN", key.mint(&claims));
+        }
+        match self.open_log(&room).and_then(|f| Ok((f.try_clone()?, f))) {
+            Ok((out, err)) => {
+                cmd.stdout(out).stderr(err);
+            }
+            Err(e) => {
+                warn!(%room, error = %e, "cannot open the orb log; its output is discarded");
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the orb if
+        // signaling dies without stopping it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let proc = match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id();
+                let shown = args.join(" ");
+                self.note(
+                    &room,
+                    &format!(
+                        "started {} {shown} (pid {}, attempt {attempt})",
+                        binary.display(),
+                        pid.unwrap_or(0)
+                    ),
+                );
+                tokio::spawn(supervise(
+                    child,
+                    port,
+                    stop_rx,
+                    termination_log,
+                    self.tx.clone(),
+                    uid.to_owned(),
+                    attempt,
+                ));
+                Proc {
+                    attempt,
+                    ready: false,
+                    stopping: false,
+                    exit: None,
+                    stop: Some(stop_tx),
+                }
+            }
+            Err(e) => {
+                self.note(&room, &format!("cannot start {}: {e}", binary.display()));
+                Proc {
+                    attempt,
+                    ready: false,
+                    stopping: false,
+                    exit: Some(Exit {
+                        code: Some(127),
+                        message: Some(format!("Error cannot start {}: {e}", binary.display())),
+                    }),
+                    stop: None,
+                }
+            }
+        };
+        self.orbs.get_mut(uid).expect("present").proc = Some(proc);
+    }
+
+    fn open_log(&self, room: &str) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(&self.settings.log_dir, room))
+    }
+
+    /// A lifecycle line in the room's orb log and the server's log.
+    fn note(&self, room: &str, line: &str) {
+        info!(%room, "{line}");
+        if let Ok(mut f) = self.open_log(room) {
+            let _ = writeln!(f, "{} [orb-runtime] {line}", Timestamp::now());
+        }
+    }
+
+    /// Terminates every orb and waits for the processes (bounded by the grace period).
+    async fn shutdown(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
+        let mut running = 0;
+        for orb in self.orbs.values_mut() {
+            if let Some(p) = orb.proc.as_mut().filter(|p| p.exit.is_none()) {
+                if let Some(stop) = p.stop.take() {
+                    let _ = stop.send(());
+                }
+                running += 1;
+            }
+        }
+        if running > 0 {
+            info!(running, "stopping the local orbs");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(TERMINATION_GRACE_SECONDS as u64 + 2);
+        while running > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Command::Exited { uid, attempt, exit })) => {
+                    if self.proc_mut(&uid, attempt).is_some_and(|p| p.exit.is_none()) {
+                        running -= 1;
+                    }
+                    self.handle(Command::Exited { uid, attempt, exit });
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Watches one orb process: probes its readiness, stops it on request (SIGTERM, then SIGKILL after
+/// the grace period) and reports its exit with the termination message it wrote.
+async fn supervise(
+    mut child: tokio::process::Child,
+    port: u16,
+    mut stop: oneshot::Receiver<()>,
+    termination_log: PathBuf,
+    tx: mpsc::UnboundedSender<Command>,
+    uid: String,
+    attempt: i32,
+) {
+    let mut ready = false;
+    let mut stopping = false;
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
+    let kill = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(kill);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            r = &mut stop, if !stopping => {
+                stopping = true;
+                if r.is_ok() {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: sending a signal to our own child process.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                    }
+                    kill.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(TERMINATION_GRACE_SECONDS as u64));
+                } else {
+                    // The runtime is gone: do not leave the orb behind.
+                    let _ = child.start_kill();
+                }
+            }
+            _ = &mut kill, if stopping => {
+                warn!(%uid, "the orb did not stop within the grace period; killing it");
+                let _ = child.start_kill();
+                kill.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+            _ = probe.tick(), if !stopping => {
+                let now_ready = probe_ready(port).await;
+                if now_ready != ready {
+                    ready = now_ready;
+                    let _ = tx.send(Command::Probe { uid: uid.clone(), attempt, ready });
+                }
+            }
+        }
+    };
+    let code = status.ok().and_then(|s| s.code());
+    let message = std::fs::read_to_string(&termination_log)
+        .ok()
+        .map(|m| m.trim().to_owned())
+        .filter(|m| !m.is_empty());
+    let _ = tx.send(Command::Exited {
+        uid,
+        attempt,
+        exit: Exit { code, message },
+    });
+}
+
+/// `GET /readyz` on the orb's HTTP port: true on a 200.
+async fn probe_ready(port: u16) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 16];
+        let mut n = 0;
+        while n < buf.len() {
+            let read = s.read(&mut buf[n..]).await.ok()?;
+            if read == 0 {
+                break;
+            }
+            n += read;
+        }
+        Some(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use crate::metrics::Metrics;
+    use crate::orb_runtime::OrbEvent;
+
+    fn here(humans: u32) -> Presence {
+        Presence {
+            humans,
+            last_activity: SystemTime::now(),
+        }
+    }
+
+    async fn next_status(rx: &mut mpsc::UnboundedReceiver<OrbEvent>) -> (String, AiStatus) {
+        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a status in time")
+            .expect("the runtime is alive");
+        (e.room_id, e.status)
+    }
+
+    fn fake_orb(dir: &Path, script: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let fake = dir.join("fake-orb");
+        std::fs::write(&fake, format!("#!/bin/sh\n{script}\n")).unwrap();
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        std::fs::set_permissions(&fake, mode).unwrap();
+        fake
+    }
+
+    /// An orb that fails while its room is occupied is replaced after the backoff, at most
+    /// `max_restarts` times; then the orb is `Failed` and the room hears `unavailable`.
+    #[tokio::test]
+    async fn a_failing_orb_is_replaced_then_given_up() {
+        let dir = std::env::temp_dir().join(format!("orb-local-failing-{}", std::process::id()));
+        let fake = fake_orb(&dir, "exit 1");
+        let (events, mut rx) = OrbEvents::new(Arc::new(Metrics::default()));
+        let settings = LocalSettings {
+            orb_binary: Some(fake),
+            log_dir: dir.clone(),
+            limits: Limits {
+                max_restarts: 2,
+                restart_backoff: Duration::from_millis(50),
+                ..Limits::default()
+            },
+            test_mode: false,
+            signing_key: None,
+        };
+        let runtime = LocalRuntime::start(settings, events);
+        runtime.serve_at(SocketAddr::from(([127, 0, 0, 1], 9)));
+        runtime.request_orb(OrbRequest {
+            room_id: "r".into(),
+            coach_id: None,
+            client_id: None,
+        });
+        runtime.report_presence("r", here(2));
+        assert_eq!(next_status(&mut rx).await, ("r".into(), AiStatus::Starting));
+        assert_eq!(next_status(&mut rx).await, ("r".into(), AiStatus::Unavailable));
+        let log = std::fs::read_to_string(log_path(&dir, "r")).unwrap();
+        assert!(log.contains("replacement 1 of the failed orb"), "{log}");
+        assert!(log.contains("replacement 2 of the failed orb"), "{log}");
+        assert!(!log.contains("replacement 3"), "{log}");
+        assert!(
+            log.contains("orb ended: Failed Error (the orb exited with code 1)"),
+            "{log}"
+        );
+        runtime.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Real processes (a stand-in orb that sleeps until signalled), the real policy: the cap
+    /// queues the second room, and the first room's cleanup admits it.
+    #[tokio::test]
+    async fn the_cap_queues_and_a_room_cleanup_admits_the_next() {
+        let dir = std::env::temp_dir().join(format!("orb-local-runtime-{}", std::process::id()));
+        let fake = fake_orb(&dir, "exec sleep 600");
+        let (events, mut rx) = OrbEvents::new(Arc::new(Metrics::default()));
+        let settings = LocalSettings {
+            orb_binary: Some(fake),
+            log_dir: dir.clone(),
+            limits: Limits {
+                max_concurrent_orbs: 1,
+                empty_room_grace: Duration::from_millis(200),
+                ..Limits::default()
+            },
+            test_mode: false,
+            signing_key: None,
+        };
+        let runtime = LocalRuntime::start(settings, events);
+        runtime.serve_at(SocketAddr::from(([127, 0, 0, 1], 9)));
+        for room in ["a", "b"] {
+            runtime.request_orb(OrbRequest {
+                room_id: room.into(),
+                coach_id: None,
+                client_id: None,
+            });
+            runtime.report_presence(room, here(1));
+        }
+        assert_eq!(next_status(&mut rx).await, ("a".into(), AiStatus::Starting));
+        assert_eq!(next_status(&mut rx).await, ("b".into(), AiStatus::Queued));
+        let log = std::fs::read_to_string(log_path(&dir, "b")).unwrap();
+        assert!(log.contains("orb queued at position 1"), "{log}");
+
+        runtime.report_presence("a", here(0));
+        assert_eq!(next_status(&mut rx).await, ("a".into(), AiStatus::Ended));
+        assert_eq!(next_status(&mut rx).await, ("b".into(), AiStatus::Starting));
+        let log = std::fs::read_to_string(log_path(&dir, "a")).unwrap();
+        assert!(log.contains("terminating the orb: RoomCleanup"), "{log}");
+        assert!(log.contains("orb ended: Succeeded RoomCleanup"), "{log}");
+
+        runtime.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_flags_default_to_the_operators_limits() {
+        let config = crate::config::Config::parse_from(["orb-signaling", "--auth=none"], None).unwrap();
+        assert_eq!(config.local.limits, Limits::default());
+        assert!(config.local.signing_key.is_none());
+        let key = "k".repeat(32);
+        let config =
+            crate::config::Config::parse_from(["orb-signaling", "--max-concurrent-orbs=2"], Some(key)).unwrap();
+        assert_eq!(config.local.limits.max_concurrent_orbs, 2);
+        assert!(
+            config.local.signing_key.is_some(),
+            "orbs get tokens when signaling checks them"
+        );
+        assert!(
+            crate::config::Config::parse_from(["orb-signaling", "--auth=none", "--max-concurrent-orbs=0"], None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn log_files_are_named_like_the_seeds() {
+        assert_eq!(
+            log_path(Path::new("logs"), "room123"),
+            PathBuf::from("logs/orb-room123.log")
+        );
+    }
+
+    #[test]
+    fn an_exited_orb_maps_to_the_pod_states_the_policy_reads() {
+        let mut orb = Orb {
+            uid: "u".into(),
+            name: "n".into(),
+            spec: AiOrbSpec::default(),
+            created: Timestamp::now(),
+            phase: None,
+            admitted_at: None,
+            finished_at: None,
+            restarts: 0,
+            reason: None,
+            failed_since: None,
+            queue_position: None,
+            proc: None,
+            requeue_at: None,
+            reported: None,
+        };
+        assert_eq!(orb.pod_state(), PodState::Missing);
+        let proc = |exit: Option<Exit>, stopping| Proc {
+            attempt: 0,
+            ready: true,
+            stopping,
+            exit,
+            stop: None,
+        };
+        orb.proc = Some(proc(None, false));
+        assert!(matches!(orb.pod_state(), PodState::Running { ready: true, .. }));
+        orb.proc = Some(proc(None, true));
+        assert_eq!(orb.pod_state(), PodState::Deleting);
+        let ended = Exit {
+            code: Some(0),
+            message: Some("IdleTimeout no activity".into()),
+        };
+        orb.proc = Some(proc(Some(ended), true));
+        assert_eq!(
+            orb.pod_state(),
+            PodState::Succeeded {
+                message: Some("IdleTimeout no activity".into())
+            }
+        );
+        orb.proc = Some(proc(
+            Some(Exit {
+                code: Some(1),
+                message: None,
+            }),
+            false,
+        ));
+        assert!(matches!(orb.pod_state(), PodState::Failed { .. }));
+    }
+}

@@ -1,0 +1,138 @@
+//! Where orbs come from. The room registry asks a runtime for an orb when the first human joins
+//! and reports presence on join, leave and activity; the runtime answers asynchronously with
+//! status events (`queued`, `starting`, `ready`, `unavailable`, `ended`) that the server forwards to
+//! the room. Every method is non-blocking, so an orb that cannot be had never delays the humans'
+//! call: they get `ai_status` `unavailable` and carry on (seed 001: "continue without AI").
+
+pub mod kubernetes;
+pub mod local;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::metrics::{Metrics, OrbRequestResult};
+use crate::protocol::AiStatus;
+
+/// A room wants an orb.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrbRequest {
+    pub room_id: String,
+    /// The coach's user id, when a coach has joined (from the token with auth on).
+    pub coach_id: Option<String>,
+    pub client_id: Option<String>,
+}
+
+/// Who is in a room and when something last happened there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Humans in the room; 0 means the room emptied.
+    pub humans: u32,
+    pub last_activity: SystemTime,
+}
+
+pub trait OrbRuntime: Send + Sync + 'static {
+    /// Makes sure an orb exists for the room. Must not block; progress is reported through
+    /// [`OrbEvents`].
+    fn request_orb(&self, request: OrbRequest);
+
+    /// The room's presence changed or it saw activity. Must not block; runtimes that persist
+    /// presence debounce their writes.
+    fn report_presence(&self, room_id: &str, presence: Presence);
+
+    /// Flushes pending work before the process exits.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A status change of a room's orb, as a runtime saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrbEvent {
+    pub room_id: String,
+    pub status: AiStatus,
+}
+
+/// The runtimes' way back to the rooms (and to the orb request metrics).
+#[derive(Clone)]
+pub struct OrbEvents {
+    tx: mpsc::UnboundedSender<OrbEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl OrbEvents {
+    pub fn new(metrics: Arc<Metrics>) -> (Self, mpsc::UnboundedReceiver<OrbEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx, metrics }, rx)
+    }
+
+    pub fn status(&self, room_id: &str, status: AiStatus) {
+        // The receiver is gone only when the server is shutting down.
+        let _ = self.tx.send(OrbEvent {
+            room_id: room_id.to_owned(),
+            status,
+        });
+    }
+
+    pub fn request_result(&self, result: OrbRequestResult) {
+        self.metrics.orb_request(result);
+    }
+}
+
+/// `--orb-runtime=none`: calls go on without an AI.
+pub struct NoOrbRuntime {
+    events: OrbEvents,
+}
+
+impl NoOrbRuntime {
+    pub fn new(events: OrbEvents) -> Self {
+        Self { events }
+    }
+}
+
+impl OrbRuntime for NoOrbRuntime {
+    fn request_orb(&self, request: OrbRequest) {
+        self.events.request_result(OrbRequestResult::Failed);
+        self.events.status(&request.room_id, AiStatus::Unavailable);
+    }
+
+    fn report_presence(&self, _room_id: &str, _presence: Presence) {}
+}
+
+#[doc(hidden)]
+pub mod testing {
+    //! A runtime that records what it was asked, for tests of the rooms and the server.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct RecordingRuntime {
+        requests: Mutex<Vec<OrbRequest>>,
+        presence: Mutex<HashMap<String, Presence>>,
+    }
+
+    impl RecordingRuntime {
+        pub fn requests(&self) -> Vec<OrbRequest> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        pub fn last_presence(&self, room_id: &str) -> Option<Presence> {
+            self.presence.lock().unwrap().get(room_id).copied()
+        }
+    }
+
+    impl OrbRuntime for RecordingRuntime {
+        fn request_orb(&self, request: OrbRequest) {
+            self.requests.lock().unwrap().push(request);
+        }
+
+        fn report_presence(&self, room_id: &str, presence: Presence) {
+            self.presence.lock().unwrap().insert(room_id.to_owned(), presence);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The HTTP side: routes, shared state, start-up and the drain on shutdown.
+//!
+//! Shutdown (SIGTERM): `/readyz` turns 503 and new WebSocket upgrades are refused with 503, every
+//! connection writes what is queued and closes with 1001, and the server waits up to
+//! `--drain-timeout` for them before it stops listening and flushes the orb runtime.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{self, Authenticator};
+use crate::config::{Config, Limits};
+use crate::conn;
+use crate::metrics::Metrics;
+use crate::orb_runtime::{OrbEvent, OrbRuntime};
+use crate::room::Registry;
+use crate::webhook::SummarySink;
+
+/// Read chunk and write buffer size per socket: signaling frames are small, larger ones still
+/// work in several reads, and tungstenite zeroes the whole read chunk on every read.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
+/// How long the orb runtime may take to flush presence once connections are gone.
+const RUNTIME_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct AppState {
+    pub limits: Limits,
+    pub auth: Authenticator,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub summaries: SummarySink,
+    /// Cancelled when shutdown begins; every connection watches it.
+    pub shutdown: CancellationToken,
+    /// How long a closed connection waits for the client's close reply (the drain timeout).
+    pub close_handshake_timeout: Duration,
+    draining: AtomicBool,
+    connections: TaskTracker,
+    next_conn: AtomicU64,
+}
+
+impl AppState {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/ws-simple/{room_id}", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn ws_upgrade(
+    State(state): State<Arc<AppState>>,
+    Path(room_id): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if state.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
+    }
+    if let Err(e) = orb_crds::naming::validate_room_id(&room_id) {
+        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let token = auth::request_token(query.token, &headers);
+    let auth = state.auth.authenticate(&room_id, token.as_deref());
+    if let Err(e) = &auth {
+        state.metrics.auth_failure(auth::failure_label(e));
+        warn!(room = %room_id, reason = %e, "room token refused");
+    }
+    let limits = &state.limits;
+    let max = limits.transport_max_bytes();
+    let tracker = state.connections.clone();
+    // tungstenite's 128 KiB default buffers would dominate memory with many small-message sockets.
+    ws.read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, room_id, auth)))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ok".into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and serves until [`Server::shutdown_token`] is cancelled.
+    pub async fn start(
+        config: &Config,
+        runtime: Arc<dyn OrbRuntime>,
+        mut orb_events: mpsc::UnboundedReceiver<OrbEvent>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        if matches!(config.auth, Authenticator::None) {
+            warn!("!!! --auth=none: anyone can join any room as anyone. Use this for local development only !!!");
+        }
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(AppState {
+            limits: config.limits.clone(),
+            auth: config.auth.clone(),
+            registry: Registry::new(
+                config.limits.max_participants_per_room,
+                runtime.clone(),
+                metrics.clone(),
+            ),
+            summaries: SummarySink::new(config.summary_webhook_url.clone(), metrics.clone())?,
+            metrics,
+            shutdown: CancellationToken::new(),
+            close_handshake_timeout: config.drain_timeout,
+            draining: AtomicBool::new(false),
+            connections: TaskTracker::new(),
+            next_conn: AtomicU64::new(0),
+        });
+        let forward = state.clone();
+        tokio::spawn(async move {
+            while let Some(event) = orb_events.recv().await {
+                forward.registry.runtime_status(&event.room_id, event.status);
+            }
+        });
+        let stop_http = CancellationToken::new();
+        // Signaling frames are small and latency-bound: Nagle's algorithm (with delayed ACKs on
+        // the peer) would hold them back for tens of milliseconds.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let serve = axum::serve(listener, router(state.clone()).merge(crate::web::router(config)))
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let drain_timeout = config.drain_timeout;
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            let http = tokio::spawn(async move { serve.await });
+            task_state.shutdown.cancelled().await;
+            task_state.draining.store(true, Ordering::Relaxed);
+            info!("draining: closing connections");
+            task_state.connections.close();
+            if tokio::time::timeout(drain_timeout, task_state.connections.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    remaining = task_state.connections.len(),
+                    "drain timeout reached with connections still open"
+                );
+            }
+            stop_http.cancel();
+            let _ = http.await;
+            if tokio::time::timeout(RUNTIME_FLUSH_TIMEOUT, runtime.shutdown())
+                .await
+                .is_err()
+            {
+                warn!("orb runtime did not flush in time");
+            }
+            info!("stopped");
+        });
+        info!(%addr, "listening");
+        Ok(Self { addr, state, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Cancel it to begin the drain.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Waits until the server stopped (after a shutdown and its drain).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Begins the drain and waits for it.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        self.wait().await;
+    }
+}

@@ -1,0 +1,107 @@
+//! Room tokens: refused with a reason the browser can see, and the token decides who you are.
+
+use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use serde_json::json;
+
+use crate::common::*;
+
+async fn refused(s: &TestServer, room: &str, token: Option<&str>) -> (u16, String, String) {
+    let url = match token {
+        Some(t) => format!("{}?token={t}", s.url(room)),
+        None => s.url(room),
+    };
+    let mut c = Client::connect(&url, None).await;
+    let (code, reason, texts) = c.closed().await;
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert_eq!(texts[0]["type"], "error");
+    assert_eq!(texts[0]["code"], "unauthorized");
+    (code, reason, texts[0]["message"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn missing_expired_wrong_room_and_forged_tokens_are_refused_with_a_reason() {
+    let s = start(&["--auth", "jwt"]).await;
+    let claims = |room: &str, exp: u64| RoomClaims {
+        room: room.into(),
+        sub: "coach-1".into(),
+        role: Role::Coach,
+        exp,
+    };
+    let expired = key().mint(&claims("room-a", unix_now() - 3600));
+    let wrong_room = key().mint(&claims("room-b", unix_now() + 600));
+    let forged = SigningKey::new(vec![0x42u8; 32])
+        .unwrap()
+        .mint(&claims("room-a", unix_now() + 600));
+    for (token, why) in [
+        (None, "no room token"),
+        (Some(expired.as_str()), "expired"),
+        (Some(wrong_room.as_str()), "another room"),
+        (Some(forged.as_str()), "signature"),
+        (Some("garbage"), "malformed"),
+    ] {
+        let (code, _, message) = refused(&s, "room-a", token).await;
+        assert_eq!(code, 4401);
+        assert!(message.contains(why), "{why}: {message}");
+    }
+    let m = s.metrics.render();
+    for reason in ["missing", "expired", "wrong_room", "bad_signature", "malformed"] {
+        assert!(
+            m.contains(&format!("orb_signaling_auth_failures_total{{reason=\"{reason}\"}} 1")),
+            "{reason}: {m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_token_not_the_join_message_decides_identity() {
+    let s = start(&["--auth", "jwt"]).await;
+    let coach_token = token("r", "coach-1", Role::Coach);
+    let mut coach = Client::connect(&format!("{}?token={coach_token}", s.url("r")), None).await;
+    coach
+        .send(json!({"type": "join", "roomId": "r", "userId": "whoever", "userRole": "client"}))
+        .await;
+    assert_eq!(coach.recv().await["type"], "peer-discovery");
+
+    // The seed's client sends its own (ignored) claims, with a user role the token contradicts.
+    let client_token = token("r", "client-7", Role::Client);
+    let mut client = Client::connect(&format!("{}?token={client_token}", s.url("r")), None).await;
+    client
+        .send(json!({"type": "join", "userId": "coach-1", "userRole": "ai", "participantType": "ai"}))
+        .await;
+    let discovery = client.recv().await;
+    assert_eq!(
+        discovery["peers"],
+        json!([{"userId": "coach-1", "userRole": "coach", "participantType": "human"}])
+    );
+    assert_eq!(
+        coach.recv().await,
+        json!({"type": "user-joined", "userId": "client-7", "userRole": "client", "participantType": "human", "shouldCreateOffer": false})
+    );
+    client
+        .send(json!({"type": "offer", "toId": "coach-1", "fromId": "coach-1", "offer": {}}))
+        .await;
+    assert_eq!(coach.recv().await["fromId"], "client-7");
+
+    // The orb authenticates with a bearer header; role ai makes it the AI participant.
+    let orb_token = token("r", "orb-r", Role::Ai);
+    let mut orb = Client::connect(&s.url("r"), Some(&orb_token)).await;
+    orb.send(json!({"type": "join", "userId": "x", "userRole": "coach"}))
+        .await;
+    assert_eq!(orb.recv().await["peers"].as_array().unwrap().len(), 2);
+    let joined = coach.recv().await;
+    assert_eq!(
+        (joined["userId"].as_str(), joined["participantType"].as_str()),
+        (Some("orb-r"), Some("ai"))
+    );
+    assert_eq!(joined["shouldCreateOffer"], true);
+}
+
+#[tokio::test]
+async fn a_token_for_room_a_cannot_join_room_b() {
+    let s = start(&["--auth", "jwt"]).await;
+    let t = token("room-a", "coach-1", Role::Coach);
+    let (code, reason, message) = refused(&s, "room-b", Some(&t)).await;
+    assert_eq!(code, 4401);
+    assert_eq!(reason, "unauthorized");
+    assert!(message.contains("another room"), "{message}");
+}

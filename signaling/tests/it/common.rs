@@ -1,0 +1,236 @@
+//! A server on an ephemeral port and a small WebSocket test client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use orb_signaling::config::Config;
+use orb_signaling::metrics::Metrics;
+use orb_signaling::orb_runtime::testing::RecordingRuntime;
+use orb_signaling::orb_runtime::{OrbEvents, OrbRuntime};
+use orb_signaling::server::Server;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous: the machine may be busy; a healthy run never waits this long.
+pub const WAIT: Duration = Duration::from_secs(20);
+pub const KEY: [u8; 32] = [7; 32];
+
+pub fn key() -> SigningKey {
+    SigningKey::new(KEY.to_vec()).unwrap()
+}
+
+pub fn token(room: &str, sub: &str, role: Role) -> String {
+    key().mint(&RoomClaims {
+        room: room.into(),
+        sub: sub.into(),
+        role,
+        exp: unix_now() + 600,
+    })
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub addr: SocketAddr,
+    pub runtime: Arc<RecordingRuntime>,
+    pub events: OrbEvents,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts a server with auth off and a recording orb runtime; `args` are extra flags.
+pub async fn start(args: &[&str]) -> TestServer {
+    let runtime = Arc::new(RecordingRuntime::default());
+    start_with(args, runtime.clone(), runtime).await
+}
+
+pub async fn start_with(args: &[&str], runtime: Arc<dyn OrbRuntime>, recording: Arc<RecordingRuntime>) -> TestServer {
+    let metrics = Metrics::shared();
+    let (events, rx) = OrbEvents::new(metrics.clone());
+    start_full(args, runtime, recording, metrics, events, rx).await
+}
+
+pub async fn start_full(
+    args: &[&str],
+    runtime: Arc<dyn OrbRuntime>,
+    recording: Arc<RecordingRuntime>,
+    metrics: Arc<Metrics>,
+    events: OrbEvents,
+    rx: tokio::sync::mpsc::UnboundedReceiver<orb_signaling::orb_runtime::OrbEvent>,
+) -> TestServer {
+    let mut argv = vec!["orb-signaling", "--listen", "127.0.0.1:0"];
+    if !args.contains(&"--auth") {
+        argv.extend_from_slice(&["--auth", "none"]);
+    }
+    argv.extend_from_slice(args);
+    let key = String::from_utf8(KEY.to_vec()).ok();
+    let config = Config::parse_from(argv, key).unwrap();
+    let server = Server::start(&config, runtime, rx, metrics.clone()).await.unwrap();
+    TestServer {
+        addr: server.local_addr(),
+        server: Some(server),
+        runtime: recording,
+        events,
+        metrics,
+    }
+}
+
+impl TestServer {
+    pub fn url(&self, room: &str) -> String {
+        format!("ws://{}/ws-simple/{room}", self.addr)
+    }
+
+    pub async fn connect(&self, room: &str) -> Client {
+        Client::connect(&self.url(room), None).await
+    }
+
+    /// Connects and joins without auth, returning the client and its peer-discovery.
+    pub async fn join(&self, room: &str, user: &str, role: &str) -> (Client, Value) {
+        let mut c = self.connect(room).await;
+        let ptype = if role == "ai" { "ai" } else { "human" };
+        c.send(json!({"type": "join", "roomId": room, "userId": user, "userRole": role, "userName": user, "participantType": ptype}))
+            .await;
+        let discovery = c.recv().await;
+        assert_eq!(discovery["type"], "peer-discovery", "{discovery}");
+        (c, discovery)
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str, bearer: Option<&str>) -> Client {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(t) = bearer {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// The next text message; fails on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("stream ended")
+                .expect("socket error");
+            match m {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(f) => panic!("closed while waiting for a message: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Skips messages of other types until one of type `t` arrives.
+    pub async fn recv_type(&mut self, t: &str) -> serde_json::Value {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == t {
+                return m;
+            }
+        }
+    }
+
+    /// Proves that nothing else is queued for this client: a ping's pong is the next message.
+    pub async fn expect_nothing_pending(&mut self) {
+        self.send(json!({"type": "ping"})).await;
+        let m = self.recv().await;
+        assert_eq!(m, json!({"type": "pong"}), "unexpected message before pong");
+    }
+
+    /// Reads until the server closes; returns the close code and reason (text messages before
+    /// the close are returned too).
+    pub async fn closed(&mut self) -> (u16, String, Vec<Value>) {
+        let mut texts = vec![];
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match next {
+                Some(Ok(Message::Text(t))) => texts.push(serde_json::from_str(t.as_str()).unwrap()),
+                Some(Ok(Message::Close(f))) => {
+                    // Keep polling so that the close reply is written, as a browser does.
+                    let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+                    return match f {
+                        Some(f) => (u16::from(f.code), f.reason.to_string(), texts),
+                        None => (u16::from(CloseCode::Status), String::new(), texts),
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(tungstenite::Error::ConnectionClosed)) | None => return (1006, String::new(), texts),
+                Some(Err(e)) => return (1006, e.to_string(), texts),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Wait for the server's close reply so the leave is processed before the caller goes on.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+
+    /// Drops the TCP connection without a close handshake.
+    pub fn abort(self) {
+        drop(self.ws);
+    }
+}
+
+/// A bare HTTP/1.1 GET, enough for the probe endpoints and handshake refusals.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until `cond` holds, polling; for effects that have no message to wait on.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,387 @@
+//! Seed 001's protocol, message by message, as a browser written for the seed speaks it.
+
+use serde_json::json;
+
+use crate::common::*;
+use orb_signaling::protocol::AiStatus;
+
+#[tokio::test]
+async fn join_order_ai_first_then_coach_then_client() {
+    let s = start(&[]).await;
+    let (mut orb, discovery) = s.join("room1", "ai-orb-1", "ai").await;
+    assert_eq!(discovery, json!({"type": "peer-discovery", "peers": []}));
+
+    let (mut coach, discovery) = s.join("room1", "coach-1", "coach").await;
+    assert_eq!(
+        discovery["peers"],
+        json!([{"userId": "ai-orb-1", "userRole": "ai", "participantType": "ai"}])
+    );
+    assert_eq!(
+        orb.recv().await,
+        json!({"type": "user-joined", "userId": "coach-1", "userRole": "coach", "participantType": "human", "shouldCreateOffer": false})
+    );
+
+    let (mut client, discovery) = s.join("room1", "user-9", "client").await;
+    assert_eq!(
+        discovery["peers"],
+        json!([
+            {"userId": "ai-orb-1", "userRole": "ai", "participantType": "ai"},
+            {"userId": "coach-1", "userRole": "coach", "participantType": "human"}
+        ])
+    );
+    assert_eq!(orb.recv().await["shouldCreateOffer"], false, "the AI never offers");
+    let joined = coach.recv().await;
+    assert_eq!(
+        (joined["type"].as_str(), joined["userId"].as_str()),
+        (Some("user-joined"), Some("user-9"))
+    );
+    assert_eq!(joined["shouldCreateOffer"], true, "coach-1 < user-9: the coach offers");
+    for c in [&mut orb, &mut coach, &mut client] {
+        c.expect_nothing_pending().await;
+    }
+    assert!(s.runtime.requests().is_empty(), "the orb was already there");
+}
+
+#[tokio::test]
+async fn join_order_coach_first_then_ai_then_client_last() {
+    let s = start(&[]).await;
+    let (mut coach, discovery) = s.join("room2", "coach-1", "coach").await;
+    assert_eq!(discovery["peers"], json!([]));
+    let requests = s.runtime.requests();
+    assert_eq!(requests.len(), 1, "the first human asks for an orb");
+    assert_eq!(requests[0].coach_id.as_deref(), Some("coach-1"));
+
+    let (mut orb, discovery) = s.join("room2", "ai-1", "ai").await;
+    assert_eq!(discovery["peers"][0]["userId"], "coach-1");
+    let joined = coach.recv().await;
+    assert_eq!(joined["participantType"], "ai");
+    assert_eq!(joined["shouldCreateOffer"], true, "humans offer to the AI");
+
+    let (mut client, discovery) = s.join("room2", "a-client", "client").await;
+    assert_eq!(discovery["peers"].as_array().unwrap().len(), 2);
+    assert_eq!(orb.recv().await["shouldCreateOffer"], false);
+    assert_eq!(
+        coach.recv().await["shouldCreateOffer"],
+        false,
+        "a-client < coach-1: the client offers"
+    );
+    for c in [&mut orb, &mut coach, &mut client] {
+        c.expect_nothing_pending().await;
+    }
+    assert_eq!(s.runtime.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn targeted_relay_reaches_only_the_target_with_the_servers_from_id() {
+    let s = start(&[]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (mut client, _) = s.join("r", "client", "client").await;
+    let (mut orb, _) = s.join("r", "ai", "ai").await;
+    coach.recv().await;
+    coach.recv().await;
+    client.recv().await;
+
+    let offer = json!({"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"});
+    coach
+        .send(json!({"type": "offer", "toId": "ai", "fromId": "client", "offer": offer, "extra": [1, 2]}))
+        .await;
+    assert_eq!(
+        orb.recv().await,
+        json!({"type": "offer", "toId": "ai", "fromId": "coach", "offer": offer, "extra": [1, 2]}),
+        "every field is relayed; the claimed fromId is replaced"
+    );
+    orb.send(json!({"type": "answer", "targetId": "coach", "answer": {"type": "answer", "sdp": "v=0"}}))
+        .await;
+    let answer = coach.recv().await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["fromId"].as_str()),
+        (Some("answer"), Some("ai"))
+    );
+    let candidate =
+        json!({"candidate": "candidate:1 1 udp 2122260223 10.0.0.2 54321 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
+    client
+        .send(json!({"type": "ice-candidate", "toId": "coach", "candidate": candidate}))
+        .await;
+    let got = coach.recv().await;
+    assert_eq!(got["candidate"], candidate);
+    assert_eq!(got["fromId"], "client");
+    for c in [&mut orb, &mut coach, &mut client] {
+        c.expect_nothing_pending().await;
+    }
+}
+
+#[tokio::test]
+async fn untargeted_relay_is_broadcast_to_everyone_else() {
+    let s = start(&[]).await;
+    let (mut a, _) = s.join("r", "a", "coach").await;
+    let (mut b, _) = s.join("r", "b", "client").await;
+    let (mut c, _) = s.join("r", "c", "ai").await;
+    a.recv().await;
+    a.recv().await;
+    b.recv().await;
+    a.send(json!({"type": "ice-candidate", "candidate": {"candidate": ""}}))
+        .await;
+    for peer in [&mut b, &mut c] {
+        let m = peer.recv().await;
+        assert_eq!(
+            (m["type"].as_str(), m["fromId"].as_str()),
+            (Some("ice-candidate"), Some("a"))
+        );
+    }
+    for peer in [&mut a, &mut b, &mut c] {
+        peer.expect_nothing_pending().await;
+    }
+}
+
+#[tokio::test]
+async fn relay_to_an_unknown_peer_is_an_error_for_the_sender_only() {
+    let s = start(&[]).await;
+    let (mut a, _) = s.join("r", "a", "coach").await;
+    let (mut b, _) = s.join("r", "b", "client").await;
+    a.recv().await;
+    a.send(json!({"type": "offer", "toId": "ghost", "offer": {}})).await;
+    let e = a.recv().await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("unknown_peer"))
+    );
+    b.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn leave_and_abrupt_close_both_notify_user_left() {
+    let s = start(&[]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (mut client, _) = s.join("r", "client", "client").await;
+    let (orb, _) = s.join("r", "ai", "ai").await;
+    coach.recv().await;
+    coach.recv().await;
+    client.recv().await;
+
+    client.send(json!({"type": "leave"})).await;
+    let expected = json!({"type": "user-left", "userId": "client", "userRole": "client"});
+    assert_eq!(coach.recv().await, expected);
+    // After leaving, the socket is no longer in the room.
+    client.send(json!({"type": "offer", "offer": {}})).await;
+    assert_eq!(client.recv().await["code"], "not_joined");
+
+    orb.abort();
+    assert_eq!(
+        coach.recv().await,
+        json!({"type": "user-left", "userId": "ai", "userRole": "ai"})
+    );
+    coach.close().await;
+    eventually("the empty room to be removed", || {
+        s.server.as_ref().unwrap().state().registry.room_count() == 0
+    })
+    .await;
+    assert_eq!(s.runtime.last_presence("r").unwrap().humans, 0);
+}
+
+#[tokio::test]
+async fn rejoin_with_the_same_user_id_replaces_the_old_socket() {
+    let s = start(&[]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (mut old, _) = s.join("r", "client", "client").await;
+    coach.recv().await;
+    let (mut new, discovery) = s.join("r", "client", "client").await;
+    assert_eq!(
+        discovery["peers"],
+        json!([{"userId": "coach", "userRole": "coach", "participantType": "human"}])
+    );
+    let (code, reason, _) = old.closed().await;
+    assert_eq!(code, 4409, "{reason}");
+    assert_eq!(coach.recv().await["type"], "user-left");
+    let joined = coach.recv().await;
+    assert_eq!(
+        (joined["type"].as_str(), joined["userId"].as_str()),
+        (Some("user-joined"), Some("client"))
+    );
+    coach
+        .send(json!({"type": "offer", "toId": "client", "offer": {}}))
+        .await;
+    assert_eq!(new.recv().await["fromId"], "coach", "relay goes to the new socket");
+    coach.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn ping_pong_before_and_after_join() {
+    let s = start(&[]).await;
+    let mut c = s.connect("r").await;
+    c.send(json!({"type": "ping", "timestamp": 1})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong"}));
+    c.send(json!({"type": "join", "userId": "u", "userRole": "client"}))
+        .await;
+    c.recv().await;
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it() {
+    let s = start(&[]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (mut orb, _) = s.join("r", "ai", "ai").await;
+    coach.recv().await;
+    orb.send(json!({"type": "ai_status", "status": "speaking", "sessionId": "s1"}))
+        .await;
+    assert_eq!(
+        coach.recv().await,
+        json!({"type": "ai_status", "status": "speaking", "sessionId": "s1", "fromId": "ai"})
+    );
+    coach.send(json!({"type": "ai_status", "status": "ready"})).await;
+    assert_eq!(coach.recv().await["code"], "invalid_message");
+    orb.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn orb_control_messages() {
+    let s = start(&[]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (mut client, _) = s.join("r", "client", "client").await;
+    let (mut orb, _) = s.join("r", "ai", "ai").await;
+    coach.recv().await;
+    coach.recv().await;
+    client.recv().await;
+
+    orb.send(
+        json!({"type": "orb_ready", "roomId": "r", "webrtcStatus": "connected", "participants": ["coach", "client"]}),
+    )
+    .await;
+    for human in [&mut coach, &mut client] {
+        assert_eq!(human.recv().await, json!({"type": "ai_status", "status": "ready"}));
+    }
+    orb.send(json!({"type": "orb_heartbeat", "roomId": "r", "timestamp": 1, "metrics": {"cpu": 45}}))
+        .await;
+    orb.send(json!({"type": "orb_error", "roomId": "r", "error": "tts failed"}))
+        .await;
+    let summary = json!({"duration": 1500000, "keyTopics": ["anxiety", "breathing"]});
+    orb.send(json!({"type": "session_summary", "roomId": "elsewhere", "sessionId": "s", "clientId": "client", "summary": summary}))
+        .await;
+    assert_eq!(
+        coach.recv().await,
+        json!({"type": "session_summary", "roomId": "r", "sessionId": "s", "clientId": "client", "summary": summary, "fromId": "ai"}),
+        "the summary goes to the coach, with the orb's real room"
+    );
+    client
+        .send(json!({"type": "session_summary", "summary": "forged"}))
+        .await;
+    assert_eq!(client.recv().await["code"], "invalid_message");
+    for c in [&mut orb, &mut coach, &mut client] {
+        c.expect_nothing_pending().await;
+    }
+}
+
+#[tokio::test]
+async fn runtime_status_reaches_the_room_and_late_joiners() {
+    let s = start(&[]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    s.events.status("r", AiStatus::Queued);
+    assert_eq!(coach.recv().await, json!({"type": "ai_status", "status": "queued"}));
+    s.events.status("r", AiStatus::Starting);
+    assert_eq!(coach.recv().await["status"], "starting");
+    let (mut client, _) = s.join("r", "client", "client").await;
+    assert_eq!(client.recv().await, json!({"type": "ai_status", "status": "starting"}));
+    s.events.status("r", AiStatus::Unavailable);
+    assert_eq!(client.recv().await["status"], "unavailable");
+    assert_eq!(coach.recv().await["type"], "user-joined");
+    assert_eq!(coach.recv().await["status"], "unavailable");
+    // The call goes on without the AI.
+    coach
+        .send(json!({"type": "offer", "toId": "client", "offer": {}}))
+        .await;
+    assert_eq!(client.recv().await["type"], "offer");
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_for_that_socket_only() {
+    let s = start(&[]).await;
+    let (mut bystander, _) = s.join("r", "coach", "coach").await;
+    let mut c = s.connect("r").await;
+    let cases: Vec<(&str, &str)> = vec![
+        ("{not json", "malformed_json"),
+        ("[1,2]", "invalid_message"),
+        (r#"{"no": "type"}"#, "invalid_message"),
+        (r#"{"type": "teleport"}"#, "unknown_type"),
+        (r#"{"type": "offer", "offer": {}}"#, "not_joined"),
+        (r#"{"type": "answer", "toId": "coach"}"#, "not_joined"),
+        (r#"{"type": "ice-candidate", "candidate": {}}"#, "not_joined"),
+        (r#"{"type": "leave"}"#, "not_joined"),
+        (r#"{"type": "ai_status", "status": "ready"}"#, "not_joined"),
+        (r#"{"type": "session_summary"}"#, "not_joined"),
+        (r#"{"type": "ai_status", "status": "dancing"}"#, "invalid_message"),
+        (r#"{"type": "join", "userRole": "client"}"#, "invalid_message"),
+        (r#"{"type": "join", "userId": "x"}"#, "invalid_message"),
+        (r#"{"type": "offer", "toId": {"a": 1}}"#, "invalid_message"),
+    ];
+    for (frame, code) in &cases {
+        c.send_text(frame).await;
+        let e = c.recv().await;
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some(*code)),
+            "{frame}"
+        );
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    c.send_raw(tokio_tungstenite::tungstenite::Message::binary(vec![1, 2, 3]))
+        .await;
+    assert_eq!(c.recv().await["code"], "binary_not_supported");
+    c.send(json!({"type": "join", "userId": "k", "userRole": "client"}))
+        .await;
+    assert_eq!(c.recv().await["type"], "peer-discovery");
+    c.send(json!({"type": "join", "userId": "k", "userRole": "client"}))
+        .await;
+    assert_eq!(c.recv().await["code"], "already_joined");
+    assert_eq!(
+        bystander.recv().await["type"],
+        "user-joined",
+        "the bystander saw only the join"
+    );
+    bystander.expect_nothing_pending().await;
+    let metrics = s.metrics.render();
+    assert!(
+        metrics.contains("orb_signaling_messages_rejected_total{reason=\"not_joined\"} 6"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_room_ids_are_refused_before_the_upgrade() {
+    let s = start(&[]).await;
+    let (status, body) = s.http_get("/ws-simple/-bad").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("room id"), "{body}");
+}
+
+#[tokio::test]
+async fn session_summaries_are_posted_to_the_webhook() {
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+    let received = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(v): axum::Json<serde_json::Value>| async move {
+            sink.lock().unwrap().push(v);
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let s = start(&["--summary-webhook-url", &hook]).await;
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (mut orb, _) = s.join("r", "ai", "ai").await;
+    coach.recv().await;
+    orb.send(json!({"type": "session_summary", "sessionId": "s", "summary": {"progress": "good"}}))
+        .await;
+    assert_eq!(coach.recv().await["summary"]["progress"], "good");
+    eventually("the webhook POST", || !received.lock().unwrap().is_empty()).await;
+    assert_eq!(
+        received.lock().unwrap()[0],
+        json!({"type": "session_summary", "roomId": "r", "fromId": "ai", "sessionId": "s", "summary": {"progress": "good"}})
+    );
+    orb.expect_nothing_pending().await;
+}

@@ -1,0 +1,186 @@
+//! An in-memory Kubernetes API for AiOrbs behind a `tower-test` mock service: get, list, watch
+//! (streamed), create, delete and status patches, with a switch that makes every call fail.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use http::{Method, Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+pub const NS: &str = "orbs";
+const BASE: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/orbs/aiorbs";
+
+type RespBody = UnsyncBoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+pub struct FakeState {
+    pub orbs: BTreeMap<String, Value>,
+    /// Method, path and query of every request, in order.
+    pub requests: Vec<(Method, String, String)>,
+    pub status_patches: Vec<Value>,
+    pub fail: bool,
+    version: u64,
+    watchers: Vec<mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeKube(Arc<Mutex<FakeState>>);
+
+impl FakeKube {
+    pub fn start() -> (kube::Client, FakeKube) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
+        let fake = FakeKube::default();
+        let server = fake.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let response = server.handle(request).await;
+                respond.send_response(response);
+            }
+        });
+        (kube::Client::new(service, NS), fake)
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+
+    pub fn count(&self, method: Method) -> usize {
+        self.state().requests.iter().filter(|(m, _, _)| *m == method).count()
+    }
+
+    pub fn watching(&self) -> bool {
+        !self.state().watchers.is_empty()
+    }
+
+    pub fn insert_orb(&self, name: &str, room: &str, phase: &str) {
+        let mut st = self.state();
+        st.version += 1;
+        let orb = json!({
+            "apiVersion": "hybridcoach.io/v1alpha1", "kind": "AiOrb",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("old-{}", st.version),
+                         "resourceVersion": st.version.to_string()},
+            "spec": {"roomId": room},
+            "status": {"phase": phase},
+        });
+        st.orbs.insert(name.to_owned(), orb.clone());
+        st.notify("ADDED", orb);
+    }
+
+    pub fn set_phase(&self, name: &str, phase: &str) {
+        let mut st = self.state();
+        st.version += 1;
+        let version = st.version.to_string();
+        let orb = st.orbs.get_mut(name).expect("no such orb");
+        orb["status"]["phase"] = json!(phase);
+        orb["metadata"]["resourceVersion"] = json!(version);
+        let orb = orb.clone();
+        st.notify("MODIFIED", orb);
+    }
+
+    async fn handle(&self, request: Request<Body>) -> Response<RespBody> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect_bytes().await.unwrap_or_default();
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().unwrap_or_default().to_owned();
+        let mut st = self.state();
+        st.requests.push((parts.method.clone(), path.clone(), query.clone()));
+        if st.fail {
+            return status(500, "InternalError", "the fake API server is failing on purpose");
+        }
+        let Some(rest) = path.strip_prefix(BASE) else {
+            return status(404, "NotFound", "unknown path");
+        };
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        match (parts.method, segments.as_slice()) {
+            (Method::GET, []) if query.contains("watch=true") => {
+                let (tx, rx) = mpsc::unbounded();
+                st.watchers.push(tx);
+                Response::new(StreamBody::new(rx).boxed_unsync())
+            }
+            (Method::GET, []) => {
+                let items: Vec<Value> = st.orbs.values().cloned().collect();
+                ok(
+                    200,
+                    json!({"apiVersion": "hybridcoach.io/v1alpha1", "kind": "AiOrbList",
+                       "metadata": {"resourceVersion": st.version.to_string()}, "items": items}),
+                )
+            }
+            (Method::GET, [name]) => match st.orbs.get(*name) {
+                Some(orb) => ok(200, orb.clone()),
+                None => status(404, "NotFound", "aiorb not found"),
+            },
+            (Method::POST, []) => {
+                let mut orb: Value = serde_json::from_slice(&body).unwrap();
+                let name = orb["metadata"]["name"].as_str().unwrap().to_owned();
+                if st.orbs.contains_key(&name) {
+                    return status(409, "AlreadyExists", "aiorb already exists");
+                }
+                st.version += 1;
+                orb["metadata"]["uid"] = json!(format!("uid-{}", st.version));
+                orb["metadata"]["resourceVersion"] = json!(st.version.to_string());
+                orb["metadata"]["namespace"] = json!(NS);
+                st.orbs.insert(name, orb.clone());
+                st.notify("ADDED", orb.clone());
+                ok(201, orb)
+            }
+            (Method::DELETE, [name]) => {
+                let params: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let Some(orb) = st.orbs.get(*name).cloned() else {
+                    return status(404, "NotFound", "aiorb not found");
+                };
+                if let Some(uid) = params["preconditions"]["uid"].as_str()
+                    && orb["metadata"]["uid"] != uid
+                {
+                    return status(409, "Conflict", "precondition failed: uid");
+                }
+                st.orbs.remove(*name);
+                st.notify("DELETED", orb.clone());
+                ok(200, orb)
+            }
+            (Method::PATCH, [name, "status"]) => {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                st.status_patches.push(patch.clone());
+                let Some(orb) = st.orbs.get_mut(*name) else {
+                    return status(404, "NotFound", "aiorb not found");
+                };
+                for (k, v) in patch["status"].as_object().unwrap() {
+                    orb["status"][k] = v.clone();
+                }
+                let orb = orb.clone();
+                ok(200, orb)
+            }
+            _ => status(405, "MethodNotAllowed", "not supported by the fake"),
+        }
+    }
+}
+
+impl FakeState {
+    fn notify(&mut self, kind: &str, object: Value) {
+        let line = format!("{}\n", json!({"type": kind, "object": object}));
+        self.watchers
+            .retain(|w| w.unbounded_send(Ok(Frame::data(Bytes::from(line.clone())))).is_ok());
+    }
+}
+
+fn ok(code: u16, body: Value) -> Response<RespBody> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed_unsync())
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<RespBody> {
+    ok(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code}),
+    )
+}

@@ -1,0 +1,87 @@
+//! Limits: frame size, message rate, room size, idle sockets.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn oversized_frames_get_an_error_and_the_socket_stays_usable() {
+    let s = start(&["--max-frame-bytes", "1024"]).await;
+    let (mut a, _) = s.join("r", "a", "coach").await;
+    let (mut b, _) = s.join("r", "b", "client").await;
+    a.recv().await;
+    let big = json!({"type": "offer", "toId": "b", "offer": {"sdp": "x".repeat(2000)}});
+    a.send(big).await;
+    let e = a.recv().await;
+    assert_eq!(e["code"], "frame_too_large");
+    b.expect_nothing_pending().await;
+    a.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited() {
+    let s = start(&["--max-messages-per-second", "1"]).await;
+    let mut c = s.connect("r").await;
+    // A burst of 2 passes; 20 back-to-back messages cannot all pass unless sending them took
+    // 18 seconds.
+    for _ in 0..20 {
+        c.send(json!({"type": "ping"})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..20 {
+        let m = c.recv().await;
+        if m["code"] == "rate_limited" {
+            limited += 1;
+        } else {
+            assert_eq!(m, json!({"type": "pong"}));
+        }
+    }
+    assert!(limited >= 1);
+}
+
+#[tokio::test]
+async fn full_rooms_refuse_with_a_reason() {
+    let s = start(&["--max-participants-per-room", "2"]).await;
+    let (_a, _) = s.join("r", "a", "coach").await;
+    let (_b, _) = s.join("r", "b", "client").await;
+    let mut c = s.connect("r").await;
+    c.send(json!({"type": "join", "userId": "c", "userRole": "client"}))
+        .await;
+    let (code, _, texts) = c.closed().await;
+    assert_eq!(code, 4429);
+    assert_eq!(texts[0]["code"], "room_full");
+    // Rejoining with a member's id still works: it replaces, it does not add.
+    let (_a2, discovery) = s.join("r", "a", "coach").await;
+    assert_eq!(discovery["peers"][0]["userId"], "b");
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_after_the_idle_timeout() {
+    let s = start(&["--idle-socket-timeout", "1s"]).await;
+    let (mut quiet, _) = s.join("r", "quiet", "coach").await;
+    // Not reading means not answering the server's pings either. The server takes the socket out
+    // of the room when it closes it; only then does the client read (and see the close frame).
+    let state = s.server.as_ref().unwrap().state().clone();
+    eventually("the idle socket to leave the room", || {
+        state.registry.room("r").is_none()
+    })
+    .await;
+    let (code, reason, _) = quiet.closed().await;
+    assert_eq!(code, 4408, "{reason}");
+
+    // A socket that never joins is closed too, even while it answers pings.
+    let mut lurker = s.connect("r").await;
+    let (code, reason, _) = lurker.closed().await;
+    assert_eq!((code, reason.as_str()), (4408, "no join in time"));
+}
+
+#[tokio::test]
+async fn live_sockets_survive_the_idle_timeout_by_answering_pings() {
+    let s = start(&["--idle-socket-timeout", "2s"]).await;
+    let (mut a, _) = s.join("r", "a", "coach").await;
+    // Reading (and so answering the pings sent every 2/3 s) for two timeouts keeps it open.
+    let _ = tokio::time::timeout(Duration::from_secs(4), a.recv()).await;
+    a.expect_nothing_pending().await;
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real server over real WebSocket connections on loopback.
+
+mod auth;
+mod common;
+mod conformance;
+mod fake_kube;
+mod kubernetes;
+mod limits;
+mod prop;
+mod shutdown;

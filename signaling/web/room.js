@@ -1,0 +1,361 @@
+// The room page: seed 001's TriPartyWebRTC in plain JavaScript. Every participant keeps one
+// RTCPeerConnection per other participant (a mesh). Offers: humans always offer to the AI (the AI
+// never offers); between humans the smaller userId offers. The page state is exposed as
+// `window.orbCall` (and as data attributes) so that tests and curious developers can read it.
+'use strict';
+
+(() => {
+  const params = new URLSearchParams(location.search);
+  const roomId = decodeURIComponent(location.pathname.split('/').filter(Boolean)[1] || '');
+  const role = params.get('role') === 'client' ? 'client' : 'coach';
+  const userName = params.get('name') || role;
+
+  const state = (window.orbCall = {
+    roomId,
+    role,
+    userName,
+    userId: null,
+    joined: false,
+    left: false,
+    signaling: 'connecting',
+    aiStatus: null,
+    aiPeerId: null,
+    // peerId -> { role, type, connectionState }
+    peers: {},
+    errors: [],
+    audioLevel: 0,
+    summary: null,
+    stats: inboundAudioBytes,
+  });
+
+  const peers = new Map(); // peerId -> { pc, pending: [], role, type }
+  let ws = null;
+  let localStream = null;
+  let queue = Promise.resolve();
+
+  const $ = (id) => document.getElementById(id);
+
+  function note(text) {
+    $('message').textContent = text;
+  }
+
+  function fail(err) {
+    const text = String(err && err.message ? err.message : err);
+    console.error('[orb-call]', err);
+    state.errors.push(text);
+    note(text);
+  }
+
+  function send(msg) {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+  }
+
+  // ---- identity: the dev server mints a token; otherwise ?token= (from the app backend) -------
+
+  function tokenSubject(token) {
+    try {
+      const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(payload)).sub || null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  async function identity() {
+    let token = params.get('token');
+    let userId = params.get('userId') || `${role}-${Math.random().toString(36).slice(2, 10)}`;
+    if (token) return { token, userId: tokenSubject(token) || userId };
+    const q = new URLSearchParams({ room: roomId, role, user: userId });
+    const res = await fetch(`/api/dev/token?${q}`).catch(() => null);
+    if (res && res.ok) {
+      const body = await res.json();
+      return { token: body.token, userId: body.userId };
+    }
+    return { token: null, userId };
+  }
+
+  // ---- media -------------------------------------------------------------------------------
+
+  async function setupLocalMedia() {
+    try {
+      localStream = await navigator.mediaDevices.getUserMedia({
+        video: { width: 640, height: 480 },
+        audio: true,
+      });
+      $('local-video').srcObject = localStream;
+    } catch (err) {
+      // Seed 001: a call without a camera still goes on.
+      fail(`no camera or microphone: ${err.message || err}`);
+    }
+  }
+
+  // ---- peers -------------------------------------------------------------------------------
+
+  function setPeerState(peerId, connectionState) {
+    const p = state.peers[peerId];
+    if (!p) return;
+    p.connectionState = connectionState;
+    const tile = peerId === state.aiPeerId ? $('tile-orb') : $(`tile-${peerId}`);
+    if (tile) tile.dataset.state = connectionState;
+  }
+
+  function createPeer(peerId, peerRole, type) {
+    closePeer(peerId);
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const entry = { pc, pending: [], role: peerRole, type };
+    peers.set(peerId, entry);
+    state.peers[peerId] = { role: peerRole, type, connectionState: pc.connectionState };
+    const isAi = type === 'ai';
+    if (isAi) {
+      state.aiPeerId = peerId;
+      $('tile-orb').dataset.peer = peerId;
+    } else {
+      addHumanTile(peerId, peerRole);
+    }
+    const tracks = localStream ? localStream.getTracks() : [];
+    // The orb hears; it does not watch: it gets the audio only.
+    for (const track of tracks.filter((t) => !isAi || t.kind === 'audio')) {
+      pc.addTrack(track, localStream);
+    }
+    if (!tracks.some((t) => t.kind === 'audio')) pc.addTransceiver('audio', { direction: 'recvonly' });
+    if (!isAi && !tracks.some((t) => t.kind === 'video')) pc.addTransceiver('video', { direction: 'recvonly' });
+
+    pc.ontrack = (event) => {
+      const stream = event.streams[0] || new MediaStream([event.track]);
+      if (isAi) attachOrbAudio(stream);
+      else {
+        const video = document.querySelector(`#tile-${CSS.escape(peerId)} video`);
+        if (video && video.srcObject !== stream) video.srcObject = stream;
+      }
+    };
+    pc.onicecandidate = (event) => {
+      if (event.candidate) send({ type: 'ice-candidate', candidate: event.candidate.toJSON(), toId: peerId });
+    };
+    pc.onconnectionstatechange = () => {
+      if (peers.get(peerId) === entry) setPeerState(peerId, pc.connectionState);
+    };
+    return entry;
+  }
+
+  function closePeer(peerId) {
+    const entry = peers.get(peerId);
+    if (!entry) return;
+    peers.delete(peerId);
+    entry.pc.close();
+    setPeerState(peerId, 'closed');
+    const tile = $(`tile-${peerId}`);
+    if (tile) tile.remove();
+  }
+
+  function addHumanTile(peerId, peerRole) {
+    if ($(`tile-${peerId}`)) return;
+    const figure = document.createElement('figure');
+    figure.className = 'tile remote';
+    figure.id = `tile-${peerId}`;
+    figure.dataset.state = 'new';
+    const video = document.createElement('video');
+    video.autoplay = true;
+    video.playsInline = true;
+    const caption = document.createElement('figcaption');
+    caption.textContent = peerRole;
+    figure.append(video, caption);
+    $('tiles').append(figure);
+  }
+
+  async function offerTo(peerId) {
+    const entry = peers.get(peerId);
+    if (!entry) return;
+    const offer = await entry.pc.createOffer();
+    await entry.pc.setLocalDescription(offer);
+    send({ type: 'offer', offer: entry.pc.localDescription.toJSON(), toId: peerId });
+  }
+
+  async function flushCandidates(entry) {
+    for (const c of entry.pending.splice(0)) await entry.pc.addIceCandidate(c).catch(fail);
+  }
+
+  // ---- the orb: its audio drives the animation ----------------------------------------------
+
+  let audioContext = null;
+
+  function attachOrbAudio(stream) {
+    const audio = $('orb-audio');
+    // Chrome feeds a remote stream into Web Audio only while a media element plays it.
+    if (audio.srcObject !== stream) audio.srcObject = stream;
+    audio.play().catch(() => note('Click anywhere to hear the AI orb.'));
+    try {
+      audioContext = audioContext || new AudioContext();
+      const analyser = audioContext.createAnalyser();
+      analyser.fftSize = 512;
+      audioContext.createMediaStreamSource(stream).connect(analyser);
+      const samples = new Float32Array(analyser.fftSize);
+      const sphere = $('orb-sphere');
+      const frame = () => {
+        analyser.getFloatTimeDomainData(samples);
+        let sum = 0;
+        for (const s of samples) sum += s * s;
+        const level = Math.min(1, Math.sqrt(sum / samples.length) * 4);
+        state.audioLevel = level;
+        sphere.style.setProperty('--level', level.toFixed(3));
+        requestAnimationFrame(frame);
+      };
+      requestAnimationFrame(frame);
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  document.addEventListener('click', () => {
+    if (audioContext && audioContext.state === 'suspended') audioContext.resume();
+    $('orb-audio').play().catch(() => {});
+  });
+
+  const STATUS_TEXT = {
+    queued: 'queued: waiting for a free orb',
+    starting: 'starting',
+    ready: 'ready',
+    listening: 'listening',
+    processing: 'thinking',
+    speaking: 'speaking',
+    unavailable: 'unavailable: the call goes on without AI',
+    ended: 'ended',
+  };
+
+  function setOrbStatus(status) {
+    state.aiStatus = status;
+    $('orb-status').dataset.status = status;
+    $('orb-status').textContent = `AI orb: ${STATUS_TEXT[status] || status}`;
+    $('tile-orb').dataset.status = status;
+    $('orb-caption').textContent = STATUS_TEXT[status] || status;
+  }
+
+  // ---- signaling -----------------------------------------------------------------------------
+
+  // Human–human: the smaller userId offers; a human always offers to the AI.
+  const shouldOffer = (peer) => peer.participantType === 'ai' || state.userId < peer.userId;
+
+  async function handle(msg) {
+    switch (msg.type) {
+      case 'peer-discovery':
+        for (const peer of msg.peers) {
+          createPeer(peer.userId, peer.userRole, peer.participantType);
+          if (shouldOffer(peer)) await offerTo(peer.userId);
+        }
+        break;
+      case 'user-joined':
+        createPeer(msg.userId, msg.userRole, msg.participantType);
+        if (msg.shouldCreateOffer) await offerTo(msg.userId);
+        break;
+      case 'offer': {
+        const entry = peers.get(msg.fromId) || createPeer(msg.fromId, 'peer', 'human');
+        await entry.pc.setRemoteDescription(msg.offer);
+        await flushCandidates(entry);
+        const answer = await entry.pc.createAnswer();
+        await entry.pc.setLocalDescription(answer);
+        send({ type: 'answer', answer: entry.pc.localDescription.toJSON(), toId: msg.fromId });
+        break;
+      }
+      case 'answer': {
+        const entry = peers.get(msg.fromId);
+        if (entry) {
+          await entry.pc.setRemoteDescription(msg.answer);
+          await flushCandidates(entry);
+        }
+        break;
+      }
+      case 'ice-candidate': {
+        const entry = peers.get(msg.fromId);
+        if (!entry || !msg.candidate) break;
+        if (entry.pc.remoteDescription) await entry.pc.addIceCandidate(msg.candidate).catch(fail);
+        else entry.pending.push(msg.candidate);
+        break;
+      }
+      case 'user-left':
+        closePeer(msg.userId);
+        if (msg.userId === state.aiPeerId) delete $('tile-orb').dataset.peer;
+        break;
+      case 'ai_status':
+        setOrbStatus(msg.status);
+        break;
+      case 'session_summary':
+        state.summary = msg;
+        $('summary').hidden = false;
+        $('summary-text').textContent = JSON.stringify(msg.summary || msg, null, 2);
+        break;
+      case 'error':
+        fail(`signaling: ${msg.code}: ${msg.message}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function connect(token) {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const query = token ? `?token=${encodeURIComponent(token)}` : '';
+    ws = new WebSocket(`${proto}//${location.host}/ws-simple/${encodeURIComponent(roomId)}${query}`);
+    ws.onopen = () => {
+      state.signaling = 'open';
+      send({ type: 'join', roomId, userId: state.userId, userRole: role, userName, participantType: 'human' });
+      state.joined = true;
+    };
+    ws.onmessage = (event) => {
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch (err) {
+        fail(err);
+        return;
+      }
+      // One message at a time: an answer must not overtake the offer it answers.
+      queue = queue.then(() => handle(msg)).catch(fail);
+    };
+    ws.onclose = (event) => {
+      state.signaling = 'closed';
+      if (!state.left) note(`Disconnected from signaling (${event.code} ${event.reason || ''}).`);
+    };
+  }
+
+  function leave() {
+    if (state.left) return;
+    state.left = true;
+    send({ type: 'leave' });
+    for (const peerId of [...peers.keys()]) closePeer(peerId);
+    if (ws) ws.close(1000, 'left');
+    if (localStream) localStream.getTracks().forEach((t) => t.stop());
+    document.body.dataset.left = 'true';
+    $('leave').disabled = true;
+    note('You left the call.');
+  }
+
+  // For tests and diagnostics: audio bytes received from each peer (getStats inbound-rtp).
+  async function inboundAudioBytes() {
+    const out = {};
+    for (const [peerId, entry] of peers) {
+      let bytes = 0;
+      const report = await entry.pc.getStats();
+      report.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') bytes += s.bytesReceived || 0;
+      });
+      out[peerId] = bytes;
+    }
+    return out;
+  }
+
+  async function main() {
+    $('room-id').textContent = roomId;
+    $('leave').addEventListener('click', leave);
+    window.addEventListener('pagehide', leave);
+    const other = role === 'coach' ? 'client' : 'coach';
+    const invite = new URL(location.href);
+    invite.search = new URLSearchParams({ role: other, name: other }).toString();
+    $('invite').textContent = `Invite the ${other}: ${invite}`;
+    await setupLocalMedia();
+    const id = await identity();
+    state.userId = id.userId;
+    $('me').textContent = `${userName} (${role}, ${id.userId})`;
+    connect(id.token);
+  }
+
+  main().catch(fail);
+})();
