@@ -8,6 +8,8 @@ APT_PACKAGES=(
   pkg-config
   libopus-dev    # the orb's Opus codec
   prometheus     # promtool and a real Prometheus server for the monitoring tests
+  chromium       # the browser end-to-end tests (headless, fake media devices)
+  chromium-driver
 )
 
 missing=()

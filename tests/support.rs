@@ -32,3 +32,35 @@ pub fn run(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// A child process killed when the test ends, however it ends.
+#[allow(dead_code)]
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A workspace binary, built (or found up to date) by cargo first, so a test never runs a stale one.
+#[allow(dead_code)]
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["build", "--quiet", "--bin", name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build {name}");
+    root().join("target/debug").join(name)
+}

@@ -1,0 +1,446 @@
+//! The whole path in a real browser: Chromium pages (fake camera and microphone) join a room
+//! served by `orb-signaling` in dev mode (`--orb-runtime local`), the local runtime starts a real
+//! `orb` process under the operator's policy, and every WebRTC connection of the mesh comes up with
+//! the orb's audio flowing. Then the leave and cleanup paths, and the concurrency cap's queue.
+//!
+//! Every wait polls page state (`window.orbCall`, exposed by the room page) or the per-orb log with
+//! a generous limit that only guards against a hang; nothing asserts on how fast things happen.
+//! A failing test saves a screenshot of each page to `target/browser-failures/`.
+
+mod support;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::{FutureExt, SinkExt, StreamExt};
+use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use serde_json::{Value, json};
+use support::{Process, free_port, root, tool, workspace_bin};
+
+const SIGNING_KEY: &str = "browser-tests-signing-key-0123456789abcdef";
+/// Only guards against a hang: a busy 2-core machine starts browsers and debug orbs slowly.
+const PATIENCE: Duration = Duration::from_secs(120);
+/// The empty-room grace of these tests.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Signaling in dev mode, chromedriver, and the directory holding their logs.
+struct Stack {
+    port: u16,
+    driver_port: u16,
+    dir: PathBuf,
+    _signaling: Process,
+    _driver: Process,
+}
+
+impl Stack {
+    fn start(name: &str, extra: &[&str]) -> Self {
+        let signaling_bin = workspace_bin("orb-signaling");
+        let orb_bin = workspace_bin("orb");
+        let dir = root().join("target/browser-tests").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
+        let signaling = Process(
+            Command::new(signaling_bin)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--orb-runtime", "local", "--auth", "jwt"])
+                .arg("--orb-binary")
+                .arg(&orb_bin)
+                .arg("--orb-log-dir")
+                .arg(dir.join("orbs"))
+                .args(["--empty-room-grace", &format!("{}ms", GRACE.as_millis())])
+                .args(extra)
+                .env("ORB_SIGNING_KEY", SIGNING_KEY)
+                .env("ORB_BRAIN", "test")
+                .env("RUST_LOG", "info")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start orb-signaling"),
+        );
+        let driver_port = free_port();
+        let driver = Process(
+            Command::new(tool("chromedriver", "./scripts/install-deps.sh"))
+                .arg(format!("--port={driver_port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver"),
+        );
+        let stack = Self {
+            port,
+            driver_port,
+            dir,
+            _signaling: signaling,
+            _driver: driver,
+        };
+        for p in [port, driver_port] {
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(started.elapsed() < PATIENCE, "port {p} never opened");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        stack
+    }
+
+    fn room_url(&self, room: &str, role: &str) -> String {
+        let name = if role == "coach" { "Coach" } else { "Client" };
+        format!("http://127.0.0.1:{}/rooms/{room}?role={role}&name={name}", self.port)
+    }
+
+    fn orb_log(&self, room: &str) -> String {
+        std::fs::read_to_string(self.dir.join("orbs").join(format!("orb-{room}.log"))).unwrap_or_default()
+    }
+
+    /// A browser with fake media devices and its own profile.
+    async fn browser(&self, name: &str) -> Page {
+        let profile = self.dir.join(format!("profile-{name}"));
+        let chromium = tool("chromium", "./scripts/install-deps.sh");
+        let args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--use-fake-device-for-media-stream".into(),
+            "--use-fake-ui-for-media-stream".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--disable-background-timer-throttling".into(),
+            "--disable-renderer-backgrounding".into(),
+            // Host candidates with real addresses, not mDNS names: the orb is on this machine.
+            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
+            "--window-size=1280,800".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
+        // A browser that starts too slowly on a loaded machine is retried, not failed.
+        let mut attempt = 0;
+        let client = loop {
+            attempt += 1;
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{}", self.driver_port))
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if attempt < 3 => eprintln!("{name}: chromium did not start ({e}); retrying"),
+                Err(e) => panic!("{name}: no WebDriver session with chromium: {e}"),
+            }
+        };
+        Page {
+            name: name.to_owned(),
+            client,
+        }
+    }
+}
+
+/// One participant's browser.
+struct Page {
+    name: String,
+    client: Client,
+}
+
+impl Page {
+    async fn js(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{}: script failed: {e}\n{script}", self.name))
+    }
+
+    async fn call(&self) -> Value {
+        self.js("return window.orbCall ? JSON.parse(JSON.stringify(window.orbCall)) : null")
+            .await
+    }
+
+    async fn stats(&self) -> Value {
+        self.js("return window.orbCall.stats()").await
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::create_dir_all(path.parent().unwrap());
+            let _ = std::fs::write(path, png);
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`; panics with `what` after [`PATIENCE`].
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(started.elapsed() < PATIENCE, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn peer_state(call: &Value, peer: &str) -> Option<String> {
+    call["peers"][peer]["connectionState"].as_str().map(str::to_owned)
+}
+
+/// Waits until the page's peer connections to everyone in `peers` (its AI peer for `"ai"`) are
+/// connected; returns the page's state then.
+async fn wait_connected(page: &Page, peers: &[&str]) -> Value {
+    wait_for(&format!("{}: peers {peers:?} connected", page.name), || async {
+        let call = page.call().await;
+        let all = peers.iter().all(|p| {
+            let id = if *p == "ai" {
+                call["aiPeerId"].as_str().unwrap_or("-")
+            } else {
+                p
+            };
+            peer_state(&call, id).as_deref() == Some("connected")
+        });
+        all.then_some(call)
+    })
+    .await
+}
+
+/// Waits until the audio received from the orb grows on the page.
+async fn wait_orb_audio(page: &Page, ai: &str) {
+    let first = wait_for(&format!("{}: audio bytes from the orb", page.name), || async {
+        page.stats().await[ai].as_u64().filter(|b| *b > 0)
+    })
+    .await;
+    wait_for(&format!("{}: growing audio bytes from the orb", page.name), || async {
+        page.stats().await[ai].as_u64().filter(|b| *b > first + 1000)
+    })
+    .await;
+}
+
+/// The pages a scenario opened, for the screenshots of a failure.
+#[derive(Default)]
+struct Pages(std::sync::Mutex<Vec<Arc<Page>>>);
+
+impl Pages {
+    fn add(&self, page: Page) -> Arc<Page> {
+        let page = Arc::new(page);
+        self.0.lock().unwrap().push(page.clone());
+        page
+    }
+
+    fn all(&self) -> Vec<Arc<Page>> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Runs a scenario; on failure saves a screenshot of every page, then fails with the logs' place.
+async fn scenario(name: &str, pages: &Pages, body: impl Future<Output = ()>) {
+    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+    if let Err(panic) = outcome {
+        let dir = root().join("target/browser-failures");
+        for page in pages.all() {
+            page.screenshot(&dir.join(format!("{name}-{}.png", page.name))).await;
+        }
+        eprintln!(
+            "screenshots in {}; signaling and orb logs in {}",
+            dir.display(),
+            root().join("target/browser-tests").join(name).display()
+        );
+        for page in pages.all() {
+            let _ = page.client.clone().close().await;
+        }
+        std::panic::resume_unwind(panic);
+    }
+    for page in pages.all() {
+        let _ = page.client.clone().close().await;
+    }
+}
+
+fn orb_pid(log: &str) -> Option<u32> {
+    let line = log.lines().find(|l| l.contains("[orb-runtime] started"))?;
+    let rest = &line[line.find("(pid ")? + 5..];
+    rest.split(',').next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coach_and_client_meet_the_orb_hear_it_and_leave() {
+    let name = "meet";
+    let stack = Stack::start(name, &[]);
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    scenario(name, &pages, async {
+        let room = "browser-meet";
+        let coach = pages.add(stack_ref.browser("coach").await);
+        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
+        let coach_call = wait_connected(&coach, &["ai"]).await;
+        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
+        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+
+        let client = pages.add(stack_ref.browser("client").await);
+        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
+        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
+        assert_eq!(
+            client_call["aiPeerId"].as_str(),
+            Some(ai.as_str()),
+            "one orb in the room"
+        );
+        let client_id = client_call["userId"].as_str().unwrap().to_owned();
+        wait_connected(&coach, &["ai", &client_id]).await;
+
+        // Both humans hear the orb (the test brain greets, then echoes; RTP flows throughout).
+        wait_orb_audio(&coach, &ai).await;
+        wait_orb_audio(&client, &ai).await;
+        let shot = root().join("target/browser-screenshots/coach-page.png");
+        coach.screenshot(&shot).await;
+
+        // The coach leaves: the client's connection to the coach closes, the orb stays.
+        coach
+            .client
+            .find(Locator::Id("leave"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let left = wait_for("client: the peer to the coach closed", || async {
+            let call = client.call().await;
+            (peer_state(&call, &coach_id).as_deref() == Some("closed")).then_some(call)
+        })
+        .await;
+        assert_eq!(peer_state(&left, &ai).as_deref(), Some("connected"), "the orb stays");
+        wait_orb_audio(&client, &ai).await;
+        assert_eq!(peer_state(&client.call().await, &ai).as_deref(), Some("connected"));
+
+        // Everyone leaves: after the empty-room grace the orb process ends with RoomCleanup.
+        let pid = orb_pid(&stack_ref.orb_log(room)).expect("the orb's pid in its log");
+        // Taken before the click, so the room emptied after it.
+        let emptied = Instant::now();
+        client
+            .client
+            .find(Locator::Id("leave"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_for("the orb to end with RoomCleanup", || async {
+            let log = stack_ref.orb_log(room);
+            log.contains("orb ended: Succeeded RoomCleanup").then_some(())
+        })
+        .await;
+        assert!(emptied.elapsed() >= GRACE, "the orb ended before the grace period");
+        let log = stack_ref.orb_log(room);
+        assert!(log.contains("terminating the orb: RoomCleanup"), "{log}");
+        assert!(log.contains("orb exited (attempt 0, exit code Some(0))"), "{log}");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "orb process {pid} still exists"
+        );
+    })
+    .await;
+}
+
+/// A human stand-in without media: holds a room (and its orb) through a plain WebSocket.
+struct StandIn {
+    close: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn stand_in(port: u16, room: &str) -> StandIn {
+    let key = SigningKey::new(SIGNING_KEY.as_bytes().to_vec()).unwrap();
+    let user = format!("client-{room}");
+    let token = key.mint(&RoomClaims {
+        room: room.to_owned(),
+        sub: user.clone(),
+        role: Role::Client,
+        exp: unix_now() + 3600,
+    });
+    let url = format!("ws://127.0.0.1:{port}/ws-simple/{room}?token={token}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("stand-in connects");
+    let join = json!({"type": "join", "roomId": room, "userId": user, "userRole": "client",
+        "userName": "stand-in", "participantType": "human"});
+    ws.send(join.to_string().into()).await.unwrap();
+    let (close, mut closed) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut closed => {
+                    let _ = ws.close(None).await;
+                    // Read until the server's close reply so the leave is clean.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    return;
+                }
+                // Reading answers the server's keepalive pings.
+                msg = ws.next() => if msg.is_none() { return },
+            }
+        }
+    });
+    StandIn { close, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ninth_room_queues_until_another_room_ends() {
+    let name = "queue";
+    let stack = Stack::start(name, &["--max-concurrent-orbs", "8"]);
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    scenario(name, &pages, async {
+        let mut stand_ins = Vec::new();
+        for i in 1..=8 {
+            stand_ins.push(stand_in(stack_ref.port, &format!("busy-{i}")).await);
+        }
+        for i in 1..=8 {
+            let room = format!("busy-{i}");
+            wait_for(&format!("the orb of {room} ready"), || async {
+                stack_ref.orb_log(&room).contains("orb ready").then_some(())
+            })
+            .await;
+        }
+
+        // The ninth room waits in the queue and says so.
+        let room = "browser-queued";
+        let coach = pages.add(stack_ref.browser("coach").await);
+        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
+        wait_for("the page to show queued", || async {
+            let call = coach.call().await;
+            (call["aiStatus"].as_str() == Some("queued")).then_some(())
+        })
+        .await;
+        let status = coach
+            .js("return document.getElementById('orb-status').dataset.status")
+            .await;
+        assert_eq!(status, json!("queued"));
+        assert!(stack_ref.orb_log(room).contains("orb queued at position 1"));
+        assert!(!stack_ref.orb_log(room).contains("[orb-runtime] started"));
+
+        // Another room ends: its orb goes after the grace period and the ninth room's orb comes.
+        let first = stand_ins.remove(0);
+        let _ = first.close.send(());
+        let _ = first.task.await;
+        wait_for("busy-1's orb to end", || async {
+            stack_ref
+                .orb_log("busy-1")
+                .contains("orb ended: Succeeded RoomCleanup")
+                .then_some(())
+        })
+        .await;
+        let call = wait_connected(&coach, &["ai"]).await;
+        assert_ne!(call["aiStatus"].as_str(), Some("queued"));
+        let ai = call["aiPeerId"].as_str().unwrap().to_owned();
+        wait_orb_audio(&coach, &ai).await;
+        for s in stand_ins {
+            let _ = s.close.send(());
+            let _ = s.task.await;
+        }
+    })
+    .await;
+}
