@@ -5,26 +5,13 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{root, tool};
-
-/// Kills the child when the test ends, however it ends.
-struct Process(Child);
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use support::{Process, free_port, root, tool, workspace_bin};
 
 fn http_get(port: u16, path_and_query: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -66,17 +53,6 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// A workspace binary, built (or found up to date) by cargo first, so the test never runs a stale one.
-fn bin(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args(["build", "--quiet", "--bin", name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cannot build {name}");
-    root().join("target/debug").join(name)
-}
-
 fn dead_kubeconfig(dir: &Path) -> PathBuf {
     let path = dir.join("kubeconfig");
     let config = format!(
@@ -116,7 +92,7 @@ fn start_targets(dir: &Path) -> Vec<Target> {
     let operator_port = free_port();
     let operator = start(
         "orb-operator",
-        Command::new(bin("orb-operator"))
+        Command::new(workspace_bin("orb-operator"))
             .env_clear()
             .env("KUBECONFIG", dead_kubeconfig(dir))
             .env("ORB_IMAGE", "orb:test")
@@ -124,7 +100,37 @@ fn start_targets(dir: &Path) -> Vec<Target> {
             .env("OPERATOR_HTTP_ADDR", format!("127.0.0.1:{operator_port}")),
         operator_port,
     );
-    vec![operator]
+    let signaling_port = free_port();
+    let signaling = start(
+        "orb-signaling",
+        Command::new(workspace_bin("orb-signaling"))
+            .env_clear()
+            .args(["--orb-runtime=none", "--auth=none"])
+            .arg(format!("--listen=127.0.0.1:{signaling_port}")),
+        signaling_port,
+    );
+    // An orb joined to that signaling server: its media metrics exist from the start, and its
+    // join puts an AI participant and relayed messages into signaling's.
+    let orb_port = free_port();
+    let orb = start(
+        "orb",
+        Command::new(workspace_bin("orb"))
+            .env_clear()
+            .args([
+                "--room=monitoring",
+                "--brain=test",
+                "--idle-timeout=1h",
+                "--udp-addrs=127.0.0.1:0",
+            ])
+            .arg(format!("--signaling-url=ws://127.0.0.1:{signaling_port}"))
+            .arg(format!("--http-addr=127.0.0.1:{orb_port}"))
+            .arg(format!(
+                "--termination-log={}",
+                dir.join("orb-termination-log").display()
+            )),
+        orb_port,
+    );
+    vec![operator, signaling, orb]
 }
 
 #[test]

@@ -4,9 +4,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Structured logs to stderr, as text or JSON lines; `RUST_LOG` filters (default `info`).
-pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Structured logs to stderr, as text or JSON lines; `RUST_LOG` filters, else `default_filter`.
+pub fn init_logging(json: bool, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -24,6 +24,16 @@ pub enum Signal {
     Terminate,
     /// Ctrl-C.
     Interrupt,
+}
+
+impl Signal {
+    /// The signal's conventional name, as logs and termination messages write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Terminate => "SIGTERM",
+            Signal::Interrupt => "SIGINT",
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

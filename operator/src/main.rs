@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    orb_crds::telemetry::init_logging(config.json_logs);
+    orb_crds::telemetry::init_logging(config.json_logs, "info");
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -39,13 +39,9 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     s.metrics.uptime_seconds.set(s.health.uptime().as_secs_f64());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = orb_crds::exposition::negotiate(accept, s.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body)
 }

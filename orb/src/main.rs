@@ -13,21 +13,13 @@ use orb::media::webrtc_stack::WebrtcStack;
 use orb::metrics::Metrics;
 use orb::session::{self, SessionOptions};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 /// The WebRTC stack logs every state change at info and some benign conditions as warnings.
 const DEFAULT_LOG: &str = "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn";
 
 fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    orb_crds::telemetry::init_logging(cli.log_format == LogFormat::Json, DEFAULT_LOG);
     let termination_log = cli.termination_log.clone();
     let config = match Config::from_cli(cli, Secrets::from_env()) {
         Ok(c) => c,
@@ -84,19 +76,9 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
         metrics,
         health,
         SessionOptions::default(),
-        shutdown_signal(),
+        async { orb_crds::telemetry::shutdown_signal().await.name() },
     )
     .await;
     info!(reason = %ending.reason(), code = ending.exit_code(), "orb finished");
     Ok(ending)
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }

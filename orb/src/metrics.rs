@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::media::PeerState;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
@@ -19,6 +21,34 @@ pub struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
+}
+
+/// Why input from a peer (or about it) was refused; the `kind` label of `orb_peer_errors_total`
+/// and the `code` of the `orb_error` sent to that peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerErrorKind {
+    InvalidOffer,
+    InvalidCandidate,
+    PeerSetup,
+    Unauthorized,
+}
+
+impl PeerErrorKind {
+    pub const ALL: [PeerErrorKind; 4] = [
+        PeerErrorKind::InvalidOffer,
+        PeerErrorKind::InvalidCandidate,
+        PeerErrorKind::PeerSetup,
+        PeerErrorKind::Unauthorized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerErrorKind::InvalidOffer => "invalid_offer",
+            PeerErrorKind::InvalidCandidate => "invalid_candidate",
+            PeerErrorKind::PeerSetup => "peer_setup",
+            PeerErrorKind::Unauthorized => "unauthorized",
+        }
+    }
 }
 
 /// Every metric the orb exports; cheap to clone (all handles are shared).
@@ -33,8 +63,8 @@ pub struct Metrics {
     pub brain_latency_seconds: Histogram,
     pub participants: Gauge,
     pub uptime_seconds: Gauge<f64, AtomicU64>,
-    pub signaling_connected: Gauge,
-    pub signaling_reconnects: Counter,
+    pub room_connected: Gauge,
+    pub room_reconnects: Counter,
     pub peer_errors: Family<KindLabel, Counter>,
     pub brain_errors: Counter,
     /// The latest brain latency in microseconds (0 = none yet), for the heartbeat.
@@ -95,17 +125,18 @@ impl Metrics {
             "Seconds since the orb started",
             uptime_seconds.clone(),
         );
-        let signaling_connected = Gauge::default();
+        // `room_`, not `signaling_`: the `orb_signaling_` prefix belongs to the signaling server.
+        let room_connected = Gauge::default();
         registry.register(
-            "signaling_connected",
-            "1 while the signaling socket is joined",
-            signaling_connected.clone(),
+            "room_connected",
+            "1 while the orb's signaling socket is joined to its room",
+            room_connected.clone(),
         );
-        let signaling_reconnects = Counter::default();
+        let room_reconnects = Counter::default();
         registry.register(
-            "signaling_reconnects",
-            "Times the signaling socket dropped and was retried",
-            signaling_reconnects.clone(),
+            "room_reconnects",
+            "Times the orb's signaling socket dropped and was retried",
+            room_reconnects.clone(),
         );
         let peer_errors = Family::<KindLabel, Counter>::default();
         registry.register(
@@ -119,6 +150,14 @@ impl Metrics {
             "Errors the brain reported and survived",
             brain_errors.clone(),
         );
+        // Every series of a closed label set exists from the start, so dashboards and alerts see
+        // zeros rather than no data before the first event.
+        for state in PeerState::ALL {
+            let _ = peer_connections.get_or_create(&StateLabel { state: state.as_str() });
+        }
+        for kind in PeerErrorKind::ALL {
+            let _ = peer_errors.get_or_create(&KindLabel { kind: kind.as_str() });
+        }
         Self {
             registry: Arc::new(registry),
             peer_connections,
@@ -129,19 +168,22 @@ impl Metrics {
             brain_latency_seconds,
             participants,
             uptime_seconds,
-            signaling_connected,
-            signaling_reconnects,
+            room_connected,
+            room_reconnects,
             peer_errors,
             brain_errors,
             last_brain_latency_us: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// Counts refused peer input.
+    pub fn peer_error(&self, kind: PeerErrorKind) {
+        self.peer_errors.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        orb_crds::telemetry::encode_metrics(&self.registry)
     }
 }
 
@@ -156,7 +198,7 @@ mod tests {
         m.peer_connections
             .get_or_create(&StateLabel { state: "connected" })
             .set(1);
-        m.peer_errors.get_or_create(&KindLabel { kind: "invalid_offer" }).inc();
+        m.peer_error(PeerErrorKind::InvalidOffer);
         let text = m.encode();
         for name in [
             "orb_audio_packets_sent_total 1",
@@ -165,6 +207,8 @@ mod tests {
             "orb_brain_latency_seconds_bucket",
             "orb_ice_connect_seconds_count",
             "orb_uptime_seconds",
+            "orb_peer_connections{state=\"failed\"} 0",
+            "orb_peer_errors_total{kind=\"unauthorized\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::lifecycle::{Deadlines, Ending, write_termination_message};
 use crate::media::{MediaStack, Peer, PeerEvent, PeerKey, PeerState};
-use crate::metrics::{KindLabel, Metrics, StateLabel};
+use crate::metrics::{Metrics, PeerErrorKind, StateLabel};
 use crate::playout::{self, PacerCmd};
 use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
 use crate::summary::{SessionRecord, SummaryIds, TranscriptLine, session_summary};
@@ -233,7 +233,7 @@ impl Session {
     async fn on_signaling(&mut self, event: SignalingEvent) -> Option<Ending> {
         match event {
             SignalingEvent::Connected => {
-                self.metrics.signaling_connected.set(1);
+                self.metrics.room_connected.set(1);
             }
             SignalingEvent::Disconnected(reason) => {
                 if self.joined {
@@ -241,8 +241,8 @@ impl Session {
                 }
                 self.joined = false;
                 self.sent_status = None;
-                self.metrics.signaling_connected.set(0);
-                self.metrics.signaling_reconnects.inc();
+                self.metrics.room_connected.set(0);
+                self.metrics.room_reconnects.inc();
                 self.update_ready();
             }
             SignalingEvent::Fatal(e) => return Some(Ending::Error(e.to_string())),
@@ -313,10 +313,7 @@ impl Session {
             ServerMessage::Error { code, message } => {
                 warn!(?code, %message, "signaling reported an error");
                 if code == ErrorCode::Unauthorized {
-                    self.metrics
-                        .peer_errors
-                        .get_or_create(&KindLabel { kind: "unauthorized" })
-                        .inc();
+                    self.metrics.peer_error(PeerErrorKind::Unauthorized);
                 }
             }
             ServerMessage::Pong | ServerMessage::AiStatus { .. } | ServerMessage::SessionSummary(_) => {}
@@ -325,9 +322,10 @@ impl Session {
 
     /// Tells signaling (and through it the peer) that this peer's input was refused; the peer's
     /// connection is dropped, everyone else carries on.
-    fn peer_error(&self, user: &str, kind: &'static str, error: &str) {
+    fn peer_error(&self, user: &str, kind: PeerErrorKind, error: &str) {
+        self.metrics.peer_error(kind);
+        let kind = kind.as_str();
         warn!(peer = user, kind, error, "refused input from a peer");
-        self.metrics.peer_errors.get_or_create(&KindLabel { kind }).inc();
         self.signaling.send(ClientMessage::OrbError(json!({
             "roomId": self.config.room,
             "toId": user,
@@ -357,7 +355,7 @@ impl Session {
         let user: Arc<str> = from.as_str().into();
         self.deadlines.activity(Instant::now());
         let Some(offer) = relay.offer else {
-            self.peer_error(&from, "invalid_offer", "offer message without an offer");
+            self.peer_error(&from, PeerErrorKind::InvalidOffer, "offer message without an offer");
             return;
         };
         // A new offer from the same human replaces the old connection (a browser reload or an
@@ -372,7 +370,7 @@ impl Session {
         let peer = match self.media.create_peer(key.clone(), self.peer_tx.clone()).await {
             Ok(p) => p,
             Err(e) => {
-                self.peer_error(&from, "peer_setup", &e.to_string());
+                self.peer_error(&from, PeerErrorKind::PeerSetup, &e.to_string());
                 return;
             }
         };
@@ -397,7 +395,7 @@ impl Session {
             }
             Err(e) => {
                 peer.close().await;
-                self.peer_error(&from, "invalid_offer", &e.to_string());
+                self.peer_error(&from, PeerErrorKind::InvalidOffer, &e.to_string());
             }
         }
         self.update_peer_gauges();
@@ -412,7 +410,7 @@ impl Session {
         let candidate = relay.candidate.unwrap_or(Value::Null);
         if let Err(e) = entry.peer.add_remote_candidate(&candidate).await {
             // A bad candidate costs that candidate only; the connection may still succeed.
-            self.peer_error(from, "invalid_candidate", &e.to_string());
+            self.peer_error(from, PeerErrorKind::InvalidCandidate, &e.to_string());
         }
     }
 

@@ -66,8 +66,8 @@ async fn a_dropped_signaling_socket_is_rejoined_and_the_session_goes_on() {
     assert!(count_control(&relay, "orb_ready", 1).await);
     relay.kick("ai-orb-flaky-room");
     assert!(count_control(&relay, "orb_ready", 2).await, "the orb joined again");
-    assert!(orb.wait_metric("orb_signaling_reconnects_total 1", WAIT).await);
-    assert!(orb.wait_metric("orb_signaling_connected 1", WAIT).await);
+    assert!(orb.wait_metric("orb_room_reconnects_total 1", WAIT).await);
+    assert!(orb.wait_metric("orb_room_connected 1", WAIT).await);
 
     let mut coach = Human::join(&relay.url(), "flaky-room", "coach-1", UserRole::Coach)
         .await

@@ -53,6 +53,9 @@ pub fn request_token(query_token: Option<String>, headers: &HeaderMap) -> Option
     })
 }
 
+/// Every value [`failure_label`] returns.
+pub const FAILURE_LABELS: [&str; 5] = ["missing", "expired", "wrong_room", "bad_signature", "malformed"];
+
 /// Metric label of an auth failure.
 pub fn failure_label(e: &AuthError) -> &'static str {
     match e {

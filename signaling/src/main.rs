@@ -11,12 +11,11 @@ use orb_signaling::orb_runtime::local::LocalRuntime;
 use orb_signaling::orb_runtime::{NoOrbRuntime, OrbEvents, OrbRuntime};
 use orb_signaling::server::Server;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    orb_crds::telemetry::init_logging(args.log_format == LogFormat::Json, "info");
     let config = Config::from_args(args, std::env::var(SIGNING_KEY_ENV).ok()).context("invalid configuration")?;
 
     let metrics = Metrics::shared();
@@ -55,40 +54,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let token = server.shutdown_token();
     tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown signal received");
+        let signal = orb_crds::telemetry::shutdown_signal().await;
+        info!(signal = signal.name(), "shutdown signal received");
         token.cancel();
     });
     server.wait().await;
     Ok(())
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

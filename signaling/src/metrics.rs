@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,6 +15,11 @@ use crate::room::CloseReason;
 use crate::wire::RelayKind;
 
 type Labels = Vec<(&'static str, &'static str)>;
+
+/// Relayed message types besides SDP and ICE (see [`Metrics::relayed_other`]).
+pub const OTHER_RELAYED: [&str; 2] = ["ai_status", "session_summary"];
+/// Values of the `participant_type` label.
+pub const PARTICIPANT_TYPES: [&str; 2] = ["human", "ai"];
 
 /// Results of asking a runtime for an orb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +35,13 @@ pub enum OrbRequestResult {
 }
 
 impl OrbRequestResult {
+    pub const ALL: [OrbRequestResult; 4] = [
+        OrbRequestResult::Created,
+        OrbRequestResult::Existing,
+        OrbRequestResult::Replaced,
+        OrbRequestResult::Failed,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             OrbRequestResult::Created => "created",
@@ -125,6 +136,23 @@ impl Metrics {
             webhook_deliveries.clone(),
         );
         let relay_handles = RelayKind::ALL.map(|k| relayed.get_or_create(&vec![("type", k.as_str())]).clone());
+        // Every series of a closed label set exists from the start, so dashboards and alerts see
+        // zeros rather than no data before the first event.
+        for kind in OTHER_RELAYED {
+            let _ = relayed.get_or_create(&vec![("type", kind)]);
+        }
+        for participant_type in PARTICIPANT_TYPES {
+            let _ = participants.get_or_create(&vec![("participant_type", participant_type)]);
+        }
+        for code in ErrorCode::ALL {
+            let _ = rejected.get_or_create(&vec![("reason", error_code_label(code))]);
+        }
+        for reason in crate::auth::FAILURE_LABELS {
+            let _ = auth_failures.get_or_create(&vec![("reason", reason)]);
+        }
+        for result in OrbRequestResult::ALL {
+            let _ = orb_requests.get_or_create(&vec![("result", result.as_str())]);
+        }
         Self {
             registry,
             connections,
@@ -192,11 +220,9 @@ impl Metrics {
         self.webhook_deliveries.get_or_create(&vec![("result", result)]).inc();
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        orb_crds::telemetry::encode_metrics(&self.registry)
     }
 }
 
@@ -232,6 +258,10 @@ mod tests {
             "orb_signaling_messages_relayed_total{type=\"ice-candidate\"} 1",
             "orb_signaling_messages_rejected_total{reason=\"rate_limited\"} 1",
             "orb_signaling_relay_latency_seconds_bucket",
+            "orb_signaling_auth_failures_total{reason=\"expired\"} 0",
+            "orb_signaling_orb_requests_total{result=\"failed\"} 0",
+            "orb_signaling_messages_rejected_total{reason=\"malformed_json\"} 0",
+            "orb_signaling_participants{participant_type=\"ai\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

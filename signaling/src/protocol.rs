@@ -174,6 +174,22 @@ pub enum ErrorCode {
     BinaryNotSupported,
 }
 
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidMessage,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::RoomFull,
+        ErrorCode::Unauthorized,
+        ErrorCode::UnknownPeer,
+        ErrorCode::BinaryNotSupported,
+    ];
+}
+
 /// Seed 001's offer rule, evaluated for an `existing` participant when `joining` arrives: should
 /// `existing` create the offer? The AI never offers; between humans the smaller userId offers.
 pub fn should_create_offer(existing: &PeerInfo, joining: &PeerInfo) -> bool {
