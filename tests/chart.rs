@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use orb_operator::rbac::{API_CALLS, Scope};
 use serde::Deserialize;
 use serde_json::Value;
@@ -156,6 +156,96 @@ fn operator_rbac_grants_exactly_the_calls_the_code_makes() {
     assert_eq!(rules_of(role), calls(Scope::Watched));
 }
 
+#[test]
+fn signaling_rbac_grants_exactly_the_calls_its_kubernetes_runtime_makes() {
+    let objects = render(None, &[]);
+    let expected: BTreeSet<(String, String, String)> = orb_signaling::orb_runtime::kubernetes::API_CALLS
+        .iter()
+        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(rules_of(find(&objects, "Role", "-signaling")), expected);
+}
+
+/// The env names a binary's flags read.
+fn env_names(command: clap::Command) -> BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect()
+}
+
+#[test]
+fn the_signaling_deployment_sets_only_settings_signaling_reads() {
+    let objects = render(Some(&format!("{CHART}/ci/monitoring-values.yaml")), &[]);
+    let known = env_names(orb_signaling::config::Args::command());
+    for env in container_env(find(&objects, "Deployment", "-signaling")) {
+        assert!(
+            known.contains(&env),
+            "the chart sets {env}, which orb-signaling does not read"
+        );
+    }
+}
+
+/// The operator's pod builder and the orb binary agree: every argument the pod passes parses,
+/// and every env var it sets is one the orb reads.
+#[test]
+fn orb_pods_start_the_orb_with_flags_and_env_it_reads() {
+    use orb_crds::{AiOrb, AiOrbSpec};
+    let run = orb_operator::config::Cli::try_parse_from([
+        "orb-operator",
+        "--orb-image=orb:test",
+        r#"--orb-extra-env=[{"name":"ORB_BRAIN","value":"test"}]"#,
+    ])
+    .unwrap()
+    .run;
+    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
+    let mut orb = AiOrb::new(
+        "room-1",
+        AiOrbSpec {
+            room_id: "room-1".into(),
+            session_id: Some("s-1".into()),
+            coach_id: Some("coach-1".into()),
+            client_id: Some("client-1".into()),
+            idle_timeout_seconds: Some(120),
+            test_mode: true,
+            ..Default::default()
+        },
+    );
+    orb.metadata.namespace = Some("calls".into());
+    orb.metadata.uid = Some("uid-1".into());
+    let pod = orb_operator::pod::build_pod(&orb, &config.pod, 1, std::time::Duration::from_secs(30));
+    let container = &pod.spec.unwrap().containers[0];
+    let args = container.args.clone().unwrap();
+    let parsed = orb::config::Cli::try_parse_from(std::iter::once("orb".to_owned()).chain(args.iter().cloned()))
+        .unwrap_or_else(|e| panic!("the orb refuses the pod's arguments {args:?}: {e}"));
+    assert_eq!(parsed.room, "room-1");
+    let mut known = env_names(orb::config::Cli::command());
+    known.extend([
+        orb::config::SIGNALING_TOKEN_ENV.to_owned(),
+        orb::config::OPENAI_API_KEY_ENV.to_owned(),
+    ]);
+    for env in container.env.iter().flatten() {
+        assert!(
+            known.contains(&env.name),
+            "the pod sets {}, which the orb does not read",
+            env.name
+        );
+    }
+    // The probes and the metrics port are the orb's HTTP listener.
+    let http = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ORB_HTTP_ADDR")
+        .unwrap();
+    assert!(
+        http.value
+            .as_deref()
+            .unwrap()
+            .ends_with(&format!(":{}", orb_operator::pod::ORB_HTTP_PORT))
+    );
+}
+
 fn container_env(deployment: &Value) -> Vec<String> {
     deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -171,10 +261,7 @@ fn the_operator_deployment_uses_real_settings_ports_and_ha() {
     let operator = find(&objects, "Deployment", "-operator");
     assert_eq!(operator["spec"]["replicas"], 2);
     assert_eq!(operator["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
-    let known: BTreeSet<String> = orb_operator::config::Cli::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
+    let known = env_names(orb_operator::config::Cli::command());
     for env in container_env(operator) {
         assert!(
             known.contains(&env),

@@ -124,6 +124,11 @@ pub enum ConfigError {
     NoUdpAddr,
 }
 
+/// The environment variable holding the orb's room token.
+pub const SIGNALING_TOKEN_ENV: &str = "ORB_SIGNALING_TOKEN";
+/// The environment variable holding the OpenAI API key.
+pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
+
 /// Secrets are read from the environment only, so they never show up in `ps` or the pod spec.
 #[derive(Clone, Default)]
 pub struct Secrets {
@@ -137,8 +142,8 @@ impl Secrets {
     pub fn from_env() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
         Self {
-            signaling_token: var("ORB_SIGNALING_TOKEN"),
-            openai_api_key: var("OPENAI_API_KEY"),
+            signaling_token: var(SIGNALING_TOKEN_ENV),
+            openai_api_key: var(OPENAI_API_KEY_ENV),
         }
     }
 }

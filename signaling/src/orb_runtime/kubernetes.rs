@@ -364,6 +364,19 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// Every Kubernetes API call this runtime makes, as RBAC rules `(apiGroup, resource, verbs)`: the
+/// single list the Helm chart's signaling Role is tested against.
+pub const API_CALLS: &[(&str, &str, &[&str])] = &[
+    // `ensure_orb`: get, create, and delete of a finished orb; the phase watcher: list and watch.
+    (
+        "hybridcoach.io",
+        "aiorbs",
+        &["get", "list", "watch", "create", "delete"],
+    ),
+    // Presence by server-side apply of the status.
+    ("hybridcoach.io", "aiorbs/status", &["patch"]),
+];
+
 /// Creates the room's AiOrb unless a live one exists; replaces a finished one.
 pub async fn ensure_orb(
     api: &Api<AiOrb>,
