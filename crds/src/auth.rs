@@ -68,10 +68,15 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, WeakKeyError> {
-        // A key read from a file or Secret usually ends with a newline nobody meant as key material.
+        // A key read from a file or Secret often ends with one line break nobody meant as key
+        // material. Only that is dropped: a random binary key may end in any byte, and an app
+        // backend minting tokens with the same key must get the same bytes.
         let mut bytes = bytes.into();
-        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        if bytes.last() == Some(&b'\n') {
             bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
         }
         if bytes.len() < MIN_SIGNING_KEY_BYTES {
             return Err(WeakKeyError(bytes.len()));
@@ -158,5 +163,18 @@ mod tests {
         k.push(b'\n');
         let t = SigningKey::new(k).unwrap().mint(&claims("r", unix_now() + 60));
         assert!(key(7).verify(&t, "r").is_ok());
+        let mut crlf = vec![7u8; 32];
+        crlf.extend(b"\r\n");
+        let t = SigningKey::new(crlf).unwrap().mint(&claims("r", unix_now() + 60));
+        assert!(key(7).verify(&t, "r").is_ok());
+    }
+
+    #[test]
+    fn binary_keys_keep_their_trailing_bytes() {
+        // Ends in a space: a key in its own right, not the same as the key without it.
+        let mut spaced = vec![7u8; 32];
+        spaced.push(b' ');
+        let t = SigningKey::new(spaced).unwrap().mint(&claims("r", unix_now() + 60));
+        assert_eq!(key(7).verify(&t, "r"), Err(AuthError::BadSignature));
     }
 }

@@ -191,10 +191,15 @@ fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
     }
 }
 
+/// Time from `now` until `at`; zero once `at` has passed.
+fn remaining(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(now.duration_until(at)).unwrap_or(Duration::ZERO)
+}
+
 fn requeue(decision: &Decision, now: Timestamp) -> Action {
     match decision.requeue_at {
         Some(at) => {
-            let wait = now.duration_until(at).unsigned_abs();
+            let wait = remaining(now, at);
             // A second of slack: waking a hair early would only reschedule.
             Action::requeue(wait.max(Duration::from_millis(100)) + Duration::from_secs(1))
         }
@@ -389,7 +394,7 @@ async fn create_pod(
         .and_then(|s| s.admitted_at.as_ref())
         .map_or(now, |t| t.0);
     let ends = admitted.checked_add(limits.lifetime).unwrap_or(Timestamp::MAX);
-    let lifetime_left = now.duration_until(ends).unsigned_abs().max(Duration::from_secs(1));
+    let lifetime_left = remaining(now, ends).max(Duration::from_secs(1));
     let claims = RoomClaims {
         room: orb.spec.room_id.clone(),
         sub: format!("ai-orb-{}", orb.name_any()),
@@ -501,4 +506,18 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_already_passed_is_due_now_not_as_far_in_the_future() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let past = now.checked_sub(jiff::SignedDuration::from_secs(3600)).unwrap();
+        let future = now.checked_add(jiff::SignedDuration::from_secs(90)).unwrap();
+        assert_eq!(remaining(now, past), Duration::ZERO);
+        assert_eq!(remaining(now, future), Duration::from_secs(90));
+    }
 }

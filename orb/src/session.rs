@@ -316,7 +316,10 @@ impl Session {
                     self.metrics.peer_error(PeerErrorKind::Unauthorized);
                 }
             }
-            ServerMessage::Pong | ServerMessage::AiStatus { .. } | ServerMessage::SessionSummary(_) => {}
+            ServerMessage::Pong
+            | ServerMessage::AiStatus { .. }
+            | ServerMessage::SessionSummary(_)
+            | ServerMessage::OrbError(_) => {}
         }
     }
 

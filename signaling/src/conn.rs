@@ -285,9 +285,8 @@ impl Conn<'_> {
                 let _ = self.orb_room("orb_heartbeat");
             }
             ClientMessage::OrbError(body) => {
-                if self.orb_room("orb_error").is_some() {
-                    let detail = body.get("error").cloned().unwrap_or(body);
-                    warn!(error = %detail, "orb reported an error");
+                if let Some(room) = self.orb_room("orb_error") {
+                    self.orb_error(&room, body);
                 }
             }
             ClientMessage::SessionSummary(body) => {
@@ -336,6 +335,34 @@ impl Conn<'_> {
                 None
             }
             Some((room, _)) => Some(room.clone()),
+        }
+    }
+
+    /// An error the orb reports. Addressed (`toId`) it concerns that peer's input and goes to that
+    /// peer only, so its page can tell the user; otherwise it is the orb's own and only logged,
+    /// as seed 001 did.
+    fn orb_error(&self, room: &Room, body: Value) {
+        let detail = body.get("error").cloned().unwrap_or_else(|| body.clone());
+        let Some(target) = body.get("toId").and_then(Value::as_str).map(str::to_owned) else {
+            warn!(error = %detail, "orb reported an error");
+            return;
+        };
+        let mut body = match body {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        body.insert("roomId".into(), Value::String(self.room_id.to_owned()));
+        if let Some((_, me)) = &self.joined {
+            body.insert("fromId".into(), Value::String(me.user_id.clone()));
+        }
+        let out = Outbound::message(&ServerMessage::OrbError(Value::Object(body)));
+        match self.state.registry.relay(room, self.handle.id, Some(&target), out) {
+            Relayed::Delivered(_) => {
+                self.state.metrics.relayed_other("orb_error");
+                info!(peer = %target, error = %detail, "orb refused a peer's input");
+            }
+            Relayed::UnknownPeer => debug!(peer = %target, "orb_error for a peer that has left"),
+            Relayed::NotMember => {}
         }
     }
 

@@ -17,7 +17,7 @@ use crate::wire::RelayKind;
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// Relayed message types besides SDP and ICE (see [`Metrics::relayed_other`]).
-pub const OTHER_RELAYED: [&str; 2] = ["ai_status", "session_summary"];
+pub const OTHER_RELAYED: [&str; 3] = ["ai_status", "session_summary", "orb_error"];
 /// Values of the `participant_type` label.
 pub const PARTICIPANT_TYPES: [&str; 2] = ["human", "ai"];
 
@@ -179,7 +179,7 @@ impl Metrics {
         self.relay_handles[i].inc();
     }
 
-    /// Messages relayed that are not SDP/ICE (`ai_status`, `session_summary`).
+    /// Messages relayed that are not SDP/ICE (one of [`OTHER_RELAYED`]).
     pub fn relayed_other(&self, kind: &'static str) {
         self.relayed.get_or_create(&vec![("type", kind)]).inc();
     }

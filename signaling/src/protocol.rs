@@ -150,6 +150,9 @@ pub enum ServerMessage {
     /// The orb's session summary, delivered to the room's coach.
     #[serde(rename = "session_summary")]
     SessionSummary(Value),
+    /// The orb refused this peer's input (say, a malformed offer); sent to that peer only.
+    #[serde(rename = "orb_error")]
+    OrbError(Value),
     /// Bad input from this socket; sent to that socket only.
     Error {
         code: ErrorCode,

@@ -490,13 +490,22 @@ impl Registry {
 
     /// A status the orb runtime observed (queued, starting, ready, unavailable, ended). Sent to
     /// the humans when it changes. Once the orb is in the room its own messages are fresher than
-    /// the runtime's view, so a lagging `queued`/`starting` is not sent then.
+    /// the runtime's view, so a lagging `queued`/`starting`, or a `ready` while the orb reports
+    /// listening, processing or speaking, is not sent then.
     pub fn runtime_status(&self, room_id: &str, status: AiStatus) -> bool {
         let Some(room) = self.room(room_id) else {
             return false;
         };
         let mut st = room.lock();
-        if st.ai_status == Some(status) || (st.has_ai() && matches!(status, AiStatus::Queued | AiStatus::Starting)) {
+        // A lagging runtime `ready` must not replace what the orb in the room says it is doing.
+        let orb_reports_activity = matches!(
+            st.ai_status,
+            Some(AiStatus::Listening | AiStatus::Processing | AiStatus::Speaking)
+        );
+        let stale = st.has_ai()
+            && (matches!(status, AiStatus::Queued | AiStatus::Starting)
+                || (status == AiStatus::Ready && orb_reports_activity));
+        if st.ai_status == Some(status) || stale {
             return false;
         }
         st.ai_status = Some(status);
@@ -701,7 +710,13 @@ mod tests {
         reg.join("r", &orb.handle, ai("ai")).unwrap();
         assert!(!reg.runtime_status("r", AiStatus::Starting));
         assert!(reg.runtime_status("r", AiStatus::Ready));
-        coach.drain();
+        // The orb speaks; the runtime's view catching up with `ready` does not undo that.
+        let room = reg.room("r").unwrap();
+        reg.orb_status(&room, 3, AiStatus::Speaking, None);
+        assert!(!reg.runtime_status("r", AiStatus::Ready));
+        assert_eq!(coach.drain().last().unwrap()["status"], "speaking");
+        // An orb that ended is news, whatever it last said.
+        assert!(reg.runtime_status("r", AiStatus::Ended));
         orb.drain();
         assert!(!reg.runtime_status("nope", AiStatus::Ready));
     }

@@ -285,6 +285,11 @@
       case 'error':
         fail(`signaling: ${msg.code}: ${msg.message}`);
         break;
+      case 'orb_error':
+        // The orb refused this page's input (an offer or candidate); its connection is gone.
+        console.warn('orb refused our input', msg.code, msg.error);
+        if (msg.fromId) closePeer(msg.fromId);
+        break;
       default:
         break;
     }

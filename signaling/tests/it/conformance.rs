@@ -255,6 +255,19 @@ async fn orb_control_messages() {
         .await;
     orb.send(json!({"type": "orb_error", "roomId": "r", "error": "tts failed"}))
         .await;
+    // Addressed to a peer, the error concerns that peer's input: it goes to that peer only.
+    orb.send(
+        json!({"type": "orb_error", "roomId": "x", "toId": "client", "code": "invalid_offer", "error": "bad sdp"}),
+    )
+    .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"type": "orb_error", "roomId": "r", "toId": "client", "code": "invalid_offer", "error": "bad sdp", "fromId": "ai"})
+    );
+    client
+        .send(json!({"type": "orb_error", "toId": "coach", "error": "forged"}))
+        .await;
+    assert_eq!(client.recv().await["code"], "invalid_message");
     let summary = json!({"duration": 1500000, "keyTopics": ["anxiety", "breathing"]});
     orb.send(json!({"type": "session_summary", "roomId": "elsewhere", "sessionId": "s", "clientId": "client", "summary": summary}))
         .await;
