@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh build
 
 echo "==> building orb-signaling and orb"
 cargo build --quiet --bin orb-signaling --bin orb

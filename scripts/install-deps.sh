@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Installs what building and testing the project needs on a Debian machine with a Rust toolchain.
 # Idempotent: packages already present are skipped without touching the network.
+#
+#   scripts/install-deps.sh         everything the test suite needs (test.sh)
+#   scripts/install-deps.sh build   only what building the binaries needs (dev.sh)
 set -euo pipefail
+MODE="${1:-test}"
 
 # System packages: C libraries for -sys crates and the real tools the tests start.
 APT_PACKAGES=(
   pkg-config
   libopus-dev    # the orb's Opus codec
-  prometheus     # promtool and a real Prometheus server for the monitoring tests
-  chromium       # the browser end-to-end tests (headless, fake media devices)
-  chromium-driver
-  firefox-esr    # the cross-browser scenario (Firefox coach, Chromium client)
 )
+if [ "$MODE" = test ]; then
+  APT_PACKAGES+=(
+    prometheus     # promtool and a real Prometheus server for the monitoring tests
+    chromium       # the browser end-to-end tests (headless, fake media devices)
+    chromium-driver
+    firefox-esr    # the cross-browser scenario (Firefox coach, Chromium client)
+  )
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -23,6 +31,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+[ "$MODE" = test ] || exit 0
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
