@@ -1,4 +1,6 @@
 //! Helpers shared by the cross-crate tests: the repository root and the real tools they start.
+// Every test binary includes this module and uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,7 +23,6 @@ pub fn tool(name: &str, installer: &str) -> PathBuf {
     on_path.unwrap_or_else(|| panic!("{name} is not installed: run {installer}"))
 }
 
-#[allow(dead_code)] // not every test binary that includes this module runs commands
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
@@ -34,7 +35,6 @@ pub fn run(cmd: &mut Command) -> Output {
 }
 
 /// A child process killed when the test ends, however it ends.
-#[allow(dead_code)]
 pub struct Process(pub std::process::Child);
 
 impl Drop for Process {
@@ -44,7 +44,6 @@ impl Drop for Process {
     }
 }
 
-#[allow(dead_code)]
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -54,7 +53,6 @@ pub fn free_port() -> u16 {
 }
 
 /// A workspace binary, built (or found up to date) by cargo first, so a test never runs a stale one.
-#[allow(dead_code)]
 pub fn workspace_bin(name: &str) -> PathBuf {
     let status = Command::new(env!("CARGO"))
         .current_dir(root())

@@ -395,50 +395,6 @@ mod tests {
         std::fs::remove_file(path).unwrap();
     }
 
-    /// The README's flag table is the user's reference; keep it exactly in step with clap.
-    #[test]
-    fn readme_flag_table_matches_the_code() {
-        let readme = include_str!("../README.md");
-        let documented: Vec<(String, String, String)> = readme
-            .lines()
-            .filter(|l| l.starts_with("| `--"))
-            .map(|l| {
-                let cells: Vec<String> = l.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect();
-                (cells[0].clone(), cells[1].clone(), cells[2].clone())
-            })
-            .collect();
-        let mut cmd = <Cli as clap::CommandFactory>::command();
-        // Building fills in implied defaults such as `false` for flags.
-        cmd.build();
-        let mut expected = Vec::new();
-        for arg in cmd.get_arguments() {
-            let Some(long) = arg.get_long() else { continue };
-            if long == "help" || long == "version" {
-                continue;
-            }
-            let env = arg
-                .get_env()
-                .map(|e| format!("`{}`", e.to_string_lossy()))
-                .unwrap_or_default();
-            let defaults: Vec<String> = arg
-                .get_default_values()
-                .iter()
-                .map(|v| v.to_string_lossy().into_owned())
-                .collect();
-            let default = if arg.is_required_set() {
-                "required".to_owned()
-            } else if defaults.is_empty() {
-                "none".to_owned()
-            } else if defaults == [""] {
-                "`\"\"`".to_owned()
-            } else {
-                format!("`{}`", defaults.join(","))
-            };
-            expected.push((format!("`--{long}`"), env, default));
-        }
-        assert_eq!(documented, expected);
-    }
-
     #[test]
     fn ice_settings_split_on_commas() {
         let c = cli(&[
