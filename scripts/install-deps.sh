@@ -18,6 +18,8 @@ if [ "$MODE" = test ]; then
     chromium       # the browser end-to-end tests (headless, fake media devices)
     chromium-driver
     firefox-esr    # the cross-browser scenario (Firefox coach, Chromium client)
+    espeak-ng      # real speech for the call-life browser test
+    redis-server   # the multi-replica signaling tests
   )
 fi
 

@@ -448,6 +448,7 @@ async fn stand_in(port: u16, room: &str) -> StandIn {
         sub: user.clone(),
         role: Role::Client,
         exp: unix_now() + 3600,
+        session: None,
     });
     let url = format!("ws://127.0.0.1:{port}/ws-simple/{room}?token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("stand-in connects");

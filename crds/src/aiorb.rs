@@ -215,9 +215,14 @@ pub struct AiOrbStatus {
     /// 1-based place in the admission queue while `Queued`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i32>,
-    /// When the orb was admitted past the concurrency cap; its lifetime counts from here.
+    /// When the orb was admitted past the concurrency cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_at: Option<Time>,
+    /// When the session's lifetime budget started: the first admission of any AiOrb of this
+    /// session (`spec.sessionId`, else the room). The lifetime counts from here, so replacements
+    /// and re-created AiOrbs of one session share one budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_started_at: Option<Time>,
     /// When the orb's pod first became ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_at: Option<Time>,
@@ -244,9 +249,64 @@ pub struct AiOrbStatus {
     /// Humans in the room, as signaling last saw them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participants: Option<i32>,
-    /// The last join, leave or media activity signaling saw in the room.
+    /// The last activity in the room: a human joining or leaving, or voice — the last speech the
+    /// orb heard from a human or produced itself, as the orb reported it. Signaling traffic (SDP,
+    /// ICE, pings, heartbeats) is not activity. The idle timeout counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity_time: Option<Time>,
+    /// The orb's session summary: where it is stored and whether the webhook has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SummaryStatus>,
+}
+
+/// Delivery state of a session summary (owned by signaling, which stores and delivers it).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryStatus {
+    /// The idempotency key the webhook receives (`Idempotency-Key`).
+    pub id: String,
+    pub state: SummaryState,
+    /// The ConfigMap holding the summary until it is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Time>,
+    /// Webhook attempts so far.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// A pending summary is retried until this time, then given up (`Failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_until: Option<Time>,
+}
+
+/// Where a summary is on its way to the receiving system.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SummaryState {
+    /// Stored durably; the webhook has not acknowledged it yet.
+    #[default]
+    Pending,
+    /// The webhook answered 2xx.
+    Delivered,
+    /// The retry window passed, or the webhook refused it for good (4xx).
+    Failed,
+    /// Stored; no webhook is configured.
+    Stored,
+}
+
+impl SummaryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SummaryState::Pending => "Pending",
+            SummaryState::Delivered => "Delivered",
+            SummaryState::Failed => "Failed",
+            SummaryState::Stored => "Stored",
+        }
+    }
 }
 
 impl AiOrb {

@@ -36,6 +36,10 @@ pub struct RoomClaims {
     pub role: Role,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// The coaching session the call belongs to (the app backend's booking id). Optional: without
+    /// it the room is the session. An orb's lifetime is a budget of its session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -136,6 +140,7 @@ mod tests {
             sub: "coach-1".into(),
             role: Role::Coach,
             exp,
+            session: None,
         }
     }
 

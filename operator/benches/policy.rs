@@ -49,6 +49,7 @@ fn main() {
         clock: OrbClock {
             created: Timestamp::from_second(1_800_000_000).unwrap(),
             admitted_at: Some(Timestamp::from_second(1_800_000_001).unwrap()),
+            session_started_at: None,
             participants: Some(2),
             last_activity: Some(Timestamp::from_second(1_800_000_090).unwrap()),
         },

@@ -34,6 +34,10 @@ use crate::status;
 
 pub const LEDGER_NAME: &str = "orb-operator-admission";
 const LEDGER_KEY: &str = "admitted";
+/// The ledger's second list: when each recent session's lifetime budget started
+/// ([`policy::session_key`] and Unix seconds per line). Written in the same compare-and-swap as
+/// the admissions, so two admitters cannot give one session two budgets.
+const SESSIONS_KEY: &str = "sessions";
 /// A pass runs at least this often, so nothing depends on a wake-up being delivered.
 pub const RESYNC: Duration = Duration::from_secs(15);
 
@@ -54,6 +58,8 @@ pub struct Admitter {
     pub ledger: Api<ConfigMap>,
     pub orbs: Api<AiOrb>,
     pub cap: usize,
+    /// For the session budgets' retention.
+    pub limits: policy::Limits,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub wake: Arc<Notify>,
@@ -77,6 +83,14 @@ fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
                 .map(String::from)
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+fn parse_ledger_sessions(cm: &ConfigMap) -> policy::SessionBudgets {
+    cm.data
+        .as_ref()
+        .and_then(|d| d.get(SESSIONS_KEY))
+        .map(|v| policy::parse_sessions(v))
         .unwrap_or_default()
 }
 
@@ -164,18 +178,33 @@ impl Admitter {
         let now = (self.now)();
         let ledger_cm = self.ledger.get_opt(LEDGER_NAME).await?;
         let ledger = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
+        let sessions = ledger_cm.as_ref().map(parse_ledger_sessions).unwrap_or_default();
         let orbs = self.orbs.list(&ListParams::default()).await?.items;
         let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(entry).collect();
         let plan = policy::plan_admission(&entries, &ledger, self.cap);
         self.observe(&orbs, &plan);
-
-        if plan.ledger != ledger {
-            self.write_ledger(ledger_cm, &plan.ledger, &orbs).await?;
-        }
         let by_uid: BTreeMap<&str, &AiOrb> = orbs
             .iter()
             .filter_map(|o| Some((o.metadata.uid.as_deref()?, o)))
             .collect();
+
+        // Each newly admitted orb joins its session's budget (or starts one).
+        let mut next_sessions = policy::prune_sessions(&sessions, now, &self.limits);
+        let mut session_starts: BTreeMap<&str, Timestamp> = BTreeMap::new();
+        for uid in &plan.admit {
+            let Some(orb) = by_uid.get(uid.as_str()) else { continue };
+            let key = policy::session_key(&orb.namespace().unwrap_or_default(), &orb.spec);
+            // A ledger entry whose status write was lost keeps the start it was given then.
+            let start = match orb.status.as_ref().and_then(|s| s.session_started_at.as_ref()) {
+                Some(t) => *next_sessions.entry(key).or_insert(t.0),
+                None => policy::session_start(&mut next_sessions, &key, now),
+            };
+            session_starts.insert(uid.as_str(), start);
+        }
+
+        if plan.ledger != ledger || next_sessions != sessions {
+            self.write_ledger(ledger_cm, &plan.ledger, &next_sessions, &orbs).await?;
+        }
         let mut outcome = PassOutcome {
             queued: plan.queue.len(),
             ..Default::default()
@@ -184,6 +213,7 @@ impl Admitter {
             let Some(orb) = by_uid.get(uid.as_str()) else { continue };
             let mut next = status::operator_status(orb);
             next.admitted_at = Some(Time(now));
+            next.session_started_at = session_starts.get(uid.as_str()).map(|t| Time(*t));
             next.queue_position = None;
             next.phase = Some(OrbPhase::Starting);
             if self.write_status(orb, next, now).await? {
@@ -219,9 +249,13 @@ impl Admitter {
         &self,
         existing: Option<ConfigMap>,
         ledger: &BTreeSet<String>,
+        sessions: &policy::SessionBudgets,
         orbs: &[AiOrb],
     ) -> Result<(), AdmissionError> {
-        let data = BTreeMap::from([(LEDGER_KEY.to_owned(), render_ledger(ledger, orbs))]);
+        let data = BTreeMap::from([
+            (LEDGER_KEY.to_owned(), render_ledger(ledger, orbs)),
+            (SESSIONS_KEY.to_owned(), policy::render_sessions(sessions)),
+        ]);
         let result = match existing {
             // Replace carries the resourceVersion we read: the compare-and-swap.
             Some(mut cm) => {

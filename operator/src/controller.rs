@@ -18,7 +18,6 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use orb_crds::auth::{Role, RoomClaims};
 use orb_crds::naming::pod_name;
 use orb_crds::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
 use thiserror::Error;
@@ -179,6 +178,7 @@ fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
         clock: OrbClock {
             created,
             admitted_at: status.admitted_at.as_ref().map(|t| t.0),
+            session_started_at: status.session_started_at.as_ref().map(|t| t.0),
             participants: status.participants,
             last_activity: status.last_activity_time.as_ref().map(|t| t.0),
         },
@@ -388,20 +388,14 @@ async fn create_pod(
     now: Timestamp,
 ) -> Result<()> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
-    let admitted = orb
-        .status
-        .as_ref()
-        .and_then(|s| s.admitted_at.as_ref())
-        .map_or(now, |t| t.0);
-    let ends = admitted.checked_add(limits.lifetime).unwrap_or(Timestamp::MAX);
-    let lifetime_left = remaining(now, ends).max(Duration::from_secs(1));
-    let claims = RoomClaims {
-        room: orb.spec.room_id.clone(),
-        sub: format!("ai-orb-{}", orb.name_any()),
-        role: Role::Ai,
-        // Valid for the orb's life plus the grace period to say goodbye.
-        exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
+    let status = orb.status.clone().unwrap_or_default();
+    let clock = OrbClock {
+        admitted_at: Some(status.admitted_at.map_or(now, |t| t.0)),
+        session_started_at: status.session_started_at.map(|t| t.0),
+        ..OrbClock::default()
     };
+    let lifetime_left = policy::lifetime_left(&clock, limits, now);
+    let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), &clock, limits, now);
     let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();

@@ -100,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         orbs,
         client: client.clone(),
         cap: config.limits.max_concurrent_orbs,
+        limits: config.limits.clone(),
         metrics: metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake,

@@ -19,8 +19,7 @@ use orb_crds::naming::{pod_name, token_secret_name};
 
 use crate::config::PodSettings;
 
-/// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
-pub const TERMINATION_GRACE_SECONDS: i64 = 10;
+pub use crate::policy::TERMINATION_GRACE_SECONDS;
 /// Added to the remaining lifetime for `activeDeadlineSeconds`, so the kubelet's backstop only
 /// fires when the operator's own MaxLifetime termination did not.
 pub const ACTIVE_DEADLINE_MARGIN: Duration = Duration::from_secs(60);

@@ -178,6 +178,7 @@ async fn admission_pass(
         orbs: Api::all(client.clone()),
         client,
         cap,
+        limits: Default::default(),
         metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake: ctx.admission.clone(),

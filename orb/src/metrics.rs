@@ -67,6 +67,7 @@ pub struct Metrics {
     pub room_reconnects: Counter,
     pub peer_errors: Family<KindLabel, Counter>,
     pub brain_errors: Counter,
+    pub summaries_unacknowledged: Counter,
     /// The latest brain latency in microseconds (0 = none yet), for the heartbeat.
     pub last_brain_latency_us: Arc<AtomicU64>,
 }
@@ -150,6 +151,12 @@ impl Metrics {
             "Errors the brain reported and survived",
             brain_errors.clone(),
         );
+        let summaries_unacknowledged = Counter::default();
+        registry.register(
+            "summaries_unacknowledged",
+            "Session summaries signaling did not acknowledge as stored before the orb exited",
+            summaries_unacknowledged.clone(),
+        );
         // Every series of a closed label set exists from the start, so dashboards and alerts see
         // zeros rather than no data before the first event.
         for state in PeerState::ALL {
@@ -172,6 +179,7 @@ impl Metrics {
             room_reconnects,
             peer_errors,
             brain_errors,
+            summaries_unacknowledged,
             last_brain_latency_us: Arc::new(AtomicU64::new(0)),
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use orb_signaling::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, Relay, ServerMessage, UserRole};
 use serde_json::{Value, json};
@@ -29,19 +29,37 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long the goodbye (final status and summary) may take before the orb exits anyway; well
 /// inside the pod's 10 s grace period.
 pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the orb keeps its summary, re-sending it across reconnects, until signaling
+/// acknowledges that it is stored durably. Inside the pod's 10 s grace period with room for the
+/// rest of the goodbye.
+pub const SUMMARY_ACK_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Knobs tests turn; production uses the defaults.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     pub heartbeat_interval: Duration,
+    pub summary_ack_timeout: Duration,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             heartbeat_interval: HEARTBEAT_INTERVAL,
+            summary_ack_timeout: SUMMARY_ACK_TIMEOUT,
         }
     }
+}
+
+/// How often the orb reports voice activity (when there was some): often enough that signaling's
+/// view stays well inside the idle timeout, rarely enough to cost nothing.
+pub fn activity_report_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 5).clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+/// Unix milliseconds of a wall-clock instant.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 struct PeerEntry {
@@ -72,6 +90,12 @@ struct Session {
     brain_status: AiStatus,
     speaking: bool,
     sent_status: Option<AiStatus>,
+    /// The last voice heard from a human or spoken by the orb (wall clock, for signaling).
+    last_voice: Option<SystemTime>,
+    /// The last voice activity told to signaling.
+    reported_voice: Option<SystemTime>,
+    /// This orb's summary id: the idempotency key of its delivery.
+    summary_id: String,
 }
 
 /// Runs the orb until it ends; returns why. `shutdown` resolves with a signal name.
@@ -126,10 +150,20 @@ pub async fn run(
         brain_status: AiStatus::Listening,
         speaking: false,
         sent_status: None,
+        last_voice: None,
+        reported_voice: None,
+        summary_id: format!(
+            "sum-{:x}-{:x}-{:016x}",
+            unix_ms(SystemTime::now()),
+            std::process::id(),
+            crate::random_u64()
+        ),
     };
     s.update_peer_gauges();
     let mut heartbeat = tokio::time::interval_at(now + options.heartbeat_interval, options.heartbeat_interval);
     let mut beat = tokio::time::interval(Duration::from_secs(1));
+    let report_every = activity_report_interval(s.config.idle_timeout);
+    let mut activity_report = tokio::time::interval_at(now + report_every, report_every);
     tokio::pin!(shutdown);
     let mut brain_done = false;
 
@@ -153,14 +187,17 @@ pub async fn run(
             }
             Some(speaking) = speaking_rx.recv() => {
                 s.speaking = speaking;
+                // Its own speech is activity too: the start and the end of every utterance.
+                s.voice(Instant::now());
                 s.publish_status();
             }
             _ = heartbeat.tick() => s.send_heartbeat(),
+            _ = activity_report.tick() => s.report_activity(),
             _ = beat.tick() => s.health.beat(),
         }
     };
 
-    s.goodbye(&ending).await;
+    s.goodbye(&ending, &mut sig_rx, options.summary_ack_timeout).await;
     drop(s.brain_tx);
     drop(s.pacer_tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), pacer_task).await;
@@ -170,6 +207,29 @@ pub async fn run(
 }
 
 impl Session {
+    /// Voice was heard or spoken at `at`: the idle deadline moves, and signaling will hear of it.
+    fn voice(&mut self, at: Instant) {
+        self.deadlines.activity(at);
+        let wall = SystemTime::now().checked_sub(at.elapsed()).unwrap_or_else(SystemTime::now);
+        self.last_voice = Some(self.last_voice.map_or(wall, |t| t.max(wall)));
+    }
+
+    /// Tells signaling the last voice activity when it moved since the last report. A long
+    /// utterance of the orb's own counts while it lasts.
+    fn report_activity(&mut self) {
+        if self.speaking {
+            self.voice(Instant::now());
+        }
+        let Some(last) = self.last_voice else { return };
+        if self.reported_voice.is_some_and(|r| r >= last) || !self.joined {
+            return;
+        }
+        self.reported_voice = Some(last);
+        self.signaling.send(ClientMessage::OrbActivity {
+            last_voice_activity: unix_ms(last),
+        });
+    }
+
     fn role_of(&self, user: &str) -> UserRole {
         self.present.get(user).copied().unwrap_or(if user == self.config.coach {
             UserRole::Coach
@@ -319,6 +379,7 @@ impl Session {
             ServerMessage::Pong
             | ServerMessage::AiStatus { .. }
             | ServerMessage::SessionSummary(_)
+            | ServerMessage::SessionSummaryAck { .. }
             | ServerMessage::OrbError(_) => {}
         }
     }
@@ -356,7 +417,6 @@ impl Session {
             return;
         };
         let user: Arc<str> = from.as_str().into();
-        self.deadlines.activity(Instant::now());
         let Some(offer) = relay.offer else {
             self.peer_error(&from, PeerErrorKind::InvalidOffer, "offer message without an offer");
             return;
@@ -456,7 +516,7 @@ impl Session {
             }
             PeerEvent::Audio { key, pcm, at } => {
                 if rms(&pcm) >= VOICE_THRESHOLD {
-                    self.deadlines.activity(at);
+                    self.voice(at);
                 }
                 let role = self.role_of(&key.user);
                 let frame = HeardFrame {
@@ -539,12 +599,51 @@ impl Session {
                 "connectedPeers": self.peers.values().filter(|p| p.state == PeerState::Connected).count(),
                 "participants": self.present.len(),
                 "uptimeSeconds": self.deadlines.uptime(Instant::now()).as_secs(),
-            }
+            },
+            "lastVoiceActivity": self.last_voice.map(unix_ms),
         })));
     }
 
-    /// Final status, summary to the coach, peers closed, signaling left, termination message.
-    async fn goodbye(&mut self, ending: &Ending) {
+    /// Sends the summary and waits for its acknowledgement, sending it again after every
+    /// reconnect (a restarted signaling server has no memory of the first copy).
+    async fn deliver_summary(
+        &self,
+        summary: Value,
+        sig_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
+        ack_timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + ack_timeout;
+        self.signaling.send(ClientMessage::SessionSummary(summary.clone()));
+        loop {
+            let event = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return false,
+                event = sig_rx.recv() => event,
+            };
+            match event {
+                None | Some(SignalingEvent::Fatal(_)) => return false,
+                Some(SignalingEvent::Message(ServerMessage::SessionSummaryAck { summary_id }))
+                    if summary_id == self.summary_id =>
+                {
+                    return true;
+                }
+                // Back in the room after a reconnect: the copy sent before may be lost.
+                Some(SignalingEvent::Message(ServerMessage::PeerDiscovery { .. })) => {
+                    self.signaling.send(ClientMessage::SessionSummary(summary.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Final status, summary to signaling (kept and re-sent across reconnects until signaling
+    /// acknowledges it is stored, or `ack_timeout` passes), peers closed, signaling left,
+    /// termination message.
+    async fn goodbye(
+        &mut self,
+        ending: &Ending,
+        sig_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
+        ack_timeout: Duration,
+    ) {
         let uptime = self.deadlines.uptime(Instant::now());
         info!(reason = %ending.reason(), "ending the session");
         self.health.set_ready(false);
@@ -555,15 +654,15 @@ impl Session {
             coach: &self.config.coach,
             client: &self.config.client,
         };
-        let summary = session_summary(&ids, &self.record, uptime, ending.reason().as_str());
-        let deadline = Instant::now() + GOODBYE_TIMEOUT;
-        if !self
-            .signaling
-            .send_flushed(ClientMessage::SessionSummary(summary), GOODBYE_TIMEOUT)
-            .await
-        {
-            warn!("could not deliver the session summary to signaling");
+        let mut summary = session_summary(&ids, &self.record, uptime, ending.reason().as_str());
+        summary["summaryId"] = json!(self.summary_id);
+        if self.deliver_summary(summary, sig_rx, ack_timeout).await {
+            info!(summary = %self.summary_id, "signaling stored the session summary");
+        } else {
+            self.metrics.summaries_unacknowledged.inc();
+            warn!(summary = %self.summary_id, "signaling did not acknowledge the session summary in time");
         }
+        let deadline = Instant::now() + GOODBYE_TIMEOUT;
         let users: Vec<Arc<str>> = self.peers.keys().cloned().collect();
         for user in users {
             self.close_peer(&user).await;

@@ -244,6 +244,7 @@ async fn the_orb_joins_with_its_room_token_and_a_refused_token_is_final() {
         sub: "ai-orb-jwt-room".into(),
         role: Role::Ai,
         exp: unix_now() + 600,
+        session: None,
     };
     let token = SigningKey::new(key.into_bytes()).unwrap().mint(&claims);
 

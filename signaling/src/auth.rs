@@ -37,6 +37,7 @@ impl Authenticator {
                 ParticipantType::Human
             },
             user_name: None,
+            session_id: claims.session,
         }))
     }
 }
@@ -80,6 +81,7 @@ mod tests {
             sub: "orb-r".into(),
             role: Role::Ai,
             exp: unix_now() + 60,
+            session: None,
         });
         let id = Authenticator::Jwt(key.clone())
             .authenticate("r", Some(&token))

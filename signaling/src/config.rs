@@ -85,9 +85,22 @@ pub struct Args {
     /// Outbound messages queued per connection before it counts as a slow consumer.
     #[arg(long, env = "SIGNALING_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
-    /// POST each session summary here (JSON), with retries.
-    #[arg(long, env = "SIGNALING_SUMMARY_WEBHOOK_URL")]
+    /// Largest accepted text frame from the orb (its session summary carries the transcript).
+    #[arg(long, env = "SIGNALING_MAX_ORB_FRAME_BYTES", default_value_t = 8 << 20)]
+    pub max_orb_frame_bytes: usize,
+    /// POST each session summary here (JSON, signed), retried until it answers 2xx.
+    #[arg(long, env = "ORB_SUMMARY_WEBHOOK_URL")]
     pub summary_webhook_url: Option<String>,
+    /// File holding the webhook's HMAC-SHA256 key (`X-Orb-Signature`).
+    #[arg(long, env = "ORB_SUMMARY_WEBHOOK_SECRET_FILE")]
+    pub summary_webhook_secret_file: Option<PathBuf>,
+    /// How long an undelivered summary is retried before it is given up.
+    #[arg(long, env = "ORB_SUMMARY_RETRY_WINDOW", default_value = "24h", value_parser = duration)]
+    pub summary_retry_window: Duration,
+    /// Directory of stored summaries for the local and none runtimes (the Kubernetes runtime keeps
+    /// them in ConfigMaps). Unset: kept in memory only, lost on restart.
+    #[arg(long, env = "ORB_SUMMARY_DIR")]
+    pub summary_dir: Option<PathBuf>,
     /// Log output format.
     #[arg(long, env = "SIGNALING_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -119,6 +132,8 @@ pub struct Limits {
     pub max_messages_per_second: u32,
     pub idle_socket_timeout: Duration,
     pub send_queue: usize,
+    /// The text-frame cap of the orb's socket (see `--max-orb-frame-bytes`).
+    pub max_orb_frame_bytes: usize,
 }
 
 impl Limits {
@@ -127,6 +142,12 @@ impl Limits {
     /// is dropped.
     pub fn transport_max_bytes(&self) -> usize {
         self.max_frame_bytes.saturating_mul(4)
+    }
+
+    /// The text-frame cap of a socket: the orb's (its summary carries the whole transcript) or
+    /// everyone else's.
+    pub fn frame_cap(&self, orb: bool) -> usize {
+        if orb { self.max_orb_frame_bytes } else { self.max_frame_bytes }
     }
 
     /// How often the server pings a quiet socket, so live clients answer well inside the timeout.
@@ -145,7 +166,7 @@ pub struct Config {
     pub presence_debounce: Duration,
     pub drain_timeout: Duration,
     pub limits: Limits,
-    pub summary_webhook_url: Option<http::Uri>,
+    pub summary: crate::summary::SummarySettings,
     pub log_format: LogFormat,
     /// How `--orb-runtime=local` starts orbs (its signing key is set from `auth`).
     pub local: crate::orb_runtime::local::LocalSettings,
@@ -165,7 +186,32 @@ pub enum ConfigError {
     OutOfRange { flag: &'static str, message: &'static str },
     #[error("--summary-webhook-url must be an absolute http:// or https:// URL (got {0:?})")]
     WebhookUrl(String),
+    #[error("cannot read the summary webhook secret file {path}: {source}")]
+    WebhookSecretFile { path: PathBuf, source: std::io::Error },
+    #[error("the summary webhook secret is empty; set ORB_SUMMARY_WEBHOOK_SECRET or the file to a non-empty key")]
+    EmptyWebhookSecret,
 }
+
+/// The webhook's signing key: the env value, else the file (a trailing line break dropped).
+fn webhook_secret(env: Option<String>, file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, ConfigError> {
+    let raw = match (env, file) {
+        (Some(v), _) => v.into_bytes(),
+        (None, Some(path)) => std::fs::read(path).map_err(|source| ConfigError::WebhookSecretFile {
+            path: path.to_owned(),
+            source,
+        })?,
+        (None, None) => return Ok(None),
+    };
+    let key = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    let key = key.strip_suffix(b"\r").unwrap_or(key);
+    if key.is_empty() {
+        return Err(ConfigError::EmptyWebhookSecret);
+    }
+    Ok(Some(key.to_vec()))
+}
+
+/// The env variable holding the summary webhook's signing key itself.
+pub const WEBHOOK_SECRET_ENV: &str = "ORB_SUMMARY_WEBHOOK_SECRET";
 
 impl Config {
     /// Validates the arguments; the signing key comes from `env_key` (the value of
@@ -182,6 +228,16 @@ impl Config {
             (1024..=16 << 20).contains(&args.max_frame_bytes),
             "max-frame-bytes",
             "must be between 1024 and 16777216",
+        )?;
+        range(
+            (args.max_frame_bytes..=64 << 20).contains(&args.max_orb_frame_bytes),
+            "max-orb-frame-bytes",
+            "must be between --max-frame-bytes and 67108864",
+        )?;
+        range(
+            args.summary_retry_window >= Duration::from_secs(1),
+            "summary-retry-window",
+            "must be at least 1s",
         )?;
         range(
             (2..=64).contains(&args.max_participants_per_room),
@@ -270,8 +326,17 @@ impl Config {
                 max_messages_per_second: args.max_messages_per_second,
                 idle_socket_timeout: args.idle_socket_timeout,
                 send_queue: args.send_queue,
+                max_orb_frame_bytes: args.max_orb_frame_bytes,
             },
-            summary_webhook_url,
+            summary: crate::summary::SummarySettings {
+                webhook_url: summary_webhook_url,
+                webhook_secret: webhook_secret(
+                    std::env::var(WEBHOOK_SECRET_ENV).ok().filter(|v| !v.is_empty()),
+                    args.summary_webhook_secret_file.as_deref(),
+                )?,
+                retry_window: args.summary_retry_window,
+                dir: args.summary_dir,
+            },
             log_format: args.log_format,
         })
     }

@@ -97,7 +97,7 @@ pub async fn serve(
 }
 
 struct Conn<'a> {
-    state: &'a AppState,
+    state: &'a Arc<AppState>,
     room_id: &'a str,
     handle: &'a ConnHandle,
     /// The identity from the token; `None` when auth is off.
@@ -177,14 +177,11 @@ impl Conn<'_> {
 
     fn on_text(&mut self, text: &str, received_at: Instant) -> ControlFlow<()> {
         let limits = &self.state.limits;
-        if text.len() > limits.max_frame_bytes {
+        let cap = limits.frame_cap(self.joined.as_ref().is_some_and(|(_, me)| me.is_ai()));
+        if text.len() > cap {
             self.reject(
                 ErrorCode::FrameTooLarge,
-                format!(
-                    "a {} byte frame exceeds the limit of {} bytes",
-                    text.len(),
-                    limits.max_frame_bytes
-                ),
+                format!("a {} byte frame exceeds the limit of {cap} bytes", text.len()),
             );
             return ControlFlow::Continue(());
         }
@@ -279,10 +276,19 @@ impl Conn<'_> {
                     self.state.registry.runtime_status(self.room_id, AiStatus::Ready);
                 }
             }
-            ClientMessage::OrbHeartbeat(_) => {
+            ClientMessage::OrbHeartbeat(body) => {
                 // Liveness of the orb is the operator's business (pod probes); a heartbeat is not
-                // room activity, or an idle room would never time out.
-                let _ = self.orb_room("orb_heartbeat");
+                // activity by itself, but it repeats the orb's last voice activity.
+                if let Some(room) = self.orb_room("orb_heartbeat")
+                    && let Some(ms) = body.get("lastVoiceActivity").and_then(Value::as_u64)
+                {
+                    self.orb_activity(&room, ms);
+                }
+            }
+            ClientMessage::OrbActivity { last_voice_activity } => {
+                if let Some(room) = self.orb_room("orb_activity") {
+                    self.orb_activity(&room, last_voice_activity);
+                }
             }
             ClientMessage::OrbError(body) => {
                 if let Some(room) = self.orb_room("orb_error") {
@@ -366,6 +372,16 @@ impl Conn<'_> {
         }
     }
 
+    /// The orb heard or produced voice at `ms` (Unix milliseconds).
+    fn orb_activity(&self, room: &Room, ms: u64) {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        if self.state.registry.orb_activity(room, self.handle.id, at) {
+            debug!(at_ms = ms, "voice activity");
+        }
+    }
+
+    /// The orb's summary: to the coaches connected now, and into the durable store, after which
+    /// (and only then) the orb gets `session_summary_ack` and may forget it.
     fn session_summary(&self, room: &Room, body: Value) {
         let mut body = match body {
             Value::Object(map) => map,
@@ -380,13 +396,39 @@ impl Conn<'_> {
         if let Some((_, me)) = &self.joined {
             body.insert("fromId".into(), Value::String(me.user_id.clone()));
         }
+        let id = match body.get("summaryId").and_then(Value::as_str) {
+            Some(id) if crate::summary::valid_id(id) => Some(id.to_owned()),
+            Some(_) => {
+                self.reject(
+                    ErrorCode::InvalidMessage,
+                    "summaryId must be 1-128 characters of A-Z a-z 0-9 - _ . :".into(),
+                );
+                return;
+            }
+            None => None,
+        };
+        // A seed orb sends no id: the summary is stored under one of ours, but cannot be acked.
+        let id = id.unwrap_or_else(|| format!("sig-{}-{:x}", jiff::Timestamp::now().as_millisecond(), self.handle.id));
+        body.insert("summaryId".into(), Value::String(id.clone()));
         let msg = ServerMessage::SessionSummary(Value::Object(body));
         let coaches = self.state.registry.to_coaches(room, &msg);
         self.state.metrics.relayed_other("session_summary");
-        info!(coaches, "session summary received");
-        if let Ok(full) = serde_json::to_value(&msg) {
-            self.state.summaries.submit(full);
-        }
+        info!(coaches, summary = %id, "session summary received");
+        let Ok(text) = serde_json::to_vec(&msg) else { return };
+        let (state, handle, room_id) = (Arc::clone(self.state), self.handle.clone(), self.room_id.to_owned());
+        tokio::spawn(
+            async move {
+                match state.summaries.accept(id.clone(), room_id, bytes::Bytes::from(text)).await {
+                    Ok(outcome) => {
+                        debug!(summary = %id, ?outcome, "summary stored");
+                        handle.send_message(&ServerMessage::SessionSummaryAck { summary_id: id });
+                    }
+                    // No ack: the orb sends it again (after a reconnect, or to another replica).
+                    Err(e) => warn!(summary = %id, error = %e, "could not store the session summary"),
+                }
+            }
+            .in_current_span(),
+        );
     }
 }
 
@@ -413,6 +455,7 @@ fn claimed_identity(
         role,
         participant_type,
         user_name,
+        session_id: None,
     })
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Modules by concern: [`protocol`] (wire types shared with the orb) and [`wire`] (decoding),
 //! [`room`] (the registry state machine), [`conn`] (one socket), [`auth`], [`limits`],
-//! [`orb_runtime`] (where orbs come from), [`metrics`], [`webhook`], [`server`] (HTTP, drain) and
+//! [`orb_runtime`] (where orbs come from), [`metrics`], [`summary`] (durable summaries and their webhook), [`server`] (HTTP, drain) and
 //! [`config`]. Without the `server` feature (on by default) only [`protocol`] is built.
 
 #[cfg(feature = "server")]
@@ -26,6 +26,6 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod web;
 #[cfg(feature = "server")]
-pub mod webhook;
+pub mod summary;
 #[cfg(feature = "server")]
 pub mod wire;

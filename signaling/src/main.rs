@@ -10,6 +10,8 @@ use orb_signaling::orb_runtime::kubernetes::{KubernetesRuntime, KubernetesSettin
 use orb_signaling::orb_runtime::local::LocalRuntime;
 use orb_signaling::orb_runtime::{NoOrbRuntime, OrbEvents, OrbRuntime};
 use orb_signaling::server::Server;
+use orb_signaling::summary::kube_store::KubeStore;
+use orb_signaling::summary::{Summaries, SummaryStore};
 use tracing::info;
 
 #[tokio::main]
@@ -21,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::shared();
     let (events, events_rx) = OrbEvents::new(metrics.clone());
     let mut local_runtime = None;
+    let mut summary_store: Option<Arc<dyn SummaryStore>> = None;
     let runtime: Arc<dyn OrbRuntime> = match config.orb_runtime {
         RuntimeKind::Kubernetes => {
             let client = kube::Client::try_default()
@@ -31,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_owned());
             info!(%namespace, "creating orbs as AiOrb resources");
+            summary_store = Some(Arc::new(KubeStore::new(client.clone(), &namespace)));
             let settings = KubernetesSettings {
                 namespace,
                 test_mode: config.orb_test_mode,
@@ -46,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
         RuntimeKind::None => Arc::new(NoOrbRuntime::new(events)),
     };
 
-    let server = Server::start(&config, runtime, events_rx, metrics)
+    let summary_store = match summary_store {
+        Some(store) => store,
+        None => Summaries::local_store(&config.summary).context("cannot open the summary directory")?,
+    };
+    let server = Server::start_with_store(&config, runtime, events_rx, metrics, summary_store)
         .await
         .with_context(|| format!("cannot start the server on {}", config.listen))?;
     if let Some(local) = &local_runtime {

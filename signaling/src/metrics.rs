@@ -18,6 +18,10 @@ type Labels = Vec<(&'static str, &'static str)>;
 
 /// Relayed message types besides SDP and ICE (see [`Metrics::relayed_other`]).
 pub const OTHER_RELAYED: [&str; 3] = ["ai_status", "session_summary", "orb_error"];
+/// Values of `summary_deliveries_total{result}`.
+pub const SUMMARY_DELIVERY_RESULTS: [&str; 3] = ["delivered", "retry", "failed"];
+/// Values of `summaries_stored_total{result}`.
+pub const SUMMARY_STORE_RESULTS: [&str; 3] = ["stored", "duplicate", "error"];
 /// Values of the `participant_type` label.
 pub const PARTICIPANT_TYPES: [&str; 2] = ["human", "ai"];
 
@@ -64,7 +68,9 @@ pub struct Metrics {
     orb_requests: Family<Labels, Counter>,
     disconnects: Family<Labels, Counter>,
     presence_writes: Family<Labels, Counter>,
-    webhook_deliveries: Family<Labels, Counter>,
+    summary_deliveries: Family<Labels, Counter>,
+    summaries_stored: Family<Labels, Counter>,
+    summary_oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
     relay_handles: [Counter; 3],
 }
 
@@ -129,11 +135,23 @@ impl Metrics {
             "Presence writes to the orb runtime's store, by result",
             presence_writes.clone(),
         );
-        let webhook_deliveries = Family::<Labels, Counter>::default();
+        let summary_deliveries = Family::<Labels, Counter>::default();
         registry.register(
-            "webhook_deliveries",
-            "Session summaries posted to the webhook, by result",
-            webhook_deliveries.clone(),
+            "summary_deliveries",
+            "Attempts to post a session summary to the webhook, by result (delivered, retry, failed)",
+            summary_deliveries.clone(),
+        );
+        let summaries_stored = Family::<Labels, Counter>::default();
+        registry.register(
+            "summaries_stored",
+            "Session summaries received from orbs, by result (stored, duplicate, error)",
+            summaries_stored.clone(),
+        );
+        let summary_oldest_pending = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "summary_oldest_pending_seconds",
+            "Age of the oldest stored summary the webhook has not acknowledged (0 when none)",
+            summary_oldest_pending.clone(),
         );
         let relay_handles = RelayKind::ALL.map(|k| relayed.get_or_create(&vec![("type", k.as_str())]).clone());
         // Every series of a closed label set exists from the start, so dashboards and alerts see
@@ -153,6 +171,12 @@ impl Metrics {
         for result in OrbRequestResult::ALL {
             let _ = orb_requests.get_or_create(&vec![("result", result.as_str())]);
         }
+        for result in SUMMARY_DELIVERY_RESULTS {
+            let _ = summary_deliveries.get_or_create(&vec![("result", result)]);
+        }
+        for result in SUMMARY_STORE_RESULTS {
+            let _ = summaries_stored.get_or_create(&vec![("result", result)]);
+        }
         Self {
             registry,
             connections,
@@ -165,7 +189,9 @@ impl Metrics {
             orb_requests,
             disconnects,
             presence_writes,
-            webhook_deliveries,
+            summary_deliveries,
+            summaries_stored,
+            summary_oldest_pending,
             relay_handles,
         }
     }
@@ -216,8 +242,16 @@ impl Metrics {
         self.presence_writes.get_or_create(&vec![("result", result)]).inc();
     }
 
-    pub fn webhook_delivery(&self, result: &'static str) {
-        self.webhook_deliveries.get_or_create(&vec![("result", result)]).inc();
+    pub fn summary_delivery(&self, result: &'static str) {
+        self.summary_deliveries.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    pub fn summary_stored(&self, result: &'static str) {
+        self.summaries_stored.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    pub fn summary_oldest_pending(&self, seconds: f64) {
+        self.summary_oldest_pending.set(seconds);
     }
 
     /// The OpenMetrics text exposition of every metric.

@@ -83,6 +83,10 @@ pub enum ClientMessage {
     OrbReady(Value),
     #[serde(rename = "orb_heartbeat")]
     OrbHeartbeat(Value),
+    /// The orb heard or produced voice: `lastVoiceActivity` is that instant in Unix milliseconds.
+    /// Sent when it changes, at most every few seconds; the room's idle timeout counts from it.
+    #[serde(rename = "orb_activity", rename_all = "camelCase")]
+    OrbActivity { last_voice_activity: u64 },
     #[serde(rename = "orb_error")]
     OrbError(Value),
     #[serde(rename = "session_summary")]
@@ -150,6 +154,9 @@ pub enum ServerMessage {
     /// The orb's session summary, delivered to the room's coach.
     #[serde(rename = "session_summary")]
     SessionSummary(Value),
+    /// To the orb: its summary `summaryId` is stored durably; it may forget it.
+    #[serde(rename = "session_summary_ack", rename_all = "camelCase")]
+    SessionSummaryAck { summary_id: String },
     /// The orb refused this peer's input (say, a malformed offer); sent to that peer only.
     #[serde(rename = "orb_error")]
     OrbError(Value),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
@@ -22,10 +22,6 @@ use crate::metrics::Metrics;
 use crate::orb_runtime::{OrbRequest, OrbRuntime, Presence};
 use crate::protocol::{AiStatus, ParticipantType, PeerInfo, ServerMessage, UserRole, close_code, should_create_offer};
 
-/// Activity is reported to the orb runtime at most this often per room; the runtime debounces
-/// its writes further.
-const ACTIVITY_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Who a connection is, as decided by the server (from the token, or from `join` without auth).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -33,6 +29,8 @@ pub struct Identity {
     pub role: UserRole,
     pub participant_type: ParticipantType,
     pub user_name: Option<String>,
+    /// The coaching session from the room token (`session` claim), when it names one.
+    pub session_id: Option<String>,
 }
 
 impl Identity {
@@ -201,7 +199,9 @@ struct RoomState {
     orb_requested: bool,
     coach_id: Option<String>,
     client_id: Option<String>,
-    last_activity_report: Option<Instant>,
+    session_id: Option<String>,
+    /// The room's last activity (see [`Presence`]).
+    last_activity: Option<SystemTime>,
 }
 
 impl RoomState {
@@ -231,16 +231,11 @@ impl RoomState {
         self.members.iter().find(|m| m.conn.id == conn_id)
     }
 
-    /// Whether enough time passed to report activity again.
-    fn activity_due(&mut self, now: Instant) -> bool {
-        if self
-            .last_activity_report
-            .is_some_and(|t| now.duration_since(t) < ACTIVITY_REPORT_INTERVAL)
-        {
-            return false;
-        }
-        self.last_activity_report = Some(now);
-        true
+    /// Moves the last activity to `at` unless it is already later; returns the result.
+    fn touch(&mut self, at: SystemTime) -> SystemTime {
+        let t = self.last_activity.map_or(at, |last| last.max(at));
+        self.last_activity = Some(t);
+        t
     }
 }
 
@@ -371,6 +366,9 @@ impl Registry {
                     UserRole::Client => st.client_id = Some(identity.user_id.clone()),
                     UserRole::Ai => {}
                 }
+                if st.session_id.is_none() {
+                    st.session_id.clone_from(&identity.session_id);
+                }
                 if let Some(status) = st.ai_status.filter(|_| !has_ai) {
                     conn.send_message(&ServerMessage::AiStatus {
                         status,
@@ -394,12 +392,13 @@ impl Registry {
                     room_id: room_id.to_owned(),
                     coach_id: st.coach_id.clone(),
                     client_id: st.client_id.clone(),
+                    session_id: st.session_id.clone(),
                 }
             });
-            st.last_activity_report = Some(Instant::now());
             let humans = st.humans();
+            let last_activity = st.touch(SystemTime::now());
             drop(st);
-            (room, request, humans, created)
+            (room, request, Presence { humans, last_activity }, created)
         };
         if created {
             self.metrics.rooms.inc();
@@ -407,7 +406,7 @@ impl Registry {
         if let Some(request) = request {
             self.runtime.request_orb(request);
         }
-        self.runtime.report_presence(room_id, presence(humans));
+        self.runtime.report_presence(room_id, humans);
         Ok(room)
     }
 
@@ -433,33 +432,53 @@ impl Registry {
                 rooms.remove(&room.id);
                 self.metrics.rooms.dec();
             }
-            st.humans()
+            Presence {
+                humans: st.humans(),
+                last_activity: st.touch(SystemTime::now()),
+            }
         };
-        self.runtime.report_presence(&room.id, presence(humans));
+        self.runtime.report_presence(&room.id, humans);
         true
     }
 
     /// Forwards an SDP/ICE frame to `target`, or to everyone else when there is no target.
+    /// Relayed SDP and ICE are not activity: once media flows there are none, and a room whose
+    /// people talk must not look idle (see [`Registry::orb_activity`]).
     pub fn relay(&self, room: &Room, from_conn: u64, target: Option<&str>, out: Outbound) -> Relayed {
-        let (result, activity) = {
-            let mut st = room.lock();
-            if st.member(from_conn).is_none() {
-                return Relayed::NotMember;
-            }
-            let result = match target {
-                Some(target) => match st.members.iter().find(|m| m.identity.user_id == target) {
-                    Some(m) => Relayed::Delivered(usize::from(m.conn.send(out))),
-                    None => Relayed::UnknownPeer,
-                },
-                None => Relayed::Delivered(st.broadcast(Some(from_conn), &out)),
-            };
-            let activity = st.activity_due(Instant::now()).then(|| st.humans());
-            (result, activity)
-        };
-        if let Some(humans) = activity {
-            self.runtime.report_presence(&room.id, presence(humans));
+        let st = room.lock();
+        if st.member(from_conn).is_none() {
+            return Relayed::NotMember;
         }
-        result
+        match target {
+            Some(target) => match st.members.iter().find(|m| m.identity.user_id == target) {
+                Some(m) => Relayed::Delivered(usize::from(m.conn.send(out))),
+                None => Relayed::UnknownPeer,
+            },
+            None => Relayed::Delivered(st.broadcast(Some(from_conn), &out)),
+        }
+    }
+
+    /// The orb heard or produced voice at `at`: the room's activity moves there (never past now,
+    /// never backwards), and the runtime learns it. Only the orb hears the media, so this is how
+    /// speech keeps a call from its idle timeout. Returns whether the activity advanced.
+    pub fn orb_activity(&self, room: &Room, from_conn: u64, at: SystemTime) -> bool {
+        let presence = {
+            let mut st = room.lock();
+            if !st.member(from_conn).is_some_and(|m| m.identity.is_ai()) {
+                return false;
+            }
+            let before = st.last_activity;
+            let now = st.touch(at.min(SystemTime::now()));
+            if Some(now) == before {
+                return false;
+            }
+            Presence {
+                humans: st.humans(),
+                last_activity: now,
+            }
+        };
+        self.runtime.report_presence(&room.id, presence);
+        true
     }
 
     /// The orb's own `ai_status`: relayed to everyone else and remembered for late joiners.
@@ -522,16 +541,11 @@ fn participant_label(identity: &Identity) -> &'static str {
     if identity.is_ai() { "ai" } else { "human" }
 }
 
-fn presence(humans: u32) -> Presence {
-    Presence {
-        humans,
-        last_activity: SystemTime::now(),
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::orb_runtime::testing::RecordingRuntime;
     use serde_json::{Value, json};
 
@@ -561,6 +575,7 @@ mod tests {
             role,
             participant_type: ParticipantType::Human,
             user_name: None,
+            session_id: None,
         }
     }
 
@@ -570,6 +585,7 @@ mod tests {
             role: UserRole::Ai,
             participant_type: ParticipantType::Ai,
             user_name: None,
+            session_id: None,
         }
     }
 
@@ -651,6 +667,38 @@ mod tests {
         assert_eq!((a.drain().len(), b.drain().len(), c.drain().len()), (0, 1, 1));
         assert_eq!(reg.relay(&room, 1, Some("nobody"), frame("{}")), Relayed::UnknownPeer);
         assert_eq!(reg.relay(&room, 9, None, frame("{}")), Relayed::NotMember);
+    }
+
+    /// Activity is joins, leaves and the voice the orb reports; relayed SDP/ICE is not, so a call
+    /// whose media flows (no signaling at all) stays alive only through the orb's reports.
+    #[test]
+    fn activity_is_voice_and_membership_not_signaling() {
+        let (reg, runtime) = registry(3);
+        let (mut coach, orb) = (Peer::new(1), Peer::new(2));
+        let room = reg.join("r", &coach.handle, human("a", UserRole::Coach)).unwrap();
+        reg.join("r", &orb.handle, ai("ai")).unwrap();
+        coach.drain();
+        let joined = runtime.last_presence("r").unwrap().last_activity;
+
+        let frame = Outbound {
+            text: "{}".to_owned().into(),
+            received_at: None,
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        reg.relay(&room, 1, Some("ai"), frame);
+        assert_eq!(runtime.last_presence("r").unwrap().last_activity, joined, "relay is not activity");
+
+        // The orb heard someone a moment ago: activity moves to that instant.
+        let spoke = SystemTime::now();
+        assert!(reg.orb_activity(&room, 2, spoke));
+        assert_eq!(runtime.last_presence("r").unwrap().last_activity, spoke);
+        // Older or repeated reports do not move it back; reports from the future stop at now.
+        assert!(!reg.orb_activity(&room, 2, joined));
+        assert!(!reg.orb_activity(&room, 2, spoke));
+        assert!(reg.orb_activity(&room, 2, SystemTime::now() + Duration::from_secs(3600)));
+        assert!(runtime.last_presence("r").unwrap().last_activity <= SystemTime::now());
+        // A human cannot report voice activity (only the orb hears the media).
+        assert!(!reg.orb_activity(&room, 1, SystemTime::now() + Duration::from_secs(1)));
     }
 
     #[test]

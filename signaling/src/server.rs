@@ -30,7 +30,7 @@ use crate::conn;
 use crate::metrics::Metrics;
 use crate::orb_runtime::{OrbEvent, OrbRuntime};
 use crate::room::Registry;
-use crate::webhook::SummarySink;
+use crate::summary::{Summaries, SummaryStore};
 
 /// Read chunk and write buffer size per socket: signaling frames are small, larger ones still
 /// work in several reads, and tungstenite zeroes the whole read chunk on every read.
@@ -43,7 +43,7 @@ pub struct AppState {
     pub auth: Authenticator,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
-    pub summaries: SummarySink,
+    pub summaries: Summaries,
     /// Cancelled when shutdown begins; every connection watches it.
     pub shutdown: CancellationToken,
     /// How long a closed connection waits for the client's close reply (the drain timeout).
@@ -101,7 +101,13 @@ async fn ws_upgrade(
         warn!(room = %room_id, reason = %e, "room token refused");
     }
     let limits = &state.limits;
-    let max = limits.transport_max_bytes();
+    // The orb's socket carries its summary (the whole transcript); without auth anyone may be it.
+    let orb = matches!(&auth, Ok(None)) || matches!(&auth, Ok(Some(id)) if id.is_ai());
+    let max = if orb {
+        limits.transport_max_bytes().max(limits.max_orb_frame_bytes)
+    } else {
+        limits.transport_max_bytes()
+    };
     let tracker = state.connections.clone();
     // tungstenite's 128 KiB default buffers would dominate memory with many small-message sockets.
     ws.read_buffer_size(SOCKET_BUFFER_BYTES)
@@ -133,12 +139,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `config.listen` and serves until [`Server::shutdown_token`] is cancelled.
+    /// Binds `config.listen` and serves until [`Server::shutdown_token`] is cancelled; summaries
+    /// are kept as `config.summary` says (a directory, else memory).
     pub async fn start(
+        config: &Config,
+        runtime: Arc<dyn OrbRuntime>,
+        orb_events: mpsc::UnboundedReceiver<OrbEvent>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let store = Summaries::local_store(&config.summary).map_err(std::io::Error::other)?;
+        Self::start_with_store(config, runtime, orb_events, metrics, store).await
+    }
+
+    /// [`Server::start`] with the summary store given (the Kubernetes runtime's ConfigMaps).
+    pub async fn start_with_store(
         config: &Config,
         runtime: Arc<dyn OrbRuntime>,
         mut orb_events: mpsc::UnboundedReceiver<OrbEvent>,
         metrics: Arc<Metrics>,
+        store: Arc<dyn SummaryStore>,
     ) -> std::io::Result<Self> {
         if matches!(config.auth, Authenticator::None) {
             warn!("!!! --auth=none: anyone can join any room as anyone. Use this for local development only !!!");
@@ -153,7 +172,7 @@ impl Server {
                 runtime.clone(),
                 metrics.clone(),
             ),
-            summaries: SummarySink::new(config.summary_webhook_url.clone(), metrics.clone())?,
+            summaries: Summaries::new(store, config.summary.clone(), metrics.clone())?,
             metrics,
             shutdown: CancellationToken::new(),
             close_handshake_timeout: config.drain_timeout,
@@ -161,6 +180,7 @@ impl Server {
             connections: TaskTracker::new(),
             next_conn: AtomicU64::new(0),
         });
+        state.summaries.start(state.shutdown.clone());
         let forward = state.clone();
         tokio::spawn(async move {
             while let Some(event) = orb_events.recv().await {

@@ -121,6 +121,7 @@ async fn dev_token(State(state): State<WebState>, Query(q): Query<TokenQuery>) -
             sub: q.user.clone(),
             role,
             exp: unix_now() + DEV_TOKEN_SECONDS,
+            session: None,
         })
     });
     axum::Json(serde_json::json!({ "userId": q.user, "token": token })).into_response()

@@ -87,6 +87,7 @@ pub fn parse_frame(text: &str) -> Result<Inbound, FrameError> {
         "leave" => Ok(Inbound::Message(ClientMessage::Leave)),
         "join" => Ok(Inbound::Message(join(&map))),
         "ai_status" => typed("ai_status", map),
+        "orb_activity" => typed("orb_activity", map),
         "orb_ready" | "orb_heartbeat" | "orb_error" | "session_summary" => {
             map.remove("type");
             let body = Value::Object(map);

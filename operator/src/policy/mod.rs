@@ -3,12 +3,21 @@
 //! operator's reconciler and admitter use these, and so does the local dev runtime, so every
 //! runtime enforces one implementation of the rules.
 
+mod session;
+
+pub use session::{
+    SessionBudgets, parse_sessions, prune_sessions, render_sessions, retention, session_key, session_start,
+};
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use orb_crds::{AiOrbSpec, MAX_DURATION_SECONDS, OrbPhase, TerminationReason, naming};
+
+/// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
+pub const TERMINATION_GRACE_SECONDS: i64 = 10;
 
 /// The limits every orb runs under. Defaults are the seed's values.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +187,8 @@ pub fn plan_admission(orbs: &[AdmissionEntry], ledger: &BTreeSet<String>, cap: u
 pub struct OrbClock {
     pub created: Timestamp,
     pub admitted_at: Option<Timestamp>,
+    /// When the session's lifetime budget started (see [`session`]); `admitted_at` when unset.
+    pub session_started_at: Option<Timestamp>,
     /// Humans in the room as signaling reported; `None` before its first report.
     pub participants: Option<i32>,
     pub last_activity: Option<Timestamp>,
@@ -189,15 +200,51 @@ pub struct Deadline {
     pub at: Timestamp,
 }
 
-/// Every deadline that applies to the orb now. The lifetime counts from admission; the empty-room
-/// grace from the last activity (a leave is activity) while the room is empty; the idle timeout
-/// from the last activity, or from admission (creation while queued) if there was none since.
+/// When the orb's lifetime ends: the session's budget start (else its admission) plus the
+/// lifetime. `None` before admission.
+pub fn lifetime_ends(clock: &OrbClock, limits: &OrbLimits) -> Option<Timestamp> {
+    let start = clock.session_started_at.or(clock.admitted_at)?;
+    Some(after(start, limits.lifetime))
+}
+
+/// What is left of the lifetime at `now`, at least a second (a pod's arguments and its
+/// `activeDeadlineSeconds` need a positive value; an exhausted budget ends the orb anyway).
+pub fn lifetime_left(clock: &OrbClock, limits: &OrbLimits, now: Timestamp) -> Duration {
+    let ends = lifetime_ends(clock, limits).unwrap_or_else(|| after(now, limits.lifetime));
+    Duration::try_from(now.duration_until(ends))
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_secs(1))
+}
+
+/// The room token of an orb: its room only, role `ai`, valid for what is left of its lifetime plus
+/// the grace period to say goodbye.
+pub fn orb_token_claims(
+    spec: &AiOrbSpec,
+    orb_name: &str,
+    clock: &OrbClock,
+    limits: &OrbLimits,
+    now: Timestamp,
+) -> orb_crds::auth::RoomClaims {
+    let ends = lifetime_ends(clock, limits).unwrap_or_else(|| after(now, limits.lifetime));
+    orb_crds::auth::RoomClaims {
+        room: spec.room_id.clone(),
+        sub: format!("ai-orb-{orb_name}"),
+        role: orb_crds::auth::Role::Ai,
+        exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
+        session: spec.session_id.clone(),
+    }
+}
+
+/// Every deadline that applies to the orb now. The lifetime counts from the session's budget
+/// start ([`lifetime_ends`]); the empty-room grace from the last activity (a leave is activity)
+/// while the room is empty; the idle timeout from the last activity — voice the orb heard or
+/// produced, a join or a leave — or from admission (creation while queued) if there was none.
 pub fn deadlines(clock: &OrbClock, limits: &OrbLimits) -> Vec<Deadline> {
     let mut out = Vec::with_capacity(3);
-    if let Some(admitted) = clock.admitted_at {
+    if let Some(at) = lifetime_ends(clock, limits) {
         out.push(Deadline {
             reason: TerminationReason::MaxLifetime,
-            at: after(admitted, limits.lifetime),
+            at,
         });
     }
     let since = clock.admitted_at.unwrap_or(clock.created);

@@ -204,6 +204,7 @@ fn clock(admitted: i64, participants: Option<i32>, activity: Option<i64>) -> Orb
     OrbClock {
         created: t(0),
         admitted_at: Some(t(admitted)),
+        session_started_at: None,
         participants,
         last_activity: activity.map(t),
     }

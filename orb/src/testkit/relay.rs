@@ -213,6 +213,15 @@ async fn serve(socket: WebSocket, room: String, shared: Shared) {
             }
             ClientMessage::SessionSummary(body) => {
                 inner.record("session_summary", body.clone());
+                // This relay is the receiving system in tests: it has the summary.
+                if let Some(id) = body.get("summaryId").and_then(Value::as_str) {
+                    send(
+                        &tx,
+                        &ServerMessage::SessionSummaryAck {
+                            summary_id: id.to_owned(),
+                        },
+                    );
+                }
                 let members = inner.rooms.entry(room.clone()).or_default();
                 members
                     .values()
@@ -223,6 +232,9 @@ async fn serve(socket: WebSocket, room: String, shared: Shared) {
             }
             ClientMessage::OrbReady(body) => inner.record("orb_ready", body),
             ClientMessage::OrbHeartbeat(body) => inner.record("orb_heartbeat", body),
+            ClientMessage::OrbActivity { last_voice_activity } => {
+                inner.record("orb_activity", serde_json::json!({ "lastVoiceActivity": last_voice_activity }));
+            }
             ClientMessage::OrbError(body) => inner.record("orb_error", body),
             _ => {}
         }

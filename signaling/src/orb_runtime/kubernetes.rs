@@ -449,6 +449,7 @@ fn new_orb(name: &str, request: &OrbRequest, test_mode: bool) -> AiOrb {
             room_id: request.room_id.clone(),
             coach_id: request.coach_id.clone(),
             client_id: request.client_id.clone(),
+            session_id: request.session_id.clone(),
             test_mode,
             ..AiOrbSpec::default()
         },

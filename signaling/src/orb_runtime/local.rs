@@ -16,12 +16,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use orb_crds::auth::{Role, RoomClaims, SigningKey};
+use k8s_openapi::jiff::Timestamp;
+use orb_crds::auth::SigningKey;
 use orb_crds::{AiOrb, AiOrbSpec, OrbPhase, TerminationReason, naming};
 use orb_operator::config::PodSettings;
 use orb_operator::pod::{TERMINATION_GRACE_SECONDS, build_pod};
-use orb_operator::policy::{self, AdmissionEntry, Limits, OrbClock, OrbView, PodState, Step};
+use orb_operator::policy::{self, AdmissionEntry, Limits, OrbClock, OrbView, PodState, SessionBudgets, Step};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -110,6 +110,7 @@ impl LocalRuntime {
             signaling: None,
             orbs: BTreeMap::new(),
             presence: HashMap::new(),
+            sessions: SessionBudgets::new(),
             generation: 0,
         };
         tokio::spawn(state.run(rx));
@@ -161,6 +162,7 @@ struct Orb {
     created: Timestamp,
     phase: Option<OrbPhase>,
     admitted_at: Option<Timestamp>,
+    session_started_at: Option<Timestamp>,
     finished_at: Option<Timestamp>,
     restarts: i32,
     reason: Option<TerminationReason>,
@@ -205,12 +207,9 @@ struct State {
     signaling: Option<String>,
     orbs: BTreeMap<String, Orb>,
     presence: HashMap<String, Presence>,
+    /// Lifetime budgets of recent sessions (the operator keeps them in its admission ledger).
+    sessions: SessionBudgets,
     generation: u64,
-}
-
-fn after(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX)
 }
 
 fn timestamp(t: std::time::SystemTime) -> Timestamp {
@@ -325,6 +324,7 @@ impl State {
             room_id: request.room_id.clone(),
             coach_id: request.coach_id.clone(),
             client_id: request.client_id.clone(),
+            session_id: request.session_id.clone(),
             test_mode: self.settings.test_mode,
             ..AiOrbSpec::default()
         };
@@ -340,6 +340,7 @@ impl State {
                 created: Timestamp::now(),
                 phase: None,
                 admitted_at: None,
+                session_started_at: None,
                 finished_at: None,
                 restarts: 0,
                 reason: None,
@@ -374,6 +375,7 @@ impl State {
     }
 
     fn admit(&mut self, now: Timestamp) {
+        self.sessions = policy::prune_sessions(&self.sessions, now, &self.settings.limits);
         let entries: Vec<AdmissionEntry> = self
             .orbs
             .values()
@@ -398,6 +400,8 @@ impl State {
             let Some(orb) = self.orbs.get_mut(uid) else { continue };
             if orb.admitted_at.is_none() {
                 orb.admitted_at = Some(now);
+                let key = policy::session_key("local", &orb.spec);
+                orb.session_started_at = Some(policy::session_start(&mut self.sessions, &key, now));
                 orb.phase = Some(OrbPhase::Starting);
                 orb.queue_position = None;
                 let room = orb.spec.room_id.clone();
@@ -429,6 +433,7 @@ impl State {
             clock: OrbClock {
                 created: orb.created,
                 admitted_at: orb.admitted_at,
+                session_started_at: orb.session_started_at,
                 participants: presence.map(|p| p.humans as i32),
                 last_activity: presence.map(|p| timestamp(p.last_activity)),
             },
@@ -542,12 +547,12 @@ impl State {
         };
         let orb = self.orbs.get(uid).expect("present");
         let room = orb.spec.room_id.clone();
-        let ends = after(orb.admitted_at.unwrap_or(now), limits.lifetime);
-        let lifetime_left = now
-            .duration_until(ends)
-            .max(SignedDuration::ZERO)
-            .unsigned_abs()
-            .max(Duration::from_secs(1));
+        let clock = OrbClock {
+            admitted_at: Some(orb.admitted_at.unwrap_or(now)),
+            session_started_at: orb.session_started_at,
+            ..OrbClock::default()
+        };
+        let lifetime_left = policy::lifetime_left(&clock, limits, now);
         let pod_settings = PodSettings {
             image: "orb".into(),
             image_pull_policy: "Never".into(),
@@ -589,12 +594,7 @@ impl State {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(key) = &self.settings.signing_key {
-            let claims = RoomClaims {
-                room: room.clone(),
-                sub: format!("ai-orb-{}", orb.name),
-                role: Role::Ai,
-                exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
-            };
+            let claims = policy::orb_token_claims(&orb.spec, &orb.name, &clock, limits, now);
             cmd.env("ORB_SIGNALING_TOKEN", key.mint(&claims));
         }
         match self.open_log(&room).and_then(|f| Ok((f.try_clone()?, f))) {
@@ -847,6 +847,7 @@ mod tests {
             room_id: "r".into(),
             coach_id: None,
             client_id: None,
+            session_id: None,
         });
         runtime.report_presence("r", here(2));
         assert_eq!(next_status(&mut rx).await, ("r".into(), AiStatus::Starting));
@@ -888,6 +889,7 @@ mod tests {
                 room_id: room.into(),
                 coach_id: None,
                 client_id: None,
+                session_id: None,
             });
             runtime.report_presence(room, here(1));
         }

@@ -23,9 +23,13 @@ pub struct OrbRequest {
     /// The coach's user id, when a coach has joined (from the token with auth on).
     pub coach_id: Option<String>,
     pub client_id: Option<String>,
+    /// The coaching session (the first human's token `session` claim); the orb's lifetime is a
+    /// budget of it.
+    pub session_id: Option<String>,
 }
 
-/// Who is in a room and when something last happened there.
+/// Who is in a room and when something last happened there. Activity is a human joining or
+/// leaving, or voice the orb heard or produced (reported by the orb); relayed SDP/ICE is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Presence {
     /// Humans in the room; 0 means the room emptied.

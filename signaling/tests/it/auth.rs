@@ -26,6 +26,7 @@ async fn missing_expired_wrong_room_and_forged_tokens_are_refused_with_a_reason(
         sub: "coach-1".into(),
         role: Role::Coach,
         exp,
+        session: None,
     };
     let expired = key().mint(&claims("room-a", unix_now() - 3600));
     let wrong_room = key().mint(&claims("room-b", unix_now() + 600));

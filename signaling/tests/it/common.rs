@@ -32,6 +32,7 @@ pub fn token(room: &str, sub: &str, role: Role) -> String {
         sub: sub.into(),
         role,
         exp: unix_now() + 600,
+        session: None,
     })
 }
 

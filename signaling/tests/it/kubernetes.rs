@@ -70,6 +70,7 @@ async fn concurrent_requests_for_one_room_create_one_orb() {
         room_id: "Room-Y".into(),
         coach_id: Some("c".into()),
         client_id: None,
+        session_id: None,
     };
     let (r1, r2) = tokio::join!(ensure_orb(&api, &request, false), ensure_orb(&api, &request, false));
     let mut results = vec![r1.unwrap().0, r2.unwrap().0];

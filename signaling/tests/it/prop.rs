@@ -214,6 +214,7 @@ impl Harness {
                         ParticipantType::Human
                     },
                     user_name: None,
+                    session_id: None,
                 };
                 if let Ok(r) = self
                     .registry

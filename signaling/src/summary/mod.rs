@@ -1,0 +1,341 @@
+//! Session summaries: stored durably before the orb is told so, then delivered to the webhook
+//! at least once.
+//!
+//! The orb sends `session_summary` with a `summaryId` and keeps it until signaling answers
+//! `session_summary_ack`; signaling answers only once the summary is in a [`SummaryStore`]: a
+//! ConfigMap with the Kubernetes runtime (it survives a restart of signaling, the operator and the
+//! orb), a file under `--summary-dir` with the local runtime. The [`delivery`] loop of every
+//! replica posts due summaries to `--summary-webhook-url`, signed (see [`signature`]), with the
+//! summary id as the idempotency key, retrying with backoff until the webhook answers 2xx or
+//! `--summary-retry-window` passes. The schedule lives in the stored record, so a restart resumes
+//! it. The rules of that schedule are the pure functions below.
+
+pub mod delivery;
+pub mod kube_store;
+pub mod local_store;
+pub mod signature;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use jiff::{SignedDuration, Timestamp};
+use orb_crds::aiorb::SummaryState;
+use serde::{Deserialize, Serialize};
+
+/// How a summary is stored and delivered.
+#[derive(Clone, Debug, Default)]
+pub struct SummarySettings {
+    pub webhook_url: Option<http::Uri>,
+    /// HMAC-SHA256 key of `X-Orb-Signature`; unsigned without it.
+    pub webhook_secret: Option<Vec<u8>>,
+    pub retry_window: Duration,
+    /// Local and none runtimes: where summaries are kept (memory only when unset).
+    pub dir: Option<PathBuf>,
+}
+
+/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a replica's claim on a summary lasts: if it dies mid-attempt, another replica
+/// retries after this.
+pub const CLAIM: Duration = Duration::from_secs(30);
+/// Longest accepted summary id (it is the idempotency key and names the stored record).
+pub const MAX_ID_LEN: usize = 128;
+
+/// The delivery record of one summary: everything but the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryMeta {
+    pub id: String,
+    pub room_id: String,
+    /// The AiOrb the summary belongs to, when the store knows it (Kubernetes runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orb_uid: Option<String>,
+    pub state: SummaryState,
+    pub stored_at: Timestamp,
+    pub attempts: u32,
+    /// When the next attempt is due (or when a replica's claim on it runs out).
+    pub next_attempt: Timestamp,
+    pub retry_until: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A stored summary: its record, its body (the JSON the webhook receives, byte for byte) and the
+/// store's version of it (a compare-and-swap token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSummary {
+    pub meta: SummaryMeta,
+    pub body: Bytes,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another replica updated the summary first")]
+    Conflict,
+    #[error("the summary is {0} bytes compressed, more than a stored record can hold")]
+    TooLarge(usize),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("summary store I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a stored summary is unreadable: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    /// A summary with this id was stored before (the orb re-sent it): nothing changed.
+    AlreadyStored,
+}
+
+/// Where summaries wait for the webhook.
+pub trait SummaryStore: Send + Sync + 'static {
+    /// Stores a new summary durably; idempotent on its id.
+    fn put(&self, summary: StoredSummary) -> BoxFuture<'_, Result<PutOutcome, StoreError>>;
+    /// Every summary still `Pending`.
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<StoredSummary>, StoreError>>;
+    /// Writes a changed record if the stored version is still `summary.version`; returns the
+    /// summary with its new version, or [`StoreError::Conflict`].
+    fn update(&self, summary: StoredSummary) -> BoxFuture<'_, Result<StoredSummary, StoreError>>;
+}
+
+/// Whether `id` may name a summary: it becomes a header value and part of a record's name.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// The record of a summary stored at `now`: due at once with a webhook, `Stored` (final) without.
+pub fn new_meta(id: String, room_id: String, now: Timestamp, settings: &SummarySettings) -> SummaryMeta {
+    SummaryMeta {
+        id,
+        room_id,
+        orb_uid: None,
+        state: if settings.webhook_url.is_some() {
+            SummaryState::Pending
+        } else {
+            SummaryState::Stored
+        },
+        stored_at: now,
+        attempts: 0,
+        next_attempt: now,
+        retry_until: after(now, settings.retry_window),
+        delivered_at: None,
+        last_error: None,
+    }
+}
+
+/// Delay after attempt number `attempts` failed.
+pub fn backoff(attempts: u32) -> Duration {
+    let factor = 1u32 << attempts.saturating_sub(1).min(16);
+    FIRST_BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// Whether a summary is waiting for an attempt now.
+pub fn is_due(meta: &SummaryMeta, now: Timestamp) -> bool {
+    meta.state == SummaryState::Pending && meta.next_attempt <= now
+}
+
+/// The record a replica writes before it posts: one more attempt, and a claim that keeps the
+/// other replicas off it for [`CLAIM`].
+pub fn claim(meta: &SummaryMeta, now: Timestamp) -> SummaryMeta {
+    SummaryMeta {
+        attempts: meta.attempts.saturating_add(1),
+        next_attempt: after(now, CLAIM),
+        ..meta.clone()
+    }
+}
+
+/// What a webhook attempt came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    /// Worth another try (connection error, timeout, 408, 429, 5xx).
+    Retry(String),
+    /// The webhook refused it for good (another 4xx).
+    Refused(String),
+}
+
+/// The record after an attempt at `now`: delivered, rescheduled with backoff, or given up when
+/// refused or past its retry window.
+pub fn after_attempt(meta: &SummaryMeta, attempt: &Attempt, now: Timestamp) -> SummaryMeta {
+    let mut next = meta.clone();
+    match attempt {
+        Attempt::Delivered => {
+            next.state = SummaryState::Delivered;
+            next.delivered_at = Some(now);
+            next.last_error = None;
+        }
+        Attempt::Refused(e) => {
+            next.state = SummaryState::Failed;
+            next.last_error = Some(e.clone());
+        }
+        Attempt::Retry(e) => {
+            next.last_error = Some(e.clone());
+            let at = after(now, backoff(meta.attempts));
+            if at > meta.retry_until {
+                next.state = SummaryState::Failed;
+            } else {
+                next.next_attempt = at;
+            }
+        }
+    }
+    next
+}
+
+/// A pending summary whose retry window passed without an attempt (signaling was down): given up.
+pub fn expire(meta: &SummaryMeta, now: Timestamp) -> Option<SummaryMeta> {
+    (meta.state == SummaryState::Pending && now > meta.retry_until).then(|| SummaryMeta {
+        state: SummaryState::Failed,
+        last_error: Some(
+            meta.last_error
+                .clone()
+                .unwrap_or_else(|| "retry window passed without an attempt".into()),
+        ),
+        ..meta.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    fn settings(webhook: bool) -> SummarySettings {
+        SummarySettings {
+            webhook_url: webhook.then(|| "http://hook.example/s".parse().unwrap()),
+            retry_window: Duration::from_secs(600),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ids_are_header_and_name_safe() {
+        assert!(valid_id("sum-18c-4d2-00ff"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id("a\r\nX-Evil: 1"));
+        assert!(!valid_id(&"a".repeat(MAX_ID_LEN + 1)));
+    }
+
+    #[test]
+    fn without_a_webhook_a_summary_is_stored_and_final() {
+        let m = new_meta("s".into(), "r".into(), t(0), &settings(false));
+        assert_eq!(m.state, SummaryState::Stored);
+        assert!(!is_due(&m, t(0)));
+        let m = new_meta("s".into(), "r".into(), t(0), &settings(true));
+        assert_eq!((m.state, m.retry_until), (SummaryState::Pending, t(600)));
+        assert!(is_due(&m, t(0)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let got: Vec<u64> = (1..=10).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(got, vec![2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_claim_counts_the_attempt_and_holds_others_off() {
+        let m = new_meta("s".into(), "r".into(), t(0), &settings(true));
+        let c = claim(&m, t(1));
+        assert_eq!(c.attempts, 1);
+        assert!(!is_due(&c, t(1)), "claimed: not due for the other replicas");
+        assert!(is_due(&c, t(1) + SignedDuration::from_secs(30)), "a dead claimant's claim runs out");
+    }
+
+    #[test]
+    fn attempts_deliver_retry_or_give_up() {
+        let m = claim(&new_meta("s".into(), "r".into(), t(0), &settings(true)), t(0));
+        let d = after_attempt(&m, &Attempt::Delivered, t(1));
+        assert_eq!((d.state, d.delivered_at), (SummaryState::Delivered, Some(t(1))));
+        let r = after_attempt(&m, &Attempt::Retry("503".into()), t(1));
+        assert_eq!((r.state, r.next_attempt), (SummaryState::Pending, t(3)));
+        assert_eq!(r.last_error.as_deref(), Some("503"));
+        let f = after_attempt(&m, &Attempt::Refused("400".into()), t(1));
+        assert_eq!(f.state, SummaryState::Failed);
+        // A retry that would fall past the window gives up instead.
+        let late = after_attempt(&m, &Attempt::Retry("503".into()), t(599));
+        assert_eq!(late.state, SummaryState::Failed);
+        assert_eq!(expire(&m, t(601)).unwrap().state, SummaryState::Failed);
+        assert_eq!(expire(&m, t(600)), None);
+    }
+}
+
+/// The summaries of this server: the store, and the delivery loop it feeds.
+pub struct Summaries {
+    store: Arc<dyn SummaryStore>,
+    settings: SummarySettings,
+    deliverer: Arc<delivery::Deliverer>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Summaries {
+    pub fn new(
+        store: Arc<dyn SummaryStore>,
+        settings: SummarySettings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Self> {
+        let deliverer = Arc::new(delivery::Deliverer::new(store.clone(), &settings, metrics.clone())?);
+        Ok(Self {
+            store,
+            settings,
+            deliverer,
+            metrics,
+        })
+    }
+
+    /// The store the settings name for a runtime without Kubernetes: the directory, else memory.
+    pub fn local_store(settings: &SummarySettings) -> Result<Arc<dyn SummaryStore>, StoreError> {
+        Ok(match &settings.dir {
+            Some(dir) => Arc::new(local_store::LocalStore::open(dir)?),
+            None => Arc::new(local_store::LocalStore::in_memory()),
+        })
+    }
+
+    /// Starts the delivery loop (a no-op without a webhook).
+    pub fn start(&self, shutdown: tokio_util::sync::CancellationToken) {
+        tokio::spawn(self.deliverer.clone().run(shutdown));
+    }
+
+    /// Stores a summary the orb sent; `Ok` means it is durable and the orb may forget it.
+    pub async fn accept(&self, id: String, room_id: String, body: Bytes) -> Result<PutOutcome, StoreError> {
+        let meta = new_meta(id, room_id, Timestamp::now(), &self.settings);
+        let result = self
+            .store
+            .put(StoredSummary {
+                meta,
+                body,
+                version: None,
+            })
+            .await;
+        self.metrics.summary_stored(match &result {
+            Ok(PutOutcome::Stored) => "stored",
+            Ok(PutOutcome::AlreadyStored) => "duplicate",
+            Err(_) => "error",
+        });
+        if matches!(result, Ok(PutOutcome::Stored)) {
+            self.deliverer.wake.notify_one();
+        }
+        result
+    }
+}
