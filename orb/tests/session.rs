@@ -172,6 +172,7 @@ async fn offers_are_answered_replaced_and_closed_per_human() {
         health.clone(),
         SessionOptions {
             heartbeat_interval: Duration::from_millis(100),
+            ..SessionOptions::default()
         },
         async move {
             let _ = stop_rx.await;

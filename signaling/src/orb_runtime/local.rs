@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use orb_crds::auth::SigningKey;
 use orb_crds::{AiOrb, AiOrbSpec, OrbPhase, TerminationReason, naming};
 use orb_operator::config::PodSettings;
@@ -945,6 +945,7 @@ mod tests {
             created: Timestamp::now(),
             phase: None,
             admitted_at: None,
+            session_started_at: None,
             finished_at: None,
             restarts: 0,
             reason: None,

@@ -212,6 +212,65 @@ pub fn expire(meta: &SummaryMeta, now: Timestamp) -> Option<SummaryMeta> {
     })
 }
 
+/// The summaries of this server: the store, and the delivery loop it feeds.
+pub struct Summaries {
+    store: Arc<dyn SummaryStore>,
+    settings: SummarySettings,
+    deliverer: Arc<delivery::Deliverer>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Summaries {
+    pub fn new(
+        store: Arc<dyn SummaryStore>,
+        settings: SummarySettings,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> std::io::Result<Self> {
+        let deliverer = Arc::new(delivery::Deliverer::new(store.clone(), &settings, metrics.clone())?);
+        Ok(Self {
+            store,
+            settings,
+            deliverer,
+            metrics,
+        })
+    }
+
+    /// The store the settings name for a runtime without Kubernetes: the directory, else memory.
+    pub fn local_store(settings: &SummarySettings) -> Result<Arc<dyn SummaryStore>, StoreError> {
+        Ok(match &settings.dir {
+            Some(dir) => Arc::new(local_store::LocalStore::open(dir)?),
+            None => Arc::new(local_store::LocalStore::in_memory()),
+        })
+    }
+
+    /// Starts the delivery loop (a no-op without a webhook).
+    pub fn start(&self, shutdown: tokio_util::sync::CancellationToken) {
+        tokio::spawn(self.deliverer.clone().run(shutdown));
+    }
+
+    /// Stores a summary the orb sent; `Ok` means it is durable and the orb may forget it.
+    pub async fn accept(&self, id: String, room_id: String, body: Bytes) -> Result<PutOutcome, StoreError> {
+        let meta = new_meta(id, room_id, Timestamp::now(), &self.settings);
+        let result = self
+            .store
+            .put(StoredSummary {
+                meta,
+                body,
+                version: None,
+            })
+            .await;
+        self.metrics.summary_stored(match &result {
+            Ok(PutOutcome::Stored) => "stored",
+            Ok(PutOutcome::AlreadyStored) => "duplicate",
+            Err(_) => "error",
+        });
+        if matches!(result, Ok(PutOutcome::Stored)) {
+            self.deliverer.wake.notify_one();
+        }
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,64 +337,5 @@ mod tests {
         assert_eq!(late.state, SummaryState::Failed);
         assert_eq!(expire(&m, t(601)).unwrap().state, SummaryState::Failed);
         assert_eq!(expire(&m, t(600)), None);
-    }
-}
-
-/// The summaries of this server: the store, and the delivery loop it feeds.
-pub struct Summaries {
-    store: Arc<dyn SummaryStore>,
-    settings: SummarySettings,
-    deliverer: Arc<delivery::Deliverer>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl Summaries {
-    pub fn new(
-        store: Arc<dyn SummaryStore>,
-        settings: SummarySettings,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> std::io::Result<Self> {
-        let deliverer = Arc::new(delivery::Deliverer::new(store.clone(), &settings, metrics.clone())?);
-        Ok(Self {
-            store,
-            settings,
-            deliverer,
-            metrics,
-        })
-    }
-
-    /// The store the settings name for a runtime without Kubernetes: the directory, else memory.
-    pub fn local_store(settings: &SummarySettings) -> Result<Arc<dyn SummaryStore>, StoreError> {
-        Ok(match &settings.dir {
-            Some(dir) => Arc::new(local_store::LocalStore::open(dir)?),
-            None => Arc::new(local_store::LocalStore::in_memory()),
-        })
-    }
-
-    /// Starts the delivery loop (a no-op without a webhook).
-    pub fn start(&self, shutdown: tokio_util::sync::CancellationToken) {
-        tokio::spawn(self.deliverer.clone().run(shutdown));
-    }
-
-    /// Stores a summary the orb sent; `Ok` means it is durable and the orb may forget it.
-    pub async fn accept(&self, id: String, room_id: String, body: Bytes) -> Result<PutOutcome, StoreError> {
-        let meta = new_meta(id, room_id, Timestamp::now(), &self.settings);
-        let result = self
-            .store
-            .put(StoredSummary {
-                meta,
-                body,
-                version: None,
-            })
-            .await;
-        self.metrics.summary_stored(match &result {
-            Ok(PutOutcome::Stored) => "stored",
-            Ok(PutOutcome::AlreadyStored) => "duplicate",
-            Err(_) => "error",
-        });
-        if matches!(result, Ok(PutOutcome::Stored)) {
-            self.deliverer.wake.notify_one();
-        }
-        result
     }
 }
