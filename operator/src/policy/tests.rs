@@ -691,3 +691,89 @@ fn spec_validation_explains_itself() {
     .unwrap_err();
     assert!(e.contains("spec.idleTimeoutSeconds"), "{e}");
 }
+
+// ---- the lifetime is the session's ----
+
+fn spec_in(room: &str, session: Option<&str>) -> AiOrbSpec {
+    AiOrbSpec {
+        room_id: room.into(),
+        session_id: session.map(String::from),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_session_is_its_id_else_its_room_within_a_namespace() {
+    let k = |ns, room, session| session_key(ns, &spec_in(room, session));
+    assert_eq!(k("a", "r1", Some("s")), k("a", "r2", Some("s")), "one session, any room");
+    assert_ne!(k("a", "r1", Some("s")), k("b", "r1", Some("s")), "namespaces do not share");
+    assert_ne!(k("a", "r1", Some("s1")), k("a", "r1", Some("s2")), "a new session, a new budget");
+    assert_eq!(k("a", "r1", None), k("a", "r1", Some("")), "no session id: the room is the session");
+    assert_ne!(k("a", "r1", None), k("a", "r2", None));
+    assert_ne!(k("a", "s", None), k("a", "x", Some("s")), "a room id never poses as a session id");
+    assert_eq!(k("a", "r1", None).len(), 16);
+}
+
+/// A re-created AiOrb of the session (a reload after MaxLifetime) starts where the first began:
+/// it gets what is left, and nothing once the budget is spent; a new session gets a full one.
+#[test]
+fn a_recreated_orb_of_the_session_inherits_the_budget() {
+    let limits = Limits::default();
+    let l = orb_limits(&spec_in("r", Some("s")), &limits);
+    let key = session_key("ns", &spec_in("r", Some("s")));
+    let mut budgets = SessionBudgets::new();
+    assert_eq!(session_start(&mut budgets, &key, t(0)), t(0));
+
+    // Ended at 2 h by MaxLifetime; the page is reloaded a minute later.
+    let again = session_start(&mut budgets, &key, t(7260));
+    assert_eq!(again, t(0));
+    let reloaded = OrbClock {
+        created: t(7250),
+        admitted_at: Some(t(7260)),
+        session_started_at: Some(again),
+        participants: Some(2),
+        last_activity: Some(t(7260)),
+    };
+    assert_eq!(lifetime_ends(&reloaded, &l), Some(t(7200)));
+    assert_eq!(
+        due_deadline(&deadlines(&reloaded, &l), t(7260)).map(|d| d.reason),
+        Some(TerminationReason::MaxLifetime),
+        "no fresh two hours"
+    );
+    assert_eq!(lifetime_left(&reloaded, &l, t(7260)), Duration::from_secs(1));
+    let claims = orb_token_claims(&spec_in("r", Some("s")), "r", &reloaded, &l, t(7260));
+    assert_eq!(claims.exp, (t(7200).as_second() + TERMINATION_GRACE_SECONDS + 60) as u64);
+    assert_eq!(claims.session.as_deref(), Some("s"));
+
+    // Half-way through, a reload gets the other half.
+    let halfway = OrbClock {
+        admitted_at: Some(t(3600)),
+        session_started_at: Some(t(0)),
+        ..reloaded
+    };
+    assert_eq!(lifetime_left(&halfway, &l, t(3600)), Duration::from_secs(3600));
+
+    // Another session starts its own budget.
+    let other = session_key("ns", &spec_in("r", Some("s2")));
+    assert_eq!(session_start(&mut budgets, &other, t(7260)), t(7260));
+}
+
+#[test]
+fn budgets_are_remembered_for_twice_the_lifetime_and_survive_the_ledger() {
+    let limits = Limits::default();
+    let budgets = SessionBudgets::from([("aaaa".into(), t(0)), ("bbbb".into(), t(10_000))]);
+    let kept = prune_sessions(&budgets, t(4 * 3600), &limits);
+    assert_eq!(kept.keys().collect::<Vec<_>>(), vec!["bbbb"]);
+    assert_eq!(prune_sessions(&budgets, t(4 * 3600 - 1), &limits), budgets);
+    assert_eq!(parse_sessions(&render_sessions(&budgets)), budgets);
+    assert_eq!(parse_sessions("garbage\nbbbb x\ncccc 1800000000\n").len(), 1, "bad lines are skipped");
+}
+
+/// Without a session start (an orb admitted before budgets existed) the lifetime counts from
+/// admission, as before.
+#[test]
+fn without_a_session_start_the_lifetime_counts_from_admission() {
+    let l = orb_limits(&AiOrbSpec::default(), &Limits::default());
+    assert_eq!(lifetime_ends(&clock(10, Some(1), None), &l), Some(t(10 + 7200)));
+    assert_eq!(lifetime_ends(&OrbClock::default(), &l), None);
+}

@@ -153,14 +153,10 @@ impl Deliverer {
         let Some(webhook) = &self.webhook else { return Ok(None) };
         let pending = self.store.pending().await?;
         let now = (self.now)();
-        self.metrics.summary_oldest_pending(
-            pending
-                .iter()
-                .map(|s| s.meta.stored_at)
-                .min()
-                .map_or(0.0, |t| now.duration_since(t).as_secs_f64().max(0.0)),
-        );
         let mut next_due: Option<Timestamp> = None;
+        // Stored times of the summaries still pending after this pass.
+        let mut oldest: Option<Timestamp> = None;
+        let mut still_pending = |stored_at: Timestamp| oldest = Some(oldest.map_or(stored_at, |o| o.min(stored_at)));
         for summary in pending {
             if let Some(expired) = expire(&summary.meta, now) {
                 if self.record(summary, expired).await?.is_some() {
@@ -169,6 +165,7 @@ impl Deliverer {
                 continue;
             }
             if !is_due(&summary.meta, now) {
+                still_pending(summary.meta.stored_at);
                 next_due = Some(next_due.map_or(summary.meta.next_attempt, |n| n.min(summary.meta.next_attempt)));
                 continue;
             }
@@ -187,11 +184,14 @@ impl Deliverer {
             }
             self.metrics.summary_delivery(result);
             if after.state == SummaryState::Pending {
+                still_pending(after.stored_at);
                 next_due = Some(next_due.map_or(after.next_attempt, |n| n.min(after.next_attempt)));
             }
             // If this write is lost the claim runs out and the summary is posted again: at least once.
             self.record(claimed, after).await?;
         }
+        let now = (self.now)();
+        self.metrics.summary_oldest_pending(oldest.map_or(0.0, |t| now.duration_since(t).as_secs_f64().max(0.0)));
         Ok(next_due)
     }
 

@@ -228,8 +228,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Waits until `cond` holds, polling; for effects that have no message to wait on.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_for(what, WAIT, cond).await;
+}
+
+/// [`eventually`] with a longer wait, for effects scheduled by a backoff.
+pub async fn eventually_for(what: &str, wait: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + wait;
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;

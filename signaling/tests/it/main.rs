@@ -8,3 +8,4 @@ mod kubernetes;
 mod limits;
 mod prop;
 mod shutdown;
+mod summaries;
