@@ -50,4 +50,5 @@ exec target/debug/orb-signaling \
   --auth jwt \
   --signing-key-file "$KEY_FILE" \
   --orb-binary target/debug/orb \
-  --orb-log-dir "$ORB_LOG_DIR"
+  --orb-log-dir "$ORB_LOG_DIR" \
+  --summary-dir "$DEV_DIR/summaries"

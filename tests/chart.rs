@@ -159,11 +159,23 @@ fn operator_rbac_grants_exactly_the_calls_the_code_makes() {
 #[test]
 fn signaling_rbac_grants_exactly_the_calls_its_kubernetes_runtime_makes() {
     let objects = render(None, &[]);
+    // The orbs' lifecycle and presence, and the durable session summaries.
     let expected: BTreeSet<(String, String, String)> = orb_signaling::orb_runtime::kubernetes::API_CALLS
         .iter()
+        .chain(orb_signaling::summary::kube_store::API_CALLS)
         .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
         .collect();
-    assert_eq!(rules_of(find(&objects, "Role", "-signaling")), expected);
+    let role = find(&objects, "Role", "-signaling");
+    assert_eq!(rules_of(role), expected);
+    // One rule per (apiGroup, resource).
+    let mut seen = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                assert!(seen.insert((g.to_string(), r.to_string())), "two rules for {g} {r}");
+            }
+        }
+    }
 }
 
 /// The env names a binary's flags read.
@@ -177,13 +189,171 @@ fn env_names(command: clap::Command) -> BTreeSet<String> {
 #[test]
 fn the_signaling_deployment_sets_only_settings_signaling_reads() {
     let objects = render(Some(&format!("{CHART}/ci/monitoring-values.yaml")), &[]);
-    let known = env_names(orb_signaling::config::Args::command());
-    for env in container_env(find(&objects, "Deployment", "-signaling")) {
+    let mut known = env_names(orb_signaling::config::Args::command());
+    // Read by the config code itself: a key is never a flag (flags show in `ps`).
+    known.insert(orb_signaling::config::WEBHOOK_SECRET_ENV.to_owned());
+    let signaling = find(&objects, "Deployment", "-signaling");
+    // The values file switches the summary webhook on, so its settings are checked too.
+    assert!(env_of(signaling, orb_signaling::config::WEBHOOK_SECRET_ENV).is_some());
+    for env in container_env(signaling) {
         assert!(
             known.contains(&env),
             "the chart sets {env}, which orb-signaling does not read"
         );
     }
+}
+
+/// The env of the first container, by name.
+fn env_of<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+const SUMMARY_ENV: &[&str] = &[
+    "ORB_SUMMARY_WEBHOOK_URL",
+    "ORB_SUMMARY_WEBHOOK_SECRET",
+    "ORB_SUMMARY_WEBHOOK_SECRET_FILE",
+    "ORB_SUMMARY_RETRY_WINDOW",
+];
+
+#[test]
+fn the_summary_webhook_key_reaches_signaling_only_by_secret_reference() {
+    const KEY: &str = "a-webhook-key-that-must-not-leak";
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "signaling.summaryWebhook.url=https://hooks.example.com/orb",
+            "--set",
+            &format!("signaling.summaryWebhook.secret={KEY}"),
+            "--set",
+            "signaling.summaryWebhook.retryWindow=48h",
+        ],
+    );
+    let signaling = find(&objects, "Deployment", "-signaling");
+    assert_eq!(
+        env_of(signaling, "ORB_SUMMARY_WEBHOOK_URL").unwrap()["value"],
+        "https://hooks.example.com/orb"
+    );
+    assert_eq!(env_of(signaling, "ORB_SUMMARY_RETRY_WINDOW").unwrap()["value"], "48h");
+    let secret_env = env_of(signaling, orb_signaling::config::WEBHOOK_SECRET_ENV).unwrap();
+    assert!(secret_env.get("value").is_none(), "{secret_env}");
+    let reference = &secret_env["valueFrom"]["secretKeyRef"];
+    let deployment_text = serde_json::to_string(signaling).unwrap();
+    assert!(!deployment_text.contains(KEY), "the key is in the Deployment");
+    // The chart's Secret holds the key, under the referenced name and key.
+    let secret = find(&objects, "Secret", reference["name"].as_str().unwrap());
+    assert_eq!(secret["metadata"]["name"], reference["name"]);
+    let encoded = secret["data"][reference["key"].as_str().unwrap()].as_str().unwrap();
+    assert_eq!(encoded, base64(KEY.as_bytes()));
+    assert!(
+        !deployment_text.contains(encoded),
+        "the encoded key is in the Deployment"
+    );
+
+    // An existing Secret: referenced under its key; the chart creates none.
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "signaling.summaryWebhook.url=https://hooks.example.com/orb",
+            "--set",
+            "signaling.summaryWebhook.existingSecret=orb-summary-hmac",
+            "--set",
+            "signaling.summaryWebhook.secretKey=hmac",
+        ],
+    );
+    let signaling = find(&objects, "Deployment", "-signaling");
+    assert_eq!(
+        env_of(signaling, orb_signaling::config::WEBHOOK_SECRET_ENV).unwrap()["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "orb-summary-hmac", "key": "hmac"})
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "Secret" && o["metadata"]["name"].as_str().unwrap().ends_with("-summary-webhook"))
+    );
+
+    // Both at once is refused.
+    let out = helm()
+        .args(["template", "orb", CHART])
+        .args(["--set", "signaling.summaryWebhook.url=https://hooks.example.com/orb"])
+        .args(["--set", "signaling.summaryWebhook.existingSecret=orb-summary-hmac"])
+        .args(["--set", "signaling.summaryWebhook.secret=x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn without_a_summary_webhook_url_signaling_gets_no_webhook_settings() {
+    // A key alone does not switch delivery on.
+    for extra in [
+        &[][..],
+        &["--set", "signaling.summaryWebhook.secret=a-key"][..],
+        &["--set", "signaling.summaryWebhook.existingSecret=orb-summary-hmac"][..],
+    ] {
+        let objects = render(None, extra);
+        let env = container_env(find(&objects, "Deployment", "-signaling"));
+        for name in SUMMARY_ENV {
+            assert!(
+                !env.iter().any(|e| e == name),
+                "{name} is set without a url ({extra:?})"
+            );
+        }
+        assert!(
+            !objects
+                .iter()
+                .any(|o| o["kind"] == "Secret" && o["metadata"]["name"].as_str().unwrap().ends_with("-summary-webhook")),
+            "{extra:?}"
+        );
+    }
+}
+
+#[test]
+fn a_summary_webhook_url_must_be_http_or_https() {
+    for bad in ["hooks.example.com/orb", "ftp://hooks.example.com/orb", "https://"] {
+        let out = helm()
+            .args(["template", "orb", CHART])
+            .args(["--set", &format!("signaling.summaryWebhook.url={bad}")])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} is accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("summaryWebhook/url"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for good in [
+        "http://receiver.apps:8080/summaries",
+        "https://hooks.example.com/orb?team=1",
+    ] {
+        render(None, &["--set", &format!("signaling.summaryWebhook.url={good}")]);
+    }
+}
+
+/// Standard base64 with padding (the encoding of a Secret's `data`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The operator's pod builder and the orb binary agree: every argument the pod passes parses,

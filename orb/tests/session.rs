@@ -74,6 +74,19 @@ impl Peer for FakePeer {
                 state: PeerState::Connected,
             })
             .await;
+        // A human who says something as soon as the call connects: one voiced frame.
+        if sdp.contains("voice") {
+            let pcm = orb::audio::tone(440.0, orb::audio::FRAME_SAMPLES, 8000, 0);
+            let at = tokio::time::Instant::now();
+            let _ = self
+                .events
+                .send(PeerEvent::Audio {
+                    key: self.key.clone(),
+                    pcm,
+                    at,
+                })
+                .await;
+        }
         Ok(json!({"type": "answer", "sdp": format!("v=0 answer {}", self.key.generation)}))
     }
 
@@ -279,4 +292,58 @@ async fn offers_are_answered_replaced_and_closed_per_human() {
         log.closed.iter().any(|k| &*k.user == "coach-1" && k.generation == 3),
         "closed on shutdown"
     );
+}
+
+/// The idle timeout counts from voice, not from signaling: the orb reports the voice it heard to
+/// signaling (`orb_activity`), and a room whose only traffic after that is ICE candidates ends
+/// with `IdleTimeout` (if signaling traffic counted, this test would never end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_is_reported_as_activity_and_signaling_traffic_is_not() {
+    let relay = TestRelay::start().await.unwrap();
+    let log_path = std::env::temp_dir().join(format!("orb-activity-test-{}", std::process::id()));
+    let cli = Cli::try_parse_from([
+        "orb",
+        "--room=room-s",
+        "--test-mode",
+        "--idle-timeout=2s",
+        &format!("--signaling-url={}", relay.url()),
+        &format!("--termination-log={}", log_path.display()),
+    ])
+    .unwrap();
+    let config = Config::from_cli(cli, Secrets::default()).unwrap();
+    let orb = tokio::spawn(session::run(
+        config,
+        Arc::new(FakeStack::default()),
+        Box::new(TestBrain::new(Duration::from_millis(10))),
+        Metrics::new(),
+        Health::new(),
+        SessionOptions::default(),
+        std::future::pending(),
+    ));
+    relay.wait_control("orb_ready", 1, WAIT).await.unwrap();
+    let mut coach = human(&relay.url(), "coach-1", "coach").await;
+    let ai = "ai-orb-room-s";
+    let before = std::time::SystemTime::now();
+    send(
+        &mut coach,
+        json!({"type": "offer", "toId": ai, "offer": {"type": "offer", "sdp": "v=0 voice"}}),
+    )
+    .await;
+    next_of(&mut coach, "answer").await;
+    relay.wait_control("orb_activity", 1, WAIT).await.unwrap();
+    let control = relay.control_messages();
+    let (_, activity) = control.iter().find(|(k, _)| k == "orb_activity").unwrap();
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(activity["lastVoiceActivity"].as_u64().unwrap());
+    assert!(at + Duration::from_secs(1) >= before && at <= std::time::SystemTime::now(), "{activity}");
+
+    // Only signaling from now on: candidates keep coming, nobody speaks.
+    let ending = loop {
+        if orb.is_finished() {
+            break orb.await.unwrap();
+        }
+        send(&mut coach, json!({"type": "ice-candidate", "toId": ai, "candidate": {"candidate": "candidate:x 1 udp 1 10.0.0.1 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ending.reason(), orb_crds::TerminationReason::IdleTimeout);
+    let _ = std::fs::remove_file(&log_path);
 }

@@ -18,7 +18,7 @@ type Labels = Vec<(&'static str, &'static str)>;
 
 /// Relayed message types besides SDP and ICE (see [`Metrics::relayed_other`]).
 pub const OTHER_RELAYED: [&str; 3] = ["ai_status", "session_summary", "orb_error"];
-/// Values of `summary_deliveries_total{result}`.
+/// Values of `summaries_delivery_attempts_total{result}`.
 pub const SUMMARY_DELIVERY_RESULTS: [&str; 3] = ["delivered", "retry", "failed"];
 /// Values of `summaries_stored_total{result}`.
 pub const SUMMARY_STORE_RESULTS: [&str; 3] = ["stored", "duplicate", "error"];
@@ -137,7 +137,7 @@ impl Metrics {
         );
         let summary_deliveries = Family::<Labels, Counter>::default();
         registry.register(
-            "summary_deliveries",
+            "summaries_delivery_attempts",
             "Attempts to post a session summary to the webhook, by result (delivered, retry, failed)",
             summary_deliveries.clone(),
         );
@@ -149,7 +149,7 @@ impl Metrics {
         );
         let summary_oldest_pending = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
-            "summary_oldest_pending_seconds",
+            "summaries_oldest_pending_seconds",
             "Age of the oldest stored summary the webhook has not acknowledged (0 when none)",
             summary_oldest_pending.clone(),
         );

@@ -29,6 +29,11 @@ app.kubernetes.io/name: {{ .component }}
 {{- default (printf "%s-signing-key" (include "orb.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret with the summary webhook's HMAC key: the given one, else the chart's. */}}
+{{- define "orb.summaryWebhookSecret" -}}
+{{- default (printf "%s-summary-webhook" (include "orb.fullname" .)) .Values.signaling.summaryWebhook.existingSecret -}}
+{{- end -}}
+
 {{- define "orb.signalingName" -}}
 {{- printf "%s-signaling" (include "orb.fullname" .) -}}
 {{- end -}}

@@ -165,9 +165,9 @@ async fn a_large_summary_survives_a_webhook_outage() {
 
     let (_, metrics) = s.http_get("/metrics").await;
     for needle in [
-        "orb_signaling_summary_deliveries_total{result=\"delivered\"} 1",
+        "orb_signaling_summaries_delivery_attempts_total{result=\"delivered\"} 1",
         "orb_signaling_summaries_stored_total{result=\"stored\"} 1",
-        "orb_signaling_summary_oldest_pending_seconds 0",
+        "orb_signaling_summaries_oldest_pending_seconds 0",
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
