@@ -121,9 +121,14 @@ impl Stack {
 
     /// A browser with fake media devices and its own profile.
     async fn browser(&self, name: &str) -> Page {
+        self.browser_with(name, &[]).await
+    }
+
+    /// [`Stack::browser`] with extra Chromium flags (say, a file as the microphone).
+    async fn browser_with(&self, name: &str, extra: &[String]) -> Page {
         let profile = self.dir.join(format!("profile-{name}"));
         let chromium = tool("chromium", "./scripts/install-deps.sh");
-        let args = vec![
+        let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -142,6 +147,7 @@ impl Stack {
             "--window-size=1280,800".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        args.extend(extra.iter().cloned());
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
         Self::session(name, "chromium", self.driver_port, caps).await
@@ -527,6 +533,71 @@ async fn a_ninth_room_queues_until_another_room_ends() {
             let _ = s.close.send(());
             let _ = s.task.await;
         }
+    })
+    .await;
+}
+
+/// Real speech, as a microphone: `espeak-ng` speaks a few sentences into a WAV that Chromium
+/// loops as its fake capture device.
+fn speech_wav(dir: &Path) -> PathBuf {
+    let wav = dir.join("speech.wav");
+    let text = "Let us start with the breathing exercise. Breathe in slowly, and hold it. \
+                Now breathe out. How does your chest feel today? A little lighter, I think. \
+                Good. We will try it once more, and then talk about your week.";
+    let status = Command::new(tool("espeak-ng", "./scripts/install-deps.sh"))
+        .args(["-s", "170", "-g", "2", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("run espeak-ng");
+    assert!(status.success(), "espeak-ng failed");
+    wav
+}
+
+/// The idle timeout measures speech, not signaling: with real speech from both people the call
+/// lasts several idle timeouts although no signaling message flows once the media is up (the orb
+/// reports the voice it hears); when both mute, nobody says anything and the orb ends with
+/// `IdleTimeout` — no sooner than the idle timeout after the silence began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_talking_keep_their_orb_and_silence_ends_it() {
+    let name = "speech";
+    let idle = Duration::from_secs(6);
+    let stack = Stack::start(name, &["--idle-timeout", "6s"]);
+    let mic = format!("--use-file-for-fake-audio-capture={}", speech_wav(&stack.dir).display());
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    scenario(name, &pages, async {
+        let room = "browser-speech";
+        let coach = pages.add(stack_ref.browser_with("coach", std::slice::from_ref(&mic)).await);
+        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
+        let coach_call = wait_connected(&coach, &["ai"]).await;
+        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
+        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+        let client = pages.add(stack_ref.browser_with("client", std::slice::from_ref(&mic)).await);
+        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
+        wait_connected(&client, &["ai", &coach_id]).await;
+        wait_orb_audio(&coach, &ai).await;
+
+        // They talk for three idle timeouts: the orb stays.
+        let talking = Instant::now();
+        while talking.elapsed() < idle * 3 {
+            let log = stack_ref.orb_log(room);
+            assert!(!log.contains("orb ended"), "the orb ended while people talked:\n{log}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(peer_state(&client.call().await, &ai).as_deref(), Some("connected"));
+
+        // Both mute: silence. The orb ends for idleness, an idle timeout later at the earliest.
+        let silent = Instant::now();
+        for page in [&coach, &client] {
+            page.js("window.orbCall.setMuted(true); return window.orbCall.muted").await;
+        }
+        wait_for("the orb to end with IdleTimeout", || async {
+            let log = stack_ref.orb_log(room);
+            log.contains("orb ended: Succeeded IdleTimeout").then_some(())
+        })
+        .await;
+        assert!(silent.elapsed() >= idle, "the orb ended before the idle timeout");
     })
     .await;
 }

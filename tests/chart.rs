@@ -383,7 +383,14 @@ fn orb_pods_start_the_orb_with_flags_and_env_it_reads() {
     );
     orb.metadata.namespace = Some("calls".into());
     orb.metadata.uid = Some("uid-1".into());
-    let pod = orb_operator::pod::build_pod(&orb, &config.pod, 1, std::time::Duration::from_secs(30));
+    let limits = orb_operator::policy::orb_limits(&orb.spec, &config.limits);
+    let now = jiff::Timestamp::now();
+    let clock = orb_operator::policy::OrbClock {
+        admitted_at: Some(now),
+        ..Default::default()
+    };
+    let launch = orb_operator::policy::launch(&orb.spec, &limits, &clock, now, &config.pod.signaling_url);
+    let pod = orb_operator::pod::build_pod(&orb, &config.pod, 1, &launch);
     let container = &pod.spec.unwrap().containers[0];
     let args = container.args.clone().unwrap();
     let parsed = orb::config::Cli::try_parse_from(std::iter::once("orb".to_owned()).chain(args.iter().cloned()))

@@ -394,7 +394,7 @@ async fn create_pod(
         session_started_at: status.session_started_at.map(|t| t.0),
         ..OrbClock::default()
     };
-    let lifetime_left = policy::lifetime_left(&clock, limits, now);
+    let launch = policy::launch(&orb.spec, limits, &clock, now, &ctx.pod.signaling_url);
     let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), &clock, limits, now);
     let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -413,7 +413,7 @@ async fn create_pod(
                 field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
                 ..Default::default()
             },
-            &build_pod(orb, &ctx.pod, attempt, lifetime_left),
+            &build_pod(orb, &ctx.pod, attempt, &launch),
         )
         .await
     {

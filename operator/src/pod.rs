@@ -18,6 +18,7 @@ use orb_crds::AiOrb;
 use orb_crds::naming::{pod_name, token_secret_name};
 
 use crate::config::PodSettings;
+use crate::policy::Launch;
 
 pub use crate::policy::TERMINATION_GRACE_SECONDS;
 /// Added to the remaining lifetime for `activeDeadlineSeconds`, so the kubelet's backstop only
@@ -91,32 +92,12 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// The pod for one attempt of an orb. `lifetime_left` is what remains of its lifetime, so a
-/// replacement pod does not get a fresh full lifetime.
-pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, lifetime_left: Duration) -> Pod {
-    let spec = &orb.spec;
+/// The pod for one attempt of an orb, running `launch` (see [`crate::policy::launch`]): what is
+/// left of the session's lifetime, so a replacement pod does not get a fresh full lifetime.
+pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, launch: &Launch) -> Pod {
     let orb_name = orb.name_any();
-    let mut args = vec![
-        format!("--room={}", spec.room_id),
-        format!("--signaling-url={}", settings.signaling_url),
-    ];
-    for (flag, value) in [
-        ("session", &spec.session_id),
-        ("coach", &spec.coach_id),
-        ("client", &spec.client_id),
-    ] {
-        if let Some(v) = value {
-            args.push(format!("--{flag}={v}"));
-        }
-    }
-    let lifetime_secs = lifetime_left.as_secs().max(1);
-    args.push(format!("--max-lifetime={lifetime_secs}s"));
-    if let Some(idle) = spec.idle_timeout_seconds {
-        args.push(format!("--idle-timeout={idle}s"));
-    }
-    if spec.test_mode {
-        args.push("--test-mode".into());
-    }
+    let args = launch.args.clone();
+    let lifetime_secs = launch.lifetime_left.as_secs().max(1);
 
     let mut env_vars = vec![
         EnvVar {
@@ -263,6 +244,17 @@ mod tests {
         orb
     }
 
+    /// The policy's launch of `orb` with `lifetime_left` seconds of its session left.
+    fn launch(orb: &AiOrb, settings: &PodSettings, lifetime_left: i64) -> Launch {
+        let limits = crate::policy::orb_limits(&orb.spec, &crate::policy::Limits::default());
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let clock = crate::policy::OrbClock {
+            admitted_at: Some(now - k8s_openapi::jiff::SignedDuration::from_secs(limits.lifetime.as_secs() as i64 - lifetime_left)),
+            ..Default::default()
+        };
+        crate::policy::launch(&orb.spec, &limits, &clock, now, &settings.signaling_url)
+    }
+
     fn settings() -> PodSettings {
         PodSettings {
             image: "registry.example/orb:1.0".into(),
@@ -286,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_pod_carries_every_setting_and_the_safety_defaults() {
-        let pod = build_pod(&orb(), &settings(), 2, Duration::from_secs(30));
+        let pod = build_pod(&orb(), &settings(), 2, &launch(&orb(), &settings(), 30));
         assert_eq!(pod.metadata.name.as_deref(), Some("orb-room-1-2"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("calls"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
@@ -369,7 +361,7 @@ mod tests {
             image: "orb".into(),
             ..Default::default()
         };
-        let spec = build_pod(&orb(), &bare, 0, Duration::from_secs(7200)).spec.unwrap();
+        let spec = build_pod(&orb(), &bare, 0, &launch(&orb(), &bare, 7200)).spec.unwrap();
         assert!(spec.node_selector.is_none() && spec.tolerations.is_none() && spec.image_pull_secrets.is_none());
         assert!(spec.containers[0].resources.as_ref().unwrap().limits.is_none());
         assert!(spec.containers[0].env_from.is_none());

@@ -25,7 +25,9 @@
     errors: [],
     audioLevel: 0,
     summary: null,
+    muted: false,
     stats: inboundAudioBytes,
+    setMuted,
   });
 
   const peers = new Map(); // peerId -> { pc, pending: [], role, type }
@@ -321,6 +323,15 @@
     };
   }
 
+  // Muting disables the microphone track: the peers keep receiving (silent) audio, so the call
+  // stays up, and the orb hears nobody — after the idle timeout it leaves, as in the seed.
+  function setMuted(muted) {
+    state.muted = Boolean(muted);
+    if (localStream) localStream.getAudioTracks().forEach((t) => (t.enabled = !state.muted));
+    $('mute').textContent = state.muted ? 'Unmute' : 'Mute';
+    $('mute').setAttribute('aria-pressed', String(state.muted));
+  }
+
   function leave() {
     if (state.left) return;
     state.left = true;
@@ -350,6 +361,7 @@
   async function main() {
     $('room-id').textContent = roomId;
     $('leave').addEventListener('click', leave);
+    $('mute').addEventListener('click', () => setMuted(!state.muted));
     window.addEventListener('pagehide', leave);
     const other = role === 'coach' ? 'client' : 'coach';
     const invite = new URL(location.href);

@@ -3,8 +3,10 @@
 //! operator's reconciler and admitter use these, and so does the local dev runtime, so every
 //! runtime enforces one implementation of the rules.
 
+mod launch;
 mod session;
 
+pub use launch::{Launch, launch};
 pub use session::{
     SessionBudgets, parse_sessions, prune_sessions, render_sessions, retention, session_key, session_start,
 };

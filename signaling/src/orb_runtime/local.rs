@@ -18,9 +18,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use orb_crds::auth::SigningKey;
-use orb_crds::{AiOrb, AiOrbSpec, OrbPhase, TerminationReason, naming};
-use orb_operator::config::PodSettings;
-use orb_operator::pod::{TERMINATION_GRACE_SECONDS, build_pod};
+use orb_crds::{AiOrbSpec, OrbPhase, TerminationReason, naming};
+use orb_operator::policy::TERMINATION_GRACE_SECONDS;
 use orb_operator::policy::{self, AdmissionEntry, Limits, OrbClock, OrbView, PodState, SessionBudgets, Step};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -552,28 +551,8 @@ impl State {
             session_started_at: orb.session_started_at,
             ..OrbClock::default()
         };
-        let lifetime_left = policy::lifetime_left(&clock, limits, now);
-        let pod_settings = PodSettings {
-            image: "orb".into(),
-            image_pull_policy: "Never".into(),
-            signaling_url: signaling,
-            gpu_resource: String::new(),
-            gpu_count: 0,
-            node_selector: Default::default(),
-            tolerations: Vec::new(),
-            runtime_class: None,
-            image_pull_secrets: Vec::new(),
-            extra_env: Vec::new(),
-            env_from_secrets: Vec::new(),
-            resources: Default::default(),
-        };
-        let resource = AiOrb::new(&orb.name, orb.spec.clone());
-        let pod = build_pod(&resource, &pod_settings, attempt, lifetime_left);
-        let mut args: Vec<String> = pod
-            .spec
-            .and_then(|s| s.containers.into_iter().next())
-            .and_then(|c| c.args)
-            .unwrap_or_default();
+        // The operator's launch of the orb, as a process instead of a pod.
+        let mut args = policy::launch(&orb.spec, limits, &clock, now, &signaling).args;
         let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
             Ok(a) => a.port(),
             Err(e) => {
