@@ -1,5 +1,7 @@
 //! An in-memory Kubernetes API for AiOrbs behind a `tower-test` mock service: get, list, watch
-//! (streamed), create, delete and status patches, with a switch that makes every call fail.
+//! (streamed), create, delete and status patches; and for ConfigMaps (the summary store): list by
+//! label, create, replace and delete with resourceVersion preconditions. A switch makes every
+//! call fail.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -16,12 +18,14 @@ use serde_json::{Value, json};
 
 pub const NS: &str = "orbs";
 const BASE: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/orbs/aiorbs";
+const CONFIG_MAPS: &str = "/api/v1/namespaces/orbs/configmaps";
 
 type RespBody = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Default)]
 pub struct FakeState {
     pub orbs: BTreeMap<String, Value>,
+    pub config_maps: BTreeMap<String, Value>,
     /// Method, path and query of every request, in order.
     pub requests: Vec<(Method, String, String)>,
     pub status_patches: Vec<Value>,
@@ -94,6 +98,10 @@ impl FakeKube {
         if st.fail {
             return status(500, "InternalError", "the fake API server is failing on purpose");
         }
+        if let Some(rest) = path.strip_prefix(CONFIG_MAPS) {
+            let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+            return st.config_map(parts.method, &segments, &query, &body);
+        }
         let Some(rest) = path.strip_prefix(BASE) else {
             return status(404, "NotFound", "unknown path");
         };
@@ -150,6 +158,11 @@ impl FakeKube {
                 let Some(orb) = st.orbs.get_mut(*name) else {
                     return status(404, "NotFound", "aiorb not found");
                 };
+                if let Some(uid) = patch["metadata"]["uid"].as_str()
+                    && orb["metadata"]["uid"] != uid
+                {
+                    return status(409, "Conflict", "precondition failed: uid");
+                }
                 for (k, v) in patch["status"].as_object().unwrap() {
                     orb["status"][k] = v.clone();
                 }
@@ -162,6 +175,75 @@ impl FakeKube {
 }
 
 impl FakeState {
+    fn config_map(&mut self, method: Method, segments: &[&str], query: &str, body: &[u8]) -> Response<RespBody> {
+        let body: Value = serde_json::from_slice(body).unwrap_or_default();
+        match (method, segments) {
+            (Method::GET, []) => {
+                // `labelSelector=k%3Dv`: one equality, as the summary store asks.
+                let selector = query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("labelSelector="))
+                    .map(|s| s.replace("%3D", "=").replace("%2F", "/"));
+                let items: Vec<Value> = self
+                    .config_maps
+                    .values()
+                    .filter(|cm| {
+                        selector.as_deref().is_none_or(|sel| {
+                            let (k, v) = sel.split_once('=').unwrap();
+                            cm["metadata"]["labels"][k] == v
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                ok(
+                    200,
+                    json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": self.version.to_string()}, "items": items}),
+                )
+            }
+            (Method::POST, []) => {
+                let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+                if self.config_maps.contains_key(&name) {
+                    return status(409, "AlreadyExists", "configmap already exists");
+                }
+                let cm = self.stamp(body);
+                self.config_maps.insert(name, cm.clone());
+                ok(201, cm)
+            }
+            (Method::PUT, [name]) => {
+                let Some(current) = self.config_maps.get(*name) else {
+                    return status(404, "NotFound", "configmap not found");
+                };
+                if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                    return status(409, "Conflict", "the object has been modified");
+                }
+                let cm = self.stamp(body);
+                self.config_maps.insert((*name).to_owned(), cm.clone());
+                ok(200, cm)
+            }
+            (Method::DELETE, [name]) => {
+                let Some(current) = self.config_maps.get(*name).cloned() else {
+                    return status(404, "NotFound", "configmap not found");
+                };
+                if let Some(rv) = body["preconditions"]["resourceVersion"].as_str()
+                    && current["metadata"]["resourceVersion"] != rv
+                {
+                    return status(409, "Conflict", "precondition failed: resourceVersion");
+                }
+                self.config_maps.remove(*name);
+                ok(200, current)
+            }
+            _ => status(405, "MethodNotAllowed", "not supported by the fake"),
+        }
+    }
+
+    /// A new resourceVersion (and the namespace) on a written object.
+    fn stamp(&mut self, mut object: Value) -> Value {
+        self.version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        object["metadata"]["namespace"] = json!(NS);
+        object
+    }
+
     fn notify(&mut self, kind: &str, object: Value) {
         let line = format!("{}\n", json!({"type": kind, "object": object}));
         self.watchers

@@ -219,3 +219,154 @@ async fn shutdown_flushes_pending_presence() {
     runtime.shutdown().await;
     assert_eq!(fake.state().status_patches.len(), 1);
 }
+
+/// The whole path of activity: the orb reports the voice it heard over its socket, and the next
+/// presence write carries that instant as `lastActivityTime`; relayed SDP/ICE moves nothing.
+#[tokio::test]
+async fn presence_carries_the_voice_activity_the_orb_reports() {
+    let (s, fake) = server_on_fake_api().await;
+    let (mut coach, _) = s.join("room-v", "coach", "coach").await;
+    coach.recv_type("ai_status").await;
+    let (mut orb, _) = s.join("room-v", "ai", "ai").await;
+    coach.recv_type("user-joined").await;
+    let joined_patch = {
+        eventually("a presence write", || !fake.state().status_patches.is_empty()).await;
+        fake.state().status_patches.last().cloned().unwrap()
+    };
+
+    // Signaling traffic only: the next write (if any) keeps the join's time.
+    orb.send(json!({"type": "ice-candidate", "toId": "coach", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}}))
+        .await;
+    coach.recv_type("ice-candidate").await;
+
+    // Voice, a second in the future of the join's write, as the orb reports it.
+    let joined: jiff::Timestamp = joined_patch["status"]["lastActivityTime"].as_str().unwrap().parse().unwrap();
+    let spoke = jiff::Timestamp::now().max(joined + jiff::SignedDuration::from_secs(1));
+    orb.send(json!({"type": "orb_activity", "lastVoiceActivity": spoke.as_millisecond()}))
+        .await;
+    orb.expect_nothing_pending().await;
+    let expected = jiff::Timestamp::from_second(spoke.as_second()).unwrap().to_string();
+    eventually_for("the voice in a presence write", Duration::from_secs(10), || {
+        fake.state()
+            .status_patches
+            .iter()
+            .any(|p| p["status"]["lastActivityTime"] == expected.as_str())
+    })
+    .await;
+    let patches = fake.state().status_patches.clone();
+    assert!(
+        patches
+            .iter()
+            .take_while(|p| p["status"]["lastActivityTime"] != expected.as_str())
+            .all(|p| p["status"]["lastActivityTime"] == joined_patch["status"]["lastActivityTime"]),
+        "nothing but voice moved the activity: {patches:?}"
+    );
+    assert_eq!(patches.last().unwrap()["status"]["participants"], 1);
+}
+
+/// With the Kubernetes runtime a summary is a ConfigMap: pending without an owner (it must
+/// outlive a replaced AiOrb), then delivered, owned by its AiOrb (garbage-collected with it) and
+/// mirrored on `status.summary`. A second store — a restarted signaling — finds the pending one.
+#[tokio::test]
+async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
+    use orb_signaling::summary::delivery::Deliverer;
+    use orb_signaling::summary::kube_store::{KubeStore, STATE_LABEL, config_map_name};
+    use orb_signaling::summary::{PutOutcome, StoredSummary, SummarySettings, SummaryStore, new_meta};
+
+    let (client, fake) = FakeKube::start();
+    fake.insert_orb("room-s", "room-s", "Succeeded");
+    let settings = SummarySettings {
+        webhook_url: Some("http://127.0.0.1:9/unreachable".parse().unwrap()),
+        retry_window: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let store = KubeStore::new(client.clone(), NS);
+    let body = bytes::Bytes::from(json!({"roomId": "room-s", "summary": {"transcript": vec!["the same words again"; 2000]}}).to_string());
+    let summary = StoredSummary {
+        meta: new_meta("sum-k".into(), "room-s".into(), jiff::Timestamp::now(), &settings),
+        body: body.clone(),
+        version: None,
+    };
+    assert_eq!(store.put(summary.clone()).await.unwrap(), PutOutcome::Stored);
+    assert_eq!(store.put(summary).await.unwrap(), PutOutcome::AlreadyStored);
+    let name = config_map_name("sum-k");
+    let cm = fake.state().config_maps[&name].clone();
+    assert_eq!(cm["metadata"]["labels"][STATE_LABEL], "pending");
+    assert!(cm["metadata"]["ownerReferences"].is_null(), "a pending summary has no owner: {cm}");
+    assert!(cm["binaryData"]["summary.json.gz"].as_str().unwrap().len() < body.len() / 4, "compressed");
+    assert_eq!(fake.state().orbs["room-s"]["status"]["summary"]["state"], "Pending");
+
+    // A restarted signaling (a new store over the same API) finds it and delivers it.
+    let store = Arc::new(KubeStore::new(client, NS));
+    let pending = store.pending().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].body, body, "the body round-trips byte for byte");
+    let hook = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let settings = SummarySettings {
+        webhook_url: Some(url.parse().unwrap()),
+        ..settings
+    };
+    let deliverer = Deliverer::new(store.clone(), &settings, Metrics::shared()).unwrap();
+    assert_eq!(deliverer.pass().await.unwrap(), None, "nothing left to do");
+    let cm = fake.state().config_maps[&name].clone();
+    assert_eq!(cm["metadata"]["labels"][STATE_LABEL], "delivered");
+    let owner = &cm["metadata"]["ownerReferences"][0];
+    assert_eq!((owner["kind"].as_str(), owner["name"].as_str()), (Some("AiOrb"), Some("room-s")));
+    let status = fake.state().orbs["room-s"]["status"]["summary"].clone();
+    assert_eq!((status["state"].as_str(), status["attempts"].as_i64()), (Some("Delivered"), Some(1)));
+    assert!(store.pending().await.unwrap().is_empty());
+    let patches = fake.state().requests.clone();
+    assert!(
+        patches
+            .iter()
+            .filter(|(m, p, _)| *m == Method::PATCH && p.ends_with("/status"))
+            .all(|(_, _, q)| q.contains("fieldManager=orb-signaling-summary")),
+        "the summary has its own field manager, so presence keeps its fields"
+    );
+}
+
+/// A delivered summary whose AiOrb is gone (replaced by a new one of the room) has nothing to be
+/// collected with: it is deleted rather than left behind or attached to the wrong AiOrb.
+#[tokio::test]
+async fn a_summary_of_a_replaced_aiorb_is_deleted_once_final() {
+    use orb_signaling::summary::kube_store::{KubeStore, config_map_name};
+    use orb_signaling::summary::{Attempt, StoredSummary, SummarySettings, SummaryStore, after_attempt, new_meta};
+
+    let (client, fake) = FakeKube::start();
+    fake.insert_orb("room-r", "room-r", "Succeeded");
+    let settings = SummarySettings {
+        webhook_url: Some("http://127.0.0.1:9/".parse().unwrap()),
+        retry_window: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let store = KubeStore::new(client, NS);
+    let meta = new_meta("sum-r".into(), "room-r".into(), jiff::Timestamp::now(), &settings);
+    store
+        .put(StoredSummary {
+            meta,
+            body: bytes::Bytes::from_static(b"{}"),
+            version: None,
+        })
+        .await
+        .unwrap();
+    // The room is used again: signaling replaces the finished AiOrb (new uid).
+    fake.state().orbs.remove("room-r");
+    fake.insert_orb("room-r", "room-r", "Ready");
+    let pending = store.pending().await.unwrap().remove(0);
+    let delivered = after_attempt(&pending.meta, &Attempt::Delivered, jiff::Timestamp::now());
+    store
+        .update(StoredSummary {
+            meta: delivered,
+            ..pending
+        })
+        .await
+        .unwrap();
+    assert!(!fake.state().config_maps.contains_key(&config_map_name("sum-r")));
+    assert!(
+        fake.state().orbs["room-r"]["status"]["summary"].is_null(),
+        "the new AiOrb does not get the old orb's summary"
+    );
+}
