@@ -420,7 +420,73 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
         "the ledger write is conditional on what was read"
     );
     assert_eq!(seen[2].body["data"]["admitted"], "calls/room-1 uid-1\n");
+    // The new orb's session starts its lifetime budget, in the same compare-and-swap.
+    let spec: orb_crds::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
+    let key = orb_operator::policy::session_key(NS, &spec);
+    assert_eq!(
+        seen[2].body["data"]["sessions"],
+        format!("{key} {}\n", now().as_second())
+    );
     assert_eq!(status_of(&seen[3])["phase"], "Starting");
+    assert_eq!(status_of(&seen[3])["sessionStartedAt"], now().to_string());
+}
+
+fn waiting_spec() -> Value {
+    orb("room-1", "uid-1", 5, Value::Null)["spec"].clone()
+}
+
+/// The lifetime is the session's: an AiOrb re-created for a session whose budget started 2 h 1 min
+/// ago (the page reloaded after the orb ended with MaxLifetime) inherits that start from the
+/// ledger, and its first reconcile ends it with MaxLifetime instead of starting a pod. Budgets
+/// older than their retention are dropped from the ledger in the same write.
+#[tokio::test]
+async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
+    let spec: orb_crds::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
+    let key = orb_operator::policy::session_key(NS, &spec);
+    let started = now().as_second() - 7260;
+    let forgotten = now().as_second() - 5 * 3600;
+    let waiting = orb("room-1", "uid-2", 5, json!({"phase": "Queued", "queuePosition": 1}));
+    let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"},
+        "data": {"admitted": "", "sessions": format!("0123456789abcdef {forgotten}\n{key} {started}\n")}});
+    let seen = admit_with(
+        8,
+        vec![
+            expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
+            expect(
+                "GET",
+                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
+            ),
+            expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
+            status_write("room-1"),
+            event(),
+        ],
+    )
+    .await;
+    assert_eq!(seen[2].body["data"]["sessions"], format!("{key} {started}\n"));
+    let status = status_of(&seen[3]).clone();
+    let session_start = k8s_openapi::jiff::Timestamp::from_second(started).unwrap().to_string();
+    assert_eq!(status["sessionStartedAt"], session_start);
+
+    // Its first reconcile: the budget is spent, so no pod — the orb ends with MaxLifetime.
+    let (result, seen) = reconcile_with(
+        orb("room-1", "uid-2", 5, status),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            // Terminating deletes the (absent) pod idempotently.
+            not_found("DELETE", format!("{PODS}/orb-room-1-0?")),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    let status = status_of(&seen[3]);
+    // The script has no pod create: a request for one would fail the scenario.
+    assert_eq!(
+        (status["phase"].as_str(), status["terminationReason"].as_str()),
+        (Some("Terminating"), Some("MaxLifetime"))
+    );
 }
 
 #[tokio::test]
