@@ -590,7 +590,8 @@ async fn people_talking_keep_their_orb_and_silence_ends_it() {
         // Both mute: silence. The orb ends for idleness, an idle timeout later at the earliest.
         let silent = Instant::now();
         for page in [&coach, &client] {
-            page.js("window.orbCall.setMuted(true); return window.orbCall.muted").await;
+            page.js("window.orbCall.setMuted(true); return window.orbCall.muted")
+                .await;
         }
         wait_for("the orb to end with IdleTimeout", || async {
             let log = stack_ref.orb_log(room);

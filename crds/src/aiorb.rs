@@ -51,7 +51,8 @@ pub struct AiOrbSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._~-]*$"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("roomId is immutable"))]
     pub room_id: String,
-    /// The coaching session the call belongs to, passed to the orb for its summary.
+    /// The coaching session the call belongs to (the room token's `session` claim), passed to the
+    /// orb for its summary. The lifetime is a budget of the session: AiOrbs of one session share it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub session_id: Option<String>,
@@ -66,11 +67,14 @@ pub struct AiOrbSpec {
     /// Test mode: deterministic test brain and a short lifetime (the operator's test-mode timeout).
     #[serde(default)]
     pub test_mode: bool,
-    /// Hard limit on the orb's life from admission. Default: the operator's `--max-orb-lifetime`.
+    /// Hard limit on the session's time with an orb, counted from the first admission of any AiOrb
+    /// of the session (`sessionId`, else the room; see `status.sessionStartedAt`).
+    /// Default: the operator's `--max-orb-lifetime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub max_lifetime_seconds: Option<i64>,
-    /// End the orb when the room shows no activity for this long. Default: `--idle-timeout`.
+    /// End the orb when nobody in the room has said anything (no voice, join or leave; see
+    /// `status.lastActivityTime`) for this long. Default: `--idle-timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub idle_timeout_seconds: Option<i64>,
@@ -130,7 +134,7 @@ pub enum TerminationReason {
     SessionComplete,
     /// Everybody left and the empty-room grace period passed.
     RoomCleanup,
-    /// No activity in the room for the idle timeout.
+    /// Nobody said anything in the room (no voice, join or leave) for the idle timeout.
     IdleTimeout,
     /// The orb reached its maximum lifetime.
     MaxLifetime,

@@ -203,7 +203,8 @@ impl Admitter {
         }
 
         if plan.ledger != ledger || next_sessions != sessions {
-            self.write_ledger(ledger_cm, &plan.ledger, &next_sessions, &orbs).await?;
+            self.write_ledger(ledger_cm, &plan.ledger, &next_sessions, &orbs)
+                .await?;
         }
         let mut outcome = PassOutcome {
             queued: plan.queue.len(),

@@ -249,7 +249,9 @@ mod tests {
         let limits = crate::policy::orb_limits(&orb.spec, &crate::policy::Limits::default());
         let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let clock = crate::policy::OrbClock {
-            admitted_at: Some(now - k8s_openapi::jiff::SignedDuration::from_secs(limits.lifetime.as_secs() as i64 - lifetime_left)),
+            admitted_at: Some(
+                now - k8s_openapi::jiff::SignedDuration::from_secs(limits.lifetime.as_secs() as i64 - lifetime_left),
+            ),
             ..Default::default()
         };
         crate::policy::launch(&orb.spec, &limits, &clock, now, &settings.signaling_url)

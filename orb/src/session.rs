@@ -210,7 +210,9 @@ impl Session {
     /// Voice was heard or spoken at `at`: the idle deadline moves, and signaling will hear of it.
     fn voice(&mut self, at: Instant) {
         self.deadlines.activity(at);
-        let wall = SystemTime::now().checked_sub(at.elapsed()).unwrap_or_else(SystemTime::now);
+        let wall = SystemTime::now()
+            .checked_sub(at.elapsed())
+            .unwrap_or_else(SystemTime::now);
         self.last_voice = Some(self.last_voice.map_or(wall, |t| t.max(wall)));
     }
 

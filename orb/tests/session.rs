@@ -334,7 +334,10 @@ async fn voice_is_reported_as_activity_and_signaling_traffic_is_not() {
     let control = relay.control_messages();
     let (_, activity) = control.iter().find(|(k, _)| k == "orb_activity").unwrap();
     let at = std::time::UNIX_EPOCH + Duration::from_millis(activity["lastVoiceActivity"].as_u64().unwrap());
-    assert!(at + Duration::from_secs(1) >= before && at <= std::time::SystemTime::now(), "{activity}");
+    assert!(
+        at + Duration::from_secs(1) >= before && at <= std::time::SystemTime::now(),
+        "{activity}"
+    );
 
     // Only signaling from now on: candidates keep coming, nobody speaks.
     let ending = loop {

@@ -147,7 +147,11 @@ impl Limits {
     /// The text-frame cap of a socket: the orb's (its summary carries the whole transcript) or
     /// everyone else's.
     pub fn frame_cap(&self, orb: bool) -> usize {
-        if orb { self.max_orb_frame_bytes } else { self.max_frame_bytes }
+        if orb {
+            self.max_orb_frame_bytes
+        } else {
+            self.max_frame_bytes
+        }
     }
 
     /// How often the server pings a quiet socket, so live clients answer well inside the timeout.

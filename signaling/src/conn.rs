@@ -418,7 +418,11 @@ impl Conn<'_> {
         let (state, handle, room_id) = (Arc::clone(self.state), self.handle.clone(), self.room_id.to_owned());
         tokio::spawn(
             async move {
-                match state.summaries.accept(id.clone(), room_id, bytes::Bytes::from(text)).await {
+                match state
+                    .summaries
+                    .accept(id.clone(), room_id, bytes::Bytes::from(text))
+                    .await
+                {
                     Ok(outcome) => {
                         debug!(summary = %id, ?outcome, "summary stored");
                         handle.send_message(&ServerMessage::SessionSummaryAck { summary_id: id });

@@ -24,8 +24,8 @@ pub mod room;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
-pub mod web;
-#[cfg(feature = "server")]
 pub mod summary;
+#[cfg(feature = "server")]
+pub mod web;
 #[cfg(feature = "server")]
 pub mod wire;

@@ -86,7 +86,9 @@ pub enum ClientMessage {
     /// The orb heard or produced voice: `lastVoiceActivity` is that instant in Unix milliseconds.
     /// Sent when it changes, at most every few seconds; the room's idle timeout counts from it.
     #[serde(rename = "orb_activity", rename_all = "camelCase")]
-    OrbActivity { last_voice_activity: u64 },
+    OrbActivity {
+        last_voice_activity: u64,
+    },
     #[serde(rename = "orb_error")]
     OrbError(Value),
     #[serde(rename = "session_summary")]
@@ -156,7 +158,9 @@ pub enum ServerMessage {
     SessionSummary(Value),
     /// To the orb: its summary `summaryId` is stored durably; it may forget it.
     #[serde(rename = "session_summary_ack", rename_all = "camelCase")]
-    SessionSummaryAck { summary_id: String },
+    SessionSummaryAck {
+        summary_id: String,
+    },
     /// The orb refused this peer's input (say, a malformed offer); sent to that peer only.
     #[serde(rename = "orb_error")]
     OrbError(Value),

@@ -541,13 +541,12 @@ fn participant_label(identity: &Identity) -> &'static str {
     if identity.is_ai() { "ai" } else { "human" }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::orb_runtime::testing::RecordingRuntime;
     use serde_json::{Value, json};
+    use std::time::Duration;
 
     struct Peer {
         handle: ConnHandle,
@@ -686,7 +685,11 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(5));
         reg.relay(&room, 1, Some("ai"), frame);
-        assert_eq!(runtime.last_presence("r").unwrap().last_activity, joined, "relay is not activity");
+        assert_eq!(
+            runtime.last_presence("r").unwrap().last_activity,
+            joined,
+            "relay is not activity"
+        );
 
         // The orb heard someone a moment ago: activity moves to that instant.
         let spoke = SystemTime::now();

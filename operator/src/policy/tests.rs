@@ -705,12 +705,32 @@ fn spec_in(room: &str, session: Option<&str>) -> AiOrbSpec {
 #[test]
 fn a_session_is_its_id_else_its_room_within_a_namespace() {
     let k = |ns, room, session| session_key(ns, &spec_in(room, session));
-    assert_eq!(k("a", "r1", Some("s")), k("a", "r2", Some("s")), "one session, any room");
-    assert_ne!(k("a", "r1", Some("s")), k("b", "r1", Some("s")), "namespaces do not share");
-    assert_ne!(k("a", "r1", Some("s1")), k("a", "r1", Some("s2")), "a new session, a new budget");
-    assert_eq!(k("a", "r1", None), k("a", "r1", Some("")), "no session id: the room is the session");
+    assert_eq!(
+        k("a", "r1", Some("s")),
+        k("a", "r2", Some("s")),
+        "one session, any room"
+    );
+    assert_ne!(
+        k("a", "r1", Some("s")),
+        k("b", "r1", Some("s")),
+        "namespaces do not share"
+    );
+    assert_ne!(
+        k("a", "r1", Some("s1")),
+        k("a", "r1", Some("s2")),
+        "a new session, a new budget"
+    );
+    assert_eq!(
+        k("a", "r1", None),
+        k("a", "r1", Some("")),
+        "no session id: the room is the session"
+    );
     assert_ne!(k("a", "r1", None), k("a", "r2", None));
-    assert_ne!(k("a", "s", None), k("a", "x", Some("s")), "a room id never poses as a session id");
+    assert_ne!(
+        k("a", "s", None),
+        k("a", "x", Some("s")),
+        "a room id never poses as a session id"
+    );
     assert_eq!(k("a", "r1", None).len(), 16);
 }
 
@@ -742,7 +762,10 @@ fn a_recreated_orb_of_the_session_inherits_the_budget() {
     );
     assert_eq!(lifetime_left(&reloaded, &l, t(7260)), Duration::from_secs(1));
     let claims = orb_token_claims(&spec_in("r", Some("s")), "r", &reloaded, &l, t(7260));
-    assert_eq!(claims.exp, (t(7200).as_second() + TERMINATION_GRACE_SECONDS + 60) as u64);
+    assert_eq!(
+        claims.exp,
+        (t(7200).as_second() + TERMINATION_GRACE_SECONDS + 60) as u64
+    );
     assert_eq!(claims.session.as_deref(), Some("s"));
 
     // Half-way through, a reload gets the other half.
@@ -766,7 +789,11 @@ fn budgets_are_remembered_for_twice_the_lifetime_and_survive_the_ledger() {
     assert_eq!(kept.keys().collect::<Vec<_>>(), vec!["bbbb"]);
     assert_eq!(prune_sessions(&budgets, t(4 * 3600 - 1), &limits), budgets);
     assert_eq!(parse_sessions(&render_sessions(&budgets)), budgets);
-    assert_eq!(parse_sessions("garbage\nbbbb x\ncccc 1800000000\n").len(), 1, "bad lines are skipped");
+    assert_eq!(
+        parse_sessions("garbage\nbbbb x\ncccc 1800000000\n").len(),
+        1,
+        "bad lines are skipped"
+    );
 }
 
 /// Without a session start (an orb admitted before budgets existed) the lifetime counts from

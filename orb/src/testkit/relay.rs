@@ -233,7 +233,10 @@ async fn serve(socket: WebSocket, room: String, shared: Shared) {
             ClientMessage::OrbReady(body) => inner.record("orb_ready", body),
             ClientMessage::OrbHeartbeat(body) => inner.record("orb_heartbeat", body),
             ClientMessage::OrbActivity { last_voice_activity } => {
-                inner.record("orb_activity", serde_json::json!({ "lastVoiceActivity": last_voice_activity }));
+                inner.record(
+                    "orb_activity",
+                    serde_json::json!({ "lastVoiceActivity": last_voice_activity }),
+                );
             }
             ClientMessage::OrbError(body) => inner.record("orb_error", body),
             _ => {}

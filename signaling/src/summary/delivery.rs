@@ -69,7 +69,10 @@ impl Webhook {
             .header(IDEMPOTENCY_HEADER, &summary.meta.id)
             .header("x-orb-summary-attempt", summary.meta.attempts);
         if let Some(secret) = &self.secret {
-            req = req.header(signature::HEADER, signature::sign(secret, now.as_second(), &summary.body));
+            req = req.header(
+                signature::HEADER,
+                signature::sign(secret, now.as_second(), &summary.body),
+            );
         }
         req.body(Full::new(summary.body.clone()))
             .expect("a valid URI, a validated id and static headers make a valid request")
@@ -107,7 +110,11 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(store: Arc<dyn SummaryStore>, settings: &SummarySettings, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(
+        store: Arc<dyn SummaryStore>,
+        settings: &SummarySettings,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let webhook = match &settings.webhook_url {
             Some(url) => Some(Webhook::new(url.clone(), settings.webhook_secret.clone())?),
             None => None,
@@ -170,7 +177,9 @@ impl Deliverer {
                 continue;
             }
             let claimed = claim(&summary.meta, now);
-            let Some(claimed) = self.record(summary, claimed).await? else { continue };
+            let Some(claimed) = self.record(summary, claimed).await? else {
+                continue;
+            };
             let outcome = webhook.attempt(&claimed, (self.now)()).await;
             let after = after_attempt(&claimed.meta, &outcome, (self.now)());
             let result = match (&outcome, after.state) {
@@ -179,8 +188,12 @@ impl Deliverer {
                 _ => "retry",
             };
             match &outcome {
-                Attempt::Delivered => info!(summary = %claimed.meta.id, room = %claimed.meta.room_id, attempts = claimed.meta.attempts, "session summary delivered"),
-                Attempt::Retry(e) | Attempt::Refused(e) => warn!(summary = %claimed.meta.id, room = %claimed.meta.room_id, attempts = claimed.meta.attempts, error = %e, state = after.state.as_str(), "session summary not delivered"),
+                Attempt::Delivered => {
+                    info!(summary = %claimed.meta.id, room = %claimed.meta.room_id, attempts = claimed.meta.attempts, "session summary delivered")
+                }
+                Attempt::Retry(e) | Attempt::Refused(e) => {
+                    warn!(summary = %claimed.meta.id, room = %claimed.meta.room_id, attempts = claimed.meta.attempts, error = %e, state = after.state.as_str(), "session summary not delivered")
+                }
             }
             self.metrics.summary_delivery(result);
             if after.state == SummaryState::Pending {
@@ -191,12 +204,17 @@ impl Deliverer {
             self.record(claimed, after).await?;
         }
         let now = (self.now)();
-        self.metrics.summary_oldest_pending(oldest.map_or(0.0, |t| now.duration_since(t).as_secs_f64().max(0.0)));
+        self.metrics
+            .summary_oldest_pending(oldest.map_or(0.0, |t| now.duration_since(t).as_secs_f64().max(0.0)));
         Ok(next_due)
     }
 
     /// Writes `meta` over `summary`; `None` when another replica got there first.
-    async fn record(&self, summary: StoredSummary, meta: super::SummaryMeta) -> Result<Option<StoredSummary>, StoreError> {
+    async fn record(
+        &self,
+        summary: StoredSummary,
+        meta: super::SummaryMeta,
+    ) -> Result<Option<StoredSummary>, StoreError> {
         match self.store.update(StoredSummary { meta, ..summary }).await {
             Ok(s) => Ok(Some(s)),
             Err(StoreError::Conflict) => Ok(None),

@@ -94,12 +94,20 @@ impl KubeStore {
             "status": { "summary": status },
         });
         let params = PatchParams::apply(SUMMARY_FIELD_MANAGER).force();
-        if let Err(e) = self.orbs.patch_status(&orb.name_any(), &params, &Patch::Apply(patch)).await {
+        if let Err(e) = self
+            .orbs
+            .patch_status(&orb.name_any(), &params, &Patch::Apply(patch))
+            .await
+        {
             debug!(orb = %orb.name_any(), error = %e, "could not mirror the summary state on the AiOrb");
         }
     }
 
-    fn to_config_map(s: &StoredSummary, owner: Option<&AiOrb>, body: Option<ByteString>) -> Result<ConfigMap, StoreError> {
+    fn to_config_map(
+        s: &StoredSummary,
+        owner: Option<&AiOrb>,
+        body: Option<ByteString>,
+    ) -> Result<ConfigMap, StoreError> {
         let record = serde_json::to_string(&s.meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let owner_references = owner.map(|o| {
             vec![OwnerReference {
@@ -220,9 +228,15 @@ impl SummaryStore for KubeStore {
                     ..DeleteParams::default()
                 };
                 return match self.config_maps.delete(&name, &params).await {
-                    Ok(_) => Ok(StoredSummary { version: None, ..summary }),
+                    Ok(_) => Ok(StoredSummary {
+                        version: None,
+                        ..summary
+                    }),
                     Err(e) if is_status(&e, 409) => Err(StoreError::Conflict),
-                    Err(e) if is_status(&e, 404) => Ok(StoredSummary { version: None, ..summary }),
+                    Err(e) if is_status(&e, 404) => Ok(StoredSummary {
+                        version: None,
+                        ..summary
+                    }),
                     Err(e) => Err(e.into()),
                 };
             }

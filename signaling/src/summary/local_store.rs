@@ -151,7 +151,12 @@ mod tests {
             ..Default::default()
         };
         StoredSummary {
-            meta: new_meta(id.into(), "room".into(), Timestamp::from_second(1_700_000_000).unwrap(), &settings),
+            meta: new_meta(
+                id.into(),
+                "room".into(),
+                Timestamp::from_second(1_700_000_000).unwrap(),
+                &settings,
+            ),
             body: Bytes::from_static(br#"{"roomId":"room","summary":{"transcript":["x"]}}"#),
             version: None,
         }
@@ -169,7 +174,10 @@ mod tests {
         let mut first = pending[0].clone();
         first.meta.attempts = 1;
         let updated = store.update(first.clone()).await.unwrap();
-        assert!(matches!(store.update(first).await, Err(StoreError::Conflict)), "stale version");
+        assert!(
+            matches!(store.update(first).await, Err(StoreError::Conflict)),
+            "stale version"
+        );
 
         // A new process reads back the same record and body.
         drop(store);

@@ -319,7 +319,10 @@ mod tests {
         let c = claim(&m, t(1));
         assert_eq!(c.attempts, 1);
         assert!(!is_due(&c, t(1)), "claimed: not due for the other replicas");
-        assert!(is_due(&c, t(1) + SignedDuration::from_secs(30)), "a dead claimant's claim runs out");
+        assert!(
+            is_due(&c, t(1) + SignedDuration::from_secs(30)),
+            "a dead claimant's claim runs out"
+        );
     }
 
     #[test]

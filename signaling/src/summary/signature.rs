@@ -101,10 +101,7 @@ mod tests {
     /// their implementation against this one.
     #[test]
     fn documented_vector() {
-        assert_eq!(
-            sign(b"whsec_test", 1_700_000_000, br#"{"roomId":"demo"}"#),
-            DOC_VECTOR
-        );
+        assert_eq!(sign(b"whsec_test", 1_700_000_000, br#"{"roomId":"demo"}"#), DOC_VECTOR);
     }
 
     const DOC_VECTOR: &str = "t=1700000000,v1=13cac932b4b1a2838e92f7c2ee02f3a30cc3af0592563b4dfdd13cb8d4409d86";

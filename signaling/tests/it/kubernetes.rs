@@ -240,7 +240,11 @@ async fn presence_carries_the_voice_activity_the_orb_reports() {
     coach.recv_type("ice-candidate").await;
 
     // Voice, a second in the future of the join's write, as the orb reports it.
-    let joined: jiff::Timestamp = joined_patch["status"]["lastActivityTime"].as_str().unwrap().parse().unwrap();
+    let joined: jiff::Timestamp = joined_patch["status"]["lastActivityTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let spoke = jiff::Timestamp::now().max(joined + jiff::SignedDuration::from_secs(1));
     orb.send(json!({"type": "orb_activity", "lastVoiceActivity": spoke.as_millisecond()}))
         .await;
@@ -281,7 +285,9 @@ async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
         ..Default::default()
     };
     let store = KubeStore::new(client.clone(), NS);
-    let body = bytes::Bytes::from(json!({"roomId": "room-s", "summary": {"transcript": vec!["the same words again"; 2000]}}).to_string());
+    let body = bytes::Bytes::from(
+        json!({"roomId": "room-s", "summary": {"transcript": vec!["the same words again"; 2000]}}).to_string(),
+    );
     let summary = StoredSummary {
         meta: new_meta("sum-k".into(), "room-s".into(), jiff::Timestamp::now(), &settings),
         body: body.clone(),
@@ -292,8 +298,14 @@ async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
     let name = config_map_name("sum-k");
     let cm = fake.state().config_maps[&name].clone();
     assert_eq!(cm["metadata"]["labels"][STATE_LABEL], "pending");
-    assert!(cm["metadata"]["ownerReferences"].is_null(), "a pending summary has no owner: {cm}");
-    assert!(cm["binaryData"]["summary.json.gz"].as_str().unwrap().len() < body.len() / 4, "compressed");
+    assert!(
+        cm["metadata"]["ownerReferences"].is_null(),
+        "a pending summary has no owner: {cm}"
+    );
+    assert!(
+        cm["binaryData"]["summary.json.gz"].as_str().unwrap().len() < body.len() / 4,
+        "compressed"
+    );
     assert_eq!(fake.state().orbs["room-s"]["status"]["summary"]["state"], "Pending");
 
     // A restarted signaling (a new store over the same API) finds it and delivers it.
@@ -314,9 +326,15 @@ async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
     let cm = fake.state().config_maps[&name].clone();
     assert_eq!(cm["metadata"]["labels"][STATE_LABEL], "delivered");
     let owner = &cm["metadata"]["ownerReferences"][0];
-    assert_eq!((owner["kind"].as_str(), owner["name"].as_str()), (Some("AiOrb"), Some("room-s")));
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("AiOrb"), Some("room-s"))
+    );
     let status = fake.state().orbs["room-s"]["status"]["summary"].clone();
-    assert_eq!((status["state"].as_str(), status["attempts"].as_i64()), (Some("Delivered"), Some(1)));
+    assert_eq!(
+        (status["state"].as_str(), status["attempts"].as_i64()),
+        (Some("Delivered"), Some(1))
+    );
     assert!(store.pending().await.unwrap().is_empty());
     let patches = fake.state().requests.clone();
     assert!(

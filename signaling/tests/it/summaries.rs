@@ -58,7 +58,11 @@ impl Webhook {
                         body,
                         accepted,
                     });
-                    if accepted { StatusCode::NO_CONTENT } else { StatusCode::SERVICE_UNAVAILABLE }
+                    if accepted {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                 }
             }),
         );
@@ -155,12 +159,18 @@ async fn a_large_summary_survives_a_webhook_outage() {
     })
     .await;
     let all = hook.received();
-    assert!(all.iter().all(|r| r.key == "sum-large"), "one idempotency key for every attempt");
+    assert!(
+        all.iter().all(|r| r.key == "sum-large"),
+        "one idempotency key for every attempt"
+    );
     let delivered = hook.delivered();
     assert_eq!(delivered.len(), 1);
     let body: Value = serde_json::from_slice(&delivered[0].body).unwrap();
     assert_eq!(body["summary"]["transcript"], summary["summary"]["transcript"], "whole");
-    assert_eq!((body["roomId"].as_str(), body["fromId"].as_str()), (Some("r"), Some("ai")));
+    assert_eq!(
+        (body["roomId"].as_str(), body["fromId"].as_str()),
+        (Some("r"), Some("ai"))
+    );
     verify(&delivered[0]);
 
     let (_, metrics) = s.http_get("/metrics").await;
@@ -190,7 +200,10 @@ async fn a_resent_summary_is_stored_once() {
     }
     eventually("the delivery", || !hook.delivered().is_empty()).await;
     let (_, metrics) = s.http_get("/metrics").await;
-    assert!(metrics.contains("orb_signaling_summaries_stored_total{result=\"duplicate\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("orb_signaling_summaries_stored_total{result=\"duplicate\"} 2"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hook.received().len(), 1, "delivered once, not per copy");
 }
