@@ -81,6 +81,32 @@ async fn a_dropped_signaling_socket_is_rejoined_and_the_session_goes_on() {
     assert!(message.starts_with("SessionComplete "), "{message}");
 }
 
+/// The summary is kept until signaling acknowledges it: a server that received it but lost it
+/// (closed the socket before storing it) gets it again after the orb's reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_summary_is_sent_again_after_a_reconnect() {
+    let relay = TestRelay::start().await.unwrap();
+    let mut orb = OrbProcess::spawn(orb_binary(), &relay.url(), "lossy-room", &[]).unwrap();
+    assert!(count_control(&relay, "orb_ready", 1).await);
+    relay.withhold_summary_acks(true);
+    orb.terminate().unwrap();
+    assert!(count_control(&relay, "session_summary", 1).await);
+    // The server "restarts" before storing it: the socket drops, the next server acks.
+    relay.withhold_summary_acks(false);
+    relay.kick("ai-orb-lossy-room");
+    assert!(count_control(&relay, "session_summary", 2).await, "sent again");
+    let (code, _) = exit_message(&mut orb).await;
+    assert_eq!(code, Some(0));
+    let sent: Vec<_> = relay
+        .control_messages()
+        .into_iter()
+        .filter(|(k, _)| k == "session_summary")
+        .map(|(_, v)| v["summaryId"].clone())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0], sent[1], "the same summary id: one idempotency key");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_exits_with_the_usage_code() {
     let log = std::env::temp_dir().join(format!("orb-bad-config-{}", std::process::id()));

@@ -30,6 +30,8 @@ struct Inner {
     rooms: HashMap<String, HashMap<String, Member>>,
     control: Vec<(String, Value, Instant)>,
     next_id: u64,
+    /// Summaries are received but not acknowledged (a server that dies before storing them).
+    withhold_acks: bool,
 }
 
 #[derive(Clone, Default)]
@@ -75,6 +77,11 @@ impl TestRelay {
                 let _ = m.tx.send(KICK.to_owned());
             }
         }
+    }
+
+    /// While set, summaries are recorded but not acknowledged.
+    pub fn withhold_summary_acks(&self, withhold: bool) {
+        self.shared.0.lock().expect("relay lock").withhold_acks = withhold;
     }
 
     /// Control messages received so far, as `(type, body)`.
@@ -214,7 +221,11 @@ async fn serve(socket: WebSocket, room: String, shared: Shared) {
             ClientMessage::SessionSummary(body) => {
                 inner.record("session_summary", body.clone());
                 // This relay is the receiving system in tests: it has the summary.
-                if let Some(id) = body.get("summaryId").and_then(Value::as_str) {
+                if let Some(id) = body
+                    .get("summaryId")
+                    .and_then(Value::as_str)
+                    .filter(|_| !inner.withhold_acks)
+                {
                     send(
                         &tx,
                         &ServerMessage::SessionSummaryAck {
