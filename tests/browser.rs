@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::{FutureExt, SinkExt, StreamExt};
-use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
 use serde_json::{Value, json};
 use support::{Process, free_port, root, tool, workspace_bin};
 

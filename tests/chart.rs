@@ -360,7 +360,7 @@ fn base64(bytes: &[u8]) -> String {
 /// and every env var it sets is one the orb reads.
 #[test]
 fn orb_pods_start_the_orb_with_flags_and_env_it_reads() {
-    use orb_crds::{AiOrb, AiOrbSpec};
+    use orb_api::{AiOrb, AiOrbSpec};
     let run = orb_operator::config::Cli::try_parse_from([
         "orb-operator",
         "--orb-image=orb:test",
@@ -495,7 +495,7 @@ fn unknown_values_are_rejected() {
 fn the_chart_ships_the_crd_the_types_generate() {
     let copy = std::fs::read_to_string(root().join(CHART).join("files/crds/aiorbs.hybridcoach.io.yaml")).unwrap();
     assert!(
-        copy == orb_crds::crd_yaml(),
+        copy == orb_api::crd_yaml(),
         "charts/orb-operator/files/crds is stale: copy crds/generated into it"
     );
     let rendered = render(None, &[]);

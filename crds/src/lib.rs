@@ -4,10 +4,7 @@
 pub mod aiorb;
 pub mod auth;
 pub mod duration;
-pub mod exposition;
 pub mod naming;
-#[cfg(feature = "telemetry")]
-pub mod telemetry;
 
 pub use aiorb::{
     AiOrb, AiOrbSpec, AiOrbStatus, MAX_DURATION_SECONDS, OPERATOR_FIELD_MANAGER, OrbPhase, SIGNALING_FIELD_MANAGER,

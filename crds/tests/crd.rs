@@ -9,7 +9,7 @@ const REGENERATE: &str = "cargo run -p orb-operator -- crd > crds/generated/aior
 #[test]
 fn committed_crd_matches_the_types() {
     assert!(
-        COMMITTED == orb_crds::crd_yaml(),
+        COMMITTED == orb_api::crd_yaml(),
         "crds/generated/aiorbs.hybridcoach.io.yaml is out of date; regenerate it with `{REGENERATE}`"
     );
 }

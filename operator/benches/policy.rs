@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use orb_crds::{AiOrbSpec, OrbPhase};
+use orb_api::{AiOrbSpec, OrbPhase};
 use orb_operator::policy::{self, AdmissionEntry, Limits, OrbClock, OrbView, PodState};
 
 fn entries(n: usize) -> Vec<AdmissionEntry> {

@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, ResourceExt};
-use orb_crds::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase};
+use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -290,7 +290,7 @@ impl Admitter {
     async fn write_status(
         &self,
         orb: &AiOrb,
-        mut next: orb_crds::AiOrbStatus,
+        mut next: orb_api::AiOrbStatus,
         now: Timestamp,
     ) -> Result<bool, AdmissionError> {
         status::derive_conditions(&mut next, orb.metadata.generation, None, now);

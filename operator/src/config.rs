@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
-use orb_crds::auth::SigningKey;
-use orb_crds::duration::parse_duration;
+use orb_api::auth::SigningKey;
+use orb_api::duration::parse_duration;
 use thiserror::Error;
 
 use crate::policy::Limits;
@@ -155,7 +155,7 @@ pub enum ConfigError {
     #[error("cannot read the signing key file {path}: {source}")]
     SigningKeyFile { path: String, source: std::io::Error },
     #[error("signing key: {0}")]
-    WeakSigningKey(#[from] orb_crds::auth::WeakKeyError),
+    WeakSigningKey(#[from] orb_api::auth::WeakKeyError),
     #[error("{flag}: {message}")]
     Invalid { flag: &'static str, message: String },
 }
@@ -186,7 +186,7 @@ impl RunArgs {
         if self.max_concurrent_orbs > 10_000 {
             return Err(invalid("--max-concurrent-orbs", "must be at most 10000"));
         }
-        let day = Duration::from_secs(orb_crds::MAX_DURATION_SECONDS as u64);
+        let day = Duration::from_secs(orb_api::MAX_DURATION_SECONDS as u64);
         for (flag, d, min) in [
             ("--max-orb-lifetime", self.max_orb_lifetime, Duration::from_secs(1)),
             ("--idle-timeout", self.idle_timeout, Duration::from_secs(1)),

@@ -18,8 +18,8 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use orb_crds::naming::pod_name;
-use orb_crds::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
+use orb_api::naming::pod_name;
+use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
 use thiserror::Error;
 use tokio::sync::Notify;
 use tracing::{Instrument, field, info, info_span, warn};
@@ -69,7 +69,7 @@ pub struct Context {
     pub client: Client,
     pub limits: Limits,
     pub pod: PodSettings,
-    pub signing_key: orb_crds::auth::SigningKey,
+    pub signing_key: orb_api::auth::SigningKey,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Wakes the admitter.
@@ -329,7 +329,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
 }
 
 /// Mirrors the running pod into the status.
-async fn track(next: &mut orb_crds::AiOrbStatus, pod: &PodState, orb: &AiOrb, ctx: &Context, now: Timestamp) {
+async fn track(next: &mut orb_api::AiOrbStatus, pod: &PodState, orb: &AiOrb, ctx: &Context, now: Timestamp) {
     let phase = policy::tracked_phase(pod);
     if let PodState::Pending { node: Some(n) } | PodState::Running { node: Some(n), .. } = pod {
         next.node_name = Some(n.clone());
@@ -359,7 +359,7 @@ async fn track(next: &mut orb_crds::AiOrbStatus, pod: &PodState, orb: &AiOrb, ct
 async fn write_status(
     orb: &AiOrb,
     ctx: &Context,
-    mut next: orb_crds::AiOrbStatus,
+    mut next: orb_api::AiOrbStatus,
     replacing: Option<String>,
     now: Timestamp,
 ) -> Result<()> {

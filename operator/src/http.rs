@@ -37,7 +37,7 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = orb_crds::exposition::negotiate(accept, s.metrics.encode());
+    let (content_type, body) = orb_telemetry::exposition::negotiate(accept, s.metrics.encode());
     ([(header::CONTENT_TYPE, content_type)], body)
 }
 

@@ -29,7 +29,7 @@ pub async fn acquire(
         .with_identity(identity)
         .with_duration(LEASE_SECONDS)
         .with_grace(RENEW_GRACE_SECONDS)
-        .with_field_manager(orb_crds::OPERATOR_FIELD_MANAGER)
+        .with_field_manager(orb_api::OPERATOR_FIELD_MANAGER)
         .build()
         .await?;
     let (mut state, task) = manager.watch().await;

@@ -1,4 +1,5 @@
-//! orb-operator: runs AiOrbs as GPU pods and enforces their limits through reconciliation.
+//! orb-operator: runs AiOrbs as GPU pods and enforces their limits through reconciliation. The
+//! rules it enforces are the `orb-policy` crate, re-exported as [`policy`].
 
 pub mod admission;
 pub mod config;
@@ -7,6 +8,6 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod pod;
-pub mod policy;
+pub use orb_policy as policy;
 pub mod rbac;
 pub mod status;

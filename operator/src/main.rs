@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Crd) = cli.command {
-        print!("{}", orb_crds::crd_yaml());
+        print!("{}", orb_api::crd_yaml());
         return Ok(());
     }
     let config = match cli.run.validate(std::env::var("ORB_SIGNING_KEY").ok()) {
@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    orb_crds::telemetry::init_logging(config.json_logs, "info");
+    orb_telemetry::init_logging(config.json_logs, "info");
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        orb_crds::telemetry::shutdown_signal().await;
+        orb_telemetry::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     });

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orb_crds::{OrbPhase, TerminationReason};
+use orb_api::{OrbPhase, TerminationReason};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -173,7 +173,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        orb_crds::telemetry::encode_metrics(&self.registry)
+        orb_telemetry::encode_metrics(&self.registry)
     }
 }
 

@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use orb_crds::AiOrb;
-use orb_crds::naming::{pod_name, token_secret_name};
+use orb_api::AiOrb;
+use orb_api::naming::{pod_name, token_secret_name};
 
 use crate::config::PodSettings;
 use crate::policy::Launch;
@@ -225,7 +225,7 @@ pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, launch: &Lau
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Toleration;
-    use orb_crds::AiOrbSpec;
+    use orb_api::AiOrbSpec;
 
     fn orb() -> AiOrb {
         let mut orb = AiOrb::new(

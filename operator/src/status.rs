@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use orb_crds::{AiOrb, AiOrbStatus, OrbPhase, condition};
+use orb_api::{AiOrb, AiOrbStatus, OrbPhase, condition};
 use serde_json::json;
 
 /// Condition type set while a failed pod waits for its replacement; its transition time is when
@@ -155,7 +155,7 @@ pub fn status_apply_body(orb: &AiOrb, status: &AiOrbStatus) -> serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orb_crds::{AiOrbSpec, TerminationReason};
+    use orb_api::{AiOrbSpec, TerminationReason};
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()

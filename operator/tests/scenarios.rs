@@ -11,8 +11,8 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client};
-use orb_crds::AiOrb;
-use orb_crds::auth::SigningKey;
+use orb_api::AiOrb;
+use orb_api::auth::SigningKey;
 use orb_operator::admission::Admitter;
 use orb_operator::config::PodSettings;
 use orb_operator::controller::{Context, Error, error_policy, reconcile};
@@ -334,7 +334,7 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
         .unwrap()
         .verify(&token, "room-1")
         .expect("a valid room token");
-    assert_eq!(claims.role, orb_crds::auth::Role::Ai);
+    assert_eq!(claims.role, orb_api::auth::Role::Ai);
     let pod = &seen[2].body;
     assert_eq!(pod["metadata"]["name"], "orb-room-1-0");
     assert_eq!(
@@ -421,7 +421,7 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
     );
     assert_eq!(seen[2].body["data"]["admitted"], "calls/room-1 uid-1\n");
     // The new orb's session starts its lifetime budget, in the same compare-and-swap.
-    let spec: orb_crds::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
+    let spec: orb_api::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
     let key = orb_operator::policy::session_key(NS, &spec);
     assert_eq!(
         seen[2].body["data"]["sessions"],
@@ -441,7 +441,7 @@ fn waiting_spec() -> Value {
 /// older than their retention are dropped from the ledger in the same write.
 #[tokio::test]
 async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
-    let spec: orb_crds::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
+    let spec: orb_api::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
     let key = orb_operator::policy::session_key(NS, &spec);
     let started = now().as_second() - 7260;
     let forgotten = now().as_second() - 5 * 3600;

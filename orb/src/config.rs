@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use orb_crds::duration::parse_duration;
+use orb_api::duration::parse_duration;
 use thiserror::Error;
 
 /// Which brain drives the orb's speech.
@@ -109,7 +109,7 @@ pub struct Cli {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("invalid room id: {0}")]
-    Room(#[from] orb_crds::naming::RoomIdError),
+    Room(#[from] orb_api::naming::RoomIdError),
     #[error("signaling URL must start with ws:// or wss:// (got {0:?})")]
     SignalingUrl(String),
     #[error("OpenAI base URL must start with ws://, wss://, http:// or https:// (got {0:?})")]
@@ -233,7 +233,7 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     pub fn from_cli(cli: Cli, secrets: Secrets) -> Result<Self, ConfigError> {
-        orb_crds::naming::validate_room_id(&cli.room)?;
+        orb_api::naming::validate_room_id(&cli.room)?;
         let base = cli.signaling_url.trim_end_matches('/');
         if !(base.starts_with("ws://") || base.starts_with("wss://")) {
             return Err(ConfigError::SignalingUrl(cli.signaling_url));

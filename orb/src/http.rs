@@ -42,6 +42,6 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 async fn metrics_text(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     s.metrics.uptime_seconds.set(s.health.uptime().as_secs_f64());
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = orb_crds::exposition::negotiate(accept, s.metrics.encode());
+    let (content_type, body) = orb_telemetry::exposition::negotiate(accept, s.metrics.encode());
     ([(header::CONTENT_TYPE, content_type)], body)
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use orb_crds::TerminationReason;
+use orb_api::TerminationReason;
 use tokio::time::Instant;
 
 /// Process exit codes (documented in the README).

@@ -19,7 +19,7 @@ const DEFAULT_LOG: &str = "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn
 
 fn main() {
     let cli = Cli::parse();
-    orb_crds::telemetry::init_logging(cli.log_format == LogFormat::Json, DEFAULT_LOG);
+    orb_telemetry::init_logging(cli.log_format == LogFormat::Json, DEFAULT_LOG);
     let termination_log = cli.termination_log.clone();
     let config = match Config::from_cli(cli, Secrets::from_env()) {
         Ok(c) => c,
@@ -76,7 +76,7 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
         metrics,
         health,
         SessionOptions::default(),
-        async { orb_crds::telemetry::shutdown_signal().await.name() },
+        async { orb_telemetry::shutdown_signal().await.name() },
     )
     .await;
     info!(reason = %ending.reason(), code = ending.exit_code(), "orb finished");

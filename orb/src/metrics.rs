@@ -191,7 +191,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        orb_crds::telemetry::encode_metrics(&self.registry)
+        orb_telemetry::encode_metrics(&self.registry)
     }
 }
 

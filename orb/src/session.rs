@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use orb_signaling::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, Relay, ServerMessage, UserRole};
+use orb_protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, Relay, ServerMessage, UserRole};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

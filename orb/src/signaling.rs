@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use orb_signaling::protocol::{ClientMessage, ParticipantType, ServerMessage, UserRole, close_code};
+use orb_protocol::{ClientMessage, ParticipantType, ServerMessage, UserRole, close_code};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use orb_signaling::protocol::UserRole;
+use orb_protocol::UserRole;
 use serde::Serialize;
 use serde_json::{Value, json};
 

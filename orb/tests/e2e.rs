@@ -9,7 +9,7 @@ use orb::brain::test::GREETING_HZ;
 use orb::testkit::OrbProcess;
 use orb::testkit::human::{Human, Voice};
 use orb::testkit::relay::TestRelay;
-use orb_signaling::protocol::{ServerMessage, UserRole};
+use orb_protocol::{ServerMessage, UserRole};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -217,7 +217,7 @@ async fn malformed_sdp_or_candidate_only_affects_that_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_orb_joins_with_its_room_token_and_a_refused_token_is_final() {
-    use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+    use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
     use orb_signaling::{config::Config, metrics::Metrics, orb_runtime, server::Server};
     use std::sync::Arc;
     let key = "k".repeat(32);

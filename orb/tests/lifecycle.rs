@@ -6,7 +6,7 @@ use std::time::Duration;
 use orb::testkit::OrbProcess;
 use orb::testkit::human::{Human, Voice};
 use orb::testkit::relay::TestRelay;
-use orb_signaling::protocol::UserRole;
+use orb_protocol::UserRole;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -16,7 +16,7 @@ use orb::brain::openai::OpenAiBrain;
 use orb::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
 use orb::config::OpenAiConfig;
 use orb::signaling::Backoff;
-use orb_signaling::protocol::UserRole;
+use orb_protocol::UserRole;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -277,7 +277,7 @@ async fn offers_are_answered_replaced_and_closed_per_human() {
 
     stop_tx.send(()).unwrap();
     let ending = tokio::time::timeout(WAIT, orb).await.unwrap().unwrap();
-    assert_eq!(ending.reason(), orb_crds::TerminationReason::SessionComplete);
+    assert_eq!(ending.reason(), orb_api::TerminationReason::SessionComplete);
     let summary = next_of(&mut coach, "session_summary").await;
     assert_eq!(summary["summary"]["reason"], "SessionComplete");
     assert!(
@@ -347,6 +347,6 @@ async fn voice_is_reported_as_activity_and_signaling_traffic_is_not() {
         send(&mut coach, json!({"type": "ice-candidate", "toId": ai, "candidate": {"candidate": "candidate:x 1 udp 1 10.0.0.1 5 typ host", "sdpMid": "0", "sdpMLineIndex": 0}})).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(ending.reason(), orb_crds::TerminationReason::IdleTimeout);
+    assert_eq!(ending.reason(), orb_api::TerminationReason::IdleTimeout);
     let _ = std::fs::remove_file(&log_path);
 }

@@ -2,7 +2,7 @@
 //! and whether the participant is the AI; the join message's claims are ignored.
 
 use axum::http::HeaderMap;
-use orb_crds::auth::{AuthError, Role, SigningKey};
+use orb_api::auth::{AuthError, Role, SigningKey};
 
 use crate::protocol::{ParticipantType, UserRole};
 use crate::room::Identity;
@@ -71,7 +71,7 @@ pub fn failure_label(e: &AuthError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orb_crds::auth::{RoomClaims, unix_now};
+    use orb_api::auth::{RoomClaims, unix_now};
 
     #[test]
     fn the_token_decides_the_identity() {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use orb_crds::auth::{SigningKey, WeakKeyError};
-use orb_crds::duration::parse_duration;
+use orb_api::auth::{SigningKey, WeakKeyError};
+use orb_api::duration::parse_duration;
 use thiserror::Error;
 
 use crate::auth::Authenticator;
@@ -302,7 +302,7 @@ impl Config {
         let local = crate::orb_runtime::local::LocalSettings {
             orb_binary: args.orb_binary,
             log_dir: args.orb_log_dir,
-            limits: orb_operator::policy::Limits {
+            limits: orb_policy::Limits {
                 max_concurrent_orbs: args.max_concurrent_orbs,
                 max_orb_lifetime: args.max_orb_lifetime,
                 idle_timeout: args.idle_timeout,

@@ -10,7 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use orb_crds::auth::AuthError;
+use orb_api::auth::AuthError;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;

@@ -17,7 +17,7 @@ use tracing::info;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    orb_crds::telemetry::init_logging(args.log_format == LogFormat::Json, "info");
+    orb_telemetry::init_logging(args.log_format == LogFormat::Json, "info");
     let config = Config::from_args(args, std::env::var(SIGNING_KEY_ENV).ok()).context("invalid configuration")?;
 
     let metrics = Metrics::shared();
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let token = server.shutdown_token();
     tokio::spawn(async move {
-        let signal = orb_crds::telemetry::shutdown_signal().await;
+        let signal = orb_telemetry::shutdown_signal().await;
         info!(signal = signal.name(), "shutdown signal received");
         token.cancel();
     });

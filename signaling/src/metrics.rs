@@ -256,7 +256,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
-        orb_crds::telemetry::encode_metrics(&self.registry)
+        orb_telemetry::encode_metrics(&self.registry)
     }
 }
 

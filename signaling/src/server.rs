@@ -87,7 +87,7 @@ async fn ws_upgrade(
     if state.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").into_response();
     }
-    if let Err(e) = orb_crds::naming::validate_room_id(&room_id) {
+    if let Err(e) = orb_api::naming::validate_room_id(&room_id) {
         return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
     }
     let ws = match ws {
@@ -127,7 +127,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let (content_type, body) = orb_crds::exposition::negotiate(accept, state.metrics.render());
+    let (content_type, body) = orb_telemetry::exposition::negotiate(accept, state.metrics.render());
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

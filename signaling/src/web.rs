@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
 use serde::Deserialize;
 
 use crate::auth::Authenticator;
@@ -78,7 +78,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn room_page(Path(room_id): Path<String>) -> Response {
-    match orb_crds::naming::validate_room_id(&room_id) {
+    match orb_api::naming::validate_room_id(&room_id) {
         Ok(()) => html(ROOM_HTML),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
@@ -109,7 +109,7 @@ async fn dev_token(State(state): State<WebState>, Query(q): Query<TokenQuery>) -
         // Never the AI: only the orb runtime mints AI tokens.
         _ => return (StatusCode::BAD_REQUEST, "role must be coach or client").into_response(),
     };
-    if let Err(e) = orb_crds::naming::validate_room_id(&q.room) {
+    if let Err(e) = orb_api::naming::validate_room_id(&q.room) {
         return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
     }
     if !valid_user_id(&q.user) {

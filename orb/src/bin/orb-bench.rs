@@ -14,7 +14,7 @@ use orb::procstat;
 use orb::testkit::OrbProcess;
 use orb::testkit::human::{Human, Voice};
 use orb::testkit::relay::TestRelay;
-use orb_signaling::protocol::UserRole;
+use orb_protocol::UserRole;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(30);

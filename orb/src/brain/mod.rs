@@ -8,7 +8,7 @@ pub mod test;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use orb_signaling::protocol::{AiStatus, UserRole};
+use orb_protocol::{AiStatus, UserRole};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::Instant;

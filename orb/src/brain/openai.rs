@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
-use orb_signaling::protocol::AiStatus;
+use orb_protocol::AiStatus;
 use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};

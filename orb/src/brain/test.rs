@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use orb_signaling::protocol::AiStatus;
+use orb_protocol::AiStatus;
 use tokio::time::Instant;
 
 use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker};
@@ -133,7 +133,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::brain::HeardFrame;
-    use orb_signaling::protocol::UserRole;
+    use orb_protocol::UserRole;
     use tokio::sync::mpsc;
 
     #[tokio::test(start_paused = true)]

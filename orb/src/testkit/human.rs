@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
-use orb_signaling::protocol::{ClientMessage, ParticipantType, Relay, ServerMessage, UserRole};
+use orb_protocol::{ClientMessage, ParticipantType, Relay, ServerMessage, UserRole};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use orb_signaling::protocol::{ClientMessage, ParticipantType, PeerInfo, ServerMessage, UserRole, should_create_offer};
+use orb_protocol::{ClientMessage, ParticipantType, PeerInfo, ServerMessage, UserRole, should_create_offer};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;

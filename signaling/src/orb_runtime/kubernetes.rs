@@ -22,8 +22,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
-use orb_crds::naming::orb_name_for_room;
-use orb_crds::{AiOrb, AiOrbSpec, OrbPhase, SIGNALING_FIELD_MANAGER};
+use orb_api::naming::orb_name_for_room;
+use orb_api::{AiOrb, AiOrbSpec, OrbPhase, SIGNALING_FIELD_MANAGER};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

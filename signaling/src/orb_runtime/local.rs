@@ -1,7 +1,7 @@
 //! `--orb-runtime=local`: orbs as child processes on this machine, for development without a
 //! cluster. A small operator in one task: it keeps per-room records shaped like an AiOrb's status
 //! (phase, admission time, restarts, presence) and drives them with the operator's own pure policy
-//! (`orb_operator::policy`: `plan_admission` for the cap and the FIFO queue, `decide` for every
+//! (`orb_policy`: `plan_admission` for the cap and the FIFO queue, `decide` for every
 //! step), so dev mode enforces the same admission, lifetime, idle, empty-room and termination rules
 //! as the cluster. The orb's pod becomes a process: running, ready (its `/readyz`), exited 0
 //! (`Succeeded`, with the termination message it wrote), exited otherwise (`Failed`). Terminating
@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use orb_crds::auth::SigningKey;
-use orb_crds::{AiOrbSpec, OrbPhase, TerminationReason, naming};
-use orb_operator::policy::TERMINATION_GRACE_SECONDS;
-use orb_operator::policy::{self, AdmissionEntry, Limits, OrbClock, OrbView, PodState, SessionBudgets, Step};
+use orb_api::auth::SigningKey;
+use orb_api::{AiOrbSpec, OrbPhase, TerminationReason, naming};
+use orb_policy::TERMINATION_GRACE_SECONDS;
+use orb_policy::{self as policy, AdmissionEntry, Limits, OrbClock, OrbView, PodState, SessionBudgets, Step};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};

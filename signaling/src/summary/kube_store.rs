@@ -22,9 +22,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use orb_crds::aiorb::{SummaryState, SummaryStatus};
-use orb_crds::naming::orb_name_for_room;
-use orb_crds::{AiOrb, SIGNALING_FIELD_MANAGER};
+use orb_api::aiorb::{SummaryState, SummaryStatus};
+use orb_api::naming::orb_name_for_room;
+use orb_api::{AiOrb, SIGNALING_FIELD_MANAGER};
 use serde_json::json;
 use tracing::{debug, warn};
 

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryStore};
-use orb_crds::aiorb::SummaryState;
+use orb_api::aiorb::SummaryState;
 
 /// One stored file: the record, a revision (the compare-and-swap token) and the body as sent.
 #[derive(Serialize, Deserialize)]

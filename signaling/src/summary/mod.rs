@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
-use orb_crds::aiorb::SummaryState;
+use orb_api::aiorb::SummaryState;
 use serde::{Deserialize, Serialize};
 
 /// How a summary is stored and delivered.

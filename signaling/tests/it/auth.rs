@@ -1,6 +1,6 @@
 //! Room tokens: refused with a reason the browser can see, and the token decides who you are.
 
-use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
 use serde_json::json;
 
 use crate::common::*;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use orb_crds::auth::{Role, RoomClaims, SigningKey, unix_now};
+use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
 use orb_signaling::config::Config;
 use orb_signaling::metrics::Metrics;
 use orb_signaling::orb_runtime::testing::RecordingRuntime;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use http::Method;
 use kube::Api;
-use orb_crds::AiOrb;
+use orb_api::AiOrb;
 use orb_signaling::metrics::{Metrics, OrbRequestResult};
 use orb_signaling::orb_runtime::kubernetes::{KubernetesRuntime, KubernetesSettings, ensure_orb};
 use orb_signaling::orb_runtime::testing::RecordingRuntime;
@@ -81,7 +81,7 @@ async fn concurrent_requests_for_one_room_create_one_orb() {
         fake.state().orbs.len() + 1,
         "the loser got a 409"
     );
-    let name = orb_crds::naming::orb_name_for_room("Room-Y");
+    let name = orb_api::naming::orb_name_for_room("Room-Y");
     assert_eq!(fake.state().orbs[&name]["spec"]["coachId"], "c");
 }
 

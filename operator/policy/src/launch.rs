@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use orb_crds::AiOrbSpec;
+use orb_api::AiOrbSpec;
 
 use super::{OrbClock, OrbLimits, lifetime_left};
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use orb_crds::{AiOrbSpec, MAX_DURATION_SECONDS, OrbPhase, TerminationReason, naming};
+use orb_api::{AiOrbSpec, MAX_DURATION_SECONDS, OrbPhase, TerminationReason, naming};
 
 /// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
 pub const TERMINATION_GRACE_SECONDS: i64 = 10;
@@ -226,12 +226,12 @@ pub fn orb_token_claims(
     clock: &OrbClock,
     limits: &OrbLimits,
     now: Timestamp,
-) -> orb_crds::auth::RoomClaims {
+) -> orb_api::auth::RoomClaims {
     let ends = lifetime_ends(clock, limits).unwrap_or_else(|| after(now, limits.lifetime));
-    orb_crds::auth::RoomClaims {
+    orb_api::auth::RoomClaims {
         room: spec.room_id.clone(),
         sub: format!("ai-orb-{orb_name}"),
-        role: orb_crds::auth::Role::Ai,
+        role: orb_api::auth::Role::Ai,
         exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
         session: spec.session_id.clone(),
     }

@@ -1,6 +1,8 @@
 //! What every binary of the system does the same way at its edges: structured logs, the shutdown
-//! signal, and encoding its metrics registry. Behind the `telemetry` feature so that users of the
-//! API types alone do not pull in a logging stack and a runtime.
+//! signal, encoding its metrics registry and serving it ([`exposition`]). A crate of its own so
+//! that users of the API types alone do not pull in a logging stack and a runtime.
+
+pub mod exposition;
 
 use tracing_subscriber::EnvFilter;
 

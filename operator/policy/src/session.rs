@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use orb_crds::AiOrbSpec;
+use orb_api::AiOrbSpec;
 
 use super::{Limits, after};
 
