@@ -6,7 +6,8 @@
 //! its webrtc-rs implementation), [`audio`] (Opus, tones), [`playout`] (the paced outgoing
 //! stream), [`brain`] (the trait and its brains), [`session`] (the loop that ties them),
 //! [`lifecycle`] (deadlines, termination message, exit codes), [`summary`], [`metrics`],
-//! [`health`], [`http`], [`procstat`], and [`testkit`] for tests and the benchmark.
+//! [`health`], [`http`], [`procstat`], and, with the `testkit` feature, `testkit` for the tests
+//! and the benchmark (never in the production binary).
 
 pub mod audio;
 pub mod brain;
@@ -21,6 +22,7 @@ pub mod procstat;
 pub mod session;
 pub mod signaling;
 pub mod summary;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 
 /// A random number from the std hasher's per-instance random keys: enough for SSRCs, initial
