@@ -60,6 +60,43 @@ pub enum AuthError {
 #[error("the signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes (got {0})")]
 pub struct WeakKeyError(pub usize);
 
+/// Why the signing key could not be loaded.
+#[derive(Debug, Error)]
+pub enum KeyLoadError {
+    #[error("the signing key is required: set {SIGNING_KEY_ENV} or --signing-key-file ({SIGNING_KEY_FILE_ENV})")]
+    Missing,
+    #[error("set either {SIGNING_KEY_ENV} or --signing-key-file, not both")]
+    Both,
+    #[error("cannot read the signing key file {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Weak(#[from] WeakKeyError),
+}
+
+/// The env variable holding the signing key itself (no flag: flags show in `ps`).
+pub const SIGNING_KEY_ENV: &str = "ORB_SIGNING_KEY";
+/// The env variable of `--signing-key-file`.
+pub const SIGNING_KEY_FILE_ENV: &str = "ORB_SIGNING_KEY_FILE";
+
+/// The one way every binary loads the shared key: the value of [`SIGNING_KEY_ENV`] or the content
+/// of the key file, exactly one of them (an empty env value counts as unset), at least
+/// [`MIN_SIGNING_KEY_BYTES`] after one trailing line break is dropped.
+pub fn load_signing_key(env_value: Option<String>, file: Option<&std::path::Path>) -> Result<SigningKey, KeyLoadError> {
+    let bytes = match (env_value.filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => return Err(KeyLoadError::Both),
+        (None, None) => return Err(KeyLoadError::Missing),
+        (Some(v), None) => v.into_bytes(),
+        (None, Some(path)) => std::fs::read(path).map_err(|source| KeyLoadError::File {
+            path: path.to_owned(),
+            source,
+        })?,
+    };
+    Ok(SigningKey::new(bytes)?)
+}
+
 /// The shared HS256 secret of the operator and signaling.
 #[derive(Clone)]
 pub struct SigningKey(Vec<u8>);
@@ -172,6 +209,43 @@ mod tests {
         crlf.extend(b"\r\n");
         let t = SigningKey::new(crlf).unwrap().mint(&claims("r", unix_now() + 60));
         assert!(key(7).verify(&t, "r").is_ok());
+    }
+
+    /// Every binary loads the key the same way: exactly one source, an empty env value is unset,
+    /// a file's one trailing line break is not key material.
+    #[test]
+    fn every_binary_loads_the_key_by_the_same_rules() {
+        let dir = std::env::temp_dir().join(format!("orb-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, format!("{}\n", "k".repeat(32))).unwrap();
+        let from_file = load_signing_key(Some(String::new()), Some(&file)).unwrap();
+        let from_env = load_signing_key(Some("k".repeat(32)), None).unwrap();
+        let claims = claims("r", unix_now() + 60);
+        assert_eq!(
+            from_file.mint(&claims),
+            from_env.mint(&claims),
+            "the same key either way"
+        );
+        assert!(matches!(
+            load_signing_key(Some("k".repeat(32)), Some(&file)),
+            Err(KeyLoadError::Both)
+        ));
+        assert!(matches!(load_signing_key(None, None), Err(KeyLoadError::Missing)));
+        assert!(matches!(
+            load_signing_key(None, Some(&dir.join("absent"))),
+            Err(KeyLoadError::File { .. })
+        ));
+        assert!(matches!(
+            load_signing_key(Some("short".into()), None),
+            Err(KeyLoadError::Weak(_))
+        ));
+        let message = KeyLoadError::Missing.to_string();
+        assert!(
+            message.contains(SIGNING_KEY_ENV) && message.contains("--signing-key-file"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -150,12 +150,8 @@ pub struct Config {
 pub enum ConfigError {
     #[error("--orb-image (ORB_IMAGE) is required")]
     MissingImage,
-    #[error("the signing key is required: set ORB_SIGNING_KEY or --signing-key-file (ORB_SIGNING_KEY_FILE)")]
-    MissingSigningKey,
-    #[error("cannot read the signing key file {path}: {source}")]
-    SigningKeyFile { path: String, source: std::io::Error },
-    #[error("signing key: {0}")]
-    WeakSigningKey(#[from] orb_api::auth::WeakKeyError),
+    #[error(transparent)]
+    SigningKey(#[from] orb_api::auth::KeyLoadError),
     #[error("{flag}: {message}")]
     Invalid { flag: &'static str, message: String },
 }
@@ -225,14 +221,7 @@ impl RunArgs {
         if !["text", "json"].contains(&self.log_format.as_str()) {
             return Err(invalid("--log-format", "must be text or json"));
         }
-        let key_bytes = match (&self.signing_key_file, signing_key_env) {
-            (Some(path), _) => std::fs::read(path).map_err(|source| ConfigError::SigningKeyFile {
-                path: path.display().to_string(),
-                source,
-            })?,
-            (None, Some(value)) => value.into_bytes(),
-            (None, None) => return Err(ConfigError::MissingSigningKey),
-        };
+        let signing_key = orb_api::auth::load_signing_key(signing_key_env, self.signing_key_file.as_deref())?;
         let identity = self.identity.clone().unwrap_or_else(|| {
             std::env::var("HOSTNAME").unwrap_or_else(|_| format!("orb-operator-{}", std::process::id()))
         });
@@ -261,7 +250,7 @@ impl RunArgs {
                 env_from_secrets: comma_list(&self.orb_env_from_secrets),
                 resources: json("--orb-resources", &self.orb_resources)?,
             },
-            signing_key: SigningKey::new(key_bytes)?,
+            signing_key,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
             http_addr: self.http_addr,
             leader_election: self.leader_election,

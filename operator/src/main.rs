@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", orb_api::crd_yaml());
         return Ok(());
     }
-    let config = match cli.run.validate(std::env::var("ORB_SIGNING_KEY").ok()) {
+    let config = match cli.run.validate(std::env::var(orb_api::auth::SIGNING_KEY_ENV).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("orb-operator: invalid configuration: {e}");

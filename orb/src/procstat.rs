@@ -4,8 +4,20 @@
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Kernel clock ticks per second for /proc times; 100 on every Linux platform we ship to.
-const TICKS_PER_SECOND: f64 = 100.0;
+/// Kernel clock ticks per second, the unit of /proc times (`sysconf(_SC_CLK_TCK)`).
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the running system and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// The page size, the unit of /proc/*/statm (`sysconf(_SC_PAGESIZE)`): 4 KiB on x86-64, but 16
+/// or 64 KiB on some arm64 kernels.
+fn page_size() -> u64 {
+    // SAFETY: as above.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Usage {
@@ -26,7 +38,7 @@ pub fn read(pid: &str) -> Option<(u64, u64)> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some((utime + stime, rss_pages * 4096))
+    Some((utime + stime, rss_pages * page_size()))
 }
 
 /// Samples this process; CPU is averaged since the previous call (or since start).
@@ -38,7 +50,7 @@ pub fn sample() -> Usage {
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
     let cpu_percent = match *last {
         Some((at, prev)) if now > at => {
-            (ticks.saturating_sub(prev) as f64 / TICKS_PER_SECOND) / (now - at).as_secs_f64() * 100.0
+            (ticks.saturating_sub(prev) as f64 / ticks_per_second()) / (now - at).as_secs_f64() * 100.0
         }
         _ => 0.0,
     };

@@ -5,14 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use orb_api::auth::{SigningKey, WeakKeyError};
 use orb_api::duration::parse_duration;
 use thiserror::Error;
 
 use crate::auth::Authenticator;
 
-/// The environment variable holding the signing key itself (never a flag: flags show in `ps`).
-pub const SIGNING_KEY_ENV: &str = "ORB_SIGNING_KEY";
+pub use orb_api::auth::SIGNING_KEY_ENV;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
@@ -178,14 +176,8 @@ pub struct Config {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("--auth=jwt needs a signing key: set {SIGNING_KEY_ENV} or --signing-key-file")]
-    MissingSigningKey,
-    #[error("set either {SIGNING_KEY_ENV} or --signing-key-file, not both")]
-    TwoSigningKeys,
-    #[error("cannot read the signing key file {path}: {source}")]
-    SigningKeyFile { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    WeakSigningKey(#[from] WeakKeyError),
+    #[error("--auth=jwt: {0}")]
+    SigningKey(#[from] orb_api::auth::KeyLoadError),
     #[error("--{flag} {message}")]
     OutOfRange { flag: &'static str, message: &'static str },
     #[error("--summary-webhook-url must be an absolute http:// or https:// URL (got {0:?})")]
@@ -280,19 +272,10 @@ impl Config {
             .transpose()?;
         let auth = match args.auth {
             AuthMode::None => Authenticator::None,
-            AuthMode::Jwt => {
-                let env_key = env_key.filter(|k| !k.is_empty());
-                let bytes = match (env_key, &args.signing_key_file) {
-                    (Some(_), Some(_)) => return Err(ConfigError::TwoSigningKeys),
-                    (None, None) => return Err(ConfigError::MissingSigningKey),
-                    (Some(k), None) => k.into_bytes(),
-                    (None, Some(path)) => std::fs::read(path).map_err(|source| ConfigError::SigningKeyFile {
-                        path: path.clone(),
-                        source,
-                    })?,
-                };
-                Authenticator::Jwt(SigningKey::new(bytes)?)
-            }
+            AuthMode::Jwt => Authenticator::Jwt(orb_api::auth::load_signing_key(
+                env_key,
+                args.signing_key_file.as_deref(),
+            )?),
         };
         range(
             args.max_concurrent_orbs >= 1,
@@ -377,7 +360,7 @@ mod tests {
 
     #[test]
     fn jwt_needs_exactly_one_strong_key() {
-        assert!(parse(&[], None).unwrap_err().contains("needs a signing key"));
+        assert!(parse(&[], None).unwrap_err().contains("signing key is required"));
         assert!(parse(&[], Some("short")).unwrap_err().contains("at least 32 bytes"));
         let err = parse(&["--signing-key-file", "/nonexistent/key"], Some(&"k".repeat(32))).unwrap_err();
         assert!(err.contains("not both"), "{err}");
