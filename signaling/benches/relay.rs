@@ -198,15 +198,9 @@ async fn pace(
 
 /// The server's own relay latency histogram (cumulative buckets by upper bound, in seconds).
 async fn server_histogram(addr: SocketAddr) -> Vec<(f64, u64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = TcpStream::connect(addr).await else {
+    let Ok((_, buf)) = orb_telemetry::probe::get(addr, "/metrics", Duration::from_secs(30)).await else {
         return vec![];
     };
-    let _ = s
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .await;
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf).await;
     buf.lines()
         .filter_map(|l| l.strip_prefix("orb_signaling_relay_latency_seconds_bucket{le=\""))
         .filter_map(|l| {

@@ -3,6 +3,7 @@
 //! that users of the API types alone do not pull in a logging stack and a runtime.
 
 pub mod exposition;
+pub mod probe;
 
 use tracing_subscriber::EnvFilter;
 

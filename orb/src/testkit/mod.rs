@@ -102,21 +102,9 @@ impl OrbProcess {
     }
 }
 
-/// A minimal HTTP/1.0 GET, enough for probes and metrics without an HTTP client dependency.
+/// `GET path` on the orb's HTTP server (probes and metrics).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    orb_telemetry::probe::get(addr, path, std::time::Duration::from_secs(30))
         .await
-        .ok()?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+        .ok()
 }

@@ -21,7 +21,6 @@ use orb_api::auth::SigningKey;
 use orb_api::{AiOrbSpec, OrbPhase, TerminationReason, naming};
 use orb_policy::TERMINATION_GRACE_SECONDS;
 use orb_policy::{self as policy, AdmissionEntry, Limits, OrbClock, OrbView, PodState, SessionBudgets, Step};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -746,27 +745,10 @@ async fn supervise(
 
 /// `GET /readyz` on the orb's HTTP port: true on a 200.
 async fn probe_ready(port: u16) -> bool {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = [0u8; 16];
-        let mut n = 0;
-        while n < buf.len() {
-            let read = s.read(&mut buf[n..]).await.ok()?;
-            if read == 0 {
-                break;
-            }
-            n += read;
-        }
-        Some(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    matches!(
+        orb_telemetry::probe::get(("127.0.0.1", port), "/readyz", Duration::from_secs(2)).await,
+        Ok((200, _))
+    )
 }
 
 #[cfg(test)]
