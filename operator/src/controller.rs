@@ -187,7 +187,7 @@ fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
         restarts: attempt,
         termination_reason: status.termination_reason,
         failed_since: status::failed_since(&status),
-        invalid: policy::validate_spec(&orb.spec).err(),
+        invalid: policy::validate_spec(&orb.spec).err().map(|e| e.to_string()),
     }
 }
 

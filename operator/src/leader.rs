@@ -17,13 +17,21 @@ pub struct Leadership {
     task: JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("leader election on Lease {LEASE_NAME}: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("leader election on Lease {LEASE_NAME}: the lease manager stopped")]
+    Stopped(#[from] watch::error::RecvError),
+}
+
 /// Waits until this replica leads, or returns `None` when `shutdown` comes first.
 pub async fn acquire(
     client: Client,
     namespace: &str,
     identity: &str,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Option<Leadership>> {
+) -> Result<Option<Leadership>, LeaderError> {
     let manager = LeaseManagerBuilder::new(client, LEASE_NAME)
         .with_namespace(namespace)
         .with_identity(identity)

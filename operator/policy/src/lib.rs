@@ -81,10 +81,29 @@ pub fn orb_limits(spec: &AiOrbSpec, limits: &Limits) -> OrbLimits {
     }
 }
 
+/// Why a spec is invalid; the message names the field, for `status.message` and the event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("spec.roomId: {0}")]
+    RoomId(String),
+    #[error("{field}: {value} is outside {min}..={max}")]
+    OutOfRange {
+        field: &'static str,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+    #[error("{field}: longer than {max} characters")]
+    TooLong { field: &'static str, max: usize },
+}
+
+/// The longest session, coach and client id accepted (the CRD schema's limit).
+pub const MAX_ID_LEN: usize = 256;
+
 /// What the schema enforces, checked again: an AiOrb can reach the operator without the schema
 /// (an older CRD, a bypassing client), and a bad spec must end as `Failed/InvalidSpec`, not a crash.
-pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), String> {
-    naming::validate_room_id(&spec.room_id).map_err(|e| format!("spec.roomId: {e}"))?;
+pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
+    naming::validate_room_id(&spec.room_id).map_err(|e| SpecError::RoomId(e.to_string()))?;
     let checks = [
         ("spec.maxLifetimeSeconds", spec.max_lifetime_seconds, 1),
         ("spec.idleTimeoutSeconds", spec.idle_timeout_seconds, 1),
@@ -94,7 +113,12 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), String> {
         if let Some(v) = value
             && !(min..=MAX_DURATION_SECONDS).contains(&v)
         {
-            return Err(format!("{field}: {v} is outside {min}..={MAX_DURATION_SECONDS}"));
+            return Err(SpecError::OutOfRange {
+                field,
+                value: v,
+                min,
+                max: MAX_DURATION_SECONDS,
+            });
         }
     }
     for (field, value) in [
@@ -102,8 +126,8 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), String> {
         ("spec.coachId", &spec.coach_id),
         ("spec.clientId", &spec.client_id),
     ] {
-        if value.as_ref().is_some_and(|v| v.len() > 256) {
-            return Err(format!("{field}: longer than 256 characters"));
+        if value.as_ref().is_some_and(|v| v.len() > MAX_ID_LEN) {
+            return Err(SpecError::TooLong { field, max: MAX_ID_LEN });
         }
     }
     Ok(())

@@ -674,7 +674,7 @@ fn spec_validation_explains_itself() {
         })
         .is_ok()
     );
-    let e = validate_spec(&AiOrbSpec::default()).unwrap_err();
+    let e = validate_spec(&AiOrbSpec::default()).unwrap_err().to_string();
     assert!(e.contains("spec.roomId"), "{e}");
     let e = validate_spec(&AiOrbSpec {
         room_id: "r".into(),
@@ -682,13 +682,23 @@ fn spec_validation_explains_itself() {
         ..Default::default()
     })
     .unwrap_err();
-    assert!(e.contains("spec.maxLifetimeSeconds"), "{e}");
+    assert_eq!(
+        e,
+        SpecError::OutOfRange {
+            field: "spec.maxLifetimeSeconds",
+            value: 0,
+            min: 1,
+            max: 86_400
+        }
+    );
+    assert_eq!(e.to_string(), "spec.maxLifetimeSeconds: 0 is outside 1..=86400");
     let e = validate_spec(&AiOrbSpec {
         room_id: "r".into(),
         idle_timeout_seconds: Some(86_401),
         ..Default::default()
     })
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("spec.idleTimeoutSeconds"), "{e}");
 }
 

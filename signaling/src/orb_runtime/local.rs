@@ -440,7 +440,7 @@ impl State {
             restarts: orb.restarts,
             termination_reason: orb.reason,
             failed_since: orb.failed_since,
-            invalid: policy::validate_spec(&orb.spec).err(),
+            invalid: policy::validate_spec(&orb.spec).err().map(|e| e.to_string()),
         };
         let pod = orb.pod_state();
         let orb_limits = policy::orb_limits(&orb.spec, &limits);
