@@ -100,6 +100,7 @@ async fn verify(mut handle: Handle, script: Vec<Exchange>) -> Vec<Seen> {
             )
         });
         let (method, uri) = (request.method().to_string(), request.uri().to_string());
+        assert_granted(&method, request.uri());
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         assert_eq!(
@@ -120,6 +121,55 @@ async fn verify(mut handle: Handle, script: Vec<Exchange>) -> Vec<Seen> {
         panic!("unexpected extra request {} {}", request.method(), request.uri());
     }
     seen
+}
+
+/// Every request a scenario records must be one the operator declares in `rbac::API_CALLS` (the
+/// list the chart's roles are rendered from and tested against), in the right scope: the RBAC a
+/// real API server would enforce, derived from what the code actually sent.
+fn assert_granted(method: &str, uri: &http::Uri) {
+    use orb_operator::rbac::{API_CALLS, Scope};
+    let path = uri.path();
+    let (group, rest) = match (path.strip_prefix("/apis/"), path.strip_prefix("/api/v1/")) {
+        (Some(rest), _) => {
+            let mut parts = rest.splitn(3, '/');
+            let group = parts.next().unwrap_or_default().to_owned();
+            (group, parts.nth(1).unwrap_or_default().to_owned())
+        }
+        (None, Some(rest)) => (String::new(), rest.to_owned()),
+        _ => panic!("{method} {uri}: not a Kubernetes API path"),
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (namespace, segments) = match segments.as_slice() {
+        ["namespaces", ns, tail @ ..] => (Some(*ns), tail.to_vec()),
+        all => (None, all.to_vec()),
+    };
+    let (resource, named) = match segments.as_slice() {
+        [r] => (r.to_string(), false),
+        [r, _] => (r.to_string(), true),
+        [r, _, sub] => (format!("{r}/{sub}"), true),
+        _ => panic!("{method} {uri}: unexpected path"),
+    };
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if uri.query().is_some_and(|q| q.contains("watch=true")) => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => panic!("{method} {uri}: unexpected method"),
+    };
+    let scope = if namespace == Some("orb-system") {
+        Scope::OwnNamespace
+    } else {
+        Scope::Watched
+    };
+    assert!(
+        API_CALLS
+            .iter()
+            .any(|(s, g, r, verbs)| *s == scope && *g == group && *r == resource && verbs.contains(&verb)),
+        "{method} {uri} ({verb} {resource} in {scope:?}) is not in rbac::API_CALLS: the chart would forbid it"
+    );
 }
 
 fn context(client: Client, cap: usize) -> Context {

@@ -95,6 +95,15 @@ impl FakeKube {
         let query = parts.uri.query().unwrap_or_default().to_owned();
         let mut st = self.state();
         st.requests.push((parts.method.clone(), path.clone(), query.clone()));
+        // As a real API server with the chart's Role: a call signaling does not declare is
+        // forbidden, so a test that makes one fails.
+        if !granted(&parts.method, &path, &query) {
+            return status(
+                403,
+                "Forbidden",
+                &format!("{} {path} is not in signaling's API_CALLS", parts.method),
+            );
+        }
         if st.fail {
             return status(500, "InternalError", "the fake API server is failing on purpose");
         }
@@ -249,6 +258,42 @@ impl FakeState {
         self.watchers
             .retain(|w| w.unbounded_send(Ok(Frame::data(Bytes::from(line.clone())))).is_ok());
     }
+}
+
+/// Whether the request is one of the RBAC rules signaling declares (the lists the chart's Role
+/// is tested against).
+fn granted(method: &Method, path: &str, query: &str) -> bool {
+    let (group, rest) = if let Some(rest) = path.strip_prefix("/apis/") {
+        let mut parts = rest.splitn(3, '/');
+        let group = parts.next().unwrap_or_default();
+        (group.to_owned(), parts.nth(1).unwrap_or_default().to_owned())
+    } else if let Some(rest) = path.strip_prefix("/api/v1/") {
+        (String::new(), rest.to_owned())
+    } else {
+        return false;
+    };
+    // namespaces/NS/RESOURCE[/NAME[/SUBRESOURCE]]
+    let segments: Vec<&str> = rest.split('/').skip(2).collect();
+    let (resource, named) = match segments.as_slice() {
+        [r] => (r.to_string(), false),
+        [r, _] => (r.to_string(), true),
+        [r, _, sub] => (format!("{r}/{sub}"), true),
+        _ => return false,
+    };
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => return false,
+    };
+    orb_signaling::orb_runtime::kubernetes::API_CALLS
+        .iter()
+        .chain(orb_signaling::summary::kube_store::API_CALLS)
+        .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb))
 }
 
 fn ok(code: u16, body: Value) -> Response<RespBody> {
