@@ -10,11 +10,12 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures::future::BoxFuture;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use orb_protocol::AiStatus;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 use tracing::{debug, info, warn};
 
 use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker};
@@ -72,27 +73,172 @@ pub fn realtime_url(config: &OpenAiConfig) -> String {
     format!("{base}/realtime?model={}", config.model)
 }
 
+/// The client events the orb sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+enum ClientEvent<'a> {
+    #[serde(rename = "session.update")]
+    SessionUpdate { session: Session<'a> },
+    /// Base64 of 24 kHz mono PCM16.
+    #[serde(rename = "input_audio_buffer.append")]
+    InputAudioBufferAppend { audio: String },
+}
+
+#[derive(Debug, Serialize)]
+struct Session<'a> {
+    #[serde(rename = "type")]
+    kind: SessionType,
+    instructions: &'a str,
+    output_modalities: &'static [Modality],
+    audio: SessionAudio<'a>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum SessionType {
+    Realtime,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Modality {
+    Audio,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionAudio<'a> {
+    input: AudioInput,
+    output: AudioOutput<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct AudioInput {
+    format: AudioFormat,
+    turn_detection: TurnDetection,
+    transcription: Transcription,
+}
+
+#[derive(Debug, Serialize)]
+struct AudioOutput<'a> {
+    format: AudioFormat,
+    voice: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+enum AudioFormat {
+    #[serde(rename = "audio/pcm")]
+    Pcm { rate: u32 },
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TurnDetection {
+    ServerVad,
+}
+
+#[derive(Debug, Serialize)]
+struct Transcription {
+    model: &'static str,
+}
+
+/// The server events the orb acts on. Missing fields it can do without are optional, as
+/// before; every other event type parses to `Other` and is ignored.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(tag = "type")]
+enum ServerEvent {
+    #[serde(rename = "session.created")]
+    SessionCreated,
+    #[serde(rename = "session.updated")]
+    SessionUpdated,
+    #[serde(rename = "input_audio_buffer.speech_started")]
+    SpeechStarted,
+    #[serde(rename = "input_audio_buffer.speech_stopped")]
+    SpeechStopped,
+    #[serde(rename = "response.created")]
+    ResponseCreated,
+    // The GA names, with the beta names of the same events as aliases.
+    #[serde(rename = "response.output_audio.delta", alias = "response.audio.delta")]
+    AudioDelta { delta: String },
+    #[serde(
+        rename = "response.output_audio_transcript.delta",
+        alias = "response.audio_transcript.delta"
+    )]
+    AudioTranscriptDelta { delta: String },
+    #[serde(
+        rename = "response.output_audio_transcript.done",
+        alias = "response.audio_transcript.done"
+    )]
+    AudioTranscriptDone { transcript: Option<String> },
+    #[serde(rename = "conversation.item.input_audio_transcription.completed")]
+    InputTranscriptionCompleted { transcript: String },
+    #[serde(rename = "response.done")]
+    ResponseDone {
+        #[serde(default)]
+        response: ResponseSummary,
+    },
+    #[serde(rename = "error")]
+    Error {
+        #[serde(default)]
+        error: ErrorDetail,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Default, PartialEq, Deserialize)]
+struct ResponseSummary {
+    status: Option<ResponseStatus>,
+    /// Reported verbatim on failure: its shape varies with the reason.
+    #[serde(default)]
+    status_details: Value,
+}
+
+/// Only a failure needs reporting; the other statuses are all `Other`.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ResponseStatus {
+    Failed,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Default, PartialEq, Deserialize)]
+struct ErrorDetail {
+    code: Option<String>,
+    message: Option<String>,
+}
+
 /// The `session.update` the orb sends after connecting.
-pub fn session_update(config: &OpenAiConfig) -> Value {
-    json!({
-        "type": "session.update",
-        "session": {
-            "type": "realtime",
-            "instructions": config.instructions,
-            "output_modalities": ["audio"],
-            "audio": {
-                "input": {
-                    "format": { "type": "audio/pcm", "rate": 24000 },
-                    "turn_detection": { "type": "server_vad" },
-                    "transcription": { "model": "whisper-1" }
+fn session_update(config: &OpenAiConfig) -> ClientEvent<'_> {
+    let format = || AudioFormat::Pcm { rate: 24_000 };
+    ClientEvent::SessionUpdate {
+        session: Session {
+            kind: SessionType::Realtime,
+            instructions: &config.instructions,
+            output_modalities: &[Modality::Audio],
+            audio: SessionAudio {
+                input: AudioInput {
+                    format: format(),
+                    turn_detection: TurnDetection::ServerVad,
+                    transcription: Transcription { model: "whisper-1" },
                 },
-                "output": {
-                    "format": { "type": "audio/pcm", "rate": 24000 },
-                    "voice": config.voice
-                }
-            }
-        }
-    })
+                output: AudioOutput {
+                    format: format(),
+                    voice: &config.voice,
+                },
+            },
+        },
+    }
+}
+
+/// Sends one client event; `Err` is why the connection is unusable.
+async fn send_event<S>(ws: &mut S, event: &ClientEvent<'_>) -> Result<(), String>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let text = serde_json::to_string(event).map_err(|e| e.to_string())?;
+    ws.send(Message::text(text)).await.map_err(|e| e.to_string())
 }
 
 /// Mixes the humans' frames into one 48 kHz stream, 20 ms at a time.
@@ -222,8 +368,8 @@ async fn connect_and_serve(
         Err(e) => return Outcome::Lost(e.to_string()),
     };
     info!(%url, "connected to the realtime service");
-    if let Err(e) = ws.send(Message::text(session_update(config).to_string())).await {
-        return Outcome::Lost(e.to_string());
+    if let Err(e) = send_event(&mut ws, &session_update(config)).await {
+        return Outcome::Lost(e);
     }
     let mut turn = Turn::default();
     let mut ready = false;
@@ -242,11 +388,14 @@ async fn connect_and_serve(
                     Some(Err(e)) => return Outcome::Lost(e.to_string()),
                     None => return Outcome::Lost("connection closed".into()),
                 };
-                let Ok(event) = serde_json::from_str::<Value>(&text) else {
-                    warn!("unreadable realtime event");
-                    continue;
+                let event = match serde_json::from_str::<ServerEvent>(&text) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        warn!(%error, "unreadable realtime event");
+                        continue;
+                    }
                 };
-                if handle_event(&event, io, &mut turn, &mut ready).await.is_err() {
+                if handle_event(event, io, &mut turn, &mut ready).await.is_err() {
                     return Outcome::Finished;
                 }
                 if ready {
@@ -267,10 +416,10 @@ async fn connect_and_serve(
                     pending.extend(downsample_2x(&frame));
                 }
                 if pending.len() >= FRAME_SAMPLES / 2 * APPEND_FRAMES {
-                    let append = json!({ "type": "input_audio_buffer.append", "audio": pcm16_base64(&pending) });
+                    let append = ClientEvent::InputAudioBufferAppend { audio: pcm16_base64(&pending) };
                     pending.clear();
-                    if let Err(e) = ws.send(Message::text(append.to_string())).await {
-                        return Outcome::Lost(e.to_string());
+                    if let Err(e) = send_event(&mut ws, &append).await {
+                        return Outcome::Lost(e);
                     }
                 }
             }
@@ -290,34 +439,32 @@ async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer) {
 }
 
 /// Handles one server event; `Err` when the orb side is gone.
-async fn handle_event(event: &Value, io: &BrainIo, turn: &mut Turn, ready: &mut bool) -> Result<(), ()> {
+async fn handle_event(event: ServerEvent, io: &BrainIo, turn: &mut Turn, ready: &mut bool) -> Result<(), ()> {
     let send = |e: BrainEvent| io.events.send(e);
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
-    match kind {
-        "session.created" | "session.updated" => {
+    match event {
+        ServerEvent::SessionCreated | ServerEvent::SessionUpdated => {
             if !*ready {
                 *ready = true;
                 send(BrainEvent::Ready).await.map_err(drop)?;
                 send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
             }
         }
-        "input_audio_buffer.speech_started" => {
+        ServerEvent::SpeechStarted => {
             // The human talks over the orb: stop speaking at once.
             send(BrainEvent::Interrupt { lane: LANE }).await.map_err(drop)?;
             send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
         }
-        "input_audio_buffer.speech_stopped" => {
+        ServerEvent::SpeechStopped => {
             turn.speech_end = Some(Instant::now());
             turn.answered = false;
             send(BrainEvent::Status(AiStatus::Processing)).await.map_err(drop)?;
         }
-        "response.created" => {
+        ServerEvent::ResponseCreated => {
             turn.answered = false;
             turn.ai_text.clear();
         }
-        // GA name first, then the beta name of the same event.
-        "response.output_audio.delta" | "response.audio.delta" => {
-            let Some(pcm) = event.get("delta").and_then(Value::as_str).and_then(base64_pcm16) else {
+        ServerEvent::AudioDelta { delta } => {
+            let Some(pcm) = base64_pcm16(&delta) else {
                 return Ok(());
             };
             let origin = if turn.answered { None } else { turn.speech_end.take() };
@@ -331,17 +478,9 @@ async fn handle_event(event: &Value, io: &BrainIo, turn: &mut Turn, ready: &mut 
             .await
             .map_err(drop)?;
         }
-        "response.output_audio_transcript.delta" | "response.audio_transcript.delta" => {
-            if let Some(d) = event.get("delta").and_then(Value::as_str) {
-                turn.ai_text.push_str(d);
-            }
-        }
-        "response.output_audio_transcript.done" | "response.audio_transcript.done" => {
-            let text = event
-                .get("transcript")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| std::mem::take(&mut turn.ai_text));
+        ServerEvent::AudioTranscriptDelta { delta } => turn.ai_text.push_str(&delta),
+        ServerEvent::AudioTranscriptDone { transcript } => {
+            let text = transcript.unwrap_or_else(|| std::mem::take(&mut turn.ai_text));
             turn.ai_text.clear();
             if !text.trim().is_empty() {
                 send(BrainEvent::Transcript {
@@ -352,50 +491,46 @@ async fn handle_event(event: &Value, io: &BrainIo, turn: &mut Turn, ready: &mut 
                 .map_err(drop)?;
             }
         }
-        "conversation.item.input_audio_transcription.completed" => {
-            if let Some(text) = event
-                .get("transcript")
-                .and_then(Value::as_str)
-                .filter(|t| !t.trim().is_empty())
-            {
+        ServerEvent::InputTranscriptionCompleted { transcript } => {
+            let text = transcript.trim();
+            if !text.is_empty() {
                 let line = BrainEvent::Transcript {
                     speaker: Speaker::Human(None),
-                    text: text.trim().to_owned(),
+                    text: text.to_owned(),
                 };
                 send(line).await.map_err(drop)?;
             }
         }
-        "response.done" => {
+        ServerEvent::ResponseDone { response } => {
             send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
-            if let Some(status) = event.pointer("/response/status").and_then(Value::as_str)
-                && status == "failed"
-            {
-                let detail = event
-                    .pointer("/response/status_details")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                send(BrainEvent::Error(format!("response failed: {detail}")))
-                    .await
-                    .map_err(drop)?;
+            if response.status == Some(ResponseStatus::Failed) {
+                send(BrainEvent::Error(format!(
+                    "response failed: {}",
+                    response.status_details
+                )))
+                .await
+                .map_err(drop)?;
             }
         }
-        "error" => {
-            let message = event
-                .pointer("/error/message")
-                .and_then(Value::as_str)
+        ServerEvent::Error { error } => {
+            let message = error
+                .message
+                .as_deref()
                 .unwrap_or("unknown error from the realtime service");
-            let code = event.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
+            let code = error.code.as_deref().unwrap_or("");
             send(BrainEvent::Error(format!("realtime service error {code}: {message}")))
                 .await
                 .map_err(drop)?;
         }
-        other => debug!(event = other, "realtime event"),
+        ServerEvent::Other => debug!("realtime event not used by the orb"),
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn cfg(base: &str) -> OpenAiConfig {
@@ -409,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn url_and_session_update() {
+    fn realtime_url_from_base_url() {
         assert_eq!(
             realtime_url(&cfg("https://api.openai.com/v1/")),
             "wss://api.openai.com/v1/realtime?model=gpt-realtime"
@@ -418,10 +553,190 @@ mod tests {
             realtime_url(&cfg("ws://127.0.0.1:9/v1")),
             "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime"
         );
-        let u = session_update(&cfg("wss://x"));
-        assert_eq!(u["type"], "session.update");
-        assert_eq!(u["session"]["audio"]["input"]["format"]["rate"], 24000);
-        assert_eq!(u["session"]["audio"]["output"]["voice"], "alloy");
+    }
+
+    #[test]
+    fn session_update_serialises_as_documented() {
+        let sent = serde_json::to_value(session_update(&cfg("wss://x"))).unwrap();
+        assert_eq!(
+            sent,
+            json!({
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "instructions": "be brief",
+                    "output_modalities": ["audio"],
+                    "audio": {
+                        "input": {
+                            "format": { "type": "audio/pcm", "rate": 24000 },
+                            "turn_detection": { "type": "server_vad" },
+                            "transcription": { "model": "whisper-1" }
+                        },
+                        "output": {
+                            "format": { "type": "audio/pcm", "rate": 24000 },
+                            "voice": "alloy"
+                        }
+                    }
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn input_audio_buffer_append_serialises_as_documented() {
+        let append = ClientEvent::InputAudioBufferAppend {
+            audio: pcm16_base64(&[1, -1]),
+        };
+        assert_eq!(
+            serde_json::to_string(&append).unwrap(),
+            r#"{"type":"input_audio_buffer.append","audio":"AQD//w=="}"#
+        );
+    }
+
+    fn parse(v: Value) -> ServerEvent {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn handled_server_events_deserialise() {
+        use ServerEvent as E;
+        let session = json!({ "id": "sess_1", "object": "realtime.session" });
+        assert_eq!(
+            parse(json!({ "type": "session.created", "event_id": "e1", "session": session })),
+            E::SessionCreated
+        );
+        assert_eq!(
+            parse(json!({ "type": "session.updated", "session": session })),
+            E::SessionUpdated
+        );
+        assert_eq!(
+            parse(json!({ "type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "i1" })),
+            E::SpeechStarted
+        );
+        assert_eq!(
+            parse(json!({ "type": "input_audio_buffer.speech_stopped", "audio_end_ms": 200, "item_id": "i1" })),
+            E::SpeechStopped
+        );
+        assert_eq!(
+            parse(json!({ "type": "response.created", "response": { "id": "r1", "status": "in_progress" } })),
+            E::ResponseCreated
+        );
+        // GA and beta names of the same events.
+        for kind in ["response.output_audio.delta", "response.audio.delta"] {
+            assert_eq!(
+                parse(json!({
+                    "type": kind, "response_id": "r1", "item_id": "i2",
+                    "output_index": 0, "content_index": 0, "delta": "AQD//w=="
+                })),
+                E::AudioDelta {
+                    delta: "AQD//w==".into()
+                }
+            );
+        }
+        for kind in [
+            "response.output_audio_transcript.delta",
+            "response.audio_transcript.delta",
+        ] {
+            assert_eq!(
+                parse(json!({ "type": kind, "response_id": "r1", "delta": "Hi" })),
+                E::AudioTranscriptDelta { delta: "Hi".into() }
+            );
+        }
+        for kind in [
+            "response.output_audio_transcript.done",
+            "response.audio_transcript.done",
+        ] {
+            assert_eq!(
+                parse(json!({ "type": kind, "response_id": "r1", "transcript": "Hi there" })),
+                E::AudioTranscriptDone {
+                    transcript: Some("Hi there".into())
+                }
+            );
+        }
+        // Without a transcript the brain falls back to the deltas it collected.
+        assert_eq!(
+            parse(json!({ "type": "response.output_audio_transcript.done" })),
+            E::AudioTranscriptDone { transcript: None }
+        );
+        assert_eq!(
+            parse(json!({
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": "i1", "content_index": 0, "transcript": "hello orb"
+            })),
+            E::InputTranscriptionCompleted {
+                transcript: "hello orb".into()
+            }
+        );
+        assert_eq!(
+            parse(json!({
+                "type": "response.done",
+                "response": { "id": "r1", "status": "completed", "status_details": null }
+            })),
+            E::ResponseDone {
+                response: ResponseSummary {
+                    status: Some(ResponseStatus::Other),
+                    status_details: Value::Null,
+                }
+            }
+        );
+        let details = json!({ "type": "failed", "error": { "type": "server_error", "code": "x" } });
+        assert_eq!(
+            parse(json!({
+                "type": "response.done",
+                "response": { "id": "r1", "status": "failed", "status_details": details }
+            })),
+            E::ResponseDone {
+                response: ResponseSummary {
+                    status: Some(ResponseStatus::Failed),
+                    status_details: details.clone(),
+                }
+            }
+        );
+        assert_eq!(
+            parse(json!({
+                "type": "error", "event_id": "e9",
+                "error": { "type": "invalid_request_error", "code": "bad_thing", "message": "boom", "param": null }
+            })),
+            E::Error {
+                error: ErrorDetail {
+                    code: Some("bad_thing".into()),
+                    message: Some("boom".into()),
+                }
+            }
+        );
+        // The service may omit the code; the brain still reports the error.
+        assert_eq!(
+            parse(json!({ "type": "error", "error": { "type": "server_error", "code": null, "message": "boom" } })),
+            E::Error {
+                error: ErrorDetail {
+                    code: None,
+                    message: Some("boom".into()),
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_server_events_are_ignored_not_errors() {
+        for event in [
+            json!({ "type": "input_audio_buffer.committed", "item_id": "i1", "previous_item_id": null }),
+            json!({ "type": "rate_limits.updated", "rate_limits": [] }),
+            json!({ "type": "some.future.event" }),
+        ] {
+            assert_eq!(parse(event), ServerEvent::Other);
+        }
+    }
+
+    #[test]
+    fn malformed_server_events_are_errors() {
+        for text in [
+            "not json",
+            "{\"type\":",
+            "{\"no_type\":1}",
+            "{\"type\":\"response.output_audio.delta\"}",
+        ] {
+            assert!(serde_json::from_str::<ServerEvent>(text).is_err(), "{text}");
+        }
     }
 
     #[test]
