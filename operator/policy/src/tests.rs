@@ -1,8 +1,11 @@
 use super::*;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodSpec, PodStatus,
 };
+use orb_api::{OrbPhase, TerminationReason};
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()

@@ -1,0 +1,68 @@
+//! Admission: who holds capacity under the cap, and the FIFO queue.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::jiff::Timestamp;
+use orb_api::OrbPhase;
+
+/// What admission needs to know of one AiOrb.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmissionEntry {
+    pub uid: String,
+    /// `namespace/name`: the FIFO tie-breaker after creation time.
+    pub key: String,
+    pub created: Timestamp,
+    pub phase: Option<OrbPhase>,
+    /// `status.admittedAt` is set.
+    pub admitted: bool,
+    pub deleting: bool,
+    pub valid: bool,
+}
+
+/// The outcome of one admission pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdmissionPlan {
+    /// The uids that hold capacity after this pass: the new admission ledger.
+    pub ledger: BTreeSet<String>,
+    /// Orbs to mark admitted, oldest first: new admissions, plus ledger entries whose status write
+    /// did not land before (an admitter that crashed between the two writes).
+    pub admit: Vec<String>,
+    /// Orbs still waiting, with their 1-based queue positions.
+    pub queue: Vec<(String, i32)>,
+}
+
+/// Admits the oldest waiting orbs into free capacity. Capacity is held by every non-terminal orb
+/// that is admitted by status or by the ledger, including one that is terminating or being deleted
+/// (its pod still holds a GPU). Anything counted twice errs towards admitting fewer, never more.
+pub fn plan_admission(orbs: &[AdmissionEntry], ledger: &BTreeSet<String>, cap: usize) -> AdmissionPlan {
+    let live = |o: &&AdmissionEntry| !o.phase.is_some_and(OrbPhase::is_terminal);
+    let holding: Vec<&AdmissionEntry> = orbs
+        .iter()
+        .filter(live)
+        .filter(|o| o.admitted || ledger.contains(&o.uid))
+        .collect();
+    let mut plan = AdmissionPlan {
+        ledger: holding.iter().map(|o| o.uid.clone()).collect(),
+        ..Default::default()
+    };
+    let mut unfinished: Vec<&AdmissionEntry> = holding.iter().copied().filter(|o| !o.admitted).collect();
+    unfinished.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    plan.admit.extend(unfinished.iter().map(|o| o.uid.clone()));
+
+    let mut waiting: Vec<&AdmissionEntry> = orbs
+        .iter()
+        .filter(live)
+        .filter(|o| !o.admitted && !ledger.contains(&o.uid) && !o.deleting && o.valid)
+        .collect();
+    waiting.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
+    let free = cap.saturating_sub(plan.ledger.len());
+    for (i, o) in waiting.iter().enumerate() {
+        if i < free {
+            plan.ledger.insert(o.uid.clone());
+            plan.admit.push(o.uid.clone());
+        } else {
+            plan.queue.push((o.uid.clone(), (i - free + 1) as i32));
+        }
+    }
+    plan
+}
