@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{SinkExt, StreamExt};
 use orb_protocol::{ClientMessage, ParticipantType, ServerMessage, UserRole, close_code};
 use thiserror::Error;
@@ -77,45 +78,53 @@ pub enum SignalingEvent {
     Fatal(SignalingError),
 }
 
-/// Exponential backoff with jitter, so a restarted signaling server is not hit by every orb at
-/// the same instant.
-#[derive(Clone, Debug)]
+/// Reconnect delays: exponential with jitter (backon), so a restarted server is not hit by every
+/// orb at the same instant. Each delay is the capped exponential plus up to as much again.
+#[derive(Debug)]
 pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    attempt: u32,
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
+/// A copy starts its own sequence from the initial delay.
+impl Clone for Backoff {
+    fn clone(&self) -> Self {
         Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(10),
-            attempt: 0,
+            builder: self.builder,
+            delays: self.builder.build(),
         }
     }
 }
 
-impl Backoff {
-    /// The next delay: the capped exponential scaled by a factor in [0.5, 1.0) from `unit` ∈ [0, 1).
-    pub fn next_delay_with(&mut self, unit: f64) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << self.attempt.min(16));
-        self.attempt = self.attempt.saturating_add(1);
-        exp.min(self.max).mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        self.next_delay_with(random_unit())
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
     }
 }
 
-/// A random number in [0, 1).
-fn random_unit() -> f64 {
-    (crate::random_u64() >> 11) as f64 / (1u64 << 53) as f64
+impl Backoff {
+    /// Delays from `initial` doubling up to `max` (each plus a jitter below itself), without end.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(initial)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            delays: builder.build(),
+            builder,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        // `without_max_times` never ends; the fallback only keeps this total.
+        self.delays.next().unwrap_or(Duration::from_secs(1))
+    }
+
+    /// After a success: the next failure starts from the initial delay again.
+    pub fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
 }
 
 enum Outgoing {
@@ -379,26 +388,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let mut b = Backoff::default();
-        assert_eq!(b.next_delay_with(0.0), Duration::from_millis(100));
-        assert_eq!(
-            b.next_delay_with(0.999_999),
-            Duration::from_millis(400).mul_f64(0.999_999_5)
+    fn backoff_grows_caps_jitters_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let first = b.next_delay();
+        assert!(
+            first >= Duration::from_millis(100) && first < Duration::from_millis(200),
+            "{first:?}"
         );
-        for _ in 0..40 {
-            let d = b.next_delay_with(0.5);
-            assert!(d <= Duration::from_secs(10));
-        }
-        assert_eq!(
-            b.next_delay_with(0.0),
-            Duration::from_secs(5),
-            "capped at max, jitter down to half"
-        );
+        let later: Vec<Duration> = (0..40).map(|_| b.next_delay()).collect();
+        assert!(later.iter().all(|d| *d < Duration::from_secs(10)), "capped: {later:?}");
+        assert!(later[30] >= Duration::from_secs(5), "grows to the cap: {later:?}");
         b.reset();
-        assert_eq!(b.next_delay_with(0.0), Duration::from_millis(100));
-        let u = random_unit();
-        assert!((0.0..1.0).contains(&u));
+        assert!(
+            b.next_delay() < Duration::from_millis(200),
+            "starts over after a success"
+        );
     }
 
     #[test]

@@ -142,9 +142,7 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
         instructions: "be brief".into(),
         api_key: "test-key".into(),
     };
-    let mut backoff = Backoff::default();
-    backoff.initial = Duration::from_millis(10);
-    backoff.max = Duration::from_millis(50);
+    let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
     let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));
     let (in_tx, input) = mpsc::channel(256);
     let (events, mut ev_rx) = mpsc::channel(256);
