@@ -40,7 +40,7 @@ fn render(values: Option<&str>, extra: &[&str]) -> Vec<Value> {
     }
     cmd.args(extra);
     let out = run(&mut cmd);
-    serde_yaml::Deserializer::from_slice(&out.stdout)
+    serde_norway::Deserializer::from_slice(&out.stdout)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -501,7 +501,7 @@ fn the_chart_ships_the_crd_the_types_generate() {
     let rendered = render(None, &[]);
     let crd = find(&rendered, "CustomResourceDefinition", "aiorbs.hybridcoach.io");
     assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
-    let generated: Value = serde_yaml::from_str(&copy).unwrap();
+    let generated: Value = serde_norway::from_str(&copy).unwrap();
     // Helm writes whole floats (schemars' `maximum: 86400.0`) as integers; the schema is the same.
     assert!(
         integral(&crd["spec"]) == integral(&generated["spec"]),
@@ -597,7 +597,7 @@ fn flatten(prefix: &str, node: &Value, out: &mut Vec<(String, Value)>) {
 #[test]
 fn docs_install_md_documents_every_value_with_its_default() {
     let values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap()).unwrap();
+        serde_norway::from_str(&std::fs::read_to_string(root().join(CHART).join("values.yaml")).unwrap()).unwrap();
     let mut keys = Vec::new();
     flatten("", &values, &mut keys);
     let doc = std::fs::read_to_string(root().join("docs/install.md")).unwrap();

@@ -54,7 +54,7 @@ fn assert_structural(path: &str, node: &Value) {
 
 #[test]
 fn schema_is_structural_with_status_subresource_and_immutable_room() {
-    let crd: Value = serde_yaml::from_str(COMMITTED).unwrap();
+    let crd: Value = serde_norway::from_str(COMMITTED).unwrap();
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["subresources"]["status"], serde_json::json!({}));
     let schema = &version["schema"]["openAPIV3Schema"];
