@@ -16,5 +16,8 @@ use kube::CustomResourceExt;
 /// The CRD manifests, as YAML documents, in the order they should be applied.
 pub fn crd_yaml() -> String {
     let crd = AiOrb::crd();
-    format!("---\n{}", serde_norway::to_string(&crd).expect("a CRD always serialises"))
+    format!(
+        "---\n{}",
+        serde_norway::to_string(&crd).expect("a CRD always serialises")
+    )
 }

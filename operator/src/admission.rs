@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -132,11 +133,17 @@ impl Admitter {
     /// Runs passes on every wake-up and every [`RESYNC`] until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut failures: u32 = 0;
+        // After API errors: 1 s doubling to 32 s (jittered), until a pass succeeds again.
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(32))
+            .with_jitter()
+            .without_max_times();
+        let mut failing = retry.build();
         loop {
             let delay = match self.pass().await {
                 Ok(outcome) => {
-                    failures = 0;
+                    failing = retry.build();
                     self.metrics
                         .admission_passes
                         .get_or_create(&ResultLabels { result: "success" })
@@ -156,13 +163,12 @@ impl Admitter {
                     Duration::from_millis(200)
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
                     self.metrics
                         .admission_passes
                         .get_or_create(&ResultLabels { result: "error" })
                         .inc();
                     warn!(error = %e, "admission pass failed");
-                    Duration::from_secs(1 << failures.min(5))
+                    failing.next().unwrap_or(RESYNC)
                 }
             };
             tokio::select! {
