@@ -286,6 +286,27 @@ async fn wait_orb_audio(page: &Page, ai: &str) {
     .await;
 }
 
+/// Waits until the page heard, as the loudest sound from the orb, the test brain's greeting
+/// ([`orb::brain::test::GREETING_HZ`]) or the echo of the fake microphone's tone (what this page's
+/// own microphone is loudest at; both humans have the same fake device): within two FFT bins.
+async fn wait_orb_content(page: &Page) {
+    let greeting = f64::from(orb::brain::test::GREETING_HZ);
+    let tolerance = 2.0 * 48_000.0 / 4096.0;
+    let (orb_hz, mic_hz) = wait_for(&format!("{}: the orb's tone or echo", page.name), || async {
+        let peaks = page
+            .js("return [window.orbCall.orbPeakHz(), window.orbCall.micPeakHz()]")
+            .await;
+        let (orb, mic) = (peaks[0].as_f64()?, peaks[1].as_f64());
+        let matches = |hz: f64| (orb - hz).abs() <= tolerance;
+        (matches(greeting) || mic.is_some_and(matches)).then_some((orb, mic))
+    })
+    .await;
+    eprintln!(
+        "{}: loudest from the orb {orb_hz:.0} Hz (microphone {mic_hz:?} Hz)",
+        page.name
+    );
+}
+
 /// The pages a scenario opened, for the screenshots of a failure.
 #[derive(Default)]
 struct Pages(std::sync::Mutex<Vec<Arc<Page>>>);
@@ -356,9 +377,14 @@ async fn coach_and_client_meet_the_orb_hear_it_and_leave() {
         let client_id = client_call["userId"].as_str().unwrap().to_owned();
         wait_connected(&coach, &["ai", &client_id]).await;
 
-        // Both humans hear the orb (the test brain greets, then echoes; RTP flows throughout).
+        // Both humans hear the orb (the test brain greets, then echoes; RTP flows throughout)...
         wait_orb_audio(&coach, &ai).await;
         wait_orb_audio(&client, &ai).await;
+        // ...and what they hear is the orb's content: its loudest sound is the greeting tone or
+        // the echo of a human's microphone (the test brain's only two voices), not noise.
+        for page in [&coach, &client] {
+            wait_orb_content(page).await;
+        }
         let shot = root().join("target/browser-screenshots/coach-page.png");
         coach.screenshot(&shot).await;
 

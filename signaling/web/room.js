@@ -28,6 +28,10 @@
     muted: false,
     stats: inboundAudioBytes,
     setMuted,
+    // For tests and diagnostics: the loudest frequency heard so far (peak hold), in Hz, from the
+    // orb and from this page's own microphone; null before any sound.
+    orbPeakHz: () => null,
+    micPeakHz: () => null,
   });
 
   const peers = new Map(); // peerId -> { pc, pending: [], role, type }
@@ -85,6 +89,11 @@
         audio: true,
       });
       $('local-video').srcObject = localStream;
+      try {
+        if (localStream.getAudioTracks().length) state.micPeakHz = peakHold(localStream);
+      } catch (err) {
+        fail(err);
+      }
     } catch (err) {
       // Seed 001: a call without a camera still goes on.
       fail(`no camera or microphone: ${err.message || err}`);
@@ -180,6 +189,30 @@
 
   let audioContext = null;
 
+  // Holds, per frequency bin, the loudest level seen on `stream`; returns a function giving the
+  // frequency (Hz) of the loudest bin between 100 Hz and 4 kHz, or null while all is silence.
+  function peakHold(stream) {
+    audioContext = audioContext || new AudioContext();
+    const analyser = audioContext.createAnalyser();
+    analyser.fftSize = 4096;
+    analyser.smoothingTimeConstant = 0;
+    audioContext.createMediaStreamSource(stream).connect(analyser);
+    const bins = new Float32Array(analyser.frequencyBinCount);
+    const peak = new Float32Array(analyser.frequencyBinCount).fill(-Infinity);
+    setInterval(() => {
+      analyser.getFloatFrequencyData(bins);
+      for (let i = 0; i < bins.length; i++) if (bins[i] > peak[i]) peak[i] = bins[i];
+    }, 20);
+    const binHz = audioContext.sampleRate / analyser.fftSize;
+    return () => {
+      let best = -1;
+      for (let i = Math.ceil(100 / binHz); i < Math.min(peak.length, 4000 / binHz); i++) {
+        if (best < 0 || peak[i] > peak[best]) best = i;
+      }
+      return best >= 0 && peak[best] > -70 ? best * binHz : null;
+    };
+  }
+
   function attachOrbAudio(stream) {
     const audio = $('orb-audio');
     // Chrome feeds a remote stream into Web Audio only while a media element plays it.
@@ -187,6 +220,7 @@
     audio.play().catch(() => note('Click anywhere to hear the AI orb.'));
     try {
       audioContext = audioContext || new AudioContext();
+      state.orbPeakHz = peakHold(stream);
       const analyser = audioContext.createAnalyser();
       analyser.fftSize = 512;
       audioContext.createMediaStreamSource(stream).connect(analyser);
