@@ -3,7 +3,7 @@
 # orb-signaling with the local orb runtime: each room's orb is a child process started, queued,
 # timed out and stopped by the operator's own policy code. Ctrl-C stops everything.
 #
-# Environment: PORT (default 8080), ORB_LOG_DIR (default target/dev/logs), and any orb or
+# Environment: PORT (default 8080), HOST (default 127.0.0.1: this machine only), ORB_LOG_DIR (default target/dev/logs), and any orb or
 # signaling setting (e.g. MAX_CONCURRENT_ORBS, ORB_CLEANUP_GRACE_PERIOD, IDLE_TIMEOUT). Without
 # OPENAI_API_KEY the orbs run the test brain (a greeting tone, then an echo of what they hear).
 set -euo pipefail
@@ -15,6 +15,9 @@ echo "==> building orb-signaling and orb"
 cargo build --quiet --bin orb-signaling --bin orb
 
 PORT="${PORT:-8080}"
+# Loopback only: dev mode hands out room tokens to anyone who asks. HOST=0.0.0.0 opens it to the
+# network (say, to join from a phone), on a network you trust.
+HOST="${HOST:-127.0.0.1}"
 DEV_DIR="target/dev"
 export ORB_LOG_DIR="${ORB_LOG_DIR:-$DEV_DIR/logs}"
 mkdir -p "$DEV_DIR" "$ORB_LOG_DIR"
@@ -45,7 +48,7 @@ INFO
 
 unset ORB_SIGNING_KEY
 exec target/debug/orb-signaling \
-  --listen "0.0.0.0:${PORT}" \
+  --listen "${HOST}:${PORT}" \
   --orb-runtime local \
   --auth jwt \
   --signing-key-file "$KEY_FILE" \

@@ -34,12 +34,41 @@ pub struct RoomClaims {
     /// The user id signaling uses for this participant, whatever the join message says.
     pub sub: String,
     pub role: Role,
-    /// Expiry, seconds since the Unix epoch.
+    /// Expiry, seconds since the Unix epoch; at most [`MAX_TOKEN_TTL_SECONDS`] ahead.
     pub exp: u64,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// [`ROOM_TOKEN_AUDIENCE`]: marks the token as a room token, so nothing else signed with the
+    /// key (a token meant for another service) opens a room.
+    pub aud: String,
     /// The coaching session the call belongs to (the app backend's booking id). Optional: without
     /// it the room is the session. An orb's lifetime is a budget of its session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+}
+
+/// The `aud` of every room token.
+pub const ROOM_TOKEN_AUDIENCE: &str = "orb-signaling";
+/// How far ahead a room token's `exp` may be: a day (an orb's lifetime is at most a day; its token
+/// adds the goodbye grace, within [`CLOCK_LEEWAY_SECONDS`]).
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 86_400;
+/// Clock skew tolerated between the minting and the verifying machine.
+pub const CLOCK_LEEWAY_SECONDS: u64 = 300;
+
+impl RoomClaims {
+    /// Claims for `sub` in `room` as `role`, issued now and valid for `ttl_seconds`.
+    pub fn new(room: &str, sub: &str, role: Role, ttl_seconds: u64) -> Self {
+        let now = unix_now();
+        Self {
+            room: room.to_owned(),
+            sub: sub.to_owned(),
+            role,
+            exp: now + ttl_seconds,
+            iat: now,
+            aud: ROOM_TOKEN_AUDIENCE.to_owned(),
+            session: None,
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -52,6 +81,10 @@ pub enum AuthError {
     WrongRoom,
     #[error("the room token's signature does not match")]
     BadSignature,
+    #[error("the token is not a room token (its audience is not orb-signaling)")]
+    WrongAudience,
+    #[error("the room token is valid for longer than a day, or issued in the future")]
+    TooLongLived,
     #[error("the room token is malformed: {0}")]
     Malformed(String),
 }
@@ -134,25 +167,39 @@ impl SigningKey {
         .expect("HS256 encoding of plain claims cannot fail")
     }
 
-    /// Verifies signature, expiry and that the token opens `room`.
+    /// Verifies signature, audience, expiry, a lifetime of at most a day, and that the token opens
+    /// `room`.
     pub fn verify(&self, token: &str, room: &str) -> Result<RoomClaims, AuthError> {
+        self.verify_at(token, room, unix_now())
+    }
+
+    /// [`SigningKey::verify`] with the clock given (Unix seconds) for the lifetime checks.
+    pub fn verify_at(&self, token: &str, room: &str, now: u64) -> Result<RoomClaims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
+        // Only HS256: `alg: none`, HS512 or RS256 headers are refused before any key is used.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp"]);
+        validation.set_required_spec_claims(&["exp", "iat", "aud"]);
+        validation.set_audience(&[ROOM_TOKEN_AUDIENCE]);
         let data = jsonwebtoken::decode::<RoomClaims>(token, &DecodingKey::from_secret(&self.0), &validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 _ => AuthError::Malformed(e.to_string()),
             },
         )?;
-        if data.claims.room != room {
+        let claims = data.claims;
+        // A token valid "forever" (exp 2^40) is a stolen credential that never dies.
+        if claims.exp > now + MAX_TOKEN_TTL_SECONDS + CLOCK_LEEWAY_SECONDS || claims.iat > now + CLOCK_LEEWAY_SECONDS {
+            return Err(AuthError::TooLongLived);
+        }
+        if claims.room != room {
             return Err(AuthError::WrongRoom);
         }
-        Ok(data.claims)
+        Ok(claims)
     }
 }
 
@@ -178,6 +225,8 @@ mod tests {
             role: Role::Coach,
             exp,
             session: None,
+            iat: crate::auth::unix_now(),
+            aud: crate::auth::ROOM_TOKEN_AUDIENCE.into(),
         }
     }
 
@@ -209,6 +258,24 @@ mod tests {
         crlf.extend(b"\r\n");
         let t = SigningKey::new(crlf).unwrap().mint(&claims("r", unix_now() + 60));
         assert!(key(7).verify(&t, "r").is_ok());
+    }
+
+    /// A day is the longest a room token lives; issued in the future (beyond clock skew) is refused.
+    #[test]
+    fn long_lived_and_future_tokens_are_refused() {
+        let k = key(1);
+        let now = 1_800_000_000;
+        let mut c = claims("r", now + MAX_TOKEN_TTL_SECONDS);
+        c.iat = now;
+        assert!(k.verify_at(&k.mint(&c), "r", now).is_ok());
+        c.exp = now + MAX_TOKEN_TTL_SECONDS + CLOCK_LEEWAY_SECONDS + 1;
+        assert_eq!(k.verify_at(&k.mint(&c), "r", now), Err(AuthError::TooLongLived));
+        c.exp = now + 60;
+        c.iat = now + CLOCK_LEEWAY_SECONDS + 1;
+        assert_eq!(k.verify_at(&k.mint(&c), "r", now), Err(AuthError::TooLongLived));
+        c.iat = now;
+        c.aud = "another-service".into();
+        assert_eq!(k.verify_at(&k.mint(&c), "r", now), Err(AuthError::WrongAudience));
     }
 
     /// Every binary loads the key the same way: exactly one source, an empty env value is unset,

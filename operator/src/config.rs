@@ -179,8 +179,9 @@ impl RunArgs {
     /// Validates the flags. `signing_key_env` is `ORB_SIGNING_KEY`, read by the caller so that the
     /// key never appears in `--help` or in parsed-argument debug output.
     pub fn validate(&self, signing_key_env: Option<String>) -> Result<Config, ConfigError> {
-        if self.max_concurrent_orbs > 10_000 {
-            return Err(invalid("--max-concurrent-orbs", "must be at most 10000"));
+        if !(1..=10_000).contains(&self.max_concurrent_orbs) {
+            // 0 would admit nothing and queue every call forever: refused, not accepted silently.
+            return Err(invalid("--max-concurrent-orbs", "must be between 1 and 10000"));
         }
         let day = Duration::from_secs(orb_api::MAX_DURATION_SECONDS as u64);
         for (flag, d, min) in [

@@ -55,7 +55,15 @@ pub fn request_token(query_token: Option<String>, headers: &HeaderMap) -> Option
 }
 
 /// Every value [`failure_label`] returns.
-pub const FAILURE_LABELS: [&str; 5] = ["missing", "expired", "wrong_room", "bad_signature", "malformed"];
+pub const FAILURE_LABELS: [&str; 7] = [
+    "missing",
+    "expired",
+    "wrong_room",
+    "bad_signature",
+    "malformed",
+    "wrong_audience",
+    "too_long_lived",
+];
 
 /// Metric label of an auth failure.
 pub fn failure_label(e: &AuthError) -> &'static str {
@@ -65,6 +73,8 @@ pub fn failure_label(e: &AuthError) -> &'static str {
         AuthError::WrongRoom => "wrong_room",
         AuthError::BadSignature => "bad_signature",
         AuthError::Malformed(_) => "malformed",
+        AuthError::WrongAudience => "wrong_audience",
+        AuthError::TooLongLived => "too_long_lived",
     }
 }
 
@@ -82,6 +92,8 @@ mod tests {
             role: Role::Ai,
             exp: unix_now() + 60,
             session: None,
+            iat: orb_api::auth::unix_now(),
+            aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
         });
         let id = Authenticator::Jwt(key.clone())
             .authenticate("r", Some(&token))

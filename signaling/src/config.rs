@@ -180,6 +180,10 @@ pub enum ConfigError {
     SigningKey(#[from] orb_api::auth::KeyLoadError),
     #[error("--{flag} {message}")]
     OutOfRange { flag: &'static str, message: &'static str },
+    #[error(
+        "--auth=none is refused with --orb-runtime=kubernetes: anyone could create orbs and claim any role; use --auth=jwt (none is for --orb-runtime=local or none)"
+    )]
+    AuthNoneWithKubernetes,
     #[error("--summary-webhook-url must be an absolute http:// or https:// URL (got {0:?})")]
     WebhookUrl(String),
     #[error("cannot read the summary webhook secret file {path}: {source}")]
@@ -271,6 +275,11 @@ impl Config {
             })
             .transpose()?;
         let auth = match args.auth {
+            // Without tokens anyone could create rooms, each an AiOrb holding a GPU, and claim the
+            // coach role: only where no cluster orbs are made.
+            AuthMode::None if args.orb_runtime == RuntimeKind::Kubernetes => {
+                return Err(ConfigError::AuthNoneWithKubernetes);
+            }
             AuthMode::None => Authenticator::None,
             AuthMode::Jwt => Authenticator::Jwt(orb_api::auth::load_signing_key(
                 env_key,
@@ -367,20 +376,38 @@ mod tests {
         let err = parse(&["--signing-key-file", "/nonexistent/key"], None).unwrap_err();
         assert!(err.contains("cannot read the signing key file"), "{err}");
         assert!(matches!(
-            parse(&["--auth", "none"], None).unwrap().auth,
+            parse(&["--auth", "none", "--orb-runtime", "local"], None).unwrap().auth,
             Authenticator::None
         ));
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = parse(&["--auth=none", "--presence-debounce", "5 parsecs"], None).unwrap_err();
+        let err = parse(
+            &["--auth=none", "--orb-runtime=none", "--presence-debounce", "5 parsecs"],
+            None,
+        )
+        .unwrap_err();
         assert!(err.contains("invalid duration"), "{err}");
-        let err = parse(&["--auth=none", "--max-participants-per-room", "1"], None).unwrap_err();
+        let err = parse(
+            &["--auth=none", "--orb-runtime=none", "--max-participants-per-room", "1"],
+            None,
+        )
+        .unwrap_err();
         assert!(err.contains("--max-participants-per-room"), "{err}");
-        let err = parse(&["--auth=none", "--summary-webhook-url", "ftp://x"], None).unwrap_err();
+        let err = parse(
+            &["--auth=none", "--orb-runtime=none", "--summary-webhook-url", "ftp://x"],
+            None,
+        )
+        .unwrap_err();
         assert!(err.contains("--summary-webhook-url"), "{err}");
         let err = parse(&["--auth=none", "--orb-runtime", "docker"], None).unwrap_err();
         assert!(err.contains("docker"), "{err}");
+        // No tokens with cluster orbs: anyone could create GPU pods and claim any role.
+        let err = parse(&["--auth=none"], None).unwrap_err();
+        assert!(
+            err.contains("--auth=none") && err.contains("--orb-runtime=kubernetes"),
+            "{err}"
+        );
     }
 }

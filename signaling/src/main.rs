@@ -18,7 +18,14 @@ use tracing::info;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     orb_telemetry::init_logging(args.log_format == LogFormat::Json, "info");
-    let config = Config::from_args(args, std::env::var(SIGNING_KEY_ENV).ok()).context("invalid configuration")?;
+    let config = match Config::from_args(args, std::env::var(SIGNING_KEY_ENV).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            // The usage exit code, as for a bad flag: a restart cannot fix it.
+            eprintln!("orb-signaling: invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    };
 
     let metrics = Metrics::shared();
     let (events, events_rx) = OrbEvents::new(metrics.clone());

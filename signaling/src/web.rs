@@ -122,6 +122,8 @@ async fn dev_token(State(state): State<WebState>, Query(q): Query<TokenQuery>) -
             role,
             exp: unix_now() + DEV_TOKEN_SECONDS,
             session: None,
+            iat: orb_api::auth::unix_now(),
+            aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
         })
     });
     axum::Json(serde_json::json!({ "userId": q.user, "token": token })).into_response()

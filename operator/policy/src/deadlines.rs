@@ -58,6 +58,8 @@ pub fn orb_token_claims(
         role: orb_api::auth::Role::Ai,
         exp: (ends.as_second() + TERMINATION_GRACE_SECONDS + 60).max(0) as u64,
         session: spec.session_id.clone(),
+        iat: now.as_second().max(0) as u64,
+        aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
     }
 }
 

@@ -27,6 +27,8 @@ async fn missing_expired_wrong_room_and_forged_tokens_are_refused_with_a_reason(
         role: Role::Coach,
         exp,
         session: None,
+        iat: orb_api::auth::unix_now(),
+        aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
     };
     let expired = key().mint(&claims("room-a", unix_now() - 3600));
     let wrong_room = key().mint(&claims("room-b", unix_now() + 600));
@@ -48,6 +50,99 @@ async fn missing_expired_wrong_room_and_forged_tokens_are_refused_with_a_reason(
     for reason in ["missing", "expired", "wrong_room", "bad_signature", "malformed"] {
         assert!(
             m.contains(&format!("orb_signaling_auth_failures_total{{reason=\"{reason}\"}} 1")),
+            "{reason}: {m}"
+        );
+    }
+}
+
+/// Tokens an attacker would try: signed with the right key but never expiring, issued in the
+/// future, meant for another service (no or another audience), missing claims, or with another
+/// algorithm (`none`, HS512, RS256 headers). Each is refused before the join, and a room with a
+/// valid token next door is not disturbed.
+#[tokio::test]
+async fn hostile_tokens_are_refused() {
+    use base64::Engine;
+    let s = start(&["--auth", "jwt"]).await;
+    let (mut neighbour, _) = {
+        let mut c = Client::connect(
+            &format!("{}?token={}", s.url("room-n"), token("room-n", "n-1", Role::Coach)),
+            None,
+        )
+        .await;
+        c.send(json!({"type": "join"})).await;
+        let d = c.recv().await;
+        (c, d)
+    };
+    let now = unix_now();
+    let raw = |header: serde_json::Value, claims: serde_json::Value, alg: jsonwebtoken::Algorithm| {
+        let mut h = jsonwebtoken::Header::new(alg);
+        if let Some(kid) = header.get("kid").and_then(|v| v.as_str()) {
+            h.kid = Some(kid.into());
+        }
+        jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_secret(&KEY)).unwrap()
+    };
+    let good =
+        json!({"room": "room-a", "sub": "x", "role": "coach", "exp": now + 600, "iat": now, "aud": "orb-signaling"});
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(good.clone()));
+    let hs = jsonwebtoken::Algorithm::HS256;
+    let cases = [
+        (raw(json!({}), with("exp", json!(1u64 << 40)), hs), "longer than a day"),
+        (
+            raw(json!({}), with("iat", json!(now + 3600)), hs),
+            "issued in the future",
+        ),
+        (raw(json!({}), with("aud", json!("billing")), hs), "not a room token"),
+        (raw(json!({}), without("aud"), hs), "malformed"),
+        (raw(json!({}), without("iat"), hs), "malformed"),
+        (raw(json!({}), without("exp"), hs), "malformed"),
+        (raw(json!({}), with("role", json!("admin")), hs), "malformed"),
+        (
+            raw(json!({}), good.clone(), jsonwebtoken::Algorithm::HS512),
+            "malformed",
+        ),
+        (alg_none, "malformed"),
+        (
+            format!(
+                "{}.{}.c2ln",
+                b64(json!({"alg": "RS256", "typ": "JWT"})),
+                b64(good.clone())
+            ),
+            "malformed",
+        ),
+    ];
+    for (token, why) in cases {
+        let (code, _, message) = refused(&s, "room-a", Some(&token)).await;
+        assert_eq!(code, 4401, "{why}");
+        assert!(message.contains(why), "{why}: {message}");
+    }
+    // The right token still works, and the neighbouring room noticed nothing.
+    let mut ok = Client::connect(
+        &format!(
+            "{}?token={}",
+            s.url("room-a"),
+            key().mint(&serde_json::from_value(good).unwrap())
+        ),
+        None,
+    )
+    .await;
+    ok.send(json!({"type": "join"})).await;
+    assert_eq!(ok.recv().await["type"], "peer-discovery");
+    neighbour.expect_nothing_pending().await;
+    let m = s.metrics.render();
+    for (reason, n) in [("too_long_lived", 2), ("wrong_audience", 1)] {
+        assert!(
+            m.contains(&format!("orb_signaling_auth_failures_total{{reason=\"{reason}\"}} {n}")),
             "{reason}: {m}"
         );
     }

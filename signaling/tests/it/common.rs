@@ -33,6 +33,8 @@ pub fn token(room: &str, sub: &str, role: Role) -> String {
         role,
         exp: unix_now() + 600,
         session: None,
+        iat: orb_api::auth::unix_now(),
+        aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
     })
 }
 
@@ -67,6 +69,10 @@ pub async fn start_full(
     let mut argv = vec!["orb-signaling", "--listen", "127.0.0.1:0"];
     if !args.contains(&"--auth") {
         argv.extend_from_slice(&["--auth", "none"]);
+    }
+    // The runtime under test is passed in; the flag only has to allow `--auth none`.
+    if !args.contains(&"--orb-runtime") {
+        argv.extend_from_slice(&["--orb-runtime", "none"]);
     }
     argv.extend_from_slice(args);
     let key = String::from_utf8(KEY.to_vec()).ok();
