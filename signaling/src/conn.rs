@@ -139,6 +139,20 @@ impl Conn<'_> {
                 frame = stream.next() => {
                     let Some(Ok(frame)) = frame else { return };
                     last_seen = Instant::now();
+                    // Every frame costs: text, binary, ping, pong, oversized. A flood of any kind
+                    // gets refusals, and a client that does not read them is a slow consumer.
+                    if !matches!(frame, Message::Close(_)) && !self.limiter.try_acquire(last_seen) {
+                        let limits = &self.state.limits;
+                        self.reject(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "more than {} messages per second; retry in {} ms",
+                                limits.max_messages_per_second,
+                                self.limiter.retry_after().as_millis().max(1)
+                            ),
+                        );
+                        continue;
+                    }
                     match frame {
                         Message::Text(text) => {
                             let was_joined = self.joined.is_some();
@@ -182,17 +196,6 @@ impl Conn<'_> {
             self.reject(
                 ErrorCode::FrameTooLarge,
                 format!("a {} byte frame exceeds the limit of {cap} bytes", text.len()),
-            );
-            return ControlFlow::Continue(());
-        }
-        if !self.limiter.try_acquire(received_at) {
-            self.reject(
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} messages per second; retry in {} ms",
-                    limits.max_messages_per_second,
-                    self.limiter.retry_after().as_millis().max(1)
-                ),
             );
             return ControlFlow::Continue(());
         }

@@ -518,7 +518,8 @@ mod tests {
 
     #[test]
     fn the_flags_default_to_the_operators_limits() {
-        let config = crate::config::Config::parse_from(["orb-signaling", "--auth=none", "--orb-runtime=local"], None).unwrap();
+        let config =
+            crate::config::Config::parse_from(["orb-signaling", "--auth=none", "--orb-runtime=local"], None).unwrap();
         assert_eq!(config.local.limits, Limits::default());
         assert!(config.local.signing_key.is_none());
         let key = "k".repeat(32);
