@@ -36,23 +36,31 @@ pub struct AdmissionPlan {
 /// (its pod still holds a GPU). Anything counted twice errs towards admitting fewer, never more.
 pub fn plan_admission(orbs: &[AdmissionEntry], ledger: &BTreeSet<String>, cap: usize) -> AdmissionPlan {
     let live = |o: &&AdmissionEntry| !o.phase.is_some_and(OrbPhase::is_terminal);
-    let holding: Vec<&AdmissionEntry> = orbs
-        .iter()
-        .filter(live)
-        .filter(|o| o.admitted || ledger.contains(&o.uid))
-        .collect();
+    let admitted: Vec<&AdmissionEntry> = orbs.iter().filter(live).filter(|o| o.admitted).collect();
     let mut plan = AdmissionPlan {
-        ledger: holding.iter().map(|o| o.uid.clone()).collect(),
+        ledger: admitted.iter().map(|o| o.uid.clone()).collect(),
         ..Default::default()
     };
-    let mut unfinished: Vec<&AdmissionEntry> = holding.iter().copied().filter(|o| !o.admitted).collect();
+    // Ledger entries without an admitted status (an admitter died between its two writes) are
+    // finished, oldest first — but only within the cap: a uid written into the ledger by hand, or
+    // a ledger grown past a lowered cap, cannot admit past it; the rest wait in the queue.
+    let mut unfinished: Vec<&AdmissionEntry> = orbs
+        .iter()
+        .filter(live)
+        .filter(|o| !o.admitted && ledger.contains(&o.uid) && o.valid)
+        .collect();
     unfinished.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
-    plan.admit.extend(unfinished.iter().map(|o| o.uid.clone()));
+    let room = cap.saturating_sub(plan.ledger.len());
+    unfinished.truncate(room);
+    for o in &unfinished {
+        plan.ledger.insert(o.uid.clone());
+        plan.admit.push(o.uid.clone());
+    }
 
     let mut waiting: Vec<&AdmissionEntry> = orbs
         .iter()
         .filter(live)
-        .filter(|o| !o.admitted && !ledger.contains(&o.uid) && !o.deleting && o.valid)
+        .filter(|o| !o.admitted && !plan.ledger.contains(&o.uid) && !o.deleting && o.valid)
         .collect();
     waiting.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
     let free = cap.saturating_sub(plan.ledger.len());

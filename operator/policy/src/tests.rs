@@ -119,6 +119,25 @@ fn ledger_entries_without_status_count_and_get_their_status_finished() {
     assert_eq!(plan.queue, vec![("uid-001".into(), 1), ("uid-003".into(), 2)]);
 }
 
+/// A uid written into the ledger by hand (or a ledger from before the cap was lowered) cannot
+/// admit past the cap: ledger entries without status are honoured only within it, oldest first.
+#[test]
+fn the_ledger_cannot_admit_past_the_cap() {
+    let mut orbs: Vec<_> = (0..4).map(|i| entry(i, i as i64)).collect();
+    orbs[0] = admitted(orbs[0].clone(), OrbPhase::Ready);
+    orbs[1] = admitted(orbs[1].clone(), OrbPhase::Ready);
+    // The cap (2) is full; someone adds uid-003 to the ledger.
+    let ledger = BTreeSet::from(["uid-000".into(), "uid-001".into(), "uid-003".into()]);
+    let plan = plan_admission(&orbs, &ledger, 2);
+    assert!(plan.admit.is_empty(), "{plan:?}");
+    assert_eq!(plan.ledger, BTreeSet::from(["uid-000".into(), "uid-001".into()]));
+    assert_eq!(
+        plan.queue,
+        vec![("uid-002".into(), 1), ("uid-003".into(), 2)],
+        "back in FIFO order"
+    );
+}
+
 #[test]
 fn invalid_deleting_and_finished_orbs_are_never_admitted() {
     let mut invalid = entry(0, 0);
@@ -151,10 +170,10 @@ proptest! {
         }).collect();
         let ledger: BTreeSet<String> =
             orbs.iter().zip(&ledger_bits).filter(|(_, b)| **b).map(|(o, _)| o.uid.clone()).collect();
-        let before = orbs.iter().filter(|o| !o.phase.is_some_and(OrbPhase::is_terminal)
-            && (o.admitted || ledger.contains(&o.uid))).count();
+        // Only orbs admitted by status may exceed the cap (it was lowered); the ledger cannot.
+        let admitted = orbs.iter().filter(|o| !o.phase.is_some_and(OrbPhase::is_terminal) && o.admitted).count();
         let plan = plan_admission(&orbs, &ledger, cap);
-        prop_assert!(plan.ledger.len() <= cap.max(before));
+        prop_assert!(plan.ledger.len() <= cap.max(admitted));
         // Feeding the result back in admits nothing new: the plan is a fixed point.
         let mut after = orbs.clone();
         for o in &mut after { if plan.ledger.contains(&o.uid) { o.admitted = true; } }
