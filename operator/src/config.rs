@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// How long finished AiOrbs are kept before deletion.
     #[arg(long, env = "FINISHED_ORB_TTL", default_value = "1h", value_parser = parse_duration)]
     pub finished_orb_ttl: Duration,
+    /// How long past its grace period a terminating pod may linger (a lost node) before its orb
+    /// is recorded PodLost and its slot released.
+    #[arg(long, env = "ORB_STUCK_POD_MARGIN", default_value = "2m", value_parser = parse_duration)]
+    pub stuck_pod_margin: Duration,
     /// Replacements of a failed orb pod while its room is occupied.
     #[arg(long, env = "MAX_ORB_RESTARTS", default_value_t = 3)]
     pub max_orb_restarts: i32,
@@ -190,6 +194,7 @@ impl RunArgs {
             ("--empty-room-grace", self.empty_room_grace, Duration::ZERO),
             ("--test-mode-timeout", self.test_mode_timeout, Duration::from_secs(1)),
             ("--finished-orb-ttl", self.finished_orb_ttl, Duration::ZERO),
+            ("--stuck-pod-margin", self.stuck_pod_margin, Duration::ZERO),
         ] {
             if d < min || d > day * 30 {
                 return Err(invalid(flag, format!("{d:?} is out of range")));
@@ -235,6 +240,7 @@ impl RunArgs {
                 test_mode_timeout: self.test_mode_timeout,
                 finished_orb_ttl: self.finished_orb_ttl,
                 max_restarts: self.max_orb_restarts,
+                stuck_pod_margin: self.stuck_pod_margin,
                 ..Limits::default()
             },
             pod: PodSettings {

@@ -108,8 +108,34 @@ fn decide_step(view: &OrbView, pod: &PodState, orb_limits: &OrbLimits, limits: &
                 },
                 None,
             ),
+            // Stuck past its grace (a lost node): the slot is released, the orb recorded PodLost.
+            PodState::Deleting {
+                grace_ends: Some(grace_ends),
+            } if now >= after(*grace_ends, limits.stuck_pod_margin) => Decision::at(
+                Step::Finish {
+                    phase: OrbPhase::Failed,
+                    reason: TerminationReason::PodLost,
+                    message: Some(format!(
+                        "the pod is still terminating {}s after its grace period (lost node?); its slot is released",
+                        limits.stuck_pod_margin.as_secs()
+                    )),
+                },
+                None,
+            ),
             // Ask again: the delete is idempotent, and a watch event on the pod wakes us first.
-            _ => Decision::at(Step::Terminate { reason }, Some(after(now, Duration::from_secs(15)))),
+            _ => {
+                let stuck_at = match pod {
+                    PodState::Deleting {
+                        grace_ends: Some(grace_ends),
+                    } => Some(after(*grace_ends, limits.stuck_pod_margin)),
+                    _ => None,
+                };
+                let again = after(now, Duration::from_secs(15));
+                Decision::at(
+                    Step::Terminate { reason },
+                    Some(stuck_at.map_or(again, |s| s.min(again))),
+                )
+            }
         };
     }
 

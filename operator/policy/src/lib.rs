@@ -47,6 +47,9 @@ pub struct Limits {
     /// First replacement delay; doubles with each restart, capped by `max_restart_backoff`.
     pub restart_backoff: Duration,
     pub max_restart_backoff: Duration,
+    /// A pod still there this long after its grace period ended (its node is lost, its kubelet
+    /// gone) no longer holds its orb's slot: the orb ends `Failed`/`PodLost`.
+    pub stuck_pod_margin: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_restarts: 3,
             restart_backoff: Duration::from_secs(10),
             max_restart_backoff: Duration::from_secs(300),
+            stuck_pod_margin: Duration::from_secs(120),
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 
 use super::Limits;
 
@@ -19,7 +20,10 @@ pub enum PodState {
         node: Option<String>,
     },
     /// Being deleted; `finished` once its container has stopped.
-    Deleting,
+    Deleting {
+        /// The pod's `deletionTimestamp`: when its grace period ends.
+        grace_ends: Option<Timestamp>,
+    },
     Succeeded {
         message: Option<String>,
     },
@@ -41,7 +45,9 @@ pub fn observe_pod(pod: Option<&Pod>) -> PodState {
             reason: status.and_then(|s| s.reason.clone()),
             message: message.or_else(|| status.and_then(|s| s.message.clone())),
         },
-        _ if pod.metadata.deletion_timestamp.is_some() => PodState::Deleting,
+        _ if pod.metadata.deletion_timestamp.is_some() => PodState::Deleting {
+            grace_ends: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
+        },
         "Running" => {
             let ready = status
                 .and_then(|s| s.conditions.as_ref())

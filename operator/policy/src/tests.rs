@@ -405,7 +405,10 @@ fn every_pod_state_is_observed() {
     );
     let mut deleting = with_ready(pod("Running"), true);
     deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(0)));
-    assert_eq!(observe_pod(Some(&deleting)), PodState::Deleting);
+    assert_eq!(
+        observe_pod(Some(&deleting)),
+        PodState::Deleting { grace_ends: Some(t(0)) }
+    );
     assert_eq!(tracked_phase(&PodState::Pending { node: None }), OrbPhase::Starting);
     assert_eq!(
         tracked_phase(&PodState::Running {
@@ -456,7 +459,7 @@ fn the_step_that_follows_every_pod_state() {
     );
     assert_eq!(step(&v, &PodState::Pending { node: None }, 10), Step::Track);
     assert_eq!(step(&v, &running, 10), Step::Track);
-    assert_eq!(step(&v, &PodState::Deleting, 10), Step::Track);
+    assert_eq!(step(&v, &PodState::Deleting { grace_ends: None }, 10), Step::Track);
     assert_eq!(
         step(&v, &PodState::Succeeded { message: None }, 10),
         Step::Finish {
@@ -544,11 +547,35 @@ fn a_due_deadline_terminates_then_finishes_when_the_pod_is_gone() {
         ..v
     };
     assert_eq!(
-        step(&terminating, &PodState::Deleting, 7201),
+        step(
+            &terminating,
+            &PodState::Deleting {
+                grace_ends: Some(t(7211))
+            },
+            7201
+        ),
         Step::Terminate {
             reason: TerminationReason::MaxLifetime
         }
     );
+    // A lost node: the pod never goes. Past its grace plus the margin it stops holding the slot.
+    let stuck = PodState::Deleting {
+        grace_ends: Some(t(7211)),
+    };
+    assert_eq!(
+        step(&terminating, &stuck, 7211 + 119),
+        Step::Terminate {
+            reason: TerminationReason::MaxLifetime
+        }
+    );
+    assert!(matches!(
+        step(&terminating, &stuck, 7211 + 120),
+        Step::Finish {
+            phase: OrbPhase::Failed,
+            reason: TerminationReason::PodLost,
+            ..
+        }
+    ));
     for gone in [
         PodState::Missing,
         PodState::Failed {

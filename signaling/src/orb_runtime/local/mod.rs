@@ -184,7 +184,7 @@ impl Orb {
                     }),
                 },
             },
-            Some(Proc { stopping: true, .. }) => PodState::Deleting,
+            Some(Proc { stopping: true, .. }) => PodState::Deleting { grace_ends: None },
             Some(p) => PodState::Running {
                 ready: p.ready,
                 node: Some("local".into()),
@@ -574,7 +574,7 @@ mod tests {
         orb.proc = Some(proc(None, false));
         assert!(matches!(orb.pod_state(), PodState::Running { ready: true, .. }));
         orb.proc = Some(proc(None, true));
-        assert_eq!(orb.pod_state(), PodState::Deleting);
+        assert_eq!(orb.pod_state(), PodState::Deleting { grace_ends: None });
         let ended = Exit {
             code: Some(0),
             message: Some("IdleTimeout no activity".into()),
