@@ -156,6 +156,54 @@ fn operator_rbac_grants_exactly_the_calls_the_code_makes() {
     assert_eq!(rules_of(role), calls(Scope::Watched));
 }
 
+/// The orbs' UDP media may go anywhere but the cluster's own ranges and link-local addresses
+/// (cloud metadata): a hostile ICE candidate cannot make an orb probe the cluster.
+#[test]
+fn orb_udp_egress_excludes_the_cluster_ranges() {
+    let objects = render(None, &[]);
+    let policy = find(&objects, "NetworkPolicy", "-orbs");
+    let udp: Vec<&Value> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| {
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["protocol"] == "UDP" && p["port"].is_null())
+        })
+        .collect();
+    assert_eq!(udp.len(), 1, "one any-port UDP rule: {udp:?}");
+    let block = &udp[0]["to"][0]["ipBlock"];
+    assert_eq!(block["cidr"], "0.0.0.0/0");
+    let except: Vec<&str> = block["except"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for range in ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] {
+        assert!(except.contains(&range), "{range} not excluded: {except:?}");
+    }
+    // The ranges follow values, and an in-cluster TURN relay can be let through.
+    let custom = render(
+        None,
+        &[
+            "--set",
+            "networkPolicy.clusterCIDRs={100.64.0.0/10}",
+            "--set",
+            "networkPolicy.udpRelayCIDRs={100.64.1.5/32}",
+        ],
+    );
+    let policy = find(&custom, "NetworkPolicy", "-orbs");
+    let text = policy["spec"]["egress"].to_string();
+    assert!(
+        text.contains("100.64.0.0/10") && text.contains("100.64.1.5/32"),
+        "{text}"
+    );
+}
+
 #[test]
 fn signaling_rbac_grants_exactly_the_calls_its_kubernetes_runtime_makes() {
     let objects = render(None, &[]);
