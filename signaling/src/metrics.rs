@@ -36,14 +36,18 @@ pub enum OrbRequestResult {
     Replaced,
     /// The runtime could not provide an orb (API error, runtime disabled).
     Failed,
+    /// Folded into a request for the room already under way, or answered from one a moment ago:
+    /// no API call (a join/leave storm costs the API server nothing).
+    Coalesced,
 }
 
 impl OrbRequestResult {
-    pub const ALL: [OrbRequestResult; 4] = [
+    pub const ALL: [OrbRequestResult; 5] = [
         OrbRequestResult::Created,
         OrbRequestResult::Existing,
         OrbRequestResult::Replaced,
         OrbRequestResult::Failed,
+        OrbRequestResult::Coalesced,
     ];
 
     fn as_str(self) -> &'static str {
@@ -52,6 +56,7 @@ impl OrbRequestResult {
             OrbRequestResult::Existing => "existing",
             OrbRequestResult::Replaced => "replaced",
             OrbRequestResult::Failed => "failed",
+            OrbRequestResult::Coalesced => "coalesced",
         }
     }
 }

@@ -61,6 +61,7 @@ enum Command {
     Request(OrbRequest),
     Presence(String, Presence),
     Ensured { room_id: String, uid: Option<String> },
+    RequestFailed { room_id: String },
     Written { room_id: String, humans: u32 },
     Shutdown(oneshot::Sender<()>),
 }
@@ -86,6 +87,8 @@ impl KubernetesRuntime {
             pending: HashMap::new(),
             in_flight: HashSet::new(),
             latest: HashMap::new(),
+            requesting: HashSet::new(),
+            settled: HashMap::new(),
         };
         tokio::spawn(actor.run(rx));
         Self { tx }
@@ -141,6 +144,14 @@ impl Watched {
                 sent: None,
             },
         );
+    }
+
+    /// Whether the watch last saw orb `uid` of the room in a live (non-terminal) phase.
+    fn is_live(&self, room_id: &str, uid: Option<&str>) -> bool {
+        self.lock().get(&orb_name_for_room(room_id)).is_some_and(|w| {
+            w.room_id == room_id
+                && matches!(&w.seen, Some((seen, phase)) if Some(seen.as_str()) == uid && !phase.is_some_and(OrbPhase::is_terminal))
+        })
     }
 
     fn unwatch_room(&self, room_id: &str) {
@@ -226,7 +237,15 @@ struct Actor {
     in_flight: HashSet<String>,
     /// The newest presence of every room signaling knows about.
     latest: HashMap<String, Presence>,
+    /// Rooms with an orb request under way: at most one per room.
+    requesting: HashSet<String>,
+    /// The last settled request of each room: when, and the orb it found or made.
+    settled: HashMap<String, (Instant, Option<String>)>,
 }
+
+/// A request within this long of the room's last one, whose orb is still live, is answered from
+/// it without an API call.
+const REQUEST_COOLDOWN: Duration = Duration::from_secs(5);
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -256,7 +275,12 @@ impl Actor {
                 self.latest.insert(room_id.clone(), presence);
                 self.schedule(room_id);
             }
+            Command::RequestFailed { room_id } => {
+                self.requesting.remove(&room_id);
+            }
             Command::Ensured { room_id, uid } => {
+                self.requesting.remove(&room_id);
+                self.settled.insert(room_id.clone(), (Instant::now(), uid.clone()));
                 self.watched.settle(&room_id, uid, &self.events);
                 // Presence written before the orb existed was lost (404); write it now.
                 if self.latest.get(&room_id).is_some_and(|p| p.humans > 0) {
@@ -324,6 +348,22 @@ impl Actor {
     fn request(&mut self, request: OrbRequest) {
         let name = orb_name_for_room(&request.room_id);
         self.watched.watch(name, &request.room_id);
+        // One request per room at a time; a repeat shortly after (people leaving and rejoining)
+        // reuses the orb the last one settled on while it is live.
+        if self.requesting.contains(&request.room_id) {
+            self.events.request_result(OrbRequestResult::Coalesced);
+            return;
+        }
+        self.settled.retain(|_, (at, _)| at.elapsed() < REQUEST_COOLDOWN);
+        if let Some((_, uid)) = self.settled.get(&request.room_id)
+            && uid.is_some()
+            && self.watched.is_live(&request.room_id, uid.as_deref())
+        {
+            self.events.request_result(OrbRequestResult::Coalesced);
+            self.watched.settle(&request.room_id, uid.clone(), &self.events);
+            return;
+        }
+        self.requesting.insert(request.room_id.clone());
         let (api, events, tx, test_mode) = (
             self.api.clone(),
             self.events.clone(),
@@ -342,6 +382,7 @@ impl Actor {
                     warn!(room = %room_id, error = %e, "could not get an orb; the call goes on without AI");
                     events.request_result(OrbRequestResult::Failed);
                     events.status(&room_id, AiStatus::Unavailable);
+                    let _ = tx.send(Command::RequestFailed { room_id });
                     return;
                 }
             };

@@ -388,3 +388,30 @@ async fn a_summary_of_a_replaced_aiorb_is_deleted_once_final() {
         "the new AiOrb does not get the old orb's summary"
     );
 }
+
+/// A join/leave storm on one room (a reload loop, a hostile client) costs the API server almost
+/// nothing: one request per room at a time, and a repeat within the cooldown reuses the live orb.
+#[tokio::test]
+async fn a_join_leave_storm_makes_one_aiorb_and_few_api_calls() {
+    let (s, fake) = server_on_fake_api().await;
+    for i in 0..30 {
+        let (mut human, _) = s.join("room-storm", &format!("u{i}"), "coach").await;
+        human.recv_type("ai_status").await;
+        human.close().await;
+    }
+    let named_gets = fake
+        .state()
+        .requests
+        .iter()
+        .filter(|(m, p, _)| *m == Method::GET && p.ends_with("/aiorbs/room-storm"))
+        .count();
+    assert_eq!(fake.count(Method::POST), 1, "one AiOrb");
+    assert!(named_gets <= 10, "{named_gets} reads of the orb for 30 joins");
+    let metrics = s.metrics.render();
+    let coalesced: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orb_signaling_orb_requests_total{result=\"coalesced\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(coalesced >= 20, "{metrics}");
+}
