@@ -38,6 +38,7 @@ impl Authenticator {
             },
             user_name: None,
             session_id: claims.session,
+            issued_at: Some(claims.iat),
         }))
     }
 }

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::limits::RateLimiter;
 use crate::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, ServerMessage, UserRole};
-use crate::room::{CloseReason, ConnHandle, ConnReceivers, Identity, Outbound, Relayed, Room};
+use crate::room::{CloseReason, ConnHandle, ConnReceivers, Identity, JoinError, Outbound, Relayed, Room};
 use crate::server::AppState;
 use crate::wire::{self, Inbound};
 
@@ -319,10 +319,17 @@ impl Conn<'_> {
                 self.joined = Some((room, identity));
                 ControlFlow::Continue(())
             }
-            Err(e) => {
+            Err(e @ JoinError::RoomFull(_)) => {
                 self.state.metrics.rejected(ErrorCode::RoomFull);
                 self.send(&error(ErrorCode::RoomFull, e.to_string()));
                 self.handle.close(CloseReason::RoomFull);
+                ControlFlow::Break(())
+            }
+            Err(e @ JoinError::StaleOrb) => {
+                // Final for that orb (its client does not reconnect after "replaced").
+                self.state.metrics.rejected(ErrorCode::Unauthorized);
+                self.send(&error(ErrorCode::Unauthorized, e.to_string()));
+                self.handle.close(CloseReason::Replaced);
                 ControlFlow::Break(())
             }
         }
@@ -463,6 +470,7 @@ fn claimed_identity(
         participant_type,
         user_name,
         session_id: None,
+        issued_at: None,
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Identity {
     pub user_name: Option<String>,
     /// The coaching session from the room token (`session` claim), when it names one.
     pub session_id: Option<String>,
+    /// When the room token was issued (`iat`); `None` without tokens. Of two orbs of a room the
+    /// one with the newer token is the live one.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -271,6 +274,10 @@ impl Room {
 pub enum JoinError {
     #[error("the room already has {0} participants")]
     RoomFull(usize),
+    /// An orb whose token is older than the live orb's: an earlier incarnation (a pod on a lost
+    /// node, a leaked token) must not replace the orb now serving the room.
+    #[error("a newer orb serves this room; this orb's token is from an earlier one")]
+    StaleOrb,
 }
 
 /// The outcome of a relay attempt.
@@ -333,6 +340,14 @@ impl Registry {
                 })
                 .clone();
             let mut st = room.lock();
+            let newer_orb_present = |mine: u64| {
+                st.members
+                    .iter()
+                    .any(|m| m.identity.is_ai() && m.identity.issued_at.is_some_and(|theirs| theirs > mine))
+            };
+            if is_ai && identity.issued_at.is_some_and(newer_orb_present) {
+                return Err(JoinError::StaleOrb);
+            }
             let existing = st.members.iter().position(|m| m.identity.user_id == identity.user_id);
             if existing.is_none() && st.members.len() >= self.max_participants {
                 return Err(JoinError::RoomFull(self.max_participants));
@@ -575,6 +590,7 @@ mod tests {
             participant_type: ParticipantType::Human,
             user_name: None,
             session_id: None,
+            issued_at: None,
         }
     }
 
@@ -585,6 +601,7 @@ mod tests {
             participant_type: ParticipantType::Ai,
             user_name: None,
             session_id: None,
+            issued_at: None,
         }
     }
 

@@ -215,6 +215,7 @@ impl Harness {
                     },
                     user_name: None,
                     session_id: None,
+                    issued_at: None,
                 };
                 if let Ok(r) = self
                     .registry
