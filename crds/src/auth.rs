@@ -49,8 +49,8 @@ pub struct RoomClaims {
 
 /// The `aud` of every room token.
 pub const ROOM_TOKEN_AUDIENCE: &str = "orb-signaling";
-/// How far ahead a room token's `exp` may be: a day (an orb's lifetime is at most a day; its token
-/// adds the goodbye grace, within [`CLOCK_LEEWAY_SECONDS`]).
+/// How far ahead a room token's `exp` may be by default: a day (an orb's lifetime is at most a day;
+/// its token adds the goodbye grace, within [`CLOCK_LEEWAY_SECONDS`]).
 pub const MAX_TOKEN_TTL_SECONDS: u64 = 86_400;
 /// Clock skew tolerated between the minting and the verifying machine.
 pub const CLOCK_LEEWAY_SECONDS: u64 = 300;
@@ -83,7 +83,7 @@ pub enum AuthError {
     BadSignature,
     #[error("the token is not a room token (its audience is not orb-signaling)")]
     WrongAudience,
-    #[error("the room token is valid for longer than a day, or issued in the future")]
+    #[error("the room token is valid for longer than signaling allows, or issued in the future")]
     TooLongLived,
     #[error("the room token is malformed: {0}")]
     Malformed(String),
@@ -170,11 +170,12 @@ impl SigningKey {
     /// Verifies signature, audience, expiry, a lifetime of at most a day, and that the token opens
     /// `room`.
     pub fn verify(&self, token: &str, room: &str) -> Result<RoomClaims, AuthError> {
-        self.verify_at(token, room, unix_now())
+        self.verify_at(token, room, unix_now(), MAX_TOKEN_TTL_SECONDS)
     }
 
-    /// [`SigningKey::verify`] with the clock given (Unix seconds) for the lifetime checks.
-    pub fn verify_at(&self, token: &str, room: &str, now: u64) -> Result<RoomClaims, AuthError> {
+    /// [`SigningKey::verify`] with the clock (Unix seconds) and the longest accepted token life
+    /// given.
+    pub fn verify_at(&self, token: &str, room: &str, now: u64, max_ttl_secs: u64) -> Result<RoomClaims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -193,7 +194,7 @@ impl SigningKey {
         )?;
         let claims = data.claims;
         // A token valid "forever" (exp 2^40) is a stolen credential that never dies.
-        if claims.exp > now + MAX_TOKEN_TTL_SECONDS + CLOCK_LEEWAY_SECONDS || claims.iat > now + CLOCK_LEEWAY_SECONDS {
+        if claims.exp > now + max_ttl_secs + CLOCK_LEEWAY_SECONDS || claims.iat > now + CLOCK_LEEWAY_SECONDS {
             return Err(AuthError::TooLongLived);
         }
         if claims.room != room {
@@ -267,15 +268,24 @@ mod tests {
         let now = 1_800_000_000;
         let mut c = claims("r", now + MAX_TOKEN_TTL_SECONDS);
         c.iat = now;
-        assert!(k.verify_at(&k.mint(&c), "r", now).is_ok());
+        assert!(k.verify_at(&k.mint(&c), "r", now, MAX_TOKEN_TTL_SECONDS).is_ok());
         c.exp = now + MAX_TOKEN_TTL_SECONDS + CLOCK_LEEWAY_SECONDS + 1;
-        assert_eq!(k.verify_at(&k.mint(&c), "r", now), Err(AuthError::TooLongLived));
+        assert_eq!(
+            k.verify_at(&k.mint(&c), "r", now, MAX_TOKEN_TTL_SECONDS),
+            Err(AuthError::TooLongLived)
+        );
         c.exp = now + 60;
         c.iat = now + CLOCK_LEEWAY_SECONDS + 1;
-        assert_eq!(k.verify_at(&k.mint(&c), "r", now), Err(AuthError::TooLongLived));
+        assert_eq!(
+            k.verify_at(&k.mint(&c), "r", now, MAX_TOKEN_TTL_SECONDS),
+            Err(AuthError::TooLongLived)
+        );
         c.iat = now;
         c.aud = "another-service".into();
-        assert_eq!(k.verify_at(&k.mint(&c), "r", now), Err(AuthError::WrongAudience));
+        assert_eq!(
+            k.verify_at(&k.mint(&c), "r", now, MAX_TOKEN_TTL_SECONDS),
+            Err(AuthError::WrongAudience)
+        );
     }
 
     /// Every binary loads the key the same way: exactly one source, an empty env value is unset,

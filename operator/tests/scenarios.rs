@@ -382,7 +382,12 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     let token = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&seen[1].body["data"]["token"]).0).unwrap();
     let claims = SigningKey::new(vec![7u8; 32])
         .unwrap()
-        .verify_at(&token, "room-1", now().as_second() as u64)
+        .verify_at(
+            &token,
+            "room-1",
+            now().as_second() as u64,
+            orb_api::auth::MAX_TOKEN_TTL_SECONDS,
+        )
         .expect("a valid room token");
     assert_eq!(claims.role, orb_api::auth::Role::Ai);
     let pod = &seen[2].body;

@@ -2,15 +2,18 @@
 //! and whether the participant is the AI; the join message's claims are ignored.
 
 use axum::http::HeaderMap;
-use orb_api::auth::{AuthError, Role, SigningKey};
+use orb_api::auth::{AuthError, Role, SigningKey, unix_now};
 
 use crate::protocol::{ParticipantType, UserRole};
 use crate::room::Identity;
 
 #[derive(Clone, Debug)]
 pub enum Authenticator {
-    /// Room tokens signed with the shared key.
-    Jwt(SigningKey),
+    /// Room tokens signed with the shared key, living at most `max_ttl`.
+    Jwt {
+        key: SigningKey,
+        max_ttl: std::time::Duration,
+    },
     /// No auth: the join message is trusted (seed 001 behaviour, local development only).
     None,
 }
@@ -19,10 +22,10 @@ impl Authenticator {
     /// Checks the token presented for `room_id`. `Ok(None)` means auth is off and the identity
     /// comes from the join message.
     pub fn authenticate(&self, room_id: &str, token: Option<&str>) -> Result<Option<Identity>, AuthError> {
-        let Authenticator::Jwt(key) = self else {
+        let Authenticator::Jwt { key, max_ttl } = self else {
             return Ok(None);
         };
-        let claims = key.verify(token.unwrap_or_default(), room_id)?;
+        let claims = key.verify_at(token.unwrap_or_default(), room_id, unix_now(), max_ttl.as_secs())?;
         let role = match claims.role {
             Role::Coach => UserRole::Coach,
             Role::Client => UserRole::Client,
@@ -82,7 +85,7 @@ pub fn failure_label(e: &AuthError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orb_api::auth::{RoomClaims, unix_now};
+    use orb_api::auth::RoomClaims;
 
     #[test]
     fn the_token_decides_the_identity() {
@@ -96,18 +99,16 @@ mod tests {
             iat: orb_api::auth::unix_now(),
             aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
         });
-        let id = Authenticator::Jwt(key.clone())
-            .authenticate("r", Some(&token))
-            .unwrap()
-            .unwrap();
+        let jwt = |key: SigningKey| Authenticator::Jwt {
+            key,
+            max_ttl: std::time::Duration::from_secs(orb_api::auth::MAX_TOKEN_TTL_SECONDS),
+        };
+        let id = jwt(key.clone()).authenticate("r", Some(&token)).unwrap().unwrap();
         assert_eq!(
             (id.user_id.as_str(), id.participant_type),
             ("orb-r", ParticipantType::Ai)
         );
-        assert_eq!(
-            Authenticator::Jwt(key).authenticate("r", None).unwrap_err(),
-            AuthError::Missing
-        );
+        assert_eq!(jwt(key).authenticate("r", None).unwrap_err(), AuthError::Missing);
         assert_eq!(Authenticator::None.authenticate("r", None), Ok(None));
     }
 

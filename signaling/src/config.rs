@@ -83,6 +83,11 @@ pub struct Args {
     /// Outbound messages queued per connection before it counts as a slow consumer.
     #[arg(long, env = "SIGNALING_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
+    /// Room tokens whose `exp` is further ahead than this are refused (a leaked token dies within
+    /// it). Orb tokens live for their session's lifetime plus a minute: keep it at least the
+    /// operator's `--max-orb-lifetime`.
+    #[arg(long, env = "SIGNALING_MAX_TOKEN_TTL", default_value = "24h", value_parser = duration)]
+    pub max_token_ttl: Duration,
     /// Largest accepted text frame from the orb (its session summary carries the transcript).
     #[arg(long, env = "SIGNALING_MAX_ORB_FRAME_BYTES", default_value_t = 8 << 20)]
     pub max_orb_frame_bytes: usize,
@@ -235,6 +240,11 @@ impl Config {
             "must be between --max-frame-bytes and 67108864",
         )?;
         range(
+            (Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&args.max_token_ttl),
+            "max-token-ttl",
+            "must be between 1m and 30 days",
+        )?;
+        range(
             args.summary_retry_window >= Duration::from_secs(1),
             "summary-retry-window",
             "must be at least 1s",
@@ -281,10 +291,10 @@ impl Config {
                 return Err(ConfigError::AuthNoneWithKubernetes);
             }
             AuthMode::None => Authenticator::None,
-            AuthMode::Jwt => Authenticator::Jwt(orb_api::auth::load_signing_key(
-                env_key,
-                args.signing_key_file.as_deref(),
-            )?),
+            AuthMode::Jwt => Authenticator::Jwt {
+                key: orb_api::auth::load_signing_key(env_key, args.signing_key_file.as_deref())?,
+                max_ttl: args.max_token_ttl,
+            },
         };
         range(
             args.max_concurrent_orbs >= 1,
@@ -303,7 +313,7 @@ impl Config {
             },
             test_mode: args.orb_test_mode,
             signing_key: match &auth {
-                Authenticator::Jwt(key) => Some(key.clone()),
+                Authenticator::Jwt { key, .. } => Some(key.clone()),
                 Authenticator::None => None,
             },
         };
@@ -362,7 +372,7 @@ mod tests {
         let c = parse(&[], Some(&"k".repeat(32))).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.orb_runtime, RuntimeKind::Kubernetes);
-        assert!(matches!(c.auth, Authenticator::Jwt(_)));
+        assert!(matches!(c.auth, Authenticator::Jwt { .. }));
         assert_eq!(c.presence_debounce, Duration::from_secs(2));
         assert_eq!(c.limits.max_frame_bytes, 65536);
     }

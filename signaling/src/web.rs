@@ -35,7 +35,7 @@ struct WebState {
 /// The web client's routes.
 pub fn router(config: &Config) -> Router {
     let dev_tokens = (config.orb_runtime == RuntimeKind::Local).then(|| match &config.auth {
-        Authenticator::Jwt(key) => Some(key.clone()),
+        Authenticator::Jwt { key, .. } => Some(key.clone()),
         Authenticator::None => None,
     });
     let mut router = Router::new()

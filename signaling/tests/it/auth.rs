@@ -97,7 +97,10 @@ async fn hostile_tokens_are_refused() {
     let alg_none = format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(good.clone()));
     let hs = jsonwebtoken::Algorithm::HS256;
     let cases = [
-        (raw(json!({}), with("exp", json!(1u64 << 40)), hs), "longer than a day"),
+        (
+            raw(json!({}), with("exp", json!(1u64 << 40)), hs),
+            "longer than signaling allows",
+        ),
         (
             raw(json!({}), with("iat", json!(now + 3600)), hs),
             "issued in the future",
@@ -247,4 +250,19 @@ async fn an_earlier_orbs_token_cannot_replace_the_live_orb() {
     // The live orb reconnecting with its own token is fine.
     let mut again = join(new).await;
     again.recv_type("peer-discovery").await;
+}
+
+/// `--max-token-ttl` bounds how long a token may live: a shorter setting refuses tokens a day
+/// would allow.
+#[tokio::test]
+async fn the_longest_token_life_is_configurable() {
+    let s = start(&["--auth", "jwt", "--max-token-ttl", "1h"]).await;
+    let long = key().mint(&RoomClaims::new("room-t", "c", Role::Coach, 2 * 3600));
+    let (code, _, message) = refused(&s, "room-t", Some(&long)).await;
+    assert_eq!(code, 4401);
+    assert!(message.contains("longer than signaling allows"), "{message}");
+    let short = key().mint(&RoomClaims::new("room-t", "c", Role::Coach, 1800));
+    let mut ok = Client::connect(&format!("{}?token={short}", s.url("room-t")), None).await;
+    ok.send(json!({"type": "join"})).await;
+    assert_eq!(ok.recv().await["type"], "peer-discovery");
 }
