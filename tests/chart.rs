@@ -156,6 +156,44 @@ fn operator_rbac_grants_exactly_the_calls_the_code_makes() {
     assert_eq!(rules_of(role), calls(Scope::Watched));
 }
 
+/// The Ingress routes the signaling socket and the web client, never /metrics or the probes.
+#[test]
+fn the_ingress_does_not_expose_metrics() {
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "signaling.ingress.enabled=true",
+            "--set",
+            "signaling.ingress.host=calls.example",
+        ],
+    );
+    let ingress = find(&objects, "Ingress", "-signaling");
+    let paths: Vec<(String, String)> = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().to_owned(),
+                p["pathType"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let routed = |url: &str| {
+        paths.iter().any(|(path, kind)| match kind.as_str() {
+            "Exact" => url == path,
+            _ => url.starts_with(path.as_str()),
+        })
+    };
+    for public in ["/ws-simple/room-1", "/rooms/room-1", "/web/room.js", "/"] {
+        assert!(routed(public), "{public} is not routed: {paths:?}");
+    }
+    for internal in ["/metrics", "/healthz", "/readyz", "/api/dev/token"] {
+        assert!(!routed(internal), "{internal} is routed: {paths:?}");
+    }
+}
+
 /// The orbs' UDP media may go anywhere but the cluster's own ranges and link-local addresses
 /// (cloud metadata): a hostile ICE candidate cannot make an orb probe the cluster.
 #[test]
