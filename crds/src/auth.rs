@@ -130,6 +130,19 @@ pub fn load_signing_key(env_value: Option<String>, file: Option<&std::path::Path
     Ok(SigningKey::new(bytes)?)
 }
 
+/// A secret read from a file or a Secret often ends with one line break nobody meant as key
+/// material. Only that is dropped (`\n` or `\r\n`): a random binary key may end in any byte,
+/// and whoever signs with the same key must get the same bytes.
+pub fn without_trailing_line_break(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    bytes
+}
+
 /// The shared HS256 secret of the operator and signaling.
 #[derive(Clone)]
 pub struct SigningKey(Vec<u8>);
@@ -142,16 +155,7 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, WeakKeyError> {
-        // A key read from a file or Secret often ends with one line break nobody meant as key
-        // material. Only that is dropped: a random binary key may end in any byte, and an app
-        // backend minting tokens with the same key must get the same bytes.
-        let mut bytes = bytes.into();
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-            if bytes.last() == Some(&b'\r') {
-                bytes.pop();
-            }
-        }
+        let bytes = without_trailing_line_break(bytes.into());
         if bytes.len() < MIN_SIGNING_KEY_BYTES {
             return Err(WeakKeyError(bytes.len()));
         }

@@ -2,7 +2,15 @@
 //! bare integer meaning milliseconds (the seed's `MAX_ORB_LIFETIME=7200000`).
 
 use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
 use thiserror::Error;
+
+/// `t + d`, saturating at the end of time instead of failing (a deadline that far away never fires).
+pub fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("invalid duration {input:?}: expected a number with a unit (2h, 5m, 30s, 250ms) or bare milliseconds")]

@@ -246,7 +246,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         }
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
         Step::CreatePod { attempt } => {
-            create_pod(orb, ctx, *attempt, &orb_limits, now).await?;
+            create_pod(orb, ctx, *attempt, &view.clock, &orb_limits, now).await?;
             next.pod_name = Some(pod_name(&name, *attempt));
             next.phase = Some(OrbPhase::Starting);
             ctx.event(
@@ -299,7 +299,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         }
         Step::Replace { attempt: new_attempt } => {
             delete_pod(&pods, &pod_name(&name, attempt)).await?;
-            create_pod(orb, ctx, *new_attempt, &orb_limits, now).await?;
+            create_pod(orb, ctx, *new_attempt, &view.clock, &orb_limits, now).await?;
             next.restarts = Some(*new_attempt);
             next.pod_name = Some(pod_name(&name, *new_attempt));
             next.node_name = None;
@@ -384,18 +384,13 @@ async fn create_pod(
     orb: &AiOrb,
     ctx: &Context,
     attempt: i32,
+    clock: &OrbClock,
     limits: &policy::OrbLimits,
     now: Timestamp,
 ) -> Result<()> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
-    let status = orb.status.clone().unwrap_or_default();
-    let clock = OrbClock {
-        admitted_at: Some(status.admitted_at.map_or(now, |t| t.0)),
-        session_started_at: status.session_started_at.map(|t| t.0),
-        ..OrbClock::default()
-    };
-    let launch = policy::launch(&orb.spec, limits, &clock, now, &ctx.pod.signaling_url);
-    let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), &clock, limits, now);
+    let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
+    let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), clock, limits, now);
     let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();

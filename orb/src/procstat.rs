@@ -62,9 +62,13 @@ pub fn sample() -> Usage {
 }
 
 pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    unix_millis_of(SystemTime::now())
+}
+
+/// Unix milliseconds of a wall-clock instant.
+pub fn unix_millis_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -56,12 +56,6 @@ pub fn activity_report_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 5).clamp(Duration::from_millis(500), Duration::from_secs(10))
 }
 
-/// Unix milliseconds of a wall-clock instant.
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 struct PeerEntry {
     key: PeerKey,
     peer: Box<dyn Peer>,
@@ -154,7 +148,7 @@ pub async fn run(
         reported_voice: None,
         summary_id: format!(
             "sum-{:x}-{:x}-{:016x}",
-            unix_ms(SystemTime::now()),
+            crate::procstat::unix_millis(),
             std::process::id(),
             crate::random_u64()
         ),
@@ -228,7 +222,7 @@ impl Session {
         }
         self.reported_voice = Some(last);
         self.signaling.send(ClientMessage::OrbActivity {
-            last_voice_activity: unix_ms(last),
+            last_voice_activity: crate::procstat::unix_millis_of(last),
         });
     }
 
@@ -602,7 +596,7 @@ impl Session {
                 "participants": self.present.len(),
                 "uptimeSeconds": self.deadlines.uptime(Instant::now()).as_secs(),
             },
-            "lastVoiceActivity": self.last_voice.map(unix_ms),
+            "lastVoiceActivity": self.last_voice.map(crate::procstat::unix_millis_of),
         })));
     }
 

@@ -207,12 +207,11 @@ fn webhook_secret(env: Option<String>, file: Option<&std::path::Path>) -> Result
         })?,
         (None, None) => return Ok(None),
     };
-    let key = raw.strip_suffix(b"\n").unwrap_or(&raw);
-    let key = key.strip_suffix(b"\r").unwrap_or(key);
+    let key = orb_api::auth::without_trailing_line_break(raw);
     if key.is_empty() {
         return Err(ConfigError::EmptyWebhookSecret);
     }
-    Ok(Some(key.to_vec()))
+    Ok(Some(key))
 }
 
 /// The env variable holding the summary webhook's signing key itself.

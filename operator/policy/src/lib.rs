@@ -21,7 +21,7 @@ pub use session::{
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use orb_api::duration::after;
 use orb_api::{AiOrbSpec, MAX_DURATION_SECONDS, naming};
 
 /// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
@@ -141,11 +141,6 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
         }
     }
     Ok(())
-}
-
-fn after(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX)
 }
 
 #[cfg(test)]

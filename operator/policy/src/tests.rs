@@ -3,6 +3,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodSpec, PodStatus,
 };
+use k8s_openapi::jiff::Timestamp;
 use orb_api::{OrbPhase, TerminationReason};
 use proptest::prelude::*;
 use std::collections::BTreeSet;

@@ -401,7 +401,8 @@ pub enum EnsureError {
     NameTaken(String),
 }
 
-fn is_status(e: &kube::Error, code: u16) -> bool {
+/// Whether the API server answered with HTTP status `code`.
+pub(crate) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 

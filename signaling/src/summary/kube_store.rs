@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 
 use super::local_store::id_hash;
 use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryStore};
+use crate::orb_runtime::kubernetes::is_status;
 
 /// The field manager of `status.summary`.
 pub const SUMMARY_FIELD_MANAGER: &str = "orb-signaling-summary";
@@ -166,10 +167,6 @@ fn gunzip(gz: &[u8]) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::new();
     GzDecoder::new(gz).read_to_end(&mut out)?;
     Ok(out)
-}
-
-fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
 impl SummaryStore for KubeStore {

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use orb_api::aiorb::SummaryState;
+use orb_api::duration::after;
 use serde::{Deserialize, Serialize};
 
 /// How a summary is stored and delivered.
@@ -114,11 +115,6 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-fn after(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX)
 }
 
 /// The record of a summary stored at `now`: due at once with a webhook, `Stored` (final) without.
@@ -320,7 +316,7 @@ mod tests {
         assert_eq!(c.attempts, 1);
         assert!(!is_due(&c, t(1)), "claimed: not due for the other replicas");
         assert!(
-            is_due(&c, t(1) + SignedDuration::from_secs(30)),
+            is_due(&c, t(1) + jiff::SignedDuration::from_secs(30)),
             "a dead claimant's claim runs out"
         );
     }

@@ -92,7 +92,7 @@ impl State {
                 }
             }
             Step::CreatePod { attempt } => {
-                self.spawn(uid, attempt, now, &orb_limits);
+                self.spawn(uid, attempt, &view.clock, now, &orb_limits);
                 self.orbs.get_mut(uid).expect("present").phase = Some(OrbPhase::Starting);
             }
             Step::Terminate { reason } => {
@@ -145,7 +145,7 @@ impl State {
                     orb.phase = Some(OrbPhase::Starting);
                 }
                 self.note(&room, &format!("replacement {attempt} of the failed orb"));
-                self.spawn(uid, attempt, now, &orb_limits);
+                self.spawn(uid, attempt, &view.clock, now, &orb_limits);
             }
             Step::Expire => {
                 self.orbs.remove(uid);

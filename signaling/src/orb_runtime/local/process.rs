@@ -15,20 +15,22 @@ pub(super) struct Proc {
 
 impl State {
     /// Starts attempt `attempt` of the orb: the operator's pod arguments, as a process.
-    pub(super) fn spawn(&mut self, uid: &str, attempt: i32, now: Timestamp, limits: &policy::OrbLimits) {
+    pub(super) fn spawn(
+        &mut self,
+        uid: &str,
+        attempt: i32,
+        clock: &OrbClock,
+        now: Timestamp,
+        limits: &policy::OrbLimits,
+    ) {
         let Some(signaling) = self.signaling.clone() else {
             warn!("an orb was due before the server listened; it starts on the next event");
             return;
         };
         let orb = self.orbs.get(uid).expect("present");
         let room = orb.spec.room_id.clone();
-        let clock = OrbClock {
-            admitted_at: Some(orb.admitted_at.unwrap_or(now)),
-            session_started_at: orb.session_started_at,
-            ..OrbClock::default()
-        };
         // The operator's launch of the orb, as a process instead of a pod.
-        let mut args = policy::launch(&orb.spec, limits, &clock, now, &signaling).args;
+        let mut args = policy::launch(&orb.spec, limits, clock, now, &signaling).args;
         let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
             Ok(a) => a.port(),
             Err(e) => {
@@ -49,7 +51,7 @@ impl State {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(key) = &self.settings.signing_key {
-            let claims = policy::orb_token_claims(&orb.spec, &orb.name, &clock, limits, now);
+            let claims = policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now);
             cmd.env("ORB_SIGNALING_TOKEN", key.mint(&claims));
         }
         match self.open_log(&room).and_then(|f| Ok((f.try_clone()?, f))) {
