@@ -104,6 +104,13 @@ pub struct Args {
     /// them in ConfigMaps). Unset: kept in memory only, lost on restart.
     #[arg(long, env = "ORB_SUMMARY_DIR")]
     pub summary_dir: Option<PathBuf>,
+    /// Share rooms with other replicas through this Redis (`redis://` or `rediss://`, with a
+    /// password or ACL user in the URL). Unset: this process holds every room itself.
+    #[arg(long, env = "SIGNALING_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// This replica's name in Redis (default: host name, process id and start time).
+    #[arg(long, env = "SIGNALING_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Log output format.
     #[arg(long, env = "SIGNALING_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -175,6 +182,8 @@ pub struct Config {
     pub limits: Limits,
     pub summary: crate::summary::SummarySettings,
     pub log_format: LogFormat,
+    /// Rooms shared through Redis (`--redis-url`).
+    pub redis: Option<crate::cluster::RedisSettings>,
     /// How `--orb-runtime=local` starts orbs (its signing key is set from `auth`).
     pub local: crate::orb_runtime::local::LocalSettings,
 }
@@ -189,6 +198,10 @@ pub enum ConfigError {
         "--auth=none is refused with --orb-runtime=kubernetes: anyone could create orbs and claim any role; use --auth=jwt (none is for --orb-runtime=local or none)"
     )]
     AuthNoneWithKubernetes,
+    #[error("--redis-url must be a redis:// or rediss:// URL: {0}")]
+    RedisUrl(String),
+    #[error("--replica-id must be 1 to 128 characters of A-Z a-z 0-9 - _ . (got {0:?})")]
+    ReplicaId(String),
     #[error("--summary-webhook-url must be an absolute http:// or https:// URL (got {0:?})")]
     WebhookUrl(String),
     #[error("cannot read the summary webhook secret file {path}: {source}")]
@@ -212,6 +225,16 @@ fn webhook_secret(env: Option<String>, file: Option<&std::path::Path>) -> Result
         return Err(ConfigError::EmptyWebhookSecret);
     }
     Ok(Some(key))
+}
+
+/// Checks the scheme and the URL's syntax; the password in it is never printed.
+fn redis_url_ok(url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(ConfigError::RedisUrl("the scheme must be redis or rediss".into()));
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| ConfigError::RedisUrl(e.to_string()))
 }
 
 /// The env variable holding the summary webhook's signing key itself.
@@ -316,7 +339,23 @@ impl Config {
                 Authenticator::None => None,
             },
         };
+        let redis = args
+            .redis_url
+            .map(|url| {
+                redis_url_ok(&url)?;
+                let replica_id = args.replica_id.unwrap_or_else(crate::cluster::default_replica_id);
+                let valid = (1..=128).contains(&replica_id.len())
+                    && replica_id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !valid {
+                    return Err(ConfigError::ReplicaId(replica_id));
+                }
+                Ok(crate::cluster::RedisSettings { url, replica_id })
+            })
+            .transpose()?;
         Ok(Self {
+            redis,
             local,
             listen: args.listen,
             orb_runtime: args.orb_runtime,

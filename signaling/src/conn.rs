@@ -156,7 +156,7 @@ impl Conn<'_> {
                     match frame {
                         Message::Text(text) => {
                             let was_joined = self.joined.is_some();
-                            if self.on_text(text.as_str(), last_seen).is_break() {
+                            if self.on_text(text.as_str(), last_seen).await.is_break() {
                                 return;
                             }
                             if was_joined && self.joined.is_none() {
@@ -189,7 +189,7 @@ impl Conn<'_> {
         self.send(&error(code, message));
     }
 
-    fn on_text(&mut self, text: &str, received_at: Instant) -> ControlFlow<()> {
+    async fn on_text(&mut self, text: &str, received_at: Instant) -> ControlFlow<()> {
         let limits = &self.state.limits;
         let cap = limits.frame_cap(self.joined.as_ref().is_some_and(|(_, me)| me.is_ai()));
         if text.len() > cap {
@@ -222,12 +222,12 @@ impl Conn<'_> {
                     Relayed::NotMember => self.reject(ErrorCode::NotJoined, "no longer in the room".into()),
                 }
             }
-            Ok(Inbound::Message(msg)) => return self.on_message(msg),
+            Ok(Inbound::Message(msg)) => return self.on_message(msg).await,
         }
         ControlFlow::Continue(())
     }
 
-    fn on_message(&mut self, msg: ClientMessage) -> ControlFlow<()> {
+    async fn on_message(&mut self, msg: ClientMessage) -> ControlFlow<()> {
         match msg {
             ClientMessage::Ping => self.send(&ServerMessage::Pong),
             ClientMessage::Join {
@@ -254,7 +254,7 @@ impl Conn<'_> {
                         }
                     },
                 };
-                return self.join(identity);
+                return self.join(identity).await;
             }
             ClientMessage::Leave => match self.joined.take() {
                 Some((room, _)) => {
@@ -311,8 +311,17 @@ impl Conn<'_> {
         ControlFlow::Continue(())
     }
 
-    fn join(&mut self, identity: Identity) -> ControlFlow<()> {
-        match self.state.registry.join(self.room_id, self.handle, identity.clone()) {
+    async fn join(&mut self, identity: Identity) -> ControlFlow<()> {
+        let registry = &self.state.registry;
+        let joined = match registry.cluster() {
+            Some(cluster) => {
+                registry
+                    .join_shared(cluster, self.room_id, self.handle, identity.clone())
+                    .await
+            }
+            None => registry.join(self.room_id, self.handle, identity.clone()),
+        };
+        match joined {
             Ok(room) => {
                 tracing::Span::current().record("user", identity.user_id.as_str());
                 info!(role = ?identity.role, "joined");
@@ -323,6 +332,15 @@ impl Conn<'_> {
                 self.state.metrics.rejected(ErrorCode::RoomFull);
                 self.send(&error(ErrorCode::RoomFull, e.to_string()));
                 self.handle.close(CloseReason::RoomFull);
+                ControlFlow::Break(())
+            }
+            Err(e @ JoinError::Unavailable(_)) => {
+                // The client reconnects with backoff (close 1013) and finds Redis, or another
+                // replica, answering again.
+                self.state.metrics.rejected(ErrorCode::Unavailable);
+                warn!(error = %e, "join refused");
+                self.send(&error(ErrorCode::Unavailable, e.to_string()));
+                self.handle.close(CloseReason::Unavailable);
                 ControlFlow::Break(())
             }
             Err(e @ JoinError::StaleOrb) => {

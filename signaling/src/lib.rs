@@ -9,6 +9,7 @@
 pub use orb_protocol as protocol;
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod limits;

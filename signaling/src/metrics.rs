@@ -77,6 +77,10 @@ pub struct Metrics {
     summaries_stored: Family<Labels, Counter>,
     summary_oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
     relay_handles: [Counter; 3],
+    /// Frames for other replicas that could not be handed to Redis.
+    pub cluster_dropped: Counter,
+    /// 1 while Redis answers and this replica hears its inbox (only with `--redis-url`).
+    pub redis_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -158,6 +162,19 @@ impl Metrics {
             "Age of the oldest stored summary the webhook has not acknowledged (0 when none)",
             summary_oldest_pending.clone(),
         );
+        let cluster_dropped = Counter::default();
+        registry.register(
+            "cluster_dropped_messages",
+            "Messages for other replicas dropped because Redis was unreachable or its queue full",
+            cluster_dropped.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "Whether Redis answers and this replica hears its inbox (1) or not (0); 1 without Redis",
+            redis_up.clone(),
+        );
+        redis_up.set(1);
         let relay_handles = RelayKind::ALL.map(|k| relayed.get_or_create(&vec![("type", k.as_str())]).clone());
         // Every series of a closed label set exists from the start, so dashboards and alerts see
         // zeros rather than no data before the first event.
@@ -198,6 +215,8 @@ impl Metrics {
             summaries_stored,
             summary_oldest_pending,
             relay_handles,
+            cluster_dropped,
+            redis_up,
         }
     }
 
@@ -278,6 +297,7 @@ fn error_code_label(code: ErrorCode) -> &'static str {
         ErrorCode::Unauthorized => "unauthorized",
         ErrorCode::UnknownPeer => "unknown_peer",
         ErrorCode::BinaryNotSupported => "binary_not_supported",
+        ErrorCode::Unavailable => "unavailable",
     }
 }
 

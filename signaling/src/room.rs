@@ -6,11 +6,17 @@
 //! connection's bounded queue, which makes this module a synchronous state machine that tests
 //! drive directly.
 //!
+//! With Redis (`--redis-url`, see [`crate::cluster`]) a room's members may sit on several
+//! replicas: each replica keeps a copy of the rooms it has sockets in, with the members elsewhere
+//! as remote entries. Joins are decided by Redis ([`Registry::join_shared`]); frames for remote
+//! members are published to their replica, which delivers them to its own sockets; and each
+//! replica tells only its own sockets about joins and leaves, from the numbered events.
+//!
 //! Slow consumers: signaling messages cannot be dropped (a lost ICE candidate or answer silently
 //! breaks a call), so a connection whose queue is full is disconnected with
 //! [`close_code::SLOW_CONSUMER`] instead; the room carries on and the client may rejoin.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -18,6 +24,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::cluster::{Cluster, ClusterError, Event, JoinMode, MemberRecord, Snapshot, Target};
 use crate::metrics::Metrics;
 use crate::orb_runtime::{OrbRequest, OrbRuntime, Presence};
 use crate::protocol::{AiStatus, ParticipantType, PeerInfo, ServerMessage, UserRole, close_code, should_create_offer};
@@ -60,6 +67,7 @@ pub enum CloseReason {
     Shutdown,
     RoomFull,
     Unauthorized,
+    Unavailable,
 }
 
 impl CloseReason {
@@ -71,6 +79,7 @@ impl CloseReason {
             CloseReason::Shutdown => close_code::GOING_AWAY,
             CloseReason::RoomFull => close_code::ROOM_FULL,
             CloseReason::Unauthorized => close_code::UNAUTHORIZED,
+            CloseReason::Unavailable => close_code::TRY_AGAIN_LATER,
         }
     }
 
@@ -83,6 +92,7 @@ impl CloseReason {
             CloseReason::Shutdown => "server shutting down",
             CloseReason::RoomFull => "room full",
             CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Unavailable => "rooms unavailable; try again later",
         }
     }
 
@@ -95,6 +105,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::RoomFull => "room_full",
             CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Unavailable => "unavailable",
         }
     }
 
@@ -189,9 +200,41 @@ impl ConnHandle {
     }
 }
 
+/// Where a member's socket is: here, or on another replica (with `--redis-url`).
+#[derive(Clone, Debug)]
+enum Location {
+    Local(ConnHandle),
+    Remote { replica: String, conn: u64 },
+}
+
 struct Member {
     identity: Identity,
-    conn: ConnHandle,
+    at: Location,
+}
+
+impl Member {
+    fn local(&self) -> Option<&ConnHandle> {
+        match &self.at {
+            Location::Local(conn) => Some(conn),
+            Location::Remote { .. } => None,
+        }
+    }
+
+    fn is_conn(&self, conn_id: u64) -> bool {
+        self.local().is_some_and(|c| c.id == conn_id)
+    }
+
+    fn remote_replica(&self) -> Option<&str> {
+        match &self.at {
+            Location::Remote { replica, .. } => Some(replica),
+            Location::Local(_) => None,
+        }
+    }
+
+    fn is_record(&self, record: &MemberRecord) -> bool {
+        self.identity.user_id == record.user_id
+            && matches!(&self.at, Location::Remote { replica, conn } if *replica == record.replica && *conn == record.conn)
+    }
 }
 
 #[derive(Default)]
@@ -205,6 +248,11 @@ struct RoomState {
     session_id: Option<String>,
     /// The room's last activity (see [`Presence`]).
     last_activity: Option<SystemTime>,
+    /// With Redis: the number of the last membership change applied to this copy.
+    seq: u64,
+    /// With Redis: joins of this replica waiting for their script; events meanwhile wait here.
+    pending_joins: u32,
+    buffered: Vec<Event>,
 }
 
 impl RoomState {
@@ -216,22 +264,32 @@ impl RoomState {
         self.members.iter().any(|m| m.identity.is_ai())
     }
 
-    fn broadcast(&self, except: Option<u64>, out: &Outbound) -> usize {
+    fn has_local(&self) -> bool {
+        self.members.iter().any(|m| m.local().is_some())
+    }
+
+    /// Sends to the members on this replica that `to` selects, except connection `except`.
+    fn deliver_local(&self, to: &Target, except: Option<u64>, out: &Outbound) -> usize {
         let mut n = 0;
-        for m in self.members.iter().filter(|m| Some(m.conn.id) != except) {
-            n += usize::from(m.conn.send(out.clone()));
+        for m in self.members.iter().filter(|m| selects(to, &m.identity)) {
+            if let Some(conn) = m.local().filter(|c| Some(c.id) != except) {
+                n += usize::from(conn.send(out.clone()));
+            }
         }
         n
     }
 
-    fn broadcast_humans(&self, out: &Outbound) {
-        for m in self.members.iter().filter(|m| !m.identity.is_ai()) {
-            m.conn.send(out.clone());
-        }
+    /// The other replicas with members that `to` selects.
+    fn remote_replicas(&self, to: &Target) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .filter(|m| selects(to, &m.identity))
+            .filter_map(|m| m.remote_replica().map(str::to_owned))
+            .collect()
     }
 
     fn member(&self, conn_id: u64) -> Option<&Member> {
-        self.members.iter().find(|m| m.conn.id == conn_id)
+        self.members.iter().find(|m| m.is_conn(conn_id))
     }
 
     /// Moves the last activity to `at` unless it is already later; returns the result.
@@ -239,6 +297,84 @@ impl RoomState {
         let t = self.last_activity.map_or(at, |last| last.max(at));
         self.last_activity = Some(t);
         t
+    }
+
+    fn presence(&mut self) -> Presence {
+        Presence {
+            humans: self.humans(),
+            last_activity: self.touch(SystemTime::now()),
+        }
+    }
+
+    /// Removes the member at `i`; the members on this replica see it leave.
+    fn remove(&mut self, i: usize, metrics: &Metrics) -> Member {
+        let gone = self.members.remove(i);
+        if gone.local().is_some() {
+            metrics.participants(participant_label(&gone.identity)).dec();
+        }
+        self.deliver_local(
+            &Target::All,
+            None,
+            &Outbound::message(&ServerMessage::UserLeft {
+                user_id: gone.identity.user_id.clone(),
+                user_role: gone.identity.role,
+            }),
+        );
+        gone
+    }
+
+    /// Adds a member; the members on this replica see it join (each with its own offer rule).
+    fn add(&mut self, identity: Identity, at: Location, metrics: &Metrics) {
+        let joiner = identity.peer_info();
+        for m in &self.members {
+            if let Some(conn) = m.local() {
+                conn.send_message(&ServerMessage::UserJoined {
+                    user_id: joiner.user_id.clone(),
+                    user_role: joiner.user_role,
+                    participant_type: joiner.participant_type,
+                    should_create_offer: should_create_offer(&m.identity.peer_info(), &joiner),
+                });
+            }
+        }
+        if matches!(at, Location::Local(_)) {
+            metrics.participants(participant_label(&identity)).inc();
+        }
+        self.members.push(Member { identity, at });
+    }
+
+    /// A member whose socket is elsewhere now (a rejoin, a restore): removed, and closed if it
+    /// was a socket here.
+    fn remove_user(&mut self, user_id: &str, metrics: &Metrics) {
+        if let Some(i) = self.members.iter().position(|m| m.identity.user_id == user_id) {
+            let old = self.remove(i, metrics);
+            if let Some(conn) = old.local() {
+                conn.close(CloseReason::Replaced);
+            }
+        }
+    }
+
+    /// The joiner's side of a join: `peer-discovery` and the orb's last status.
+    fn welcome(&self, conn: &ConnHandle, identity: &Identity) {
+        let peers = self.members.iter().map(|m| m.identity.peer_info()).collect();
+        conn.send_message(&ServerMessage::PeerDiscovery { peers });
+        if !identity.is_ai()
+            && let Some(status) = self.ai_status.filter(|_| !self.has_ai())
+        {
+            conn.send_message(&ServerMessage::AiStatus {
+                status,
+                session_id: None,
+                from_id: None,
+            });
+        }
+    }
+}
+
+fn selects(to: &Target, identity: &Identity) -> bool {
+    match to {
+        Target::All => true,
+        Target::User(id) => identity.user_id == *id,
+        Target::Humans => !identity.is_ai(),
+        Target::Coaches => identity.role == UserRole::Coach,
     }
 }
 
@@ -254,6 +390,13 @@ impl std::fmt::Debug for Room {
 }
 
 impl Room {
+    fn new(id: &str) -> Arc<Self> {
+        Arc::new(Room {
+            id: id.to_owned(),
+            state: Mutex::default(),
+        })
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -278,6 +421,9 @@ pub enum JoinError {
     /// node, a leaked token) must not replace the orb now serving the room.
     #[error("a newer orb serves this room; this orb's token is from an earlier one")]
     StaleOrb,
+    /// Rooms live in Redis and Redis does not answer: the client should retry shortly.
+    #[error("rooms are unavailable right now ({0}); retry shortly")]
+    Unavailable(String),
 }
 
 /// The outcome of a relay attempt.
@@ -296,16 +442,32 @@ pub struct Registry {
     max_participants: usize,
     runtime: Arc<dyn OrbRuntime>,
     metrics: Arc<Metrics>,
+    /// Rooms shared with other replicas through Redis; `None`: this process is the only one.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Registry {
     pub fn new(max_participants: usize, runtime: Arc<dyn OrbRuntime>, metrics: Arc<Metrics>) -> Self {
+        Self::with_cluster(max_participants, runtime, metrics, None)
+    }
+
+    pub fn with_cluster(
+        max_participants: usize,
+        runtime: Arc<dyn OrbRuntime>,
+        metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             rooms: Mutex::new(HashMap::new()),
             max_participants: max_participants.max(1),
             runtime,
             metrics,
+            cluster,
         }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
@@ -320,60 +482,81 @@ impl Registry {
         self.rooms().len()
     }
 
+    fn room_or_new(&self, rooms: &mut HashMap<String, Arc<Room>>, room_id: &str) -> Arc<Room> {
+        rooms
+            .entry(room_id.to_owned())
+            .or_insert_with(|| {
+                self.metrics.rooms.inc();
+                Room::new(room_id)
+            })
+            .clone()
+    }
+
+    /// Forgets a room that has nobody on this replica (its copy of remote members goes with it).
+    fn forget_if_unused(&self, rooms: &mut HashMap<String, Arc<Room>>, room: &Arc<Room>, st: &RoomState) {
+        if !st.has_local() && st.pending_joins == 0 && rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(&room.id);
+            self.metrics.rooms.dec();
+        }
+    }
+
+    /// Whether this replica writes the room's presence: with Redis, the replica of smallest id
+    /// among those with members, so one replica at a time writes the whole room's count.
+    fn writes_presence(&self, st: &RoomState) -> bool {
+        let Some(cluster) = &self.cluster else { return true };
+        let mine = cluster.replica();
+        let writer = st.members.iter().map(|m| m.remote_replica().unwrap_or(mine)).min();
+        writer.is_none_or(|w| w == mine)
+    }
+
+    fn report(&self, room_id: &str, presence: Option<Presence>) {
+        if let Some(presence) = presence {
+            self.runtime.report_presence(room_id, presence);
+        }
+    }
+
+    /// Sends `event` to every other replica with members that `to` selects.
+    fn publish(&self, st: &RoomState, to: &Target, event: impl FnOnce() -> Event) {
+        let Some(cluster) = &self.cluster else { return };
+        let replicas = st.remote_replicas(to);
+        if replicas.is_empty() {
+            return;
+        }
+        let event = event();
+        for replica in replicas {
+            cluster.publish(&replica, &event);
+        }
+    }
+
     /// Adds `identity` to the room: the joiner gets `peer-discovery`, the others `user-joined`.
     /// A member with the same userId is replaced: its socket is closed and the others see it
     /// leave before the new one joins, so their clients rebuild the peer connection.
     pub fn join(&self, room_id: &str, conn: &ConnHandle, identity: Identity) -> Result<Arc<Room>, JoinError> {
-        let joiner = identity.peer_info();
         let is_ai = identity.is_ai();
-        let (room, request, humans, created) = {
+        let (room, request, presence) = {
             let mut rooms = self.rooms();
-            let mut created = false;
-            let room = rooms
-                .entry(room_id.to_owned())
-                .or_insert_with(|| {
-                    created = true;
-                    Arc::new(Room {
-                        id: room_id.to_owned(),
-                        state: Mutex::default(),
-                    })
-                })
-                .clone();
+            let room = self.room_or_new(&mut rooms, room_id);
             let mut st = room.lock();
             let newer_orb_present = |mine: u64| {
                 st.members
                     .iter()
                     .any(|m| m.identity.is_ai() && m.identity.issued_at.is_some_and(|theirs| theirs > mine))
             };
-            if is_ai && identity.issued_at.is_some_and(newer_orb_present) {
-                return Err(JoinError::StaleOrb);
+            let refused = if is_ai && identity.issued_at.is_some_and(newer_orb_present) {
+                Some(JoinError::StaleOrb)
+            } else if !st.members.iter().any(|m| m.identity.user_id == identity.user_id)
+                && st.members.len() >= self.max_participants
+            {
+                Some(JoinError::RoomFull(self.max_participants))
+            } else {
+                None
+            };
+            if let Some(e) = refused {
+                self.forget_if_unused(&mut rooms, &room, &st);
+                return Err(e);
             }
-            let existing = st.members.iter().position(|m| m.identity.user_id == identity.user_id);
-            if existing.is_none() && st.members.len() >= self.max_participants {
-                return Err(JoinError::RoomFull(self.max_participants));
-            }
-            if let Some(i) = existing {
-                let old = st.members.remove(i);
-                old.conn.close(CloseReason::Replaced);
-                self.metrics.participants(participant_label(&old.identity)).dec();
-                st.broadcast(
-                    None,
-                    &Outbound::message(&ServerMessage::UserLeft {
-                        user_id: old.identity.user_id.clone(),
-                        user_role: old.identity.role,
-                    }),
-                );
-            }
-            let peers = st.members.iter().map(|m| m.identity.peer_info()).collect();
-            conn.send_message(&ServerMessage::PeerDiscovery { peers });
-            for m in &st.members {
-                m.conn.send_message(&ServerMessage::UserJoined {
-                    user_id: joiner.user_id.clone(),
-                    user_role: joiner.user_role,
-                    participant_type: joiner.participant_type,
-                    should_create_offer: should_create_offer(&m.identity.peer_info(), &joiner),
-                });
-            }
+            st.remove_user(&identity.user_id, &self.metrics);
+            st.welcome(conn, &identity);
             let has_ai = st.has_ai();
             if !is_ai {
                 match identity.role {
@@ -384,21 +567,10 @@ impl Registry {
                 if st.session_id.is_none() {
                     st.session_id.clone_from(&identity.session_id);
                 }
-                if let Some(status) = st.ai_status.filter(|_| !has_ai) {
-                    conn.send_message(&ServerMessage::AiStatus {
-                        status,
-                        session_id: None,
-                        from_id: None,
-                    });
-                }
             }
-            self.metrics.participants(participant_label(&identity)).inc();
-            st.members.push(Member {
-                identity,
-                conn: conn.clone(),
-            });
+            st.add(identity, Location::Local(conn.clone()), &self.metrics);
             // Ask for an orb on the first human, and again when a human arrives after the last
-            // attempt came to nothing.
+            // attempt came to nothing. (With Redis the join script makes this decision.)
             let retry = matches!(st.ai_status, Some(AiStatus::Unavailable | AiStatus::Ended));
             let request = (!is_ai && !has_ai && (!st.orb_requested || retry)).then(|| {
                 st.orb_requested = true;
@@ -410,49 +582,101 @@ impl Registry {
                     session_id: st.session_id.clone(),
                 }
             });
-            let humans = st.humans();
-            let last_activity = st.touch(SystemTime::now());
+            let presence = st.presence();
             drop(st);
-            (room, request, Presence { humans, last_activity }, created)
+            (room, request, presence)
         };
-        if created {
-            self.metrics.rooms.inc();
-        }
         if let Some(request) = request {
             self.runtime.request_orb(request);
         }
-        self.runtime.report_presence(room_id, humans);
+        self.runtime.report_presence(room_id, presence);
+        Ok(room)
+    }
+
+    /// [`Registry::join`] across replicas: the join script decides (room full, stale orb,
+    /// replacement, orb request) for the whole room, then this replica's copy is brought up to
+    /// that point and the joiner is added.
+    pub async fn join_shared(
+        &self,
+        cluster: &Arc<Cluster>,
+        room_id: &str,
+        conn: &ConnHandle,
+        identity: Identity,
+    ) -> Result<Arc<Room>, JoinError> {
+        let room = {
+            let mut rooms = self.rooms();
+            let room = self.room_or_new(&mut rooms, room_id);
+            room.lock().pending_joins += 1;
+            room
+        };
+        let record = MemberRecord::new(&identity, cluster.replica(), conn.id);
+        let result = cluster
+            .join(room_id, record, self.max_participants, JoinMode::Join)
+            .await;
+        let (outcome, presence, gap) = {
+            let mut rooms = self.rooms();
+            let mut st = room.lock();
+            st.pending_joins -= 1;
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let gap = self.replay(&room.id, &mut st);
+                    self.forget_if_unused(&mut rooms, &room, &st);
+                    drop(st);
+                    drop(rooms);
+                    self.resync_gap(gap);
+                    return Err(match e {
+                        ClusterError::RoomFull(n) => JoinError::RoomFull(n),
+                        ClusterError::StaleOrb => JoinError::StaleOrb,
+                        other => JoinError::Unavailable(other.to_string()),
+                    });
+                }
+            };
+            if st.seq + 1 < outcome.seq {
+                // Changes this copy has not heard of yet: the script's list is the room as it was.
+                self.sync_members(&room.id, &mut st, &outcome.members, true);
+            }
+            st.remove_user(&identity.user_id, &self.metrics);
+            if st.ai_status.is_none() {
+                st.ai_status = outcome.ai_status;
+            }
+            st.welcome(conn, &identity);
+            st.add(identity, Location::Local(conn.clone()), &self.metrics);
+            st.seq = outcome.seq;
+            let gap = self.replay(&room.id, &mut st);
+            let presence = self.writes_presence(&st).then(|| st.presence());
+            (outcome, presence, gap)
+        };
+        self.resync_gap(gap);
+        if outcome.request {
+            self.runtime.request_orb(OrbRequest {
+                room_id: room_id.to_owned(),
+                coach_id: outcome.coach_id,
+                client_id: outcome.client_id,
+                session_id: outcome.session_id,
+            });
+        }
+        self.report(room_id, presence);
         Ok(room)
     }
 
     /// Removes the connection from the room (if it is still the member there); the others get
     /// `user-left`. An empty room is removed from the registry.
     pub fn leave(&self, room: &Arc<Room>, conn_id: u64) -> bool {
-        let humans = {
+        let presence = {
             let mut rooms = self.rooms();
             let mut st = room.lock();
-            let Some(i) = st.members.iter().position(|m| m.conn.id == conn_id) else {
+            let Some(i) = st.members.iter().position(|m| m.is_conn(conn_id)) else {
                 return false;
             };
-            let gone = st.members.remove(i);
-            self.metrics.participants(participant_label(&gone.identity)).dec();
-            st.broadcast(
-                None,
-                &Outbound::message(&ServerMessage::UserLeft {
-                    user_id: gone.identity.user_id,
-                    user_role: gone.identity.role,
-                }),
-            );
-            if st.members.is_empty() && rooms.get(&room.id).is_some_and(|r| Arc::ptr_eq(r, room)) {
-                rooms.remove(&room.id);
-                self.metrics.rooms.dec();
+            let gone = st.remove(i, &self.metrics);
+            if let Some(cluster) = &self.cluster {
+                cluster.leave(&room.id, MemberRecord::new(&gone.identity, cluster.replica(), conn_id));
             }
-            Presence {
-                humans: st.humans(),
-                last_activity: st.touch(SystemTime::now()),
-            }
+            self.forget_if_unused(&mut rooms, room, &st);
+            self.writes_presence(&st).then(|| st.presence())
         };
-        self.runtime.report_presence(&room.id, humans);
+        self.report(&room.id, presence);
         true
     }
 
@@ -466,10 +690,22 @@ impl Registry {
         }
         match target {
             Some(target) => match st.members.iter().find(|m| m.identity.user_id == target) {
-                Some(m) => Relayed::Delivered(usize::from(m.conn.send(out))),
+                Some(m) => match m.local() {
+                    Some(conn) => Relayed::Delivered(usize::from(conn.send(out))),
+                    None => {
+                        let to = Target::User(target.to_owned());
+                        self.publish(&st, &to, || deliver(&room.id, to.clone(), &out, None));
+                        Relayed::Delivered(1)
+                    }
+                },
                 None => Relayed::UnknownPeer,
             },
-            None => Relayed::Delivered(st.broadcast(Some(from_conn), &out)),
+            None => {
+                let local = st.deliver_local(&Target::All, Some(from_conn), &out);
+                self.publish(&st, &Target::All, || deliver(&room.id, Target::All, &out, None));
+                let remote = st.members.iter().filter(|m| m.local().is_none()).count();
+                Relayed::Delivered(local + remote)
+            }
         }
     }
 
@@ -482,18 +718,26 @@ impl Registry {
             if !st.member(from_conn).is_some_and(|m| m.identity.is_ai()) {
                 return false;
             }
-            let before = st.last_activity;
-            let now = st.touch(at.min(SystemTime::now()));
-            if Some(now) == before {
+            let Some(presence) = self.advance_activity(&mut st, at) else {
                 return false;
-            }
-            Presence {
-                humans: st.humans(),
-                last_activity: now,
-            }
+            };
+            self.publish(&st, &Target::All, || Event::Activity {
+                room: room.id.clone(),
+                at_ms: unix_ms(presence.last_activity),
+            });
+            self.writes_presence(&st).then_some(presence)
         };
-        self.runtime.report_presence(&room.id, presence);
+        self.report(&room.id, presence);
         true
+    }
+
+    fn advance_activity(&self, st: &mut RoomState, at: SystemTime) -> Option<Presence> {
+        let before = st.last_activity;
+        let now = st.touch(at.min(SystemTime::now()));
+        (Some(now) != before).then(|| Presence {
+            humans: st.humans(),
+            last_activity: now,
+        })
     }
 
     /// The orb's own `ai_status`: relayed to everyone else and remembered for late joiners.
@@ -502,24 +746,43 @@ impl Registry {
         let Some(from) = st.member(from_conn).map(|m| m.identity.user_id.clone()) else {
             return Relayed::NotMember;
         };
-        st.ai_status = Some(status);
         let out = Outbound::message(&ServerMessage::AiStatus {
             status,
             session_id,
             from_id: Some(from),
         });
-        Relayed::Delivered(st.broadcast(Some(from_conn), &out))
+        Relayed::Delivered(self.set_status(&room.id, &mut st, status, &Target::All, Some(from_conn), &out))
+    }
+
+    /// Records the orb's status and tells the members `to` selects, on every replica.
+    fn set_status(
+        &self,
+        room_id: &str,
+        st: &mut RoomState,
+        status: AiStatus,
+        to: &Target,
+        except: Option<u64>,
+        out: &Outbound,
+    ) -> usize {
+        st.ai_status = Some(status);
+        if let Some(cluster) = &self.cluster {
+            cluster.set_ai_status(room_id, status);
+        }
+        self.publish(st, to, || deliver(room_id, to.clone(), out, Some(status)));
+        st.deliver_local(to, except, out) + st.remote_replicas(to).len()
     }
 
     /// Delivers the orb's session summary to the room's coach(es).
     pub fn to_coaches(&self, room: &Room, msg: &ServerMessage) -> usize {
         let st = room.lock();
         let out = Outbound::message(msg);
-        st.members
-            .iter()
-            .filter(|m| m.identity.role == UserRole::Coach)
-            .map(|m| usize::from(m.conn.send(out.clone())))
-            .sum()
+        self.publish(&st, &Target::Coaches, || deliver(&room.id, Target::Coaches, &out, None));
+        st.deliver_local(&Target::Coaches, None, &out)
+            + st
+                .members
+                .iter()
+                .filter(|m| m.local().is_none() && m.identity.role == UserRole::Coach)
+                .count()
     }
 
     /// A status the orb runtime observed (queued, starting, ready, unavailable, ended). Sent to
@@ -542,14 +805,253 @@ impl Registry {
         if st.ai_status == Some(status) || stale {
             return false;
         }
-        st.ai_status = Some(status);
-        st.broadcast_humans(&Outbound::message(&ServerMessage::AiStatus {
+        let out = Outbound::message(&ServerMessage::AiStatus {
             status,
             session_id: None,
             from_id: None,
-        }));
+        });
+        self.set_status(room_id, &mut st, status, &Target::Humans, None, &out);
         true
     }
+
+    /// An event from another replica's script or relay. A gap in the membership numbers (a lost
+    /// event) makes the room be re-read.
+    pub fn apply_event(&self, event: Event) {
+        let Some(room) = self.room(event.room()) else { return };
+        let (presence, gap) = {
+            let mut st = room.lock();
+            match event {
+                Event::Deliver { to, text, ai_status, .. } => {
+                    if ai_status.is_some() {
+                        st.ai_status = ai_status;
+                    }
+                    let out = Outbound {
+                        text: text.into(),
+                        received_at: None,
+                    };
+                    st.deliver_local(&to, None, &out);
+                    return;
+                }
+                Event::Activity { at_ms, .. } => {
+                    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+                    let presence = self.advance_activity(&mut st, at);
+                    (presence.filter(|_| self.writes_presence(&st)), None)
+                }
+                membership if st.pending_joins > 0 => {
+                    st.buffered.push(membership);
+                    return;
+                }
+                membership => {
+                    let gap = self.apply_membership(&mut st, membership);
+                    let presence = self.writes_presence(&st).then(|| st.presence());
+                    (presence, gap.then(|| room.id.clone()))
+                }
+            }
+        };
+        self.report(&room.id, presence);
+        self.resync_gap(gap);
+    }
+
+    /// Applies a numbered join or leave to this replica's copy; returns whether numbers were
+    /// skipped (a lost event: the room must be re-read).
+    fn apply_membership(&self, st: &mut RoomState, event: Event) -> bool {
+        let (Event::Joined { seq, .. } | Event::Left { seq, .. }) = &event else {
+            return false;
+        };
+        let seq = *seq;
+        if seq <= st.seq {
+            return false;
+        }
+        let gap = seq > st.seq + 1;
+        st.seq = seq;
+        let mine = self.cluster.as_ref().map(|c| c.replica().to_owned());
+        match event {
+            Event::Joined { member, .. } => {
+                let own = mine.as_deref() == Some(member.replica.as_str());
+                if own || st.members.iter().any(|m| m.is_record(&member)) {
+                    // Our own join (applied when its script answered) or one this copy has.
+                    return gap;
+                }
+                st.remove_user(&member.user_id, &self.metrics);
+                let at = Location::Remote {
+                    replica: member.replica.clone(),
+                    conn: member.conn,
+                };
+                st.add(member.identity(), at, &self.metrics);
+            }
+            Event::Left { member, .. } => {
+                if let Some(i) = st.members.iter().position(|m| m.is_record(&member)) {
+                    st.remove(i, &self.metrics);
+                }
+            }
+            _ => {}
+        }
+        gap
+    }
+
+    /// Applies the events that waited for this replica's joins, up to the next join still
+    /// waiting for its script. Returns the room if they showed a gap.
+    fn replay(&self, room_id: &str, st: &mut RoomState) -> Option<String> {
+        let mine = self.cluster.as_ref().map(|c| c.replica().to_owned());
+        let mut gap = false;
+        while !st.buffered.is_empty() {
+            let waiting_own = matches!(&st.buffered[0], Event::Joined { member, seq, .. }
+                if mine.as_deref() == Some(member.replica.as_str()) && *seq > st.seq && st.member(member.conn).is_none());
+            if waiting_own && st.pending_joins > 0 {
+                break;
+            }
+            let event = st.buffered.remove(0);
+            gap |= self.apply_membership(st, event);
+        }
+        gap.then(|| room_id.to_owned())
+    }
+
+    fn resync_gap(&self, gap: Option<String>) {
+        if let (Some(room), Some(cluster)) = (gap, &self.cluster) {
+            cluster.request_resync(room);
+        }
+    }
+
+    /// Brings the copy's remote members in line with `members` (from Redis). `remove` also drops
+    /// remote members Redis does not list; without it (Redis just lost its data and the other
+    /// replicas are still restoring theirs) only additions are taken.
+    fn sync_members(&self, room_id: &str, st: &mut RoomState, members: &[MemberRecord], remove: bool) {
+        let mut members = members.to_vec();
+        members.sort_by_key(|m| m.join_seq);
+        let mine = self.cluster.as_ref().map(|c| c.replica().to_owned());
+        if remove {
+            while let Some(i) = st
+                .members
+                .iter()
+                .position(|m| m.local().is_none() && !members.iter().any(|r| m.is_record(r)))
+            {
+                st.remove(i, &self.metrics);
+            }
+        }
+        for record in &members {
+            if mine.as_deref() == Some(record.replica.as_str()) {
+                if st.member(record.conn).is_none()
+                    && st.pending_joins == 0
+                    && let Some(cluster) = &self.cluster
+                {
+                    // An entry of a socket of ours that is gone (its leave was lost): remove it.
+                    cluster.leave(room_id, record.clone());
+                }
+                continue;
+            }
+            if st.members.iter().any(|m| m.is_record(record)) {
+                continue;
+            }
+            st.remove_user(&record.user_id, &self.metrics);
+            let at = Location::Remote {
+                replica: record.replica.clone(),
+                conn: record.conn,
+            };
+            st.add(record.identity(), at, &self.metrics);
+        }
+    }
+
+    /// Re-reads a room from Redis (see [`Registry::sync_members`]).
+    pub fn sync_room(&self, room_id: &str, snapshot: Snapshot, remove: bool) {
+        let Some(room) = self.room(room_id) else { return };
+        let presence = {
+            let mut st = room.lock();
+            if st.pending_joins > 0 || (remove && snapshot.seq < st.seq) {
+                return;
+            }
+            self.sync_members(room_id, &mut st, &snapshot.members, remove);
+            st.seq = st.seq.max(snapshot.seq);
+            if st.ai_status.is_none() {
+                st.ai_status = snapshot.ai_status;
+            }
+            self.writes_presence(&st).then(|| st.presence())
+        };
+        self.report(room_id, presence);
+    }
+}
+
+/// The shared-state side of the registry, used by [`crate::cluster`].
+impl Registry {
+    /// Every member whose socket is on this replica, as Redis should list it.
+    pub fn local_members(&self) -> Vec<(String, MemberRecord, usize)> {
+        let Some(cluster) = &self.cluster else { return vec![] };
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        let mut out = vec![];
+        for room in rooms {
+            let st = room.lock();
+            for m in &st.members {
+                if let Some(conn) = m.local() {
+                    let record = MemberRecord::new(&m.identity, cluster.replica(), conn.id);
+                    out.push((room.id.clone(), record, self.max_participants));
+                }
+            }
+        }
+        out
+    }
+
+    /// Closes a socket of this replica whose place in the room someone else holds now.
+    pub fn evict_local(&self, room_id: &str, conn_id: u64) {
+        let Some(room) = self.room(room_id) else { return };
+        let st = room.lock();
+        if let Some(conn) = st.member(conn_id).and_then(Member::local) {
+            conn.close(CloseReason::Replaced);
+        }
+    }
+
+    pub fn room_ids(&self) -> Vec<String> {
+        self.rooms().keys().cloned().collect()
+    }
+
+    /// Redis lost its data: its new event numbers start again from 1.
+    pub fn forget_sequences(&self) {
+        for room in self.rooms().values() {
+            room.lock().seq = 0;
+        }
+    }
+
+    /// The other replicas this replica's copies name.
+    pub fn remote_replicas(&self) -> BTreeSet<String> {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        rooms
+            .iter()
+            .flat_map(|room| room.lock().remote_replicas(&Target::All))
+            .collect()
+    }
+
+    /// Members of replicas that are gone leave every copy here.
+    pub fn drop_replicas(&self, gone: &std::collections::HashSet<String>) {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        for room in rooms {
+            let presence = {
+                let mut st = room.lock();
+                let mut changed = false;
+                while let Some(i) = st
+                    .members
+                    .iter()
+                    .position(|m| m.remote_replica().is_some_and(|r| gone.contains(r)))
+                {
+                    st.remove(i, &self.metrics);
+                    changed = true;
+                }
+                (changed && self.writes_presence(&st)).then(|| st.presence())
+            };
+            self.report(&room.id, presence);
+        }
+    }
+}
+
+fn deliver(room_id: &str, to: Target, out: &Outbound, ai_status: Option<AiStatus>) -> Event {
+    Event::Deliver {
+        room: room_id.to_owned(),
+        to,
+        text: out.text.as_str().to_owned(),
+        ai_status,
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn participant_label(identity: &Identity) -> &'static str {

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::{self, Authenticator};
+use crate::cluster::Cluster;
 use crate::config::{Config, Limits};
 use crate::conn;
 use crate::metrics::Metrics;
@@ -120,6 +121,8 @@ async fn ws_upgrade(
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if state.registry.cluster().is_some_and(|c| !c.is_available()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable: joins are refused").into_response()
     } else {
         "ok".into_response()
     }
@@ -164,13 +167,24 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
+        let cluster = config
+            .redis
+            .as_ref()
+            .map(|settings| Cluster::new(settings, metrics.clone()).map(Arc::new))
+            .transpose()
+            .map_err(std::io::Error::other)?;
+        if let Some(cluster) = &cluster {
+            metrics.redis_up.set(0);
+            info!(replica = cluster.replica(), "sharing rooms with other replicas through Redis");
+        }
         let state = Arc::new(AppState {
             limits: config.limits.clone(),
             auth: config.auth.clone(),
-            registry: Registry::new(
+            registry: Registry::with_cluster(
                 config.limits.max_participants_per_room,
                 runtime.clone(),
                 metrics.clone(),
+                cluster.clone(),
             ),
             summaries: Summaries::new(store, config.summary.clone(), metrics.clone())?,
             metrics,
@@ -181,6 +195,9 @@ impl Server {
             next_conn: AtomicU64::new(0),
         });
         state.summaries.start(state.shutdown.clone());
+        if let Some(cluster) = &cluster {
+            cluster.start(state.clone(), state.shutdown.clone());
+        }
         let forward = state.clone();
         tokio::spawn(async move {
             while let Some(event) = orb_events.recv().await {

@@ -186,10 +186,12 @@ pub enum ErrorCode {
     Unauthorized,
     UnknownPeer,
     BinaryNotSupported,
+    /// The server cannot serve joins right now (its room store is unreachable); retry shortly.
+    Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidMessage,
@@ -201,6 +203,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::UnknownPeer,
         ErrorCode::BinaryNotSupported,
+        ErrorCode::Unavailable,
     ];
 }
 
@@ -232,6 +235,9 @@ pub mod close_code {
     pub const REPLACED: u16 = 4409;
     /// The room already has the maximum number of participants.
     pub const ROOM_FULL: u16 = 4429;
+    /// The server cannot serve joins right now; reconnect after a short backoff (RFC 6455's
+    /// "try again later").
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 #[cfg(test)]

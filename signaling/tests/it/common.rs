@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
+use orb_signaling::cluster::testing::RedisServer;
 use orb_signaling::config::Config;
 use orb_signaling::metrics::Metrics;
 use orb_signaling::orb_runtime::testing::RecordingRuntime;
@@ -39,11 +41,75 @@ pub fn token(room: &str, sub: &str, role: Role) -> String {
 }
 
 pub struct TestServer {
+    /// The first replica (the only one without Redis).
     pub server: Option<Server>,
     pub addr: SocketAddr,
     pub runtime: Arc<RecordingRuntime>,
+    /// The first replica's orb events and metrics.
     pub events: OrbEvents,
     pub metrics: Arc<Metrics>,
+    /// With Redis: the other replicas, every replica's address, and the Redis they share.
+    pub others: Vec<Server>,
+    pub addrs: Vec<SocketAddr>,
+    pub redis: Option<RedisServer>,
+    next: AtomicUsize,
+}
+
+/// How many signaling replicas a suite runs against: the same expectations hold for one
+/// process alone and for three sharing rooms through Redis with each room's members spread
+/// over them ([`TestServer::join`] takes the replicas in turn).
+#[derive(Clone, Copy, Debug)]
+pub enum Setup {
+    One,
+    Three,
+}
+
+impl Setup {
+    pub async fn start(self, args: &[&str]) -> TestServer {
+        match self {
+            Setup::One => start(args).await,
+            Setup::Three => start_replicas(3, args).await,
+        }
+    }
+}
+
+/// `n` replicas sharing a fresh Redis, all ready (registered and subscribed) when this returns.
+pub async fn start_replicas(n: usize, args: &[&str]) -> TestServer {
+    let redis = RedisServer::start();
+    start_replicas_on(n, args, redis).await
+}
+
+pub async fn start_replicas_on(n: usize, args: &[&str], redis: RedisServer) -> TestServer {
+    let runtime = Arc::new(RecordingRuntime::default());
+    let url = redis.url();
+    let mut servers = vec![];
+    let mut first = None;
+    for i in 0..n {
+        let replica = format!("replica-{i}");
+        let mut argv = vec!["--redis-url", url.as_str(), "--replica-id", replica.as_str()];
+        argv.extend_from_slice(args);
+        let s = start_with(&argv, runtime.clone(), runtime.clone()).await;
+        eventually_ready(s.addr).await;
+        if first.is_none() {
+            first = Some(s);
+        } else {
+            servers.push(s);
+        }
+    }
+    let mut first = first.expect("at least one replica");
+    first.addrs = std::iter::once(first.addr).chain(servers.iter().map(|s| s.addr)).collect();
+    first.others = servers.into_iter().filter_map(|mut s| s.server.take()).collect();
+    first.redis = Some(redis);
+    first
+}
+
+/// Waits until the server answers `/readyz` with 200.
+pub async fn eventually_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http_get(addr, "/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "{addr} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Starts a server with auth off and a recording orb runtime; `args` are extra flags.
@@ -78,12 +144,17 @@ pub async fn start_full(
     let key = String::from_utf8(KEY.to_vec()).ok();
     let config = Config::parse_from(argv, key).unwrap();
     let server = Server::start(&config, runtime, rx, metrics.clone()).await.unwrap();
+    let addr = server.local_addr();
     TestServer {
-        addr: server.local_addr(),
+        addr,
         server: Some(server),
         runtime: recording,
         events,
         metrics,
+        others: vec![],
+        addrs: vec![addr],
+        redis: None,
+        next: AtomicUsize::new(0),
     }
 }
 
@@ -96,9 +167,15 @@ impl TestServer {
         Client::connect(&self.url(room), None).await
     }
 
+    /// The replicas in turn: each join lands on the next one.
+    fn next_addr(&self) -> SocketAddr {
+        self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()]
+    }
+
     /// Connects and joins without auth, returning the client and its peer-discovery.
     pub async fn join(&self, room: &str, user: &str, role: &str) -> (Client, Value) {
-        let mut c = self.connect(room).await;
+        let addr = self.next_addr();
+        let mut c = Client::connect(&format!("ws://{addr}/ws-simple/{room}"), None).await;
         let ptype = if role == "ai" { "ai" } else { "human" };
         c.send(json!({"type": "join", "roomId": room, "userId": user, "userRole": role, "userName": user, "participantType": ptype}))
             .await;

@@ -1,13 +1,14 @@
-//! Seed 001's protocol, message by message, as a browser written for the seed speaks it.
+//! Seed 001's protocol, message by message, as a browser written for the seed speaks it; run
+//! against one replica and against three sharing rooms through Redis (each room's members spread
+//! over them), with the same expectations.
 
 use serde_json::json;
 
 use crate::common::*;
 use orb_signaling::protocol::AiStatus;
 
-#[tokio::test]
-async fn join_order_ai_first_then_coach_then_client() {
-    let s = start(&[]).await;
+async fn join_order_ai_first_then_coach_then_client(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut orb, discovery) = s.join("room1", "ai-orb-1", "ai").await;
     assert_eq!(discovery, json!({"type": "peer-discovery", "peers": []}));
 
@@ -42,9 +43,8 @@ async fn join_order_ai_first_then_coach_then_client() {
     assert!(s.runtime.requests().is_empty(), "the orb was already there");
 }
 
-#[tokio::test]
-async fn join_order_coach_first_then_ai_then_client_last() {
-    let s = start(&[]).await;
+async fn join_order_coach_first_then_ai_then_client_last(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, discovery) = s.join("room2", "coach-1", "coach").await;
     assert_eq!(discovery["peers"], json!([]));
     let requests = s.runtime.requests();
@@ -71,9 +71,8 @@ async fn join_order_coach_first_then_ai_then_client_last() {
     assert_eq!(s.runtime.requests().len(), 1);
 }
 
-#[tokio::test]
-async fn targeted_relay_reaches_only_the_target_with_the_servers_from_id() {
-    let s = start(&[]).await;
+async fn targeted_relay_reaches_only_the_target_with_the_servers_from_id(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, _) = s.join("r", "coach", "coach").await;
     let (mut client, _) = s.join("r", "client", "client").await;
     let (mut orb, _) = s.join("r", "ai", "ai").await;
@@ -110,9 +109,8 @@ async fn targeted_relay_reaches_only_the_target_with_the_servers_from_id() {
     }
 }
 
-#[tokio::test]
-async fn untargeted_relay_is_broadcast_to_everyone_else() {
-    let s = start(&[]).await;
+async fn untargeted_relay_is_broadcast_to_everyone_else(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut a, _) = s.join("r", "a", "coach").await;
     let (mut b, _) = s.join("r", "b", "client").await;
     let (mut c, _) = s.join("r", "c", "ai").await;
@@ -133,9 +131,8 @@ async fn untargeted_relay_is_broadcast_to_everyone_else() {
     }
 }
 
-#[tokio::test]
-async fn relay_to_an_unknown_peer_is_an_error_for_the_sender_only() {
-    let s = start(&[]).await;
+async fn relay_to_an_unknown_peer_is_an_error_for_the_sender_only(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut a, _) = s.join("r", "a", "coach").await;
     let (mut b, _) = s.join("r", "b", "client").await;
     a.recv().await;
@@ -148,9 +145,8 @@ async fn relay_to_an_unknown_peer_is_an_error_for_the_sender_only() {
     b.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn leave_and_abrupt_close_both_notify_user_left() {
-    let s = start(&[]).await;
+async fn leave_and_abrupt_close_both_notify_user_left(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, _) = s.join("r", "coach", "coach").await;
     let (mut client, _) = s.join("r", "client", "client").await;
     let (orb, _) = s.join("r", "ai", "ai").await;
@@ -175,12 +171,14 @@ async fn leave_and_abrupt_close_both_notify_user_left() {
         s.server.as_ref().unwrap().state().registry.room_count() == 0
     })
     .await;
-    assert_eq!(s.runtime.last_presence("r").unwrap().humans, 0);
+    eventually("presence to say the room emptied", || {
+        s.runtime.last_presence("r").is_some_and(|p| p.humans == 0)
+    })
+    .await;
 }
 
-#[tokio::test]
-async fn rejoin_with_the_same_user_id_replaces_the_old_socket() {
-    let s = start(&[]).await;
+async fn rejoin_with_the_same_user_id_replaces_the_old_socket(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, _) = s.join("r", "coach", "coach").await;
     let (mut old, _) = s.join("r", "client", "client").await;
     coach.recv().await;
@@ -204,9 +202,8 @@ async fn rejoin_with_the_same_user_id_replaces_the_old_socket() {
     coach.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn ping_pong_before_and_after_join() {
-    let s = start(&[]).await;
+async fn ping_pong_before_and_after_join(setup: Setup) {
+    let s = setup.start(&[]).await;
     let mut c = s.connect("r").await;
     c.send(json!({"type": "ping", "timestamp": 1})).await;
     assert_eq!(c.recv().await, json!({"type": "pong"}));
@@ -217,9 +214,8 @@ async fn ping_pong_before_and_after_join() {
     assert_eq!(c.recv().await, json!({"type": "pong"}));
 }
 
-#[tokio::test]
-async fn ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it() {
-    let s = start(&[]).await;
+async fn ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, _) = s.join("r", "coach", "coach").await;
     let (mut orb, _) = s.join("r", "ai", "ai").await;
     coach.recv().await;
@@ -234,9 +230,8 @@ async fn ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it() {
     orb.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn orb_control_messages() {
-    let s = start(&[]).await;
+async fn orb_control_messages(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, _) = s.join("r", "coach", "coach").await;
     let (mut client, _) = s.join("r", "client", "client").await;
     let (mut orb, _) = s.join("r", "ai", "ai").await;
@@ -305,9 +300,8 @@ async fn orb_control_messages() {
     }
 }
 
-#[tokio::test]
-async fn runtime_status_reaches_the_room_and_late_joiners() {
-    let s = start(&[]).await;
+async fn runtime_status_reaches_the_room_and_late_joiners(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut coach, _) = s.join("r", "coach", "coach").await;
     s.events.status("r", AiStatus::Queued);
     assert_eq!(coach.recv().await, json!({"type": "ai_status", "status": "queued"}));
@@ -315,9 +309,9 @@ async fn runtime_status_reaches_the_room_and_late_joiners() {
     assert_eq!(coach.recv().await["status"], "starting");
     let (mut client, _) = s.join("r", "client", "client").await;
     assert_eq!(client.recv().await, json!({"type": "ai_status", "status": "starting"}));
+    assert_eq!(coach.recv().await["type"], "user-joined");
     s.events.status("r", AiStatus::Unavailable);
     assert_eq!(client.recv().await["status"], "unavailable");
-    assert_eq!(coach.recv().await["type"], "user-joined");
     assert_eq!(coach.recv().await["status"], "unavailable");
     // The call goes on without the AI.
     coach
@@ -326,9 +320,8 @@ async fn runtime_status_reaches_the_room_and_late_joiners() {
     assert_eq!(client.recv().await["type"], "offer");
 }
 
-#[tokio::test]
-async fn bad_input_gets_an_error_for_that_socket_only() {
-    let s = start(&[]).await;
+async fn bad_input_gets_an_error_for_that_socket_only(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (mut bystander, _) = s.join("r", "coach", "coach").await;
     let mut c = s.connect("r").await;
     let cases: Vec<(&str, &str)> = vec![
@@ -379,10 +372,44 @@ async fn bad_input_gets_an_error_for_that_socket_only() {
     );
 }
 
-#[tokio::test]
-async fn invalid_room_ids_are_refused_before_the_upgrade() {
-    let s = start(&[]).await;
+async fn invalid_room_ids_are_refused_before_the_upgrade(setup: Setup) {
+    let s = setup.start(&[]).await;
     let (status, body) = s.http_get("/ws-simple/-bad").await;
     assert_eq!(status, 400);
     assert!(body.contains("room id"), "{body}");
 }
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod one_replica {
+            use crate::common::Setup;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(Setup::One).await
+            })*
+        }
+        mod three_replicas {
+            use crate::common::Setup;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(Setup::Three).await
+            })*
+        }
+    };
+}
+
+suite!(
+    join_order_ai_first_then_coach_then_client,
+    join_order_coach_first_then_ai_then_client_last,
+    targeted_relay_reaches_only_the_target_with_the_servers_from_id,
+    untargeted_relay_is_broadcast_to_everyone_else,
+    relay_to_an_unknown_peer_is_an_error_for_the_sender_only,
+    leave_and_abrupt_close_both_notify_user_left,
+    rejoin_with_the_same_user_id_replaces_the_old_socket,
+    ping_pong_before_and_after_join,
+    ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it,
+    orb_control_messages,
+    runtime_status_reaches_the_room_and_late_joiners,
+    bad_input_gets_an_error_for_that_socket_only,
+    invalid_room_ids_are_refused_before_the_upgrade,
+);

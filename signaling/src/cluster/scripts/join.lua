@@ -1,0 +1,97 @@
+-- Adds a member to a room, atomically with the checks a single process makes under its lock.
+-- KEYS[1] the room hash, KEYS[2] the epoch key, KEYS[3] the joining replica's room set.
+-- ARGV: epoch, inbox channel prefix, room id, user id, member JSON, max participants,
+--       mode ("join" or "restore").
+-- Room hash fields: "m:<userId>" member JSON; "seq" membership sequence; "req" an orb was
+-- requested; "ai" the orb's last status; "coach", "client", "session" for the orb request.
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('EPOCH')
+end
+local room, me_json, max, mode = KEYS[1], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local me = cjson.decode(me_json)
+local field = 'm:' .. ARGV[4]
+local before, before_json, meta = {}, {}, {}
+local flat = redis.call('HGETALL', room)
+for i = 1, #flat, 2 do
+  local k, v = flat[i], flat[i + 1]
+  if string.sub(k, 1, 2) == 'm:' then
+    if k ~= field then
+      before[#before + 1] = cjson.decode(v)
+      before_json[#before_json + 1] = v
+    end
+  else
+    meta[k] = v
+  end
+end
+local old_json = redis.call('HGET', room, field)
+local seq = tonumber(meta.seq or '0')
+if old_json then
+  local old = cjson.decode(old_json)
+  if old.replica == me.replica and old.conn == me.conn then
+    return cjson.encode({ seq = seq, unchanged = true })
+  end
+  -- Restoring after an outage must not take the place of a newer connection of the user.
+  if mode == 'restore' then
+    return redis.error_reply('TAKEN')
+  end
+end
+local is_ai = me.participantType == 'ai'
+if is_ai and me.issuedAt then
+  for _, m in ipairs(before) do
+    if m.participantType == 'ai' and m.issuedAt and m.issuedAt > me.issuedAt then
+      return redis.error_reply('STALE')
+    end
+  end
+end
+if not old_json and #before >= max then
+  return redis.error_reply('FULL')
+end
+local has_ai = false
+for _, m in ipairs(before) do
+  if m.participantType == 'ai' then has_ai = true end
+end
+local request = false
+if not is_ai then
+  if me.role == 'coach' then meta.coach = me.userId; redis.call('HSET', room, 'coach', me.userId) end
+  if me.role == 'client' then meta.client = me.userId; redis.call('HSET', room, 'client', me.userId) end
+  if not meta.session and me.sessionId then
+    meta.session = me.sessionId
+    redis.call('HSET', room, 'session', me.sessionId)
+  end
+  -- The same rule as a single process: the first human asks for an orb, and a human arriving
+  -- after the last attempt came to nothing asks again. A restore never asks (the orb exists).
+  local retry = meta.ai == 'unavailable' or meta.ai == 'ended'
+  if mode == 'join' and not has_ai and (meta.req ~= '1' or retry) then
+    request = true
+    redis.call('HSET', room, 'req', '1')
+    redis.call('HDEL', room, 'ai')
+    meta.ai = nil
+  elseif mode == 'restore' then
+    redis.call('HSET', room, 'req', '1')
+  end
+end
+seq = redis.call('HINCRBY', room, 'seq', 1)
+-- The join's number orders the members as a single process lists them (in joining order).
+me_json = string.sub(me_json, 1, -2) .. ',"joinSeq":' .. seq .. '}'
+redis.call('HSET', room, field, me_json)
+redis.call('SADD', KEYS[3], ARGV[3])
+local event = '{"k":"joined","room":' .. cjson.encode(ARGV[3]) .. ',"seq":' .. seq ..
+  ',"member":' .. me_json .. (old_json and (',"replaced":' .. old_json) or '') .. '}'
+local told = {}
+for _, m in ipairs(before) do
+  if not told[m.replica] then
+    told[m.replica] = true
+    redis.call('PUBLISH', ARGV[2] .. m.replica, event)
+  end
+end
+if old_json then
+  local old = cjson.decode(old_json)
+  if not told[old.replica] then redis.call('PUBLISH', ARGV[2] .. old.replica, event) end
+end
+return '{"seq":' .. seq .. ',"request":' .. tostring(request) ..
+  ',"members":[' .. table.concat(before_json, ',') .. ']' ..
+  (old_json and (',"replaced":' .. old_json) or '') ..
+  (meta.ai and (',"aiStatus":' .. cjson.encode(meta.ai)) or '') ..
+  (meta.coach and (',"coachId":' .. cjson.encode(meta.coach)) or '') ..
+  (meta.client and (',"clientId":' .. cjson.encode(meta.client)) or '') ..
+  (meta.session and (',"sessionId":' .. cjson.encode(meta.session)) or '') .. '}'
