@@ -766,9 +766,10 @@ impl Registry {
     ) -> usize {
         st.ai_status = Some(status);
         if let Some(cluster) = &self.cluster {
-            cluster.set_ai_status(room_id, status);
+            // Through Redis's member list rather than this copy's: someone joining on another
+            // replica right now must get it either here or from the join script.
+            cluster.set_status(room_id, status, &deliver(room_id, to.clone(), out, Some(status)));
         }
-        self.publish(st, to, || deliver(room_id, to.clone(), out, Some(status)));
         st.deliver_local(to, except, out) + st.remote_replicas(to).len()
     }
 
@@ -820,36 +821,41 @@ impl Registry {
         let Some(room) = self.room(event.room()) else { return };
         let (presence, gap) = {
             let mut st = room.lock();
-            match event {
-                Event::Deliver { to, text, ai_status, .. } => {
-                    if ai_status.is_some() {
-                        st.ai_status = ai_status;
-                    }
-                    let out = Outbound {
-                        text: text.into(),
-                        received_at: None,
-                    };
-                    st.deliver_local(&to, None, &out);
-                    return;
-                }
-                Event::Activity { at_ms, .. } => {
-                    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
-                    let presence = self.advance_activity(&mut st, at);
-                    (presence.filter(|_| self.writes_presence(&st)), None)
-                }
-                membership if st.pending_joins > 0 => {
-                    st.buffered.push(membership);
-                    return;
-                }
-                membership => {
-                    let gap = self.apply_membership(&mut st, membership);
-                    let presence = self.writes_presence(&st).then(|| st.presence());
-                    (presence, gap.then(|| room.id.clone()))
-                }
+            // Everything waits for joins of this replica in progress, so that a joiner gets what
+            // Redis sent after its join.
+            if st.pending_joins > 0 {
+                st.buffered.push(event);
+                return;
             }
+            let (changed, gap) = self.apply_locked(&mut st, event);
+            let presence = (changed && self.writes_presence(&st)).then(|| st.presence());
+            (presence, gap.then(|| room.id.clone()))
         };
         self.report(&room.id, presence);
         self.resync_gap(gap);
+    }
+
+    /// Applies an event to this replica's copy; returns whether presence changed and whether
+    /// the event showed a gap in the membership numbers.
+    fn apply_locked(&self, st: &mut RoomState, event: Event) -> (bool, bool) {
+        match event {
+            Event::Deliver { to, text, ai_status, .. } => {
+                if ai_status.is_some() {
+                    st.ai_status = ai_status;
+                }
+                let out = Outbound {
+                    text: text.into(),
+                    received_at: None,
+                };
+                st.deliver_local(&to, None, &out);
+                (false, false)
+            }
+            Event::Activity { at_ms, .. } => {
+                let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+                (self.advance_activity(st, at).is_some(), false)
+            }
+            membership => (true, self.apply_membership(st, membership)),
+        }
     }
 
     /// Applies a numbered join or leave to this replica's copy; returns whether numbers were
@@ -901,7 +907,7 @@ impl Registry {
                 break;
             }
             let event = st.buffered.remove(0);
-            gap |= self.apply_membership(st, event);
+            gap |= self.apply_locked(st, event).1;
         }
         gap.then(|| room_id.to_owned())
     }

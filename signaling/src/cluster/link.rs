@@ -121,9 +121,10 @@ enum Op {
         replica: String,
         payload: String,
     },
-    SetAiStatus {
+    SetStatus {
         room: String,
         status: AiStatus,
+        event: String,
     },
     Snapshot {
         room: String,
@@ -136,6 +137,7 @@ struct Scripts {
     leave: Script,
     reap: Script,
     heartbeat: Script,
+    status: Script,
 }
 
 impl Scripts {
@@ -145,6 +147,7 @@ impl Scripts {
             leave: Script::new(include_str!("scripts/leave.lua")),
             reap: Script::new(include_str!("scripts/reap.lua")),
             heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
+            status: Script::new(include_str!("scripts/status.lua")),
         }
     }
 }
@@ -290,11 +293,13 @@ impl Cluster {
         });
     }
 
-    /// Remembers the orb's status for members who join later on any replica.
-    pub fn set_ai_status(&self, room: &str, status: AiStatus) {
-        self.queue(Op::SetAiStatus {
+    /// Remembers the orb's status for members who join later on any replica and delivers
+    /// `event` (its message) to the other replicas with members in the room now.
+    pub fn set_status(&self, room: &str, status: AiStatus, event: &Event) {
+        self.queue(Op::SetStatus {
             room: room.to_owned(),
             status,
+            event: serde_json::to_string(event).expect("events always serialise"),
         });
     }
 
@@ -357,7 +362,7 @@ impl Cluster {
                 },
             };
             match op {
-                Op::Publish { .. } | Op::SetAiStatus { .. } => {
+                Op::Publish { .. } => {
                     let mut pipe = redis::pipe();
                     let mut n = 0;
                     let mut next = Some(op);
@@ -365,9 +370,6 @@ impl Cluster {
                         match op {
                             Op::Publish { replica, payload } => {
                                 pipe.publish(format!("{}{replica}", inbox_prefix()), payload).ignore();
-                            }
-                            Op::SetAiStatus { room, status } => {
-                                pipe.hset(room_key(&room), "ai", status_name(status)).ignore();
                             }
                             other => {
                                 carry = Some(other);
@@ -412,6 +414,23 @@ impl Cluster {
                     if let Err(e) = result {
                         debug!(error = %e, "leave not written; kept for the next restore");
                         self.lock_pending().push((room, member));
+                        self.mark(false);
+                    }
+                }
+                Op::SetStatus { room, status, event } => {
+                    let result: redis::RedisResult<i64> = self
+                        .scripts
+                        .status
+                        .key(room_key(&room))
+                        .arg(inbox_prefix())
+                        .arg(status_name(status))
+                        .arg(event)
+                        .arg(&self.replica)
+                        .invoke_async(&mut con)
+                        .await;
+                    if let Err(e) = result {
+                        self.metrics.cluster_dropped.inc();
+                        debug!(error = %e, "status not written to Redis");
                         self.mark(false);
                     }
                 }

@@ -79,28 +79,28 @@ pub async fn start_replicas(n: usize, args: &[&str]) -> TestServer {
     start_replicas_on(n, args, redis).await
 }
 
+/// `n` replicas on `redis` sharing one recording orb runtime.
 pub async fn start_replicas_on(n: usize, args: &[&str], redis: RedisServer) -> TestServer {
     let runtime = Arc::new(RecordingRuntime::default());
-    let url = redis.url();
-    let mut servers = vec![];
-    let mut first = None;
+    let mut replicas = vec![];
     for i in 0..n {
-        let replica = format!("replica-{i}");
-        let mut argv = vec!["--redis-url", url.as_str(), "--replica-id", replica.as_str()];
-        argv.extend_from_slice(args);
-        let s = start_with(&argv, runtime.clone(), runtime.clone()).await;
-        eventually_ready(s.addr).await;
-        if first.is_none() {
-            first = Some(s);
-        } else {
-            servers.push(s);
-        }
+        let argv = replica_args(&redis, i, args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        replicas.push(start_with(&argv, runtime.clone(), runtime.clone()).await);
     }
-    let mut first = first.expect("at least one replica");
-    first.addrs = std::iter::once(first.addr).chain(servers.iter().map(|s| s.addr)).collect();
-    first.others = servers.into_iter().filter_map(|mut s| s.server.take()).collect();
-    first.redis = Some(redis);
-    first
+    TestServer::replicas(replicas, redis).await
+}
+
+/// The flags of replica `i` on `redis`, then `args`.
+pub fn replica_args(redis: &RedisServer, i: usize, args: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        "--redis-url".to_owned(),
+        redis.url(),
+        "--replica-id".to_owned(),
+        format!("replica-{i}"),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv
 }
 
 /// Waits until the server answers `/readyz` with 200.
@@ -159,6 +159,31 @@ pub async fn start_full(
 }
 
 impl TestServer {
+    /// One test server of several replicas (started on `redis`), once every one is ready; the
+    /// first one's events and metrics are the fixture's.
+    pub async fn replicas(replicas: Vec<TestServer>, redis: RedisServer) -> TestServer {
+        for r in &replicas {
+            eventually_ready(r.addr).await;
+        }
+        let mut replicas = replicas.into_iter();
+        let mut first = replicas.next().expect("at least one replica");
+        let rest: Vec<TestServer> = replicas.collect();
+        first.addrs = std::iter::once(first.addr).chain(rest.iter().map(|s| s.addr)).collect();
+        first.others = rest.into_iter().filter_map(|mut s| s.server.take()).collect();
+        first.redis = Some(redis);
+        first
+    }
+
+    /// The address of replica `i`.
+    pub fn url_at(&self, i: usize, room: &str) -> String {
+        format!("ws://{}/ws-simple/{room}", self.addrs[i])
+    }
+
+    /// Joins on replica `i` without auth.
+    pub async fn join_at(&self, i: usize, room: &str, user: &str, role: &str) -> (Client, Value) {
+        join_url(&self.url_at(i, room), room, user, role).await
+    }
+
     pub fn url(&self, room: &str) -> String {
         format!("ws://{}/ws-simple/{room}", self.addr)
     }
@@ -175,18 +200,23 @@ impl TestServer {
     /// Connects and joins without auth, returning the client and its peer-discovery.
     pub async fn join(&self, room: &str, user: &str, role: &str) -> (Client, Value) {
         let addr = self.next_addr();
-        let mut c = Client::connect(&format!("ws://{addr}/ws-simple/{room}"), None).await;
-        let ptype = if role == "ai" { "ai" } else { "human" };
-        c.send(json!({"type": "join", "roomId": room, "userId": user, "userRole": role, "userName": user, "participantType": ptype}))
-            .await;
-        let discovery = c.recv().await;
-        assert_eq!(discovery["type"], "peer-discovery", "{discovery}");
-        (c, discovery)
+        join_url(&format!("ws://{addr}/ws-simple/{room}"), room, user, role).await
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path).await
     }
+}
+
+/// Connects to `url` and joins without auth, returning the client and its peer-discovery.
+pub async fn join_url(url: &str, room: &str, user: &str, role: &str) -> (Client, Value) {
+    let mut c = Client::connect(url, None).await;
+    let ptype = if role == "ai" { "ai" } else { "human" };
+    c.send(json!({"type": "join", "roomId": room, "userId": user, "userRole": role, "userName": user, "participantType": ptype}))
+        .await;
+    let discovery = c.recv().await;
+    assert_eq!(discovery["type"], "peer-discovery", "{discovery}");
+    (c, discovery)
 }
 
 pub struct Client {

@@ -39,16 +39,21 @@ pub struct FakeKube(Arc<Mutex<FakeState>>);
 
 impl FakeKube {
     pub fn start() -> (kube::Client, FakeKube) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
         let fake = FakeKube::default();
-        let server = fake.clone();
+        (fake.client(), fake)
+    }
+
+    /// Another client of the same API server (one per signaling replica).
+    pub fn client(&self) -> kube::Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
+        let server = self.clone();
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
                 let response = server.handle(request).await;
                 respond.send_response(response);
             }
         });
-        (kube::Client::new(service, NS), fake)
+        kube::Client::new(service, NS)
     }
 
     pub fn state(&self) -> MutexGuard<'_, FakeState> {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod common;
+mod cluster;
 mod conformance;
 mod fake_kube;
 mod kubernetes;
