@@ -102,8 +102,13 @@ fn every_object_is_labelled_and_every_workload_is_locked_down() {
                 assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
                 assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{what}");
                 if o["kind"] == "Deployment" {
-                    assert!(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "{what}");
-                    assert!(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "{what}");
+                    if c["name"] == "redis" {
+                        // Not ours: probed on its port.
+                        assert!(c["readinessProbe"]["tcpSocket"].is_object(), "{what}");
+                    } else {
+                        assert!(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "{what}");
+                        assert!(c["livenessProbe"]["httpGet"]["path"] == "/healthz", "{what}");
+                    }
                     assert!(c["resources"]["requests"].is_object(), "{what}");
                 }
             }
@@ -281,12 +286,78 @@ fn the_signaling_deployment_sets_only_settings_signaling_reads() {
     let signaling = find(&objects, "Deployment", "-signaling");
     // The values file switches the summary webhook on, so its settings are checked too.
     assert!(env_of(signaling, orb_signaling::config::WEBHOOK_SECRET_ENV).is_some());
-    for env in container_env(signaling) {
+    let env = container_env(signaling);
+    for name in &env {
+        // A variable only there to be spliced into another one's value by Kubernetes, `$(NAME)`.
+        let spliced = signaling["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["value"].as_str().is_some_and(|v| v.contains(&format!("$({name})"))));
         assert!(
-            known.contains(&env),
-            "the chart sets {env}, which orb-signaling does not read"
+            known.contains(name) || spliced,
+            "the chart sets {name}, which orb-signaling does not read"
         );
     }
+}
+
+#[test]
+fn signaling_replicas_share_rooms_through_the_chart_s_redis_by_default() {
+    let objects = render(None, &["--set", "signaling.ingress.enabled=true"]);
+    let signaling = find(&objects, "Deployment", "-signaling");
+    assert_eq!(signaling["spec"]["replicas"], 2);
+    let url = env_of(signaling, "SIGNALING_REDIS_URL").expect("signaling is given Redis");
+    assert_eq!(url["value"], "redis://:$(REDIS_PASSWORD)@orb-redis:6379");
+    let password = env_of(signaling, "REDIS_PASSWORD").unwrap();
+    assert_eq!(password["valueFrom"]["secretKeyRef"]["name"], "orb-redis", "by reference only");
+    let redis = find(&objects, "Deployment", "-redis");
+    let container = &redis["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["image"].as_str().unwrap().starts_with("docker.io/library/redis:"));
+    assert_eq!(container["args"][0], "--requirepass");
+    assert_eq!(redis["spec"]["strategy"]["type"], "Recreate");
+    assert!(find(&objects, "Secret", "-redis")["data"]["password"].is_string());
+    // Redis talks to signaling only.
+    let policy = find(&objects, "NetworkPolicy", "-redis");
+    assert_eq!(policy["spec"]["egress"], serde_json::json!([]));
+    let from = &policy["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 1);
+    assert_eq!(from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "orb-signaling");
+    // No affinity tricks: any replica serves any room.
+    let ingress = find(&objects, "Ingress", "-signaling");
+    let annotations = ingress["metadata"]["annotations"].as_object().unwrap();
+    assert!(annotations.keys().all(|k| !k.contains("upstream-hash")), "{annotations:?}");
+}
+
+#[test]
+fn more_than_one_signaling_replica_needs_redis_and_an_own_redis_replaces_the_chart_s() {
+    let out = helm()
+        .args(["template", "orb", CHART, "--set", "redis.enabled=false"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("signaling.replicas > 1 needs Redis"), "{stderr}");
+
+    let single = render(None, &["--set", "redis.enabled=false", "--set", "signaling.replicas=1"]);
+    assert!(env_of(find(&single, "Deployment", "-signaling"), "SIGNALING_REDIS_URL").is_none());
+    assert!(!single.iter().any(|o| o["metadata"]["name"] == "orb-redis"));
+
+    let managed = render(None, &["--set", "signaling.redis.url=rediss://redis.example:6380"]);
+    let url = env_of(find(&managed, "Deployment", "-signaling"), "SIGNALING_REDIS_URL").unwrap();
+    assert_eq!(url["value"], "rediss://redis.example:6380");
+    assert!(!managed.iter().any(|o| o["metadata"]["name"] == "orb-redis"), "no second Redis");
+
+    let secret = render(None, &["--set", "signaling.redis.existingSecret=my-redis"]);
+    let url = env_of(find(&secret, "Deployment", "-signaling"), "SIGNALING_REDIS_URL").unwrap();
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["name"], "my-redis");
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "url");
+
+    // A password in a plain value would sit in the pod spec: the schema refuses it.
+    let out = helm()
+        .args(["template", "orb", CHART, "--set", "signaling.redis.url=redis://:hunter2@redis:6379"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a URL with a password is accepted");
 }
 
 /// The env of the first container, by name.
@@ -619,6 +690,8 @@ const INSTALL_ARGS: &[&str] = &[
     "--skip-tests",
     "--set",
     "auth.existingSecret=orb-signing-key",
+    "--set",
+    "redis.existingSecret=orb-redis-password",
 ];
 
 #[test]

@@ -373,6 +373,7 @@ fn selects(to: &Target, identity: &Identity) -> bool {
     match to {
         Target::All => true,
         Target::User(id) => identity.user_id == *id,
+        Target::AllBut(id) => identity.user_id != *id,
         Target::Humans => !identity.is_ai(),
         Target::Coaches => identity.role == UserRole::Coach,
     }
@@ -749,28 +750,27 @@ impl Registry {
         let out = Outbound::message(&ServerMessage::AiStatus {
             status,
             session_id,
-            from_id: Some(from),
+            from_id: Some(from.clone()),
         });
-        Relayed::Delivered(self.set_status(&room.id, &mut st, status, &Target::All, Some(from_conn), &out))
+        Relayed::Delivered(self.set_status(&room.id, &mut st, status, &Target::AllBut(from), &out))
     }
 
     /// Records the orb's status and tells the members `to` selects, on every replica.
-    fn set_status(
-        &self,
-        room_id: &str,
-        st: &mut RoomState,
-        status: AiStatus,
-        to: &Target,
-        except: Option<u64>,
-        out: &Outbound,
-    ) -> usize {
+    fn set_status(&self, room_id: &str, st: &mut RoomState, status: AiStatus, to: &Target, out: &Outbound) -> usize {
         st.ai_status = Some(status);
-        if let Some(cluster) = &self.cluster {
-            // Through Redis's member list rather than this copy's: someone joining on another
-            // replica right now must get it either here or from the join script.
-            cluster.set_status(room_id, status, &deliver(room_id, to.clone(), out, Some(status)));
+        let receivers = st.members.iter().filter(|m| selects(to, &m.identity)).count();
+        match &self.cluster {
+            // Through Redis's member list, to this replica too, rather than from this copy: a
+            // member joining anywhere right now gets it either so or from its join script, and
+            // whoever got it knows Redis has it.
+            Some(cluster) if cluster.is_available() => {
+                cluster.set_status(room_id, status, &deliver(room_id, to.clone(), out, Some(status)));
+            }
+            _ => {
+                st.deliver_local(to, None, out);
+            }
         }
-        st.deliver_local(to, except, out) + st.remote_replicas(to).len()
+        receivers
     }
 
     /// Delivers the orb's session summary to the room's coach(es).
@@ -811,7 +811,7 @@ impl Registry {
             session_id: None,
             from_id: None,
         });
-        self.set_status(room_id, &mut st, status, &Target::Humans, None, &out);
+        self.set_status(room_id, &mut st, status, &Target::Humans, &out);
         true
     }
 

@@ -77,3 +77,17 @@ seccompProfile:
 {{- else -}}{{- trimSuffix "s" $d | int -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "orb.redisName" -}}
+{{- printf "%s-redis" (include "orb.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether signaling shares rooms through a Redis (its own, or the chart's). */}}
+{{- define "orb.redisConfigured" -}}
+{{- if or .Values.signaling.redis.url .Values.signaling.redis.existingSecret .Values.redis.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the chart's Redis password: the given one, else the chart's. */}}
+{{- define "orb.redisSecret" -}}
+{{- default (include "orb.redisName" .) .Values.redis.existingSecret -}}
+{{- end -}}

@@ -294,7 +294,7 @@ impl Cluster {
     }
 
     /// Remembers the orb's status for members who join later on any replica and delivers
-    /// `event` (its message) to the other replicas with members in the room now.
+    /// `event` (its message) to every replica with members in the room now, this one included.
     pub fn set_status(&self, room: &str, status: AiStatus, event: &Event) {
         self.queue(Op::SetStatus {
             room: room.to_owned(),
@@ -425,7 +425,6 @@ impl Cluster {
                         .arg(inbox_prefix())
                         .arg(status_name(status))
                         .arg(event)
-                        .arg(&self.replica)
                         .invoke_async(&mut con)
                         .await;
                     if let Err(e) = result {

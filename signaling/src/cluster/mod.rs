@@ -98,6 +98,8 @@ pub enum Target {
     All,
     /// The member with this user id.
     User(String),
+    /// Everyone but the member with this user id (the sender).
+    AllBut(String),
     Humans,
     Coaches,
 }
