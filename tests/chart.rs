@@ -635,7 +635,15 @@ fn the_signing_key_secret_is_generated_unless_one_is_given() {
         "at least 32 bytes, base64"
     );
     let given = render(Some(&format!("{CHART}/ci/single-namespace-values.yaml")), &[]);
-    assert!(!given.iter().any(|o| o["kind"] == "Secret"));
+    assert!(!given.iter().any(|o| o["kind"] == "Secret" && o["metadata"]["name"] != "orb-redis"));
+    // The same for the Redis password.
+    let given = render(None, &["--set", "redis.existingSecret=mine"]);
+    assert!(!given.iter().any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "orb-redis"));
+    let redis = find(&given, "Deployment", "-redis");
+    assert_eq!(
+        redis["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        "mine"
+    );
 }
 
 #[test]
