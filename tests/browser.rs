@@ -34,8 +34,40 @@ struct Stack {
     driver_port: u16,
     firefox_driver_port: Option<u16>,
     dir: PathBuf,
-    _signaling: Process,
+    /// Signaling replicas (one unless started with Redis), the first serving `port`.
+    signaling: Vec<Process>,
     _drivers: Vec<Process>,
+}
+
+/// One signaling process in dev mode on `port`, logging to `<dir>/<log>`.
+fn signaling_process(dir: &Path, log: &str, port: u16, extra: &[&str]) -> Process {
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    Process(
+        Command::new(workspace_bin("orb-signaling"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--orb-runtime", "local", "--auth", "jwt"])
+            .arg("--orb-binary")
+            .arg(workspace_bin("orb"))
+            .arg("--orb-log-dir")
+            .arg(dir.join("orbs"))
+            .args(["--empty-room-grace", &format!("{}ms", GRACE.as_millis())])
+            .args(extra)
+            .env("ORB_SIGNING_KEY", SIGNING_KEY)
+            .env("ORB_BRAIN", "test")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start orb-signaling"),
+    )
+}
+
+fn wait_for_port(p: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+        assert!(started.elapsed() < PATIENCE, "port {p} never opened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl Stack {
@@ -44,31 +76,47 @@ impl Stack {
     }
 
     fn start_with(name: &str, extra: &[&str], firefox: bool) -> Self {
-        let signaling_bin = workspace_bin("orb-signaling");
-        let orb_bin = workspace_bin("orb");
+        let dir = Self::fresh_dir(name);
+        let port = free_port();
+        let signaling = signaling_process(&dir, "signaling.log", port, extra);
+        Self::with_browsers(dir, port, vec![signaling], firefox)
+    }
+
+    fn fresh_dir(name: &str) -> PathBuf {
         let dir = root().join("target/browser-tests").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
-        let signaling = Process(
-            Command::new(signaling_bin)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--orb-runtime", "local", "--auth", "jwt"])
-                .arg("--orb-binary")
-                .arg(&orb_bin)
-                .arg("--orb-log-dir")
-                .arg(dir.join("orbs"))
-                .args(["--empty-room-grace", &format!("{}ms", GRACE.as_millis())])
-                .args(extra)
-                .env("ORB_SIGNING_KEY", SIGNING_KEY)
-                .env("ORB_BRAIN", "test")
-                .env("RUST_LOG", "info")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start orb-signaling"),
-        );
+        dir
+    }
+
+    /// Signaling replicas on `ports` sharing rooms through `redis` (replica `i` logs to
+    /// `signaling-<i>.log`); orbs connect to `orb_url`.
+    fn start_replicas(name: &str, ports: &[u16], redis: &str, orb_url: &str) -> Self {
+        let dir = Self::fresh_dir(name);
+        let signaling = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let replica = format!("replica-{i}");
+                let extra = [
+                    "--redis-url",
+                    redis,
+                    "--replica-id",
+                    &replica,
+                    "--orb-signaling-url",
+                    orb_url,
+                ];
+                signaling_process(&dir, &format!("signaling-{i}.log"), *port, &extra)
+            })
+            .collect();
+        let stack = Self::with_browsers(dir, ports[0], signaling, false);
+        for p in &ports[1..] {
+            wait_for_port(*p);
+        }
+        stack
+    }
+
+    fn with_browsers(dir: PathBuf, port: u16, signaling: Vec<Process>, firefox: bool) -> Self {
         let driver_port = free_port();
         let driver = Process(
             Command::new(tool("chromedriver", "./scripts/install-deps.sh"))
@@ -97,22 +145,17 @@ impl Stack {
             driver_port,
             firefox_driver_port,
             dir,
-            _signaling: signaling,
+            signaling,
             _drivers: drivers,
         };
         for p in [port, driver_port].into_iter().chain(firefox_driver_port) {
-            let started = Instant::now();
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                assert!(started.elapsed() < PATIENCE, "port {p} never opened");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_for_port(p);
         }
         stack
     }
 
     fn room_url(&self, room: &str, role: &str) -> String {
-        let name = if role == "coach" { "Coach" } else { "Client" };
-        format!("http://127.0.0.1:{}/rooms/{room}?role={role}&name={name}", self.port)
+        room_url_at(self.port, room, role)
     }
 
     fn orb_log(&self, room: &str) -> String {
@@ -203,6 +246,11 @@ impl Stack {
             client,
         }
     }
+}
+
+fn room_url_at(port: u16, room: &str, role: &str) -> String {
+    let name = if role == "coach" { "Coach" } else { "Client" };
+    format!("http://127.0.0.1:{port}/rooms/{room}?role={role}&name={name}")
 }
 
 /// One participant's browser.
@@ -629,4 +677,110 @@ async fn people_talking_keep_their_orb_and_silence_ends_it() {
         assert!(silent.elapsed() >= idle, "the orb ended before the idle timeout");
     })
     .await;
+}
+
+/// A load balancer in front of signaling replicas, as the Service is in a cluster: each
+/// connection goes to the first backend that accepts it.
+async fn failover_proxy(backends: Vec<u16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for backend in backends {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A call spread over three signaling replicas sharing rooms through a real Redis: the coach on
+/// replica A (through a balancer that prefers A), the client on B, the orb on C; every connection
+/// of the mesh comes up with the orb's audio. Then A is killed with SIGKILL: the client and the
+/// orb see the coach leave, the coach's page reconnects (the balancer now sends it to B) and
+/// rejoins, and the call is whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_three_replicas_survives_losing_one() {
+    let name = "replicas";
+    let redis = orb_signaling::cluster::testing::RedisServer::start();
+    let ports = [free_port(), free_port(), free_port()];
+    let orb_url = format!("ws://127.0.0.1:{}", ports[2]);
+    let mut stack = Stack::start_replicas(name, &ports, &redis.url(), &orb_url);
+    let coach_entry = failover_proxy(vec![ports[0], ports[1]]).await;
+    let pages = Pages::default();
+    let stack_ref = &mut stack;
+    scenario(name, &pages, async {
+        let room = "browser-replicas";
+        let coach = pages.add(stack_ref.browser("coach").await);
+        coach
+            .client
+            .goto(&room_url_at(coach_entry, room, "coach"))
+            .await
+            .unwrap();
+        let coach_call = wait_connected(&coach, &["ai"]).await;
+        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
+        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+        let client = pages.add(stack_ref.browser("client").await);
+        client
+            .client
+            .goto(&room_url_at(ports[1], room, "client"))
+            .await
+            .unwrap();
+        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
+        assert_eq!(
+            client_call["aiPeerId"].as_str(),
+            Some(ai.as_str()),
+            "one orb in the room"
+        );
+        let client_id = client_call["userId"].as_str().unwrap().to_owned();
+        wait_connected(&coach, &["ai", &client_id]).await;
+        wait_orb_audio(&coach, &ai).await;
+        wait_orb_audio(&client, &ai).await;
+        // The orb reached replica C (its log names the endpoint it joined).
+        let joined = stack_ref.orb_log(room);
+        let joined = joined
+            .lines()
+            .find(|l| l.contains("joined signaling"))
+            .unwrap_or_default();
+        assert!(joined.contains(&format!("127.0.0.1:{}", ports[2])), "{joined}");
+
+        let killed = Instant::now();
+        stack_ref.signaling[0].0.kill().unwrap();
+        stack_ref.signaling[0].0.wait().unwrap();
+        wait_for("client: the coach left", || async {
+            let call = client.call().await;
+            call["departures"]
+                .as_array()?
+                .iter()
+                .any(|d| d == coach_id.as_str())
+                .then_some(())
+        })
+        .await;
+        wait_for("the orb: the coach left", || async {
+            let log = stack_ref.orb_log(room);
+            log.lines()
+                .any(|l| l.contains("closed peer connection") && l.contains(coach_id.as_str()))
+                .then_some(())
+        })
+        .await;
+        eprintln!("the coach's departure was seen {:?} after the kill", killed.elapsed());
+        wait_for("coach: rejoined through another replica", || async {
+            let call = coach.call().await;
+            (call["reconnects"].as_u64()? >= 1 && call["signaling"] == "open").then_some(())
+        })
+        .await;
+        wait_connected(&coach, &["ai", &client_id]).await;
+        wait_connected(&client, &["ai", &coach_id]).await;
+        wait_orb_audio(&coach, &ai).await;
+        let errors = coach.call().await["errors"].clone();
+        assert_eq!(errors, json!([]), "the coach's page saw no error");
+    })
+    .await;
+    drop(redis);
 }

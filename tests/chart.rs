@@ -309,10 +309,18 @@ fn signaling_replicas_share_rooms_through_the_chart_s_redis_by_default() {
     let url = env_of(signaling, "SIGNALING_REDIS_URL").expect("signaling is given Redis");
     assert_eq!(url["value"], "redis://:$(REDIS_PASSWORD)@orb-redis:6379");
     let password = env_of(signaling, "REDIS_PASSWORD").unwrap();
-    assert_eq!(password["valueFrom"]["secretKeyRef"]["name"], "orb-redis", "by reference only");
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"]["name"], "orb-redis",
+        "by reference only"
+    );
     let redis = find(&objects, "Deployment", "-redis");
     let container = &redis["spec"]["template"]["spec"]["containers"][0];
-    assert!(container["image"].as_str().unwrap().starts_with("docker.io/library/redis:"));
+    assert!(
+        container["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker.io/library/redis:")
+    );
     assert_eq!(container["args"][0], "--requirepass");
     assert_eq!(redis["spec"]["strategy"]["type"], "Recreate");
     assert!(find(&objects, "Secret", "-redis")["data"]["password"].is_string());
@@ -321,11 +329,17 @@ fn signaling_replicas_share_rooms_through_the_chart_s_redis_by_default() {
     assert_eq!(policy["spec"]["egress"], serde_json::json!([]));
     let from = &policy["spec"]["ingress"][0]["from"];
     assert_eq!(from.as_array().unwrap().len(), 1);
-    assert_eq!(from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "orb-signaling");
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "orb-signaling"
+    );
     // No affinity tricks: any replica serves any room.
     let ingress = find(&objects, "Ingress", "-signaling");
     let annotations = ingress["metadata"]["annotations"].as_object().unwrap();
-    assert!(annotations.keys().all(|k| !k.contains("upstream-hash")), "{annotations:?}");
+    assert!(
+        annotations.keys().all(|k| !k.contains("upstream-hash")),
+        "{annotations:?}"
+    );
 }
 
 #[test]
@@ -345,7 +359,10 @@ fn more_than_one_signaling_replica_needs_redis_and_an_own_redis_replaces_the_cha
     let managed = render(None, &["--set", "signaling.redis.url=rediss://redis.example:6380"]);
     let url = env_of(find(&managed, "Deployment", "-signaling"), "SIGNALING_REDIS_URL").unwrap();
     assert_eq!(url["value"], "rediss://redis.example:6380");
-    assert!(!managed.iter().any(|o| o["metadata"]["name"] == "orb-redis"), "no second Redis");
+    assert!(
+        !managed.iter().any(|o| o["metadata"]["name"] == "orb-redis"),
+        "no second Redis"
+    );
 
     let secret = render(None, &["--set", "signaling.redis.existingSecret=my-redis"]);
     let url = env_of(find(&secret, "Deployment", "-signaling"), "SIGNALING_REDIS_URL").unwrap();
@@ -354,7 +371,13 @@ fn more_than_one_signaling_replica_needs_redis_and_an_own_redis_replaces_the_cha
 
     // A password in a plain value would sit in the pod spec: the schema refuses it.
     let out = helm()
-        .args(["template", "orb", CHART, "--set", "signaling.redis.url=redis://:hunter2@redis:6379"])
+        .args([
+            "template",
+            "orb",
+            CHART,
+            "--set",
+            "signaling.redis.url=redis://:hunter2@redis:6379",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success(), "a URL with a password is accepted");
@@ -635,10 +658,18 @@ fn the_signing_key_secret_is_generated_unless_one_is_given() {
         "at least 32 bytes, base64"
     );
     let given = render(Some(&format!("{CHART}/ci/single-namespace-values.yaml")), &[]);
-    assert!(!given.iter().any(|o| o["kind"] == "Secret" && o["metadata"]["name"] != "orb-redis"));
+    assert!(
+        !given
+            .iter()
+            .any(|o| o["kind"] == "Secret" && o["metadata"]["name"] != "orb-redis")
+    );
     // The same for the Redis password.
     let given = render(None, &["--set", "redis.existingSecret=mine"]);
-    assert!(!given.iter().any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "orb-redis"));
+    assert!(
+        !given
+            .iter()
+            .any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "orb-redis")
+    );
     let redis = find(&given, "Deployment", "-redis");
     assert_eq!(
         redis["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],

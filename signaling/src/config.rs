@@ -117,6 +117,10 @@ pub struct Args {
     /// Local runtime: the orb binary (default: `orb` next to this binary, else on PATH).
     #[arg(long, env = "ORB_BINARY")]
     pub orb_binary: Option<PathBuf>,
+    /// Local runtime: the base URL orbs reach signaling at (default: this server's own address);
+    /// with several replicas, a load balancer in front of them, as the Service is in a cluster.
+    #[arg(long, env = "LOCAL_ORB_SIGNALING_URL")]
+    pub orb_signaling_url: Option<String>,
     /// Local runtime: directory of the per-orb logs `orb-<room>.log`.
     #[arg(long, env = "ORB_LOG_DIR", default_value = "orb-logs")]
     pub orb_log_dir: PathBuf,
@@ -325,6 +329,7 @@ impl Config {
         )?;
         let local = crate::orb_runtime::local::LocalSettings {
             orb_binary: args.orb_binary,
+            signaling_url: args.orb_signaling_url,
             log_dir: args.orb_log_dir,
             limits: orb_policy::Limits {
                 max_concurrent_orbs: args.max_concurrent_orbs,

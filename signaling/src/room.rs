@@ -779,8 +779,7 @@ impl Registry {
         let out = Outbound::message(msg);
         self.publish(&st, &Target::Coaches, || deliver(&room.id, Target::Coaches, &out, None));
         st.deliver_local(&Target::Coaches, None, &out)
-            + st
-                .members
+            + st.members
                 .iter()
                 .filter(|m| m.local().is_none() && m.identity.role == UserRole::Coach)
                 .count()
@@ -839,7 +838,9 @@ impl Registry {
     /// the event showed a gap in the membership numbers.
     fn apply_locked(&self, st: &mut RoomState, event: Event) -> (bool, bool) {
         match event {
-            Event::Deliver { to, text, ai_status, .. } => {
+            Event::Deliver {
+                to, text, ai_status, ..
+            } => {
                 if ai_status.is_some() {
                     st.ai_status = ai_status;
                 }

@@ -175,7 +175,10 @@ impl Server {
             .map_err(std::io::Error::other)?;
         if let Some(cluster) = &cluster {
             metrics.redis_up.set(0);
-            info!(replica = cluster.replica(), "sharing rooms with other replicas through Redis");
+            info!(
+                replica = cluster.replica(),
+                "sharing rooms with other replicas through Redis"
+            );
         }
         let state = Arc::new(AppState {
             limits: config.limits.clone(),

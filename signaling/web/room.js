@@ -23,6 +23,9 @@
     // peerId -> { role, type, connectionState }
     peers: {},
     errors: [],
+    // Times the page rejoined after losing signaling, and the userIds it saw leave.
+    reconnects: 0,
+    departures: [],
     audioLevel: 0,
     summary: null,
     muted: false,
@@ -38,6 +41,10 @@
   let ws = null;
   let localStream = null;
   let queue = Promise.resolve();
+  // Closes after which reconnecting cannot help: a bad token, a newer tab of the same user, a full
+  // room. Anything else (a replica draining or gone, rooms briefly unavailable) is retried.
+  const FINAL_CLOSES = new Set([4401, 4409, 4429]);
+  let retryDelay = 500;
 
   const $ = (id) => document.getElementById(id);
 
@@ -273,6 +280,7 @@
   async function handle(msg) {
     switch (msg.type) {
       case 'peer-discovery':
+        retryDelay = 500;
         for (const peer of msg.peers) {
           createPeer(peer.userId, peer.userRole, peer.participantType);
           if (shouldOffer(peer)) await offerTo(peer.userId);
@@ -307,6 +315,7 @@
         break;
       }
       case 'user-left':
+        state.departures.push(msg.userId);
         closePeer(msg.userId);
         if (msg.userId === state.aiPeerId) delete $('tile-orb').dataset.peer;
         break;
@@ -319,7 +328,9 @@
         $('summary-text').textContent = JSON.stringify(msg.summary || msg, null, 2);
         break;
       case 'error':
-        fail(`signaling: ${msg.code}: ${msg.message}`);
+        // Rooms briefly unavailable: the close that follows makes the page retry.
+        if (msg.code === 'unavailable') note(`Signaling: ${msg.message}`);
+        else fail(`signaling: ${msg.code}: ${msg.message}`);
         break;
       case 'orb_error':
         // The orb refused this page's input (an offer or candidate); its connection is gone.
@@ -353,7 +364,21 @@
     };
     ws.onclose = (event) => {
       state.signaling = 'closed';
-      if (!state.left) note(`Disconnected from signaling (${event.code} ${event.reason || ''}).`);
+      if (state.left) return;
+      if (FINAL_CLOSES.has(event.code)) {
+        note(`Disconnected from signaling (${event.code} ${event.reason || ''}).`);
+        return;
+      }
+      // Another replica takes over: rejoin with backoff and jitter. The media of the call is peer
+      // to peer and flows meanwhile; the rejoin's peer-discovery renegotiates with everyone.
+      const delay = retryDelay * (0.5 + Math.random());
+      retryDelay = Math.min(retryDelay * 2, 10000);
+      note(`Disconnected from signaling (${event.code}); reconnecting in ${(delay / 1000).toFixed(1)} s.`);
+      setTimeout(() => {
+        if (state.left) return;
+        state.reconnects += 1;
+        connect(token);
+      }, delay);
     };
   }
 

@@ -255,7 +255,13 @@ impl Cluster {
 
     /// Runs the join script for `member`: the room's checks, the orb request decision, and the
     /// event to the other replicas.
-    pub async fn join(&self, room: &str, member: MemberRecord, max: usize, mode: JoinMode) -> Result<JoinOutcome, ClusterError> {
+    pub async fn join(
+        &self,
+        room: &str,
+        member: MemberRecord,
+        max: usize,
+        mode: JoinMode,
+    ) -> Result<JoinOutcome, ClusterError> {
         if !self.is_available() {
             return Err(ClusterError::Unavailable("no connection to Redis".into()));
         }
@@ -337,11 +343,13 @@ impl Cluster {
         self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    fn show_health(&self) {
+        self.metrics.redis_up.set(i64::from(self.is_available()));
+    }
+
     fn mark(&self, ok: bool) {
         let was = self.commands_ok.swap(ok, Ordering::Relaxed);
-        self.metrics
-            .redis_up
-            .set(i64::from(ok && self.subscribed.load(Ordering::Relaxed)));
+        self.show_health();
         if was != ok {
             if ok {
                 info!("Redis reachable");
@@ -473,7 +481,8 @@ impl Cluster {
         match result {
             Ok(json) => {
                 self.mark(true);
-                serde_json::from_str(&json).map_err(|e| ClusterError::Unavailable(format!("unexpected join reply: {e}")))
+                serde_json::from_str(&json)
+                    .map_err(|e| ClusterError::Unavailable(format!("unexpected join reply: {e}")))
             }
             Err(e) => match e.code() {
                 Some("FULL") => Err(ClusterError::RoomFull(max)),
@@ -514,16 +523,20 @@ impl Cluster {
                 Err(_) => continue,
             };
             self.subscribed.store(true, Ordering::Relaxed);
+            self.show_health();
             self.restore.notify_one();
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
-                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
                 match serde_json::from_str::<Event>(&payload) {
                     Ok(event) => state.registry.apply_event(event),
                     Err(e) => warn!(error = %e, "unreadable inbox event"),
                 }
             }
             self.subscribed.store(false, Ordering::Relaxed);
+            self.show_health();
             warn!("lost the Redis inbox subscription; reconnecting");
             tokio::time::sleep(SUBSCRIBE_RETRY).await;
         }

@@ -117,7 +117,11 @@ pub enum Event {
         replaced: Option<MemberRecord>,
     },
     /// Published by the leave and reap scripts.
-    Left { room: String, seq: u64, member: MemberRecord },
+    Left {
+        room: String,
+        seq: u64,
+        member: MemberRecord,
+    },
     /// A frame for members on the receiving replica; `ai_status` also updates the room's copy.
     Deliver {
         room: String,
@@ -133,9 +137,10 @@ pub enum Event {
 impl Event {
     pub fn room(&self) -> &str {
         match self {
-            Event::Joined { room, .. } | Event::Left { room, .. } | Event::Deliver { room, .. } | Event::Activity { room, .. } => {
-                room
-            }
+            Event::Joined { room, .. }
+            | Event::Left { room, .. }
+            | Event::Deliver { room, .. }
+            | Event::Activity { room, .. } => room,
         }
     }
 }
@@ -170,7 +175,10 @@ mod tests {
         };
         assert_eq!((seq, replaced.unwrap().conn), (2, 3));
         let left = json!({"k": "left", "room": "r", "seq": 3, "member": member});
-        assert!(matches!(serde_json::from_value(left).unwrap(), Event::Left { seq: 3, .. }));
+        assert!(matches!(
+            serde_json::from_value(left).unwrap(),
+            Event::Left { seq: 3, .. }
+        ));
         let deliver = serde_json::to_value(Event::Deliver {
             room: "r".into(),
             to: Target::User("x".into()),
@@ -178,7 +186,10 @@ mod tests {
             ai_status: None,
         })
         .unwrap();
-        assert_eq!(deliver, json!({"k": "deliver", "room": "r", "to": {"user": "x"}, "text": "{}"}));
+        assert_eq!(
+            deliver,
+            json!({"k": "deliver", "room": "r", "to": {"user": "x"}, "text": "{}"})
+        );
     }
 }
 

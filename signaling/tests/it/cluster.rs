@@ -30,7 +30,14 @@ impl ReplicaProcess {
             .unwrap()
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_orb-signaling"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--auth", "none", "--orb-runtime", "none"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--auth",
+                "none",
+                "--orb-runtime",
+                "none",
+            ])
             .args(["--redis-url", &redis.url(), "--replica-id", replica])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -146,10 +153,16 @@ async fn a_redis_restart_keeps_calls_going_and_joins_return_with_it() {
             .await;
         let got = tokio::time::timeout(Duration::from_millis(200), client.recv()).await;
         if let Ok(m) = got {
-            assert_eq!((m["type"].as_str(), m["fromId"].as_str()), (Some("ice-candidate"), Some("coach")));
+            assert_eq!(
+                (m["type"].as_str(), m["fromId"].as_str()),
+                (Some("ice-candidate"), Some("coach"))
+            );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the call across replicas never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call across replicas never came back"
+        );
     }
     let (_friend, discovery) = s.join_at(0, "call", "friend", "client").await;
     let mut ids: Vec<&str> = discovery["peers"]
@@ -213,10 +226,25 @@ async fn three_replicas_on_the_kubernetes_runtime_create_one_aiorb_and_count_eve
             test_mode: true,
             presence_debounce: Duration::from_millis(200),
         };
-        let runtime = Arc::new(KubernetesRuntime::start(fake.client(), settings, events.clone(), metrics.clone()));
+        let runtime = Arc::new(KubernetesRuntime::start(
+            fake.client(),
+            settings,
+            events.clone(),
+            metrics.clone(),
+        ));
         let argv = replica_args(&redis, i, &[]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        replicas.push(start_full(&argv, runtime, Arc::new(RecordingRuntime::default()), metrics, events, rx).await);
+        replicas.push(
+            start_full(
+                &argv,
+                runtime,
+                Arc::new(RecordingRuntime::default()),
+                metrics,
+                events,
+                rx,
+            )
+            .await,
+        );
     }
     let s = TestServer::replicas(replicas, redis).await;
     let ((mut a, _), (mut b, _), (mut c, _)) = tokio::join!(

@@ -1,8 +1,8 @@
 //! Integration tests: the real server over real WebSocket connections on loopback.
 
 mod auth;
-mod common;
 mod cluster;
+mod common;
 mod conformance;
 mod fake_kube;
 mod kubernetes;

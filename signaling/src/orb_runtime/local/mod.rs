@@ -39,6 +39,8 @@ const MAX_PASSES: usize = 4;
 pub struct LocalSettings {
     /// The `orb` binary; `None`: `orb` next to this binary, else on `PATH`.
     pub orb_binary: Option<PathBuf>,
+    /// Where orbs reach signaling; `None`: this server's own address.
+    pub signaling_url: Option<String>,
     /// Where `orb-<room>.log` files go.
     pub log_dir: PathBuf,
     /// The operator's limits: cap, lifetime, idle timeout, empty-room grace, restarts.
@@ -257,7 +259,8 @@ impl State {
                 } else {
                     addr.ip()
                 };
-                self.signaling = Some(format!("ws://{}", SocketAddr::new(ip, addr.port())));
+                let own = format!("ws://{}", SocketAddr::new(ip, addr.port()));
+                self.signaling = Some(self.settings.signaling_url.clone().unwrap_or(own));
             }
             Command::Probe { uid, attempt, ready } => {
                 if let Some(p) = self.proc_mut(&uid, attempt) {
@@ -438,6 +441,7 @@ mod tests {
         let fake = fake_orb(&dir, "exit 1");
         let (events, mut rx) = OrbEvents::new(Arc::new(Metrics::default()));
         let settings = LocalSettings {
+            signaling_url: None,
             orb_binary: Some(fake),
             log_dir: dir.clone(),
             limits: Limits {
@@ -479,6 +483,7 @@ mod tests {
         let fake = fake_orb(&dir, "exec sleep 600");
         let (events, mut rx) = OrbEvents::new(Arc::new(Metrics::default()));
         let settings = LocalSettings {
+            signaling_url: None,
             orb_binary: Some(fake),
             log_dir: dir.clone(),
             limits: Limits {
