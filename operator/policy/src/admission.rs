@@ -31,6 +31,15 @@ pub struct AdmissionPlan {
     pub queue: Vec<(String, i32)>,
 }
 
+/// The `status.queuePosition` an orb at `position` shows when the first `shown` places are
+/// written: its place there, none further back. Positions behind the first `shown` are not
+/// written, so a freed slot rewrites at most `shown` statuses, whatever the queue's length.
+pub fn shown_position(position: i32, shown: usize) -> Option<i32> {
+    usize::try_from(position)
+        .is_ok_and(|p| (1..=shown).contains(&p))
+        .then_some(position)
+}
+
 /// Admits the oldest waiting orbs into free capacity. Capacity is held by every non-terminal orb
 /// that is admitted by status or by the ledger, including one that is terminating or being deleted
 /// (its pod still holds a GPU). Anything counted twice errs towards admitting fewer, never more.
