@@ -28,6 +28,9 @@ const ORBS: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/calls/aiorbs";
 const PODS: &str = "/api/v1/namespaces/calls/pods";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
 const LEDGER: &str = "/api/v1/namespaces/orb-system/configmaps";
+/// The admission pass's list: unfinished orbs only, in pages.
+const UNFINISHED: &str =
+    "/apis/hybridcoach.io/v1alpha1/aiorbs?&labelSelector=hybridcoach.io%2Ffinished%21%3Dtrue&limit=500";
 
 /// 2027-01-15T08:00:00Z: every scenario runs at this instant.
 fn now() -> Timestamp {
@@ -228,7 +231,9 @@ async fn admission_pass(
         orbs: Api::all(client.clone()),
         client,
         cap,
+        shown_positions: 10,
         limits: Default::default(),
+        cache: kube::runtime::reflector::store().0,
         metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake: ctx.admission.clone(),
@@ -304,6 +309,24 @@ fn status_write(name: &str) -> Exchange {
     expect("PATCH", status_uri(name), Some(orb(name, "uid", 0, Value::Null)))
 }
 
+/// The finished label, applied to the AiOrb itself once its terminal status is written.
+fn label_finished(name: &str) -> Exchange {
+    expect(
+        "PATCH",
+        format!("{ORBS}/{name}?&force=true&fieldManager=orb-operator"),
+        Some(orb(name, "uid", 0, Value::Null)),
+    )
+}
+
+fn assert_finished_label(seen: &Seen, uid: &str) {
+    assert_eq!(seen.body["metadata"]["labels"]["hybridcoach.io/finished"], "true");
+    assert_eq!(
+        seen.body["metadata"]["uid"], uid,
+        "a precondition: never the label of another AiOrb of the same name"
+    );
+    assert!(seen.body.get("spec").is_none() && seen.body.get("status").is_none());
+}
+
 fn status_uri(name: &str) -> String {
     format!("{ORBS}/{name}/status?&force=true&fieldManager=orb-operator")
 }
@@ -345,7 +368,7 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [queued]})),
             ),
             expect("POST", format!("{LEDGER}?"), None),
@@ -422,7 +445,7 @@ async fn a_queued_orb_gets_its_position_in_status_and_no_pod() {
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [holder, waiting.clone()]})),
             ),
             status_write("room-1"),
@@ -461,7 +484,7 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [done, waiting]})),
             ),
             expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
@@ -509,7 +532,7 @@ async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
             ),
             expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
@@ -553,7 +576,7 @@ async fn a_ledger_conflict_aborts_the_pass_before_any_admission() {
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
             ),
             conflict("POST", format!("{LEDGER}?")),
@@ -604,9 +627,11 @@ async fn a_succeeded_pod_finishes_the_orb_with_its_reason() {
             ),
             event(),
             status_write("room-1"),
+            label_finished("room-1"),
         ],
     )
     .await;
+    assert_finished_label(&seen[3], "uid-1");
     // Finished orbs come back after the TTL to be deleted.
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3601)));
     let status = status_of(&seen[2]);
@@ -737,7 +762,11 @@ async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
 async fn an_invalid_spec_fails_once_with_a_warning_and_no_pod() {
     let mut bad = orb("room-1", "uid-1", 5, Value::Null);
     bad["spec"]["roomId"] = json!("no spaces allowed");
-    let (result, seen) = reconcile_with(bad.clone(), vec![event(), status_write("room-1")]).await;
+    let (result, seen) = reconcile_with(
+        bad.clone(),
+        vec![event(), status_write("room-1"), label_finished("room-1")],
+    )
+    .await;
     assert!(result.is_ok());
     assert_eq!(
         (seen[0].body["type"].as_str(), seen[0].body["reason"].as_str()),
@@ -749,8 +778,9 @@ async fn an_invalid_spec_fails_once_with_a_warning_and_no_pod() {
         (Some("Failed"), Some("InvalidSpec"))
     );
     assert!(status["message"].as_str().unwrap().contains("spec.roomId"));
-    // Reconciling the failed orb again writes nothing: no hot loop.
+    // Reconciling the failed (and labelled) orb again writes nothing: no hot loop.
     bad["status"] = status;
+    bad["metadata"]["labels"] = json!({"hybridcoach.io/finished": "true"});
     let (result, seen) = reconcile_with(bad, vec![]).await;
     assert!(result.is_ok() && seen.is_empty());
 }
@@ -773,7 +803,7 @@ async fn after_a_restart_the_admitter_rebuilds_from_the_api_and_admits_nothing_o
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items})),
             ),
             expect("POST", format!("{LEDGER}?"), None),
