@@ -837,3 +837,141 @@ async fn conflicts_retry_soon_and_other_errors_back_off() {
         Action::requeue(Duration::from_secs(15))
     );
 }
+
+// ---- at platform scale ----
+
+/// An API server holding `store` (AiOrbs as JSON) and the ledger: it pages the AiOrb list as asked,
+/// applies its label selector, refuses a list without the unfinished-orb selector, answers writes
+/// with the object, and returns every request it saw as `(method, uri)`.
+async fn serve_store(mut handle: Handle, ledger: Value, store: Vec<Value>) -> (Vec<(String, String)>, usize) {
+    let mut seen = Vec::new();
+    let mut listed = 0;
+    while let Some((request, reply)) = handle.next_request().await {
+        let (method, uri) = (request.method().to_string(), request.uri().clone());
+        assert_granted(&method, &uri);
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let query: std::collections::HashMap<String, String> = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    v.replace("%2F", "/").replace("%21", "!").replace("%3D", "="),
+                )
+            })
+            .collect();
+        let response = match (method.as_str(), uri.path()) {
+            ("GET", p) if p.ends_with("/orb-operator-admission") => ledger.clone(),
+            ("GET", "/apis/hybridcoach.io/v1alpha1/aiorbs") => {
+                assert_eq!(
+                    query.get("labelSelector").map(String::as_str),
+                    Some("hybridcoach.io/finished!=true"),
+                    "an admission list must exclude finished orbs"
+                );
+                let unfinished: Vec<&Value> = store
+                    .iter()
+                    .filter(|o| o["metadata"]["labels"]["hybridcoach.io/finished"] != "true")
+                    .collect();
+                let from: usize = query.get("continue").map_or(0, |c| c.parse().unwrap());
+                let limit: usize = query["limit"].parse().unwrap();
+                let page: Vec<&Value> = unfinished.iter().skip(from).take(limit).copied().collect();
+                listed += page.len();
+                let next = (from + limit < unfinished.len()).then(|| (from + limit).to_string());
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {"continue": next}, "items": page})
+            }
+            ("PATCH", p) if p.ends_with("/status") => orb("any", "uid", 0, Value::Null),
+            _ => body,
+        };
+        reply.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
+        seen.push((method, uri.to_string()));
+    }
+    (seen, listed)
+}
+
+/// 10 000 unfinished AiOrbs — 100 holding the cap, 9 900 queued with the first 10 places shown —
+/// and 1 000 finished ones kept for their TTL. One admitted orb has just finished: the pass that
+/// fills its slot writes the ledger, the admitted orb's status and its event, and the 10 shown
+/// positions that moved up: at most `shown_positions + 3` writes, whatever the queue's length
+/// (before, every queued orb's position was rewritten: 9 900 writes). The finished orbs are
+/// never listed.
+#[tokio::test]
+async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
+    const SHOWN: usize = 10;
+    let mut store: Vec<Value> = Vec::new();
+    for i in 0..100 {
+        let status = if i == 42 {
+            json!({"phase": "Succeeded", "admittedAt": ago(900), "finishedAt": ago(1)})
+        } else {
+            running(900)
+        };
+        store.push(orb(&format!("run-{i:05}"), &format!("uid-run-{i}"), 1000, status));
+    }
+    for i in 0..9_900 {
+        let status = match i {
+            0..10 => json!({"phase": "Queued", "queuePosition": i + 1}),
+            _ => json!({"phase": "Queued"}),
+        };
+        store.push(orb(&format!("q-{i:05}"), &format!("uid-q-{i}"), 500 - i / 100, status));
+    }
+    for i in 0..1_000 {
+        let mut done = orb(
+            &format!("done-{i:05}"),
+            &format!("uid-done-{i}"),
+            2000,
+            json!({"phase": "Succeeded", "admittedAt": ago(1900), "finishedAt": ago(60)}),
+        );
+        done["metadata"]["labels"] = json!({"hybridcoach.io/finished": "true"});
+        store.push(done);
+    }
+    let held: String = (0..100).map(|i| format!("calls/run-{i:05} uid-run-{i}\n")).collect();
+    let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"}, "data": {"admitted": held}});
+
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve_store(handle, ledger, store));
+    let client = Client::new(service, "default");
+    let ctx = context(client.clone(), 100);
+    let admitter = Admitter {
+        ledger: Api::namespaced(client.clone(), "orb-system"),
+        orbs: Api::all(client.clone()),
+        client,
+        cap: 100,
+        shown_positions: SHOWN,
+        limits: Default::default(),
+        cache: kube::runtime::reflector::store().0,
+        metrics: ctx.metrics.clone(),
+        recorder: ctx.recorder.clone(),
+        wake: ctx.admission.clone(),
+        now,
+    };
+    let outcome = admitter.pass().await.expect("admission pass");
+    let metrics = ctx.metrics.encode();
+    drop((admitter, ctx));
+    let (seen, listed) = tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the API server hung")
+        .unwrap();
+
+    assert_eq!(outcome.admitted, vec!["q-00000"]);
+    assert_eq!(outcome.queued, 9_899);
+    assert_eq!(listed, 10_000, "the 1 000 finished orbs are not listed");
+    let writes: Vec<&(String, String)> = seen.iter().filter(|(m, _)| m != "GET").collect();
+    let status_writes = writes.iter().filter(|(_, u)| u.contains("/status?")).count();
+    assert!(
+        writes.len() <= SHOWN + 3,
+        "{} writes for one freed slot: {writes:#?}",
+        writes.len()
+    );
+    // Exactly: the ledger, the admitted orb's status and event, and the 10 positions shown.
+    assert_eq!((writes.len(), status_writes), (SHOWN + 3, 1 + SHOWN));
+    let reads = seen.len() - writes.len();
+    assert_eq!(reads, 1 + 10_000 / orb_operator::admission::LIST_PAGE as usize);
+    assert!(metrics.contains("orb_operator_namespace_queue_length{namespace=\"calls\"} 9899"));
+}
