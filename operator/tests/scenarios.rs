@@ -21,9 +21,10 @@ use orb_operator::policy::Limits;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod support;
 
-const NS: &str = "calls";
+use support::{Handle, NS, assert_granted};
+
 const ORBS: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/calls/aiorbs";
 const PODS: &str = "/api/v1/namespaces/calls/pods";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
@@ -124,55 +125,6 @@ async fn verify(mut handle: Handle, script: Vec<Exchange>) -> Vec<Seen> {
         panic!("unexpected extra request {} {}", request.method(), request.uri());
     }
     seen
-}
-
-/// Every request a scenario records must be one the operator declares in `rbac::API_CALLS` (the
-/// list the chart's roles are rendered from and tested against), in the right scope: the RBAC a
-/// real API server would enforce, derived from what the code actually sent.
-fn assert_granted(method: &str, uri: &http::Uri) {
-    use orb_operator::rbac::{API_CALLS, Scope};
-    let path = uri.path();
-    let (group, rest) = match (path.strip_prefix("/apis/"), path.strip_prefix("/api/v1/")) {
-        (Some(rest), _) => {
-            let mut parts = rest.splitn(3, '/');
-            let group = parts.next().unwrap_or_default().to_owned();
-            (group, parts.nth(1).unwrap_or_default().to_owned())
-        }
-        (None, Some(rest)) => (String::new(), rest.to_owned()),
-        _ => panic!("{method} {uri}: not a Kubernetes API path"),
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let (namespace, segments) = match segments.as_slice() {
-        ["namespaces", ns, tail @ ..] => (Some(*ns), tail.to_vec()),
-        all => (None, all.to_vec()),
-    };
-    let (resource, named) = match segments.as_slice() {
-        [r] => (r.to_string(), false),
-        [r, _] => (r.to_string(), true),
-        [r, _, sub] => (format!("{r}/{sub}"), true),
-        _ => panic!("{method} {uri}: unexpected path"),
-    };
-    let verb = match (method, named) {
-        ("GET", true) => "get",
-        ("GET", false) if uri.query().is_some_and(|q| q.contains("watch=true")) => "watch",
-        ("GET", false) => "list",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", _) => "delete",
-        _ => panic!("{method} {uri}: unexpected method"),
-    };
-    let scope = if namespace == Some("orb-system") {
-        Scope::OwnNamespace
-    } else {
-        Scope::Watched
-    };
-    assert!(
-        API_CALLS
-            .iter()
-            .any(|(s, g, r, verbs)| *s == scope && *g == group && *r == resource && verbs.contains(&verb)),
-        "{method} {uri} ({verb} {resource} in {scope:?}) is not in rbac::API_CALLS: the chart would forbid it"
-    );
 }
 
 fn context(client: Client, cap: usize) -> Context {
@@ -840,61 +792,6 @@ async fn conflicts_retry_soon_and_other_errors_back_off() {
 
 // ---- at platform scale ----
 
-/// An API server holding `store` (AiOrbs as JSON) and the ledger: it pages the AiOrb list as asked,
-/// applies its label selector, refuses a list without the unfinished-orb selector, answers writes
-/// with the object, and returns every request it saw as `(method, uri)`.
-async fn serve_store(mut handle: Handle, ledger: Value, store: Vec<Value>) -> (Vec<(String, String)>, usize) {
-    let mut seen = Vec::new();
-    let mut listed = 0;
-    while let Some((request, reply)) = handle.next_request().await {
-        let (method, uri) = (request.method().to_string(), request.uri().clone());
-        assert_granted(&method, &uri);
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let query: std::collections::HashMap<String, String> = uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.to_owned(),
-                    v.replace("%2F", "/").replace("%21", "!").replace("%3D", "="),
-                )
-            })
-            .collect();
-        let response = match (method.as_str(), uri.path()) {
-            ("GET", p) if p.ends_with("/orb-operator-admission") => ledger.clone(),
-            ("GET", "/apis/hybridcoach.io/v1alpha1/aiorbs") => {
-                assert_eq!(
-                    query.get("labelSelector").map(String::as_str),
-                    Some("hybridcoach.io/finished!=true"),
-                    "an admission list must exclude finished orbs"
-                );
-                let unfinished: Vec<&Value> = store
-                    .iter()
-                    .filter(|o| o["metadata"]["labels"]["hybridcoach.io/finished"] != "true")
-                    .collect();
-                let from: usize = query.get("continue").map_or(0, |c| c.parse().unwrap());
-                let limit: usize = query["limit"].parse().unwrap();
-                let page: Vec<&Value> = unfinished.iter().skip(from).take(limit).copied().collect();
-                listed += page.len();
-                let next = (from + limit < unfinished.len()).then(|| (from + limit).to_string());
-                json!({"apiVersion": "v1", "kind": "List", "metadata": {"continue": next}, "items": page})
-            }
-            ("PATCH", p) if p.ends_with("/status") => orb("any", "uid", 0, Value::Null),
-            _ => body,
-        };
-        reply.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&response).unwrap()))
-                .unwrap(),
-        );
-        seen.push((method, uri.to_string()));
-    }
-    (seen, listed)
-}
-
 /// 10 000 unfinished AiOrbs — 100 holding the cap, 9 900 queued with the first 10 places shown —
 /// and 1 000 finished ones kept for their TTL. One admitted orb has just finished: the pass that
 /// fills its slot writes the ledger, the admitted orb's status and its event, and the 10 shown
@@ -904,38 +801,11 @@ async fn serve_store(mut handle: Handle, ledger: Value, store: Vec<Value>) -> (V
 #[tokio::test]
 async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     const SHOWN: usize = 10;
-    let mut store: Vec<Value> = Vec::new();
-    for i in 0..100 {
-        let status = if i == 42 {
-            json!({"phase": "Succeeded", "admittedAt": ago(900), "finishedAt": ago(1)})
-        } else {
-            running(900)
-        };
-        store.push(orb(&format!("run-{i:05}"), &format!("uid-run-{i}"), 1000, status));
-    }
-    for i in 0..9_900 {
-        let status = match i {
-            0..10 => json!({"phase": "Queued", "queuePosition": i + 1}),
-            _ => json!({"phase": "Queued"}),
-        };
-        store.push(orb(&format!("q-{i:05}"), &format!("uid-q-{i}"), 500 - i / 100, status));
-    }
-    for i in 0..1_000 {
-        let mut done = orb(
-            &format!("done-{i:05}"),
-            &format!("uid-done-{i}"),
-            2000,
-            json!({"phase": "Succeeded", "admittedAt": ago(1900), "finishedAt": ago(60)}),
-        );
-        done["metadata"]["labels"] = json!({"hybridcoach.io/finished": "true"});
-        store.push(done);
-    }
-    let held: String = (0..100).map(|i| format!("calls/run-{i:05} uid-run-{i}\n")).collect();
-    let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"}, "data": {"admitted": held}});
-
+    let mut platform = support::platform(now(), 100, 9_900, 1_000, SHOWN);
+    // One running orb has just ended; its label is not written yet, so the pass still lists it.
+    platform.orbs[42]["status"]["phase"] = json!("Succeeded");
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve_store(handle, ledger, store));
+    let server = tokio::spawn(support::serve_store(handle, platform.ledger, platform.orbs));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), 100);
     let admitter = Admitter {
