@@ -32,6 +32,7 @@ use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, UNFINISHED_SELECTOR};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::cache::ListedPage;
 use crate::controller::publish_event;
 use crate::metrics::{Metrics, NamespaceLabels, NodeLabels, PhaseLabels, ResultLabels};
 use crate::policy::{self, AdmissionEntry};
@@ -122,14 +123,14 @@ fn render_ledger(ledger: &BTreeSet<String>, by_uid: &BTreeMap<&str, &AiOrb>) -> 
 /// Every unfinished AiOrb, trimmed: a paged list, served as one snapshot (the continue token pins
 /// the first page's resourceVersion).
 pub async fn list_unfinished(orbs: &Api<AiOrb>) -> Result<Vec<AiOrb>, kube::Error> {
+    let client = orbs.clone().into_client();
+    let resource = kube::core::Request::new(orbs.resource_url());
     let mut params = ListParams::default().labels(UNFINISHED_SELECTOR).limit(LIST_PAGE);
     let mut all = Vec::new();
     loop {
-        let page = orbs.list(&params).await?;
-        all.extend(page.items.into_iter().map(|mut o| {
-            crate::cache::trim(&mut o);
-            o
-        }));
+        let request = resource.list(&params).map_err(kube::Error::BuildRequest)?;
+        let page: ListedPage = client.request(request).await?;
+        all.extend(page.items.into_iter().map(AiOrb::from));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(all),

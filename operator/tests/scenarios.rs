@@ -804,8 +804,10 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     let mut platform = support::platform(now(), 100, 9_900, 1_000, SHOWN);
     // One running orb has just ended; its label is not written yet, so the pass still lists it.
     platform.orbs[42]["status"]["phase"] = json!("Succeeded");
+    let stored = support::store(&platform.orbs);
+    drop(platform.orbs);
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(support::serve_store(handle, platform.ledger, platform.orbs));
+    let server = tokio::spawn(support::serve_store(handle, platform.ledger, stored));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), 100);
     let admitter = Admitter {

@@ -228,17 +228,34 @@ pub fn assert_granted(method: &str, uri: &http::Uri) {
     );
 }
 
-/// An API server holding `store` (AiOrbs as JSON) and the ledger: it pages the AiOrb list as asked,
+/// The orbs a fake API server holds, encoded once (the unfinished ones: the label selector's
+/// answer).
+pub struct Stored {
+    unfinished: Vec<Vec<u8>>,
+}
+
+pub fn store(orbs: &[Value]) -> Stored {
+    Stored {
+        unfinished: orbs
+            .iter()
+            .filter(|o| o["metadata"]["labels"][orb_api::FINISHED_LABEL] != "true")
+            .map(|o| serde_json::to_vec(o).unwrap())
+            .collect(),
+    }
+}
+
+/// An API server holding `store` and the ledger: it pages the AiOrb list as asked,
 /// applies its label selector, refuses a list without the unfinished-orb selector, answers writes
-/// with the object, and returns every request it saw as `(method, uri)`.
-pub async fn serve_store(mut handle: Handle, ledger: Value, store: Vec<Value>) -> (Vec<(String, String)>, usize) {
+/// with the object, and returns every request it saw as `(method, uri)` and how many orbs it
+/// listed. Serving a page costs next to nothing, so a benchmark's time is the operator's.
+pub async fn serve_store(mut handle: Handle, ledger: Value, store: Stored) -> (Vec<(String, String)>, usize) {
+    let Stored { unfinished } = store;
     let mut seen = Vec::new();
     let mut listed = 0;
     while let Some((request, reply)) = handle.next_request().await {
         let (method, uri) = (request.method().to_string(), request.uri().clone());
         assert_granted(&method, &uri);
         let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let query: std::collections::HashMap<String, String> = uri
             .query()
             .unwrap_or_default()
@@ -252,33 +269,33 @@ pub async fn serve_store(mut handle: Handle, ledger: Value, store: Vec<Value>) -
             })
             .collect();
         let response = match (method.as_str(), uri.path()) {
-            ("GET", p) if p.ends_with("/orb-operator-admission") => ledger.clone(),
+            ("GET", p) if p.ends_with("/orb-operator-admission") => serde_json::to_vec(&ledger).unwrap(),
             ("GET", "/apis/hybridcoach.io/v1alpha1/aiorbs") => {
                 assert_eq!(
                     query.get("labelSelector").map(String::as_str),
-                    Some("hybridcoach.io/finished!=true"),
+                    Some(orb_api::UNFINISHED_SELECTOR),
                     "an admission list must exclude finished orbs"
                 );
-                let unfinished: Vec<&Value> = store
-                    .iter()
-                    .filter(|o| o["metadata"]["labels"]["hybridcoach.io/finished"] != "true")
-                    .collect();
                 let from: usize = query.get("continue").map_or(0, |c| c.parse().unwrap());
                 let limit: usize = query["limit"].parse().unwrap();
-                let page: Vec<&Value> = unfinished.iter().skip(from).take(limit).copied().collect();
+                let page: Vec<&[u8]> = unfinished.iter().skip(from).take(limit).map(Vec::as_slice).collect();
                 listed += page.len();
                 let next = (from + limit < unfinished.len()).then(|| (from + limit).to_string());
-                json!({"apiVersion": "v1", "kind": "List", "metadata": {"continue": next}, "items": page})
+                let head = json!({"apiVersion": "v1", "kind": "List", "metadata": {"continue": next}});
+                let head = serde_json::to_string(&head).unwrap();
+                let mut list = format!("{},\"items\":[", head.strip_suffix('}').unwrap()).into_bytes();
+                list.extend_from_slice(&page.join(&b","[..]));
+                list.extend_from_slice(b"]}");
+                list
             }
-            ("PATCH", p) if p.ends_with("/status") => json!({"apiVersion": "hybridcoach.io/v1alpha1", "kind": "AiOrb",
-                "metadata": {"name": "any", "namespace": NS}, "spec": {"roomId": "any"}}),
-            _ => body,
+            ("PATCH", p) if p.ends_with("/status") => serde_json::to_vec(&json!({
+                "apiVersion": "hybridcoach.io/v1alpha1", "kind": "AiOrb",
+                "metadata": {"name": "any", "namespace": NS}, "spec": {"roomId": "any"}}))
+            .unwrap(),
+            // Creates and applies: the object as sent.
+            _ => bytes.to_vec(),
         };
-        reply.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(&response).unwrap()))
-                .unwrap(),
-        );
+        reply.send_response(Response::builder().body(Body::from(response)).unwrap());
         seen.push((method, uri.to_string()));
     }
     (seen, listed)
