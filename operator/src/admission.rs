@@ -437,3 +437,39 @@ impl Admitter {
         m.capacity_limit.set(self.cap as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orb_api::AiOrbSpec;
+
+    fn orb(name: &str, created: Timestamp) -> AiOrb {
+        let mut o = AiOrb::new(name, AiOrbSpec::default());
+        o.metadata.namespace = Some("calls".into());
+        o.metadata.uid = Some(format!("uid-{name}"));
+        o.metadata.creation_timestamp = Some(Time(created));
+        o
+    }
+
+    #[test]
+    fn the_queue_command_prints_every_place_in_admission_order() {
+        let now: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let ago = |s| now - jiff::SignedDuration::from_secs(s);
+        let snapshot = Snapshot {
+            ledger_cm: None,
+            ledger: BTreeSet::new(),
+            orbs: vec![orb("late", ago(5)), orb("first", ago(90)), orb("second", ago(60))],
+            plan: policy::AdmissionPlan {
+                ledger: BTreeSet::from(["uid-first".to_owned()]),
+                admit: vec!["uid-first".into()],
+                queue: vec![("uid-second".into(), 1), ("uid-late".into(), 2)],
+            },
+        };
+        let text = render_queue(&snapshot, 1, now);
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0].join(" "), "1 of 1 slots held, 2 queued");
+        assert_eq!(lines[2], ["1", "calls/second", "60s"]);
+        assert_eq!(lines[3], ["2", "calls/late", "5s"]);
+        assert_eq!(lines.len(), 4);
+    }
+}

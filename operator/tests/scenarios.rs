@@ -158,12 +158,21 @@ fn context(client: Client, cap: usize) -> Context {
 
 /// Runs one reconcile of `orb` against `script`.
 async fn reconcile_with(orb: Value, script: Vec<Exchange>) -> (Result<Action, Error>, Vec<Seen>) {
+    let (result, seen, _) = reconcile_waking(orb, script).await;
+    (result, seen)
+}
+
+/// [`reconcile_with`], also telling whether the reconcile woke the admitter.
+async fn reconcile_waking(orb: Value, script: Vec<Exchange>) -> (Result<Action, Error>, Vec<Seen>, bool) {
+    use futures::FutureExt;
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let verifier = tokio::spawn(verify(handle, script));
     let ctx = Arc::new(context(Client::new(service, "default"), 8));
     let orb: AiOrb = serde_json::from_value(orb).unwrap();
-    let result = reconcile(Arc::new(orb), ctx).await;
-    (result, finish(verifier).await)
+    let result = reconcile(Arc::new(orb), ctx.clone()).await;
+    let woke = ctx.admission.notified().now_or_never().is_some();
+    drop(ctx);
+    (result, finish(verifier).await, woke)
 }
 
 /// Runs one admission pass with `cap` against `script`.
@@ -303,8 +312,9 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     assert_eq!(seen[0].body[1]["path"], "/metadata/finalizers");
 
     // 2. Not admitted: the orb shows Queued and wakes the admitter; no pod is looked up.
-    let (result, seen) = reconcile_with(orb("room-1", "uid-1", 5, Value::Null), vec![status_write("room-1")]).await;
-    assert!(result.is_ok());
+    let (result, seen, woke) =
+        reconcile_waking(orb("room-1", "uid-1", 5, Value::Null), vec![status_write("room-1")]).await;
+    assert!(result.is_ok() && woke);
     let status = status_of(&seen[0]);
     assert_eq!(status["phase"], "Queued");
     assert!(
@@ -411,12 +421,14 @@ async fn a_queued_orb_gets_its_position_in_status_and_no_pod() {
     );
     assert!(status.get("admittedAt").is_none());
 
-    // Its own reconcile then has nothing to do: no pod lookup, no write.
+    // Its own reconcile then has nothing to do: no pod lookup, no write, and no new admission
+    // pass (a pass per position written would make every pass cause the next).
     let mut positioned = waiting;
     positioned["status"] = status.clone();
-    let (result, seen) = reconcile_with(positioned, vec![]).await;
+    let (result, seen, woke) = reconcile_waking(positioned, vec![]).await;
     assert!(result.is_ok());
     assert!(seen.is_empty());
+    assert!(!woke, "a queued orb's reconcile does not wake the admitter again");
 }
 
 #[tokio::test]
