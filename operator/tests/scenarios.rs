@@ -187,22 +187,27 @@ async fn admission_pass(
     let verifier = tokio::spawn(verify(handle, script));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), cap);
-    let admitter = Admitter {
+    let admitter = admitter(client, &ctx, cap, 10);
+    let result = admitter.pass().await;
+    drop((admitter, ctx));
+    (result, finish(verifier).await)
+}
+
+/// The admitter of `ctx`'s world, with no finished orbs in its cache.
+fn admitter(client: Client, ctx: &Context, cap: usize, shown_positions: usize) -> Admitter {
+    Admitter {
         ledger: Api::namespaced(client.clone(), "orb-system"),
         orbs: Api::all(client.clone()),
         client,
         cap,
-        shown_positions: 10,
+        shown_positions,
         limits: Default::default(),
         cache: kube::runtime::reflector::store().0,
         metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake: ctx.admission.clone(),
         now,
-    };
-    let result = admitter.pass().await;
-    drop((admitter, ctx));
-    (result, finish(verifier).await)
+    }
 }
 
 async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
@@ -822,19 +827,7 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     let server = tokio::spawn(support::serve_store(handle, platform.ledger, stored));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), 100);
-    let admitter = Admitter {
-        ledger: Api::namespaced(client.clone(), "orb-system"),
-        orbs: Api::all(client.clone()),
-        client,
-        cap: 100,
-        shown_positions: SHOWN,
-        limits: Default::default(),
-        cache: kube::runtime::reflector::store().0,
-        metrics: ctx.metrics.clone(),
-        recorder: ctx.recorder.clone(),
-        wake: ctx.admission.clone(),
-        now,
-    };
+    let admitter = admitter(client, &ctx, 100, SHOWN);
     let outcome = admitter.pass().await.expect("admission pass");
     let metrics = ctx.metrics.encode();
     drop((admitter, ctx));
