@@ -229,6 +229,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     let decision = policy::decide(&view, &pod_state, &orb_limits, &ctx.limits, now);
 
     let mut next = status::operator_status(orb);
+    let mut wake_admission = false;
     // The Replacing condition stays set while a failed pod waits out its backoff.
     let was_replacing = status::condition_status(&current, REPLACING)
         .filter(|c| c.status == "True")
@@ -245,7 +246,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             // turn every position write into another pass.
             if current.admitted_at.is_none() && current.phase != Some(OrbPhase::Queued) {
                 next.phase.get_or_insert(OrbPhase::Queued);
-                ctx.admission.notify_one();
+                wake_admission = true;
             }
         }
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
@@ -292,7 +293,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             );
             ctx.event(orb, type_, phase.as_str(), note).await;
             ctx.metrics.terminated(*reason);
-            ctx.admission.notify_one();
+            wake_admission = true;
         }
         Step::AwaitReplacement { reason, message } => {
             next.message = message.clone();
@@ -332,6 +333,11 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     write_status(orb, ctx, next, replacing, now).await?;
     if finished && orb.labels().get(FINISHED_LABEL).map(String::as_str) != Some("true") {
         label_finished(orb, ctx).await?;
+    }
+    // Only once the status is written: a pass woken earlier could list the orb as it was, admit
+    // nobody into the slot it frees, and leave the slot empty until the next resync.
+    if wake_admission {
+        ctx.admission.notify_one();
     }
     Ok(requeue(&decision, now))
 }

@@ -610,6 +610,33 @@ async fn a_succeeded_pod_finishes_the_orb_with_its_reason() {
     assert_eq!(status["message"], "SessionComplete: summary sent");
 }
 
+/// A pass woken before the finished status lands could list the orb as it was, admit nobody into
+/// the slot it frees and leave the slot empty until the resync: the admitter is woken only once
+/// the write is done.
+#[tokio::test]
+async fn the_admitter_is_woken_only_once_the_finished_status_is_written() {
+    let succeeded = || {
+        expect(
+            "GET",
+            format!("{PODS}/orb-room-1-0"),
+            Some(pod("Succeeded", false, Some("SessionComplete"))),
+        )
+    };
+    let running_orb = || orb("room-1", "uid-1", 600, running(500));
+    let (result, _, woke) = reconcile_waking(
+        running_orb(),
+        vec![succeeded(), event(), conflict("PATCH", status_uri("room-1"))],
+    )
+    .await;
+    assert!(result.is_err() && !woke, "the write failed: the slot is not free yet");
+    let (result, _, woke) = reconcile_waking(
+        running_orb(),
+        vec![succeeded(), event(), status_write("room-1"), label_finished("room-1")],
+    )
+    .await;
+    assert!(result.is_ok() && woke);
+}
+
 #[tokio::test]
 async fn deleting_an_orb_stops_its_pod_then_removes_the_finalizer() {
     let mut deleting = orb("room-1", "uid-1", 600, running(500));
