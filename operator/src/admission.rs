@@ -61,6 +61,16 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
+/// What wakes the admitter between its periodic passes.
+#[derive(Debug, Default)]
+pub struct Wake {
+    /// Capacity may have been freed: an orb finished or was deleted, or a write conflicted.
+    pub freed: Notify,
+    /// An orb joined the queue: worth a pass only while [`policy::arrival_needs_pass`], so that
+    /// arrivals into a long queue do not each cost a list of every unfinished orb.
+    pub queued: Notify,
+}
+
 pub struct Admitter {
     pub client: Client,
     pub ledger: Api<ConfigMap>,
@@ -75,7 +85,7 @@ pub struct Admitter {
     pub cache: Store<AiOrb>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     pub now: fn() -> Timestamp,
 }
 
@@ -222,9 +232,12 @@ impl Admitter {
             .without_max_times();
         let mut failing = retry.build();
         loop {
+            // Until a pass succeeds, every arrival is worth one.
+            let mut arrivals = true;
             let delay = match self.pass().await {
                 Ok(outcome) => {
                     failing = retry.build();
+                    arrivals = policy::arrival_needs_pass(outcome.queued, self.shown_positions);
                     self.metrics
                         .admission_passes
                         .get_or_create(&ResultLabels { result: "success" })
@@ -254,7 +267,8 @@ impl Admitter {
             };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = self.wake.notified() => {}
+                _ = self.wake.freed.notified() => {}
+                _ = self.wake.queued.notified(), if arrivals => {}
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -392,7 +406,7 @@ impl Admitter {
         {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => {
-                self.wake.notify_one();
+                self.wake.freed.notify_one();
                 Ok(false)
             }
             Err(e) => Err(e.into()),

@@ -22,7 +22,6 @@ use kube::{Client, Resource, ResourceExt};
 use orb_api::naming::pod_name;
 use orb_api::{AiOrb, FINISHED_LABEL, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
 use thiserror::Error;
-use tokio::sync::Notify;
 use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::config::{Config, PodSettings};
@@ -74,13 +73,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Wakes the admitter.
-    pub admission: Arc<Notify>,
+    pub admission: Arc<crate::admission::Wake>,
     /// The clock: injected so that scenario tests are exact.
     pub now: fn() -> Timestamp,
 }
 
 impl Context {
-    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>, admission: Arc<Notify>) -> Self {
+    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>, admission: Arc<crate::admission::Wake>) -> Self {
         let reporter = kube::runtime::events::Reporter {
             controller: "orb-operator".into(),
             instance: Some(config.identity.clone()),
@@ -229,7 +228,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     let decision = policy::decide(&view, &pod_state, &orb_limits, &ctx.limits, now);
 
     let mut next = status::operator_status(orb);
-    let mut wake_admission = false;
+    let mut wake = None;
     // The Replacing condition stays set while a failed pod waits out its backoff.
     let was_replacing = status::condition_status(&current, REPLACING)
         .filter(|c| c.status == "True")
@@ -246,7 +245,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             // turn every position write into another pass.
             if current.admitted_at.is_none() && current.phase != Some(OrbPhase::Queued) {
                 next.phase.get_or_insert(OrbPhase::Queued);
-                wake_admission = true;
+                wake = Some(&ctx.admission.queued);
             }
         }
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
@@ -293,7 +292,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             );
             ctx.event(orb, type_, phase.as_str(), note).await;
             ctx.metrics.terminated(*reason);
-            wake_admission = true;
+            wake = Some(&ctx.admission.freed);
         }
         Step::AwaitReplacement { reason, message } => {
             next.message = message.clone();
@@ -336,8 +335,8 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     }
     // Only once the status is written: a pass woken earlier could list the orb as it was, admit
     // nobody into the slot it frees, and leave the slot empty until the next resync.
-    if wake_admission {
-        ctx.admission.notify_one();
+    if let Some(wake) = wake {
+        wake.notify_one();
     }
     Ok(requeue(&decision, now))
 }
@@ -506,7 +505,7 @@ async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             .await;
         ctx.metrics.terminated(TerminationReason::Deleted);
     }
-    ctx.admission.notify_one();
+    ctx.admission.freed.notify_one();
     Ok(Action::await_change())
 }
 

@@ -16,7 +16,7 @@ use orb_operator::controller::{self, Context};
 use orb_operator::http::{self, HttpState};
 use orb_operator::leader;
 use orb_operator::metrics::Metrics;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(admission::Wake::default());
     let ctx = Arc::new(Context::new(client.clone(), &config, metrics.clone(), wake.clone()));
     let (cache, cache_writer) = reflector::store();
     let admitter = Admitter {

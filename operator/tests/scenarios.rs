@@ -19,7 +19,6 @@ use orb_operator::controller::{Context, Error, error_policy, reconcile};
 use orb_operator::metrics::Metrics;
 use orb_operator::policy::Limits;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 mod support;
 
@@ -151,7 +150,7 @@ fn context(client: Client, cap: usize) -> Context {
         },
         signing_key: SigningKey::new(vec![7u8; 32]).unwrap(),
         metrics: Arc::new(Metrics::default()),
-        admission: Arc::new(Notify::new()),
+        admission: Default::default(),
         now,
     }
 }
@@ -170,7 +169,9 @@ async fn reconcile_waking(orb: Value, script: Vec<Exchange>) -> (Result<Action, 
     let ctx = Arc::new(context(Client::new(service, "default"), 8));
     let orb: AiOrb = serde_json::from_value(orb).unwrap();
     let result = reconcile(Arc::new(orb), ctx.clone()).await;
-    let woke = ctx.admission.notified().now_or_never().is_some();
+    let woke = [&ctx.admission.freed, &ctx.admission.queued]
+        .iter()
+        .any(|n| n.notified().now_or_never().is_some());
     drop(ctx);
     (result, finish(verifier).await, woke)
 }

@@ -160,6 +160,15 @@ fn only_the_first_places_of_the_queue_are_shown() {
     assert_eq!(shown_position(1, 0), None);
 }
 
+#[test]
+fn arrivals_wake_the_admitter_only_while_they_could_be_admitted_or_shown_a_place() {
+    assert!(arrival_needs_pass(0, 10), "an empty queue: there may be room");
+    assert!(arrival_needs_pass(9, 10), "the newcomer gets place 10");
+    assert!(!arrival_needs_pass(10, 10), "behind the places shown: nothing to write");
+    assert!(!arrival_needs_pass(9_900, 10));
+    assert!(arrival_needs_pass(0, 0) && !arrival_needs_pass(1, 0));
+}
+
 /// 10 000 orbs, 100 running, 9 900 queued: one finished orb changes the shown position of at most
 /// `shown` queued orbs (each moves up one place, and the first hidden one becomes visible), not of
 /// the whole queue.
