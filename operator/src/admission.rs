@@ -332,7 +332,12 @@ impl Admitter {
             let Some(orb) = by_uid.get(uid.as_str()) else { continue };
             let current = orb.status.clone().unwrap_or_default();
             let shown = policy::shown_position(*position, self.shown_positions);
-            if current.queue_position == shown && current.phase == Some(OrbPhase::Queued) {
+            // Behind the places shown, only a stale position is worth a write: an orb without a
+            // phase yet gets `Queued` from its own reconcile, so a burst of new orbs costs the
+            // pass no writes.
+            let up_to_date =
+                current.queue_position == shown && (current.phase == Some(OrbPhase::Queued) || shown.is_none());
+            if up_to_date {
                 continue;
             }
             let mut next = status::operator_status(orb);

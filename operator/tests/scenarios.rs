@@ -837,18 +837,22 @@ async fn conflicts_retry_soon_and_other_errors_back_off() {
 
 // ---- at platform scale ----
 
-/// 10 000 unfinished AiOrbs — 100 holding the cap, 9 900 queued with the first 10 places shown —
-/// and 1 000 finished ones kept for their TTL. One admitted orb has just finished: the pass that
-/// fills its slot writes the ledger, the admitted orb's status and its event, and the 10 shown
-/// positions that moved up: at most `shown_positions + 3` writes, whatever the queue's length
-/// (before, every queued orb's position was rewritten: 9 900 writes). The finished orbs are
-/// never listed.
+/// 10 000 unfinished AiOrbs — 100 holding the cap, 9 900 queued with the first 10 places shown,
+/// the last 1 000 of them so new they have no status yet — and 1 000 finished ones kept for their
+/// TTL. One admitted orb has just finished: the pass that fills its slot writes the ledger, the
+/// admitted orb's status and its event, and the 10 shown positions that moved up: at most
+/// `shown_positions + 3` writes, whatever the queue's length (before, every queued orb's position
+/// was rewritten: 9 900 writes). The finished orbs are never listed.
 #[tokio::test]
 async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     const SHOWN: usize = 10;
     let mut platform = support::platform(now(), 100, 9_900, 1_000, SHOWN);
     // One running orb has just ended; its label is not written yet, so the pass still lists it.
     platform.orbs[42]["status"]["phase"] = json!("Succeeded");
+    // A burst of new orbs at the back, not reconciled yet: no status at all.
+    for new in &mut platform.orbs[9_000..10_000] {
+        new.as_object_mut().unwrap().remove("status");
+    }
     let stored = support::store(&platform.orbs);
     drop(platform.orbs);
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
