@@ -2,14 +2,16 @@
 //! sends it, and one admission pass over a long queue (its time, its heap and its writes).
 //! Run: `cargo bench -p orb-operator --bench scale` (prints a report; asserts nothing).
 //!
-//! Each store case runs in a child process of its own, so its RSS is that of a process holding
-//! that store and nothing else; the orbs stream in from a file one at a time, as from a watch.
+//! Each case runs in a child process of its own, so its RSS is that of a process holding that store
+//! (and, for a pass, the fake API server's copy of the orbs) and nothing else; the orbs stream in
+//! from a file one at a time, as from a watch.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -78,7 +80,7 @@ fn main() {
         let (kind, rest) = case.split_once(':').unwrap();
         match kind {
             "store" => store_case(rest),
-            _ => pass_case(rest.parse().unwrap()),
+            _ => pass_case(rest),
         }
         return;
     }
@@ -91,8 +93,12 @@ fn main() {
     );
     for n in [1_000, 10_000] {
         let file = dir.join(format!("orbs-{n}.jsonl"));
+        let mut platform = platform(n);
+        // One running orb has just ended: the pass cases fill its slot.
+        platform.orbs[42]["status"]["phase"] = serde_json::json!("Succeeded");
+        std::fs::write(ledger_file(&file), serde_json::to_vec(&platform.ledger).unwrap()).unwrap();
         let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-        for orb in platform(n).orbs {
+        for orb in platform.orbs {
             serde_json::to_writer(&mut out, &orb).unwrap();
             out.write_all(b"\n").unwrap();
         }
@@ -104,13 +110,18 @@ fn main() {
     }
     println!("\nOne admission pass after a slot frees (cap {CAP}, {SHOWN} positions shown)");
     println!(
-        "{:<8} {:>10} {:>8} {:>16}",
-        "orbs", "pass", "writes", "heap peak (pass)"
+        "{:<8} {:>10} {:>8} {:>16} {:>14} {:>14}",
+        "orbs", "pass", "writes", "heap peak (pass)", "RSS after", "of it: fake API"
     );
     for n in [1_000, 10_000] {
-        print!("{}", child(&format!("pass:{n}")));
+        let file = dir.join(format!("orbs-{n}.jsonl"));
+        print!("{}", child(&format!("pass:{n}:{}", file.display())));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn ledger_file(orbs: &Path) -> std::path::PathBuf {
+    orbs.with_extension("ledger.json")
 }
 
 fn child(case: &str) -> String {
@@ -123,14 +134,7 @@ fn child(case: &str) -> String {
 }
 
 /// Streams the orbs from the file into a reflector store, as the controller's watch does.
-fn store_case(args: &str) {
-    let mut parts = args.splitn(3, ':');
-    let (trim, n, file) = (
-        parts.next().unwrap() == "trimmed",
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let before = LIVE.load(Ordering::Relaxed);
+fn load_store(file: &str, trim: bool) -> Writer<AiOrb> {
     let mut writer: Writer<AiOrb> = Writer::default();
     let reader = BufReader::new(std::fs::File::open(file).unwrap());
     for line in reader.lines() {
@@ -140,7 +144,18 @@ fn store_case(args: &str) {
         }
         writer.apply_watcher_event(&watcher::Event::Apply(orb));
     }
-    let store = writer.as_reader();
+    writer
+}
+
+fn store_case(args: &str) {
+    let mut parts = args.splitn(3, ':');
+    let (trim, n, file) = (
+        parts.next().unwrap() == "trimmed",
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let before = LIVE.load(Ordering::Relaxed);
+    let store = load_store(file, trim).as_reader();
     let retained = LIVE.load(Ordering::Relaxed) - before;
     let orbs = store.state().len();
     let label = if trim { "trimmed" } else { "untrimmed" };
@@ -154,18 +169,25 @@ fn store_case(args: &str) {
 
 /// One pass of the admitter against a fake API server holding the platform's orbs, one of the
 /// running ones just finished.
-fn pass_case(n: usize) {
-    let mut platform = platform(n);
-    platform.orbs[42]["status"]["phase"] = serde_json::json!("Succeeded");
-    let stored = support::store(&platform.orbs);
-    drop(platform.orbs);
+fn pass_case(args: &str) {
+    let (n, file) = args.split_once(':').unwrap();
+    let n: usize = n.parse().unwrap();
+    // The operator holds its trimmed store while it passes: the process's RSS at the end is both,
+    // and the fake API server's copy of the orbs (read as the bytes it serves).
+    let store = load_store(file, true);
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ledger_file(Path::new(file))).unwrap()).unwrap();
+    let before = LIVE.load(Ordering::Relaxed);
+    let lines = BufReader::new(std::fs::File::open(file).unwrap()).lines();
+    let stored = support::Stored::encoded(lines.map(|l| l.unwrap().into_bytes()).collect());
+    let server_copy = LIVE.load(Ordering::Relaxed) - before;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(support::serve_store(handle, platform.ledger, stored));
+        let server = tokio::spawn(support::serve_store(handle, ledger, stored));
         let client = Client::new(service, "default");
         let metrics = std::sync::Arc::new(Metrics::default());
         let admitter = Admitter {
@@ -197,6 +219,13 @@ fn pass_case(n: usize) {
         let (seen, _) = server.await.unwrap();
         let writes = seen.iter().filter(|(m, _)| m != "GET").count();
         assert_eq!(outcome.admitted.len(), 1);
-        println!("{n:<8} {:>10} {writes:>8} {:>16}", format!("{took:.1?}"), mib(peak));
+        println!(
+            "{n:<8} {:>10} {writes:>8} {:>16} {:>14} {:>14}",
+            format!("{took:.1?}"),
+            mib(peak),
+            mib(rss()),
+            mib(server_copy)
+        );
+        drop(store);
     });
 }

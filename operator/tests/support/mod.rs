@@ -234,6 +234,13 @@ pub struct Stored {
     unfinished: Vec<Vec<u8>>,
 }
 
+impl Stored {
+    /// Unfinished orbs already encoded, one JSON object each.
+    pub fn encoded(unfinished: Vec<Vec<u8>>) -> Stored {
+        Stored { unfinished }
+    }
+}
+
 pub fn store(orbs: &[Value]) -> Stored {
     Stored {
         unfinished: orbs
