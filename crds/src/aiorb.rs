@@ -17,6 +17,14 @@ pub const OPERATOR_FIELD_MANAGER: &str = "orb-operator";
 /// Field manager of signaling's presence writes on the status subresource.
 pub const SIGNALING_FIELD_MANAGER: &str = "orb-signaling";
 
+/// Label the operator sets (server-side apply, field manager `orb-operator`) once an orb's status
+/// is terminal. Admission lists only orbs without it ([`UNFINISHED_SELECTOR`]), so finished orbs
+/// kept for their TTL cost admission nothing.
+pub const FINISHED_LABEL: &str = "hybridcoach.io/finished";
+/// Selects the orbs admission must see: every orb not labelled finished, including new ones
+/// without the label.
+pub const UNFINISHED_SELECTOR: &str = "hybridcoach.io/finished!=true";
+
 /// Upper bound for every duration in the spec: a day. A coaching call that needs more is a bug.
 pub const MAX_DURATION_SECONDS: i64 = 86_400;
 
@@ -87,7 +95,7 @@ pub struct AiOrbSpec {
 /// Where an orb is in its life. `Succeeded` and `Failed` are terminal.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum OrbPhase {
-    /// Waiting for capacity (`status.queuePosition` says where in line).
+    /// Waiting for capacity (`status.queuePosition` says where in line, for the first places).
     Queued,
     /// Admitted; the pod is being scheduled or started.
     Starting,
@@ -216,7 +224,10 @@ pub struct AiOrbStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// 1-based place in the admission queue while `Queued`.
+    /// 1-based place in the admission queue while `Queued`, written for the first places only (the
+    /// operator's `--queue-positions`, 10 by default); an orb further back has none. So a freed
+    /// slot rewrites a bounded number of statuses, not the whole queue. `orb-operator queue`
+    /// lists every place, and `orb_operator_namespace_queue_length` counts the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i32>,
     /// When the orb was admitted past the concurrency cap.

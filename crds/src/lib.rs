@@ -7,8 +7,8 @@ pub mod duration;
 pub mod naming;
 
 pub use aiorb::{
-    AiOrb, AiOrbSpec, AiOrbStatus, MAX_DURATION_SECONDS, OPERATOR_FIELD_MANAGER, OrbPhase, SIGNALING_FIELD_MANAGER,
-    TerminationReason, condition,
+    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, OPERATOR_FIELD_MANAGER, OrbPhase,
+    SIGNALING_FIELD_MANAGER, TerminationReason, UNFINISHED_SELECTOR, condition,
 };
 
 use kube::CustomResourceExt;

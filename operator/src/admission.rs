@@ -2,13 +2,16 @@
 //!
 //! 1. reads the admission ledger, a ConfigMap in the operator's namespace listing the uids that
 //!    hold capacity;
-//! 2. lists every AiOrb from the API server (a consistent read, not the watch cache);
+//! 2. lists every unfinished AiOrb from the API server (a consistent read, not the watch cache;
+//!    paged, one snapshot; finished orbs are labelled and excluded by a label selector, so the
+//!    ones kept for their TTL cost a pass nothing);
 //! 3. plans with [`crate::policy::plan_admission`];
 //! 4. writes the new ledger with the resourceVersion it read — the compare-and-swap that makes
 //!    admission safe across parallel passes, restarts and leader changes: of two writers that read
 //!    the same ledger, one gets a conflict and starts over from a fresh read;
 //! 5. only then marks the admitted orbs in their status (also resourceVersion-guarded), and
-//!    updates queue positions.
+//!    updates the queue positions shown (the first `shown_positions` places only, so a freed slot
+//!    costs a bounded number of writes whatever the queue's length).
 //!
 //! An admitter that dies between 4 and 5 leaves uids in the ledger without status; the next pass
 //! counts them as holding capacity and finishes their status write.
@@ -23,13 +26,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase};
+use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, UNFINISHED_SELECTOR};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::cache::ListedPage;
 use crate::controller::publish_event;
-use crate::metrics::{Metrics, NodeLabels, PhaseLabels, ResultLabels};
+use crate::metrics::{Metrics, NamespaceLabels, NodeLabels, PhaseLabels, ResultLabels};
 use crate::policy::{self, AdmissionEntry};
 use crate::status;
 
@@ -41,6 +46,8 @@ const LEDGER_KEY: &str = "admitted";
 const SESSIONS_KEY: &str = "sessions";
 /// A pass runs at least this often, so nothing depends on a wake-up being delivered.
 pub const RESYNC: Duration = Duration::from_secs(15);
+/// AiOrbs per page of the admission list: bounds the response the API server builds at once.
+pub const LIST_PAGE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
@@ -54,16 +61,31 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
+/// What wakes the admitter between its periodic passes.
+#[derive(Debug, Default)]
+pub struct Wake {
+    /// Capacity may have been freed: an orb finished or was deleted, or a write conflicted.
+    pub freed: Notify,
+    /// An orb joined the queue: worth a pass only while [`policy::arrival_needs_pass`], so that
+    /// arrivals into a long queue do not each cost a list of every unfinished orb.
+    pub queued: Notify,
+}
+
 pub struct Admitter {
     pub client: Client,
     pub ledger: Api<ConfigMap>,
     pub orbs: Api<AiOrb>,
     pub cap: usize,
+    /// How many places at the head of the queue get `status.queuePosition`.
+    pub shown_positions: usize,
     /// For the session budgets' retention.
     pub limits: policy::Limits,
+    /// The controller's (trimmed) AiOrb store: the finished orbs' counts come from it, as passes
+    /// no longer list them.
+    pub cache: Store<AiOrb>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     pub now: fn() -> Timestamp,
 }
 
@@ -96,19 +118,88 @@ fn parse_ledger_sessions(cm: &ConfigMap) -> policy::SessionBudgets {
 }
 
 /// One line per holder, `namespace/name uid`, so that `kubectl get cm -o yaml` is readable.
-fn render_ledger(ledger: &BTreeSet<String>, orbs: &[AiOrb]) -> String {
-    let names: BTreeMap<&str, String> = orbs
-        .iter()
-        .filter_map(|o| {
-            Some((
-                o.metadata.uid.as_deref()?,
-                format!("{}/{}", o.namespace()?, o.name_any()),
-            ))
-        })
-        .collect();
+fn render_ledger(ledger: &BTreeSet<String>, by_uid: &BTreeMap<&str, &AiOrb>) -> String {
     ledger
         .iter()
-        .map(|uid| format!("{} {uid}\n", names.get(uid.as_str()).map_or("?", String::as_str)))
+        .map(|uid| {
+            let name = by_uid
+                .get(uid.as_str())
+                .and_then(|o| Some(format!("{}/{}", o.namespace()?, o.name_any())));
+            format!("{} {uid}\n", name.as_deref().unwrap_or("?"))
+        })
+        .collect()
+}
+
+/// Every unfinished AiOrb, trimmed: a paged list, served as one snapshot (the continue token pins
+/// the first page's resourceVersion).
+pub async fn list_unfinished(orbs: &Api<AiOrb>) -> Result<Vec<AiOrb>, kube::Error> {
+    let client = orbs.clone().into_client();
+    let resource = kube::core::Request::new(orbs.resource_url());
+    let mut params = ListParams::default().labels(UNFINISHED_SELECTOR).limit(LIST_PAGE);
+    let mut all = Vec::new();
+    loop {
+        let request = resource.list(&params).map_err(kube::Error::BuildRequest)?;
+        let page: ListedPage = client.request(request).await?;
+        all.extend(page.items.into_iter().map(AiOrb::from));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// What a pass reads, and the plan made from it.
+pub struct Snapshot {
+    pub ledger_cm: Option<ConfigMap>,
+    pub ledger: BTreeSet<String>,
+    pub orbs: Vec<AiOrb>,
+    pub plan: policy::AdmissionPlan,
+}
+
+/// Reads the ledger and the unfinished orbs, and plans (steps 1 to 3).
+pub async fn snapshot(ledger: &Api<ConfigMap>, orbs: &Api<AiOrb>, cap: usize) -> Result<Snapshot, kube::Error> {
+    let ledger_cm = ledger.get_opt(LEDGER_NAME).await?;
+    let held = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
+    let orbs = list_unfinished(orbs).await?;
+    let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(entry).collect();
+    let plan = policy::plan_admission(&entries, &held, cap);
+    Ok(Snapshot {
+        ledger_cm,
+        ledger: held,
+        orbs,
+        plan,
+    })
+}
+
+/// The whole queue, one line per place, as `orb-operator queue` prints it: the same plan a pass
+/// makes, so the places are the ones the admitter will follow.
+pub fn render_queue(snapshot: &Snapshot, cap: usize, now: Timestamp) -> String {
+    let by_uid = by_uid(&snapshot.orbs);
+    let plan = &snapshot.plan;
+    let mut out = format!(
+        "{} of {cap} slots held, {} queued\n{:<9} {:<60} {}\n",
+        plan.ledger.len(),
+        plan.queue.len(),
+        "POSITION",
+        "AIORB",
+        "WAITING"
+    );
+    for (uid, position) in &plan.queue {
+        let Some(orb) = by_uid.get(uid.as_str()) else { continue };
+        let waiting = orb
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.duration_until(now).as_secs().max(0));
+        let name = format!("{}/{}", orb.namespace().unwrap_or_default(), orb.name_any());
+        out.push_str(&format!("{position:<9} {name:<60} {waiting}s\n"));
+    }
+    out
+}
+
+fn by_uid(orbs: &[AiOrb]) -> BTreeMap<&str, &AiOrb> {
+    orbs.iter()
+        .filter_map(|o| Some((o.metadata.uid.as_deref()?, o)))
         .collect()
 }
 
@@ -141,9 +232,12 @@ impl Admitter {
             .without_max_times();
         let mut failing = retry.build();
         loop {
+            // Until a pass succeeds, every arrival is worth one.
+            let mut arrivals = true;
             let delay = match self.pass().await {
                 Ok(outcome) => {
                     failing = retry.build();
+                    arrivals = policy::arrival_needs_pass(outcome.queued, self.shown_positions);
                     self.metrics
                         .admission_passes
                         .get_or_create(&ResultLabels { result: "success" })
@@ -173,7 +267,8 @@ impl Admitter {
             };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = self.wake.notified() => {}
+                _ = self.wake.freed.notified() => {}
+                _ = self.wake.queued.notified(), if arrivals => {}
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -182,17 +277,15 @@ impl Admitter {
     /// One admission pass (see the module docs for the steps).
     pub async fn pass(&self) -> Result<PassOutcome, AdmissionError> {
         let now = (self.now)();
-        let ledger_cm = self.ledger.get_opt(LEDGER_NAME).await?;
-        let ledger = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
+        let Snapshot {
+            ledger_cm,
+            ledger,
+            orbs,
+            plan,
+        } = snapshot(&self.ledger, &self.orbs, self.cap).await?;
         let sessions = ledger_cm.as_ref().map(parse_ledger_sessions).unwrap_or_default();
-        let orbs = self.orbs.list(&ListParams::default()).await?.items;
-        let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(entry).collect();
-        let plan = policy::plan_admission(&entries, &ledger, self.cap);
-        self.observe(&orbs, &plan);
-        let by_uid: BTreeMap<&str, &AiOrb> = orbs
-            .iter()
-            .filter_map(|o| Some((o.metadata.uid.as_deref()?, o)))
-            .collect();
+        let by_uid = by_uid(&orbs);
+        self.observe(&by_uid, &plan);
 
         // Each newly admitted orb joins its session's budget (or starts one).
         let mut next_sessions = policy::prune_sessions(&sessions, now, &self.limits);
@@ -209,7 +302,7 @@ impl Admitter {
         }
 
         if plan.ledger != ledger || next_sessions != sessions {
-            self.write_ledger(ledger_cm, &plan.ledger, &next_sessions, &orbs)
+            self.write_ledger(ledger_cm, &plan.ledger, &next_sessions, &by_uid)
                 .await?;
         }
         let mut outcome = PassOutcome {
@@ -238,12 +331,18 @@ impl Admitter {
         for (uid, position) in &plan.queue {
             let Some(orb) = by_uid.get(uid.as_str()) else { continue };
             let current = orb.status.clone().unwrap_or_default();
-            if current.queue_position == Some(*position) && current.phase == Some(OrbPhase::Queued) {
+            let shown = policy::shown_position(*position, self.shown_positions);
+            // Behind the places shown, only a stale position is worth a write: an orb without a
+            // phase yet gets `Queued` from its own reconcile, so a burst of new orbs costs the
+            // pass no writes.
+            let up_to_date =
+                current.queue_position == shown && (current.phase == Some(OrbPhase::Queued) || shown.is_none());
+            if up_to_date {
                 continue;
             }
             let mut next = status::operator_status(orb);
             next.phase = Some(OrbPhase::Queued);
-            next.queue_position = Some(*position);
+            next.queue_position = shown;
             if self.write_status(orb, next, now).await? && current.phase != Some(OrbPhase::Queued) {
                 self.event(orb, "Queued", format!("at capacity; position {position} in the queue"))
                     .await;
@@ -257,10 +356,10 @@ impl Admitter {
         existing: Option<ConfigMap>,
         ledger: &BTreeSet<String>,
         sessions: &policy::SessionBudgets,
-        orbs: &[AiOrb],
+        by_uid: &BTreeMap<&str, &AiOrb>,
     ) -> Result<(), AdmissionError> {
         let data = BTreeMap::from([
-            (LEDGER_KEY.to_owned(), render_ledger(ledger, orbs)),
+            (LEDGER_KEY.to_owned(), render_ledger(ledger, by_uid)),
             (SESSIONS_KEY.to_owned(), policy::render_sessions(sessions)),
         ]);
         let result = match existing {
@@ -312,7 +411,7 @@ impl Admitter {
         {
             Ok(_) => Ok(true),
             Err(e) if is_conflict(&e) => {
-                self.wake.notify_one();
+                self.wake.freed.notify_one();
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -323,19 +422,31 @@ impl Admitter {
         publish_event(&self.recorder, orb, EventType::Normal, reason, note, "Admit").await;
     }
 
-    fn observe(&self, orbs: &[AiOrb], plan: &policy::AdmissionPlan) {
+    fn observe(&self, by_uid: &BTreeMap<&str, &AiOrb>, plan: &policy::AdmissionPlan) {
         let m = &self.metrics;
+        let finished = self.cache.state();
         for phase in OrbPhase::ALL {
-            let n = orbs
-                .iter()
-                .filter(|o| o.phase().unwrap_or(OrbPhase::Queued) == phase)
-                .count();
+            let of_phase = |o: &AiOrb| o.phase().unwrap_or(OrbPhase::Queued) == phase;
+            // Passes list unfinished orbs only; the finished ones are counted in the cache.
+            let n = if phase.is_terminal() {
+                finished.iter().filter(|o| of_phase(o)).count()
+            } else {
+                by_uid.values().filter(|o| of_phase(o)).count()
+            };
             m.orbs
                 .get_or_create(&PhaseLabels { phase: phase.as_str() })
                 .set(n as i64);
         }
+        m.namespace_queue_length.clear();
+        for (uid, _) in &plan.queue {
+            if let Some(ns) = by_uid.get(uid.as_str()).and_then(|o| o.namespace()) {
+                m.namespace_queue_length
+                    .get_or_create(&NamespaceLabels { namespace: ns })
+                    .inc();
+            }
+        }
         m.node_orbs.clear();
-        for orb in orbs.iter().filter(|o| !o.is_finished()) {
+        for orb in by_uid.values().filter(|o| !o.is_finished()) {
             if let Some(node) = orb.status.as_ref().and_then(|s| s.node_name.clone()) {
                 m.node_orbs.get_or_create(&NodeLabels { node }).inc();
             }
@@ -343,5 +454,41 @@ impl Admitter {
         m.queue_length.set(plan.queue.len() as i64);
         m.capacity_used.set(plan.ledger.len() as i64);
         m.capacity_limit.set(self.cap as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orb_api::AiOrbSpec;
+
+    fn orb(name: &str, created: Timestamp) -> AiOrb {
+        let mut o = AiOrb::new(name, AiOrbSpec::default());
+        o.metadata.namespace = Some("calls".into());
+        o.metadata.uid = Some(format!("uid-{name}"));
+        o.metadata.creation_timestamp = Some(Time(created));
+        o
+    }
+
+    #[test]
+    fn the_queue_command_prints_every_place_in_admission_order() {
+        let now: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let ago = |s| now - jiff::SignedDuration::from_secs(s);
+        let snapshot = Snapshot {
+            ledger_cm: None,
+            ledger: BTreeSet::new(),
+            orbs: vec![orb("late", ago(5)), orb("first", ago(90)), orb("second", ago(60))],
+            plan: policy::AdmissionPlan {
+                ledger: BTreeSet::from(["uid-first".to_owned()]),
+                admit: vec!["uid-first".into()],
+                queue: vec![("uid-second".into(), 1), ("uid-late".into(), 2)],
+            },
+        };
+        let text = render_queue(&snapshot, 1, now);
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0].join(" "), "1 of 1 slots held, 2 queued");
+        assert_eq!(lines[2], ["1", "calls/second", "60s"]);
+        assert_eq!(lines[3], ["2", "calls/late", "5s"]);
+        assert_eq!(lines.len(), 4);
     }
 }

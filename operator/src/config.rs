@@ -31,6 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the AiOrb CustomResourceDefinition as YAML and exit.
     Crd,
+    /// Print the whole admission queue, in the order the admitter follows, and exit. Reads the
+    /// API with the same settings as the operator (`--max-concurrent-orbs`, `--watch-namespace`,
+    /// `--operator-namespace` and their env variables).
+    Queue,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -38,6 +42,10 @@ pub struct RunArgs {
     /// Admitted, non-terminal orbs at most; the rest queue.
     #[arg(long, env = "MAX_CONCURRENT_ORBS", default_value_t = 8)]
     pub max_concurrent_orbs: usize,
+    /// Queued orbs whose place is written into `status.queuePosition`, from the head of the
+    /// queue; orbs further back have none, so a freed slot rewrites at most this many statuses.
+    #[arg(long, env = "ORB_QUEUE_POSITIONS", default_value_t = 10)]
+    pub queue_positions: usize,
     /// Default orb lifetime from admission.
     #[arg(long, env = "MAX_ORB_LIFETIME", default_value = "2h", value_parser = parse_duration)]
     pub max_orb_lifetime: Duration,
@@ -143,6 +151,7 @@ pub struct Config {
     pub pod: PodSettings,
     pub signing_key: SigningKey,
     pub watch_namespace: Option<String>,
+    pub queue_positions: usize,
     pub http_addr: SocketAddr,
     pub leader_election: bool,
     pub operator_namespace: String,
@@ -186,6 +195,9 @@ impl RunArgs {
         if !(1..=10_000).contains(&self.max_concurrent_orbs) {
             // 0 would admit nothing and queue every call forever: refused, not accepted silently.
             return Err(invalid("--max-concurrent-orbs", "must be between 1 and 10000"));
+        }
+        if self.queue_positions > 10_000 {
+            return Err(invalid("--queue-positions", "must be between 0 and 10000"));
         }
         let day = Duration::from_secs(orb_api::MAX_DURATION_SECONDS as u64);
         for (flag, d, min) in [
@@ -259,6 +271,7 @@ impl RunArgs {
             },
             signing_key,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
+            queue_positions: self.queue_positions,
             http_addr: self.http_addr,
             leader_election: self.leader_election,
             operator_namespace: self.operator_namespace.clone(),

@@ -16,12 +16,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use orb_api::naming::pod_name;
-use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
+use orb_api::{AiOrb, FINISHED_LABEL, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
 use thiserror::Error;
-use tokio::sync::Notify;
 use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::config::{Config, PodSettings};
@@ -73,13 +73,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Wakes the admitter.
-    pub admission: Arc<Notify>,
+    pub admission: Arc<crate::admission::Wake>,
     /// The clock: injected so that scenario tests are exact.
     pub now: fn() -> Timestamp,
 }
 
 impl Context {
-    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>, admission: Arc<Notify>) -> Self {
+    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>, admission: Arc<crate::admission::Wake>) -> Self {
         let reporter = kube::runtime::events::Reporter {
             controller: "orb-operator".into(),
             instance: Some(config.identity.clone()),
@@ -228,6 +228,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     let decision = policy::decide(&view, &pod_state, &orb_limits, &ctx.limits, now);
 
     let mut next = status::operator_status(orb);
+    let mut wake = None;
     // The Replacing condition stays set while a failed pod waits out its backoff.
     let was_replacing = status::condition_status(&current, REPLACING)
         .filter(|c| c.status == "True")
@@ -239,9 +240,12 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     };
     match &decision.step {
         Step::Wait => {
-            if current.admitted_at.is_none() {
+            // Only an orb new to the queue wakes the admitter: a queued orb reconciled again (its
+            // position written, say) changes nothing a pass would see, and waking on each would
+            // turn every position write into another pass.
+            if current.admitted_at.is_none() && current.phase != Some(OrbPhase::Queued) {
                 next.phase.get_or_insert(OrbPhase::Queued);
-                ctx.admission.notify_one();
+                wake = Some(&ctx.admission.queued);
             }
         }
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
@@ -288,7 +292,7 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             );
             ctx.event(orb, type_, phase.as_str(), note).await;
             ctx.metrics.terminated(*reason);
-            ctx.admission.notify_one();
+            wake = Some(&ctx.admission.freed);
         }
         Step::AwaitReplacement { reason, message } => {
             next.message = message.clone();
@@ -324,8 +328,37 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     }
+    let finished = next.phase.is_some_and(OrbPhase::is_terminal);
     write_status(orb, ctx, next, replacing, now).await?;
+    if finished && orb.labels().get(FINISHED_LABEL).map(String::as_str) != Some("true") {
+        label_finished(orb, ctx).await?;
+    }
+    // Only once the status is written: a pass woken earlier could list the orb as it was, admit
+    // nobody into the slot it frees, and leave the slot empty until the next resync.
+    if let Some(wake) = wake {
+        wake.notify_one();
+    }
     Ok(requeue(&decision, now))
+}
+
+/// Labels a finished orb, so that admission passes stop listing it. Only once its terminal status
+/// is written (terminal phases are final): an orb labelled while it held a slot would drop out of
+/// the passes that count it. The uid makes it a precondition: a new AiOrb of the same name (a
+/// room used again) is never labelled by mistake.
+async fn label_finished(orb: &AiOrb, ctx: &Context) -> Result<()> {
+    let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &orb.namespace().ok_or(Error::NoNamespace)?);
+    let body = serde_json::json!({
+        "apiVersion": AiOrb::api_version(&()),
+        "kind": AiOrb::kind(&()),
+        "metadata": {
+            "name": orb.metadata.name,
+            "uid": orb.metadata.uid,
+            "labels": { FINISHED_LABEL: "true" },
+        },
+    });
+    let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    api.patch(&orb.name_any(), &params, &Patch::Apply(body)).await?;
+    Ok(())
 }
 
 /// Mirrors the running pod into the status.
@@ -472,14 +505,16 @@ async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             .await;
         ctx.metrics.terminated(TerminationReason::Deleted);
     }
-    ctx.admission.notify_one();
+    ctx.admission.freed.notify_one();
     Ok(Action::await_change())
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. Its AiOrb store is `cache`, filled with trimmed
+/// orbs ([`crate::cache::trim`]); the owned pods are watched as metadata only.
 pub async fn run(
     ctx: Arc<Context>,
     watch_namespace: Option<&str>,
+    cache: Writer<AiOrb>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (orbs, pods): (Api<AiOrb>, Api<Pod>) = match watch_namespace {
@@ -489,7 +524,15 @@ pub async fn run(
         ),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    Controller::new(orbs, watcher::Config::default().any_semantic())
+    let reader = cache.as_reader();
+    let orbs = reflector::reflector(
+        cache,
+        watcher(orbs, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(crate::cache::trim),
+    )
+    .applied_objects();
+    Controller::for_stream(orbs, reader)
         .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR).any_semantic())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

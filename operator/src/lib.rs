@@ -2,6 +2,7 @@
 //! rules it enforces are the `orb-policy` crate, re-exported as [`policy`].
 
 pub mod admission;
+pub mod cache;
 pub mod config;
 pub mod controller;
 pub mod http;

@@ -8,21 +8,27 @@ use anyhow::Context as _;
 use clap::Parser;
 use kube::Client;
 use kube::api::Api;
-use orb_operator::admission::Admitter;
-use orb_operator::config::{Cli, Command};
+use kube::runtime::reflector;
+use orb_api::AiOrb;
+use orb_operator::admission::{self, Admitter};
+use orb_operator::config::{Cli, Command, RunArgs};
 use orb_operator::controller::{self, Context};
 use orb_operator::http::{self, HttpState};
 use orb_operator::leader;
 use orb_operator::metrics::Metrics;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Crd) = cli.command {
-        print!("{}", orb_api::crd_yaml());
-        return Ok(());
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", orb_api::crd_yaml());
+            return Ok(());
+        }
+        Some(Command::Queue) => return print_queue(&cli.run).await,
+        None => {}
     }
     let config = match cli.run.validate(std::env::var(orb_api::auth::SIGNING_KEY_ENV).ok()) {
         Ok(c) => c,
@@ -89,18 +95,17 @@ async fn main() -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(admission::Wake::default());
     let ctx = Arc::new(Context::new(client.clone(), &config, metrics.clone(), wake.clone()));
-    let orbs = match &config.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let (cache, cache_writer) = reflector::store();
     let admitter = Admitter {
         ledger: Api::namespaced(client.clone(), &config.operator_namespace),
-        orbs,
+        orbs: orbs_api(client.clone(), config.watch_namespace.as_deref()),
         client: client.clone(),
         cap: config.limits.max_concurrent_orbs,
+        shown_positions: config.queue_positions,
         limits: config.limits.clone(),
+        cache,
         metrics: metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake,
@@ -114,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        _ = controller::run(ctx, config.watch_namespace.as_deref(), stopped(stop_rx.clone())) => {}
+        _ = controller::run(ctx, config.watch_namespace.as_deref(), cache_writer, stopped(stop_rx.clone())) => {}
         _ = admitter.run(stopped(stop_rx.clone())) => {}
         _ = lost => {
             error!("lost the leader lease; exiting so that a standby takes over");
@@ -124,5 +129,29 @@ async fn main() -> anyhow::Result<()> {
     if let Some(l) = leadership {
         l.release().await;
     }
+    Ok(())
+}
+
+fn orbs_api(client: Client, watch_namespace: Option<&str>) -> Api<AiOrb> {
+    match watch_namespace.filter(|ns| !ns.is_empty()) {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// `orb-operator queue`: the whole queue, read from the API as an admission pass reads it.
+async fn print_queue(run: &RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let ledger = Api::namespaced(client.clone(), &run.operator_namespace);
+    let orbs = orbs_api(client, run.watch_namespace.as_deref());
+    let snapshot = admission::snapshot(&ledger, &orbs, run.max_concurrent_orbs)
+        .await
+        .context("cannot read the admission ledger and the AiOrbs")?;
+    print!(
+        "{}",
+        admission::render_queue(&snapshot, run.max_concurrent_orbs, k8s_openapi::jiff::Timestamp::now())
+    );
     Ok(())
 }

@@ -36,6 +36,11 @@ pub struct NodeLabels {
     pub node: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconcile_total: Family<ResultLabels, Counter>,
@@ -44,6 +49,7 @@ pub struct Metrics {
     pub orbs: Family<PhaseLabels, Gauge>,
     pub node_orbs: Family<NodeLabels, Gauge>,
     pub queue_length: Gauge,
+    pub namespace_queue_length: Family<NamespaceLabels, Gauge>,
     pub capacity_used: Gauge,
     pub capacity_limit: Gauge,
     pub admission_wait: Histogram,
@@ -72,6 +78,7 @@ impl Default for Metrics {
             orbs: Family::default(),
             node_orbs: Family::default(),
             queue_length: Gauge::default(),
+            namespace_queue_length: Family::default(),
             capacity_used: Gauge::default(),
             capacity_limit: Gauge::default(),
             admission_wait: Histogram::new(wait_buckets()),
@@ -100,6 +107,11 @@ impl Default for Metrics {
         registry.register("orbs", "AiOrbs by phase, as of the last admission pass", m.orbs.clone());
         registry.register("node_orbs", "Admitted, unfinished orbs per node", m.node_orbs.clone());
         registry.register("queue_length", "AiOrbs waiting for capacity", m.queue_length.clone());
+        registry.register(
+            "namespace_queue_length",
+            "AiOrbs waiting for capacity, per namespace (only namespaces with a queue)",
+            m.namespace_queue_length.clone(),
+        );
         registry.register(
             "capacity_used",
             "Admitted, unfinished orbs holding capacity",

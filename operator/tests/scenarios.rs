@@ -19,15 +19,18 @@ use orb_operator::controller::{Context, Error, error_policy, reconcile};
 use orb_operator::metrics::Metrics;
 use orb_operator::policy::Limits;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod support;
 
-const NS: &str = "calls";
+use support::{Handle, NS, assert_granted};
+
 const ORBS: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/calls/aiorbs";
 const PODS: &str = "/api/v1/namespaces/calls/pods";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
 const LEDGER: &str = "/api/v1/namespaces/orb-system/configmaps";
+/// The admission pass's list: unfinished orbs only, in pages.
+const UNFINISHED: &str =
+    "/apis/hybridcoach.io/v1alpha1/aiorbs?&labelSelector=hybridcoach.io%2Ffinished%21%3Dtrue&limit=500";
 
 /// 2027-01-15T08:00:00Z: every scenario runs at this instant.
 fn now() -> Timestamp {
@@ -123,55 +126,6 @@ async fn verify(mut handle: Handle, script: Vec<Exchange>) -> Vec<Seen> {
     seen
 }
 
-/// Every request a scenario records must be one the operator declares in `rbac::API_CALLS` (the
-/// list the chart's roles are rendered from and tested against), in the right scope: the RBAC a
-/// real API server would enforce, derived from what the code actually sent.
-fn assert_granted(method: &str, uri: &http::Uri) {
-    use orb_operator::rbac::{API_CALLS, Scope};
-    let path = uri.path();
-    let (group, rest) = match (path.strip_prefix("/apis/"), path.strip_prefix("/api/v1/")) {
-        (Some(rest), _) => {
-            let mut parts = rest.splitn(3, '/');
-            let group = parts.next().unwrap_or_default().to_owned();
-            (group, parts.nth(1).unwrap_or_default().to_owned())
-        }
-        (None, Some(rest)) => (String::new(), rest.to_owned()),
-        _ => panic!("{method} {uri}: not a Kubernetes API path"),
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let (namespace, segments) = match segments.as_slice() {
-        ["namespaces", ns, tail @ ..] => (Some(*ns), tail.to_vec()),
-        all => (None, all.to_vec()),
-    };
-    let (resource, named) = match segments.as_slice() {
-        [r] => (r.to_string(), false),
-        [r, _] => (r.to_string(), true),
-        [r, _, sub] => (format!("{r}/{sub}"), true),
-        _ => panic!("{method} {uri}: unexpected path"),
-    };
-    let verb = match (method, named) {
-        ("GET", true) => "get",
-        ("GET", false) if uri.query().is_some_and(|q| q.contains("watch=true")) => "watch",
-        ("GET", false) => "list",
-        ("POST", _) => "create",
-        ("PUT", _) => "update",
-        ("PATCH", _) => "patch",
-        ("DELETE", _) => "delete",
-        _ => panic!("{method} {uri}: unexpected method"),
-    };
-    let scope = if namespace == Some("orb-system") {
-        Scope::OwnNamespace
-    } else {
-        Scope::Watched
-    };
-    assert!(
-        API_CALLS
-            .iter()
-            .any(|(s, g, r, verbs)| *s == scope && *g == group && *r == resource && verbs.contains(&verb)),
-        "{method} {uri} ({verb} {resource} in {scope:?}) is not in rbac::API_CALLS: the chart would forbid it"
-    );
-}
-
 fn context(client: Client, cap: usize) -> Context {
     Context {
         recorder: Recorder::new(
@@ -196,19 +150,30 @@ fn context(client: Client, cap: usize) -> Context {
         },
         signing_key: SigningKey::new(vec![7u8; 32]).unwrap(),
         metrics: Arc::new(Metrics::default()),
-        admission: Arc::new(Notify::new()),
+        admission: Default::default(),
         now,
     }
 }
 
 /// Runs one reconcile of `orb` against `script`.
 async fn reconcile_with(orb: Value, script: Vec<Exchange>) -> (Result<Action, Error>, Vec<Seen>) {
+    let (result, seen, _) = reconcile_waking(orb, script).await;
+    (result, seen)
+}
+
+/// [`reconcile_with`], also telling whether the reconcile woke the admitter.
+async fn reconcile_waking(orb: Value, script: Vec<Exchange>) -> (Result<Action, Error>, Vec<Seen>, bool) {
+    use futures::FutureExt;
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let verifier = tokio::spawn(verify(handle, script));
     let ctx = Arc::new(context(Client::new(service, "default"), 8));
     let orb: AiOrb = serde_json::from_value(orb).unwrap();
-    let result = reconcile(Arc::new(orb), ctx).await;
-    (result, finish(verifier).await)
+    let result = reconcile(Arc::new(orb), ctx.clone()).await;
+    let woke = [&ctx.admission.freed, &ctx.admission.queued]
+        .iter()
+        .any(|n| n.notified().now_or_never().is_some());
+    drop(ctx);
+    (result, finish(verifier).await, woke)
 }
 
 /// Runs one admission pass with `cap` against `script`.
@@ -223,20 +188,27 @@ async fn admission_pass(
     let verifier = tokio::spawn(verify(handle, script));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), cap);
-    let admitter = Admitter {
+    let admitter = admitter(client, &ctx, cap, 10);
+    let result = admitter.pass().await;
+    drop((admitter, ctx));
+    (result, finish(verifier).await)
+}
+
+/// The admitter of `ctx`'s world, with no finished orbs in its cache.
+fn admitter(client: Client, ctx: &Context, cap: usize, shown_positions: usize) -> Admitter {
+    Admitter {
         ledger: Api::namespaced(client.clone(), "orb-system"),
         orbs: Api::all(client.clone()),
         client,
         cap,
+        shown_positions,
         limits: Default::default(),
+        cache: kube::runtime::reflector::store().0,
         metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake: ctx.admission.clone(),
         now,
-    };
-    let result = admitter.pass().await;
-    drop((admitter, ctx));
-    (result, finish(verifier).await)
+    }
 }
 
 async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
@@ -304,6 +276,24 @@ fn status_write(name: &str) -> Exchange {
     expect("PATCH", status_uri(name), Some(orb(name, "uid", 0, Value::Null)))
 }
 
+/// The finished label, applied to the AiOrb itself once its terminal status is written.
+fn label_finished(name: &str) -> Exchange {
+    expect(
+        "PATCH",
+        format!("{ORBS}/{name}?&force=true&fieldManager=orb-operator"),
+        Some(orb(name, "uid", 0, Value::Null)),
+    )
+}
+
+fn assert_finished_label(seen: &Seen, uid: &str) {
+    assert_eq!(seen.body["metadata"]["labels"]["hybridcoach.io/finished"], "true");
+    assert_eq!(
+        seen.body["metadata"]["uid"], uid,
+        "a precondition: never the label of another AiOrb of the same name"
+    );
+    assert!(seen.body.get("spec").is_none() && seen.body.get("status").is_none());
+}
+
 fn status_uri(name: &str) -> String {
     format!("{ORBS}/{name}/status?&force=true&fieldManager=orb-operator")
 }
@@ -328,8 +318,9 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     assert_eq!(seen[0].body[1]["path"], "/metadata/finalizers");
 
     // 2. Not admitted: the orb shows Queued and wakes the admitter; no pod is looked up.
-    let (result, seen) = reconcile_with(orb("room-1", "uid-1", 5, Value::Null), vec![status_write("room-1")]).await;
-    assert!(result.is_ok());
+    let (result, seen, woke) =
+        reconcile_waking(orb("room-1", "uid-1", 5, Value::Null), vec![status_write("room-1")]).await;
+    assert!(result.is_ok() && woke);
     let status = status_of(&seen[0]);
     assert_eq!(status["phase"], "Queued");
     assert!(
@@ -345,7 +336,7 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [queued]})),
             ),
             expect("POST", format!("{LEDGER}?"), None),
@@ -422,7 +413,7 @@ async fn a_queued_orb_gets_its_position_in_status_and_no_pod() {
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [holder, waiting.clone()]})),
             ),
             status_write("room-1"),
@@ -436,12 +427,14 @@ async fn a_queued_orb_gets_its_position_in_status_and_no_pod() {
     );
     assert!(status.get("admittedAt").is_none());
 
-    // Its own reconcile then has nothing to do: no pod lookup, no write.
+    // Its own reconcile then has nothing to do: no pod lookup, no write, and no new admission
+    // pass (a pass per position written would make every pass cause the next).
     let mut positioned = waiting;
     positioned["status"] = status.clone();
-    let (result, seen) = reconcile_with(positioned, vec![]).await;
+    let (result, seen, woke) = reconcile_waking(positioned, vec![]).await;
     assert!(result.is_ok());
     assert!(seen.is_empty());
+    assert!(!woke, "a queued orb's reconcile does not wake the admitter again");
 }
 
 #[tokio::test]
@@ -461,7 +454,7 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [done, waiting]})),
             ),
             expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
@@ -509,7 +502,7 @@ async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
             ),
             expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
@@ -553,7 +546,7 @@ async fn a_ledger_conflict_aborts_the_pass_before_any_admission() {
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
             ),
             conflict("POST", format!("{LEDGER}?")),
@@ -604,9 +597,11 @@ async fn a_succeeded_pod_finishes_the_orb_with_its_reason() {
             ),
             event(),
             status_write("room-1"),
+            label_finished("room-1"),
         ],
     )
     .await;
+    assert_finished_label(&seen[3], "uid-1");
     // Finished orbs come back after the TTL to be deleted.
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3601)));
     let status = status_of(&seen[2]);
@@ -614,6 +609,33 @@ async fn a_succeeded_pod_finishes_the_orb_with_its_reason() {
     assert_eq!(status["terminationReason"], "SessionComplete");
     assert_eq!(status["finishedAt"], now().to_string());
     assert_eq!(status["message"], "SessionComplete: summary sent");
+}
+
+/// A pass woken before the finished status lands could list the orb as it was, admit nobody into
+/// the slot it frees and leave the slot empty until the resync: the admitter is woken only once
+/// the write is done.
+#[tokio::test]
+async fn the_admitter_is_woken_only_once_the_finished_status_is_written() {
+    let succeeded = || {
+        expect(
+            "GET",
+            format!("{PODS}/orb-room-1-0"),
+            Some(pod("Succeeded", false, Some("SessionComplete"))),
+        )
+    };
+    let running_orb = || orb("room-1", "uid-1", 600, running(500));
+    let (result, _, woke) = reconcile_waking(
+        running_orb(),
+        vec![succeeded(), event(), conflict("PATCH", status_uri("room-1"))],
+    )
+    .await;
+    assert!(result.is_err() && !woke, "the write failed: the slot is not free yet");
+    let (result, _, woke) = reconcile_waking(
+        running_orb(),
+        vec![succeeded(), event(), status_write("room-1"), label_finished("room-1")],
+    )
+    .await;
+    assert!(result.is_ok() && woke);
 }
 
 #[tokio::test]
@@ -737,7 +759,11 @@ async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
 async fn an_invalid_spec_fails_once_with_a_warning_and_no_pod() {
     let mut bad = orb("room-1", "uid-1", 5, Value::Null);
     bad["spec"]["roomId"] = json!("no spaces allowed");
-    let (result, seen) = reconcile_with(bad.clone(), vec![event(), status_write("room-1")]).await;
+    let (result, seen) = reconcile_with(
+        bad.clone(),
+        vec![event(), status_write("room-1"), label_finished("room-1")],
+    )
+    .await;
     assert!(result.is_ok());
     assert_eq!(
         (seen[0].body["type"].as_str(), seen[0].body["reason"].as_str()),
@@ -749,8 +775,9 @@ async fn an_invalid_spec_fails_once_with_a_warning_and_no_pod() {
         (Some("Failed"), Some("InvalidSpec"))
     );
     assert!(status["message"].as_str().unwrap().contains("spec.roomId"));
-    // Reconciling the failed orb again writes nothing: no hot loop.
+    // Reconciling the failed (and labelled) orb again writes nothing: no hot loop.
     bad["status"] = status;
+    bad["metadata"]["labels"] = json!({"hybridcoach.io/finished": "true"});
     let (result, seen) = reconcile_with(bad, vec![]).await;
     assert!(result.is_ok() && seen.is_empty());
 }
@@ -773,7 +800,7 @@ async fn after_a_restart_the_admitter_rebuilds_from_the_api_and_admits_nothing_o
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
             expect(
                 "GET",
-                "/apis/hybridcoach.io/v1alpha1/aiorbs?",
+                UNFINISHED,
                 Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items})),
             ),
             expect("POST", format!("{LEDGER}?"), None),
@@ -806,4 +833,54 @@ async fn conflicts_retry_soon_and_other_errors_back_off() {
         error_policy(Arc::new(o), &other, ctx),
         Action::requeue(Duration::from_secs(15))
     );
+}
+
+// ---- at platform scale ----
+
+/// 10 000 unfinished AiOrbs — 100 holding the cap, 9 900 queued with the first 10 places shown,
+/// the last 1 000 of them so new they have no status yet — and 1 000 finished ones kept for their
+/// TTL. One admitted orb has just finished: the pass that fills its slot writes the ledger, the
+/// admitted orb's status and its event, and the 10 shown positions that moved up: at most
+/// `shown_positions + 3` writes, whatever the queue's length (before, every queued orb's position
+/// was rewritten: 9 900 writes). The finished orbs are never listed.
+#[tokio::test]
+async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
+    const SHOWN: usize = 10;
+    let mut platform = support::platform(now(), 100, 9_900, 1_000, SHOWN);
+    // One running orb has just ended; its label is not written yet, so the pass still lists it.
+    platform.orbs[42]["status"]["phase"] = json!("Succeeded");
+    // A burst of new orbs at the back, not reconciled yet: no status at all.
+    for new in &mut platform.orbs[9_000..10_000] {
+        new.as_object_mut().unwrap().remove("status");
+    }
+    let stored = support::store(&platform.orbs);
+    drop(platform.orbs);
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(support::serve_store(handle, platform.ledger, stored));
+    let client = Client::new(service, "default");
+    let ctx = context(client.clone(), 100);
+    let admitter = admitter(client, &ctx, 100, SHOWN);
+    let outcome = admitter.pass().await.expect("admission pass");
+    let metrics = ctx.metrics.encode();
+    drop((admitter, ctx));
+    let (seen, listed) = tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("the API server hung")
+        .unwrap();
+
+    assert_eq!(outcome.admitted, vec!["q-00000"]);
+    assert_eq!(outcome.queued, 9_899);
+    assert_eq!(listed, 10_000, "the 1 000 finished orbs are not listed");
+    let writes: Vec<&(String, String)> = seen.iter().filter(|(m, _)| m != "GET").collect();
+    let status_writes = writes.iter().filter(|(_, u)| u.contains("/status?")).count();
+    assert!(
+        writes.len() <= SHOWN + 3,
+        "{} writes for one freed slot: {writes:#?}",
+        writes.len()
+    );
+    // Exactly: the ledger, the admitted orb's status and event, and the 10 positions shown.
+    assert_eq!((writes.len(), status_writes), (SHOWN + 3, 1 + SHOWN));
+    let reads = seen.len() - writes.len();
+    assert_eq!(reads, 1 + 10_000 / orb_operator::admission::LIST_PAGE as usize);
+    assert!(metrics.contains("orb_operator_namespace_queue_length{namespace=\"calls\"} 9899"));
 }

@@ -31,6 +31,23 @@ pub struct AdmissionPlan {
     pub queue: Vec<(String, i32)>,
 }
 
+/// The `status.queuePosition` an orb at `position` shows when the first `shown` places are
+/// written: its place there, none further back. Positions behind the first `shown` are not
+/// written, so a freed slot rewrites at most `shown` statuses, whatever the queue's length.
+pub fn shown_position(position: i32, shown: usize) -> Option<i32> {
+    usize::try_from(position)
+        .is_ok_and(|p| (1..=shown).contains(&p))
+        .then_some(position)
+}
+
+/// Whether an orb joining the queue is worth an admission pass, given the queue's length after the
+/// last one. A non-empty queue means the cap is full, and a new orb goes to its back (FIFO by
+/// creation): a pass could neither admit it nor show it a place once `shown` places are taken.
+/// Freed capacity wakes the admitter by another path, and the periodic pass catches the rest.
+pub fn arrival_needs_pass(queue_len: usize, shown: usize) -> bool {
+    queue_len < shown.max(1)
+}
+
 /// Admits the oldest waiting orbs into free capacity. Capacity is held by every non-terminal orb
 /// that is admitted by status or by the ledger, including one that is terminating or being deleted
 /// (its pod still holds a GPU). Anything counted twice errs towards admitting fewer, never more.

@@ -10,7 +10,7 @@ mod launch;
 mod pod;
 mod session;
 
-pub use admission::{AdmissionEntry, AdmissionPlan, plan_admission};
+pub use admission::{AdmissionEntry, AdmissionPlan, arrival_needs_pass, plan_admission, shown_position};
 pub use deadlines::*;
 pub use decide::*;
 pub use launch::{Launch, launch};

@@ -151,6 +151,48 @@ fn invalid_deleting_and_finished_orbs_are_never_admitted() {
     assert!(plan.admit.is_empty() && plan.queue.is_empty() && plan.ledger.is_empty());
 }
 
+#[test]
+fn only_the_first_places_of_the_queue_are_shown() {
+    assert_eq!(
+        [1, 10, 11, 9_900].map(|p| shown_position(p, 10)),
+        [Some(1), Some(10), None, None]
+    );
+    assert_eq!(shown_position(1, 0), None);
+}
+
+#[test]
+fn arrivals_wake_the_admitter_only_while_they_could_be_admitted_or_shown_a_place() {
+    assert!(arrival_needs_pass(0, 10), "an empty queue: there may be room");
+    assert!(arrival_needs_pass(9, 10), "the newcomer gets place 10");
+    assert!(!arrival_needs_pass(10, 10), "behind the places shown: nothing to write");
+    assert!(!arrival_needs_pass(9_900, 10));
+    assert!(arrival_needs_pass(0, 0) && !arrival_needs_pass(1, 0));
+}
+
+/// 10 000 orbs, 100 running, 9 900 queued: one finished orb changes the shown position of at most
+/// `shown` queued orbs (each moves up one place, and the first hidden one becomes visible), not of
+/// the whole queue.
+#[test]
+fn a_freed_slot_changes_at_most_the_shown_positions() {
+    let shown = 10;
+    let mut orbs: Vec<_> = (0..100)
+        .map(|i| admitted(entry(i, i as i64), OrbPhase::Ready))
+        .collect();
+    orbs.extend((100..10_000).map(|i| entry(i, i as i64)));
+    let full = plan_admission(&orbs, &BTreeSet::new(), 100);
+    assert_eq!((full.admit.len(), full.queue.len()), (0, 9_900));
+    orbs[42].phase = Some(OrbPhase::Succeeded);
+    let freed = plan_admission(&orbs, &full.ledger, 100);
+    assert_eq!(freed.admit, vec!["uid-100"]);
+    let before: std::collections::BTreeMap<&str, i32> = full.queue.iter().map(|(u, p)| (u.as_str(), *p)).collect();
+    let changed = freed
+        .queue
+        .iter()
+        .filter(|(uid, p)| shown_position(before[uid.as_str()], shown) != shown_position(*p, shown))
+        .count();
+    assert_eq!(changed, shown);
+}
+
 proptest! {
     /// Whatever the mix of states and ledger, a pass never leaves more than `cap` orbs holding
     /// capacity unless they already held it before the pass.
