@@ -5,8 +5,14 @@
 //! client, load generator included). Reports p50/p99/max per step, the highest sustained rate
 //! with p99 under the limit, and the server's peak RSS and CPU time.
 //!
-//! Run: `cargo bench -p orb-signaling --bench relay` (options, after `--`: `--conns 999`,
-//! `--step-secs 5`, `--server-threads 2`, `--client-threads 2`).
+//! The same load runs, in one run, against: one replica without Redis (`one`), one replica with
+//! Redis (`redis`), two replicas sharing a Redis with each room's clients spread over them
+//! (`redis2`: two of a room's three relays cross replicas), and seed 001's Node server (`seed`,
+//! `benches/seed-server`, installed with npm on first use) as the reference.
+//!
+//! Run: `cargo bench -p orb-signaling --bench relay` (options, after `--`: `--target
+//! one|redis|redis2|seed|all`, `--conns 999`, `--step-secs 5`, `--server-threads 2`,
+//! `--client-threads 2`). Needs `redis-server` and, for `seed`, `node` and `npm`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use futures::stream::{SplitSink, StreamExt};
+use orb_signaling::cluster::testing::RedisServer;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -33,7 +40,29 @@ const RATES: [u64; 10] = [
 const PACER_TICK: Duration = Duration::from_millis(1);
 const PACERS: usize = 4;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    One,
+    Redis,
+    Redis2,
+    Seed,
+}
+
+impl Target {
+    const ALL: [Target; 4] = [Target::One, Target::Redis, Target::Redis2, Target::Seed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Target::One => "orb-signaling, 1 replica, no Redis",
+            Target::Redis => "orb-signaling, 1 replica, Redis",
+            Target::Redis2 => "orb-signaling, 2 replicas, Redis (rooms spread)",
+            Target::Seed => "seed 001 Node server (reference)",
+        }
+    }
+}
+
 struct Options {
+    targets: Vec<Target>,
     conns: usize,
     step_secs: u64,
     /// Worker threads of the server (`TOKIO_WORKER_THREADS`) and of the load generator.
@@ -43,6 +72,7 @@ struct Options {
 
 fn options() -> Options {
     let mut o = Options {
+        targets: Target::ALL.to_vec(),
         conns: 999,
         step_secs: 5,
         server_threads: 2,
@@ -55,6 +85,16 @@ fn options() -> Options {
             "--step-secs" => o.step_secs = w[1].parse().expect("--step-secs N"),
             "--server-threads" => o.server_threads = w[1].parse().expect("--server-threads N"),
             "--client-threads" => o.client_threads = w[1].parse().expect("--client-threads N"),
+            "--target" => {
+                o.targets = match w[1].as_str() {
+                    "one" => vec![Target::One],
+                    "redis" => vec![Target::Redis],
+                    "redis2" => vec![Target::Redis2],
+                    "seed" => vec![Target::Seed],
+                    "all" => Target::ALL.to_vec(),
+                    other => panic!("--target one|redis|redis2|seed|all, not {other}"),
+                }
+            }
             _ => {}
         }
     }
@@ -62,32 +102,116 @@ fn options() -> Options {
     o
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+/// The server processes of one target (and the Redis they share); client `i` uses
+/// `addrs[i % addrs.len()]`.
+struct Servers {
+    children: Vec<Child>,
+    addrs: Vec<SocketAddr>,
+    _redis: Option<RedisServer>,
 }
 
-impl Drop for Server {
+impl Drop for Servers {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-fn start_server(threads: usize) -> Server {
-    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_orb-signaling"))
-        .args(["--listen", &addr.to_string(), "--auth", "none", "--orb-runtime", "none"])
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn start_signaling(threads: usize, redis: Option<(&RedisServer, usize)>) -> (Child, SocketAddr) {
+    let addr = free_addr();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orb-signaling"));
+    cmd.args(["--listen", &addr.to_string(), "--auth", "none", "--orb-runtime", "none"])
         // The benchmark measures the relay path, not the per-client limits.
         .args(["--max-messages-per-second", "1000000", "--send-queue", "8192"])
-        .args(["--idle-socket-timeout", "10m", "--max-participants-per-room", "3"])
+        .args(["--idle-socket-timeout", "10m", "--max-participants-per-room", "3"]);
+    if let Some((redis, i)) = redis {
+        cmd.args(["--redis-url", &redis.url(), "--replica-id", &format!("bench-{i}")]);
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .env("TOKIO_WORKER_THREADS", threads.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start orb-signaling (build it with cargo bench)");
-    Server { child, addr }
+    (child, addr)
+}
+
+/// Seed 001's server under Node, from a copy of `benches/seed-server` with its `ws` installed.
+fn start_seed() -> (Child, SocketAddr) {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/seed-server");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-seed-server");
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["package.json", "server.mjs", "websocket-simple-enhanced.mjs"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    if !dir.join("node_modules/ws").exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "npm install of the seed server's ws failed");
+    }
+    let addr = free_addr();
+    let child = Command::new("node")
+        .arg("server.mjs")
+        .current_dir(&dir)
+        .env("PORT", addr.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start node (the seed server needs Node.js)");
+    (child, addr)
+}
+
+fn start_servers(target: Target, threads: usize) -> Servers {
+    let (redis, replicas) = match target {
+        Target::One => (None, 1),
+        Target::Redis => (Some(RedisServer::start()), 1),
+        Target::Redis2 => (Some(RedisServer::start()), 2),
+        Target::Seed => {
+            let (child, addr) = start_seed();
+            return Servers {
+                children: vec![child],
+                addrs: vec![addr],
+                _redis: None,
+            };
+        }
+    };
+    let (children, addrs) = (0..replicas)
+        .map(|i| start_signaling(threads, redis.as_ref().map(|r| (r, i))))
+        .unzip();
+    Servers {
+        children,
+        addrs,
+        _redis: redis,
+    }
+}
+
+/// Ready when every server answers (`/readyz` 200 for ours: registered with Redis).
+async fn wait_ready(servers: &Servers, ours: bool) {
+    for addr in &servers.addrs {
+        for _ in 0..400 {
+            let ready = if ours {
+                orb_telemetry::probe::get(*addr, "/readyz", Duration::from_secs(5))
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            } else {
+                TcpStream::connect(addr).await.is_ok()
+            };
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
 
 /// Peak RSS (VmHWM) and CPU seconds of a process, from /proc.
@@ -104,6 +228,15 @@ fn proc_stats(pid: u32) -> (u64, f64) {
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (hwm_kib, ticks / 100.0)
+}
+
+/// Peak RSS summed and CPU seconds summed over the servers' processes.
+fn servers_stats(servers: &Servers) -> (u64, f64) {
+    servers
+        .children
+        .iter()
+        .map(|c| proc_stats(c.id()))
+        .fold((0, 0.0), |(r, c), (r2, c2)| (r + r2, c + c2))
 }
 
 /// Shared by the readers: the current measurement window and the latencies seen in it.
@@ -196,7 +329,24 @@ async fn pace(
     }
 }
 
-/// The server's own relay latency histogram (cumulative buckets by upper bound, in seconds).
+/// The servers' own relay latency histogram, summed (cumulative buckets by upper bound, in
+/// seconds); empty for the seed server, which has none.
+async fn servers_histogram(servers: &Servers, ours: bool) -> Vec<(f64, u64)> {
+    let mut sum: Vec<(f64, u64)> = vec![];
+    if !ours {
+        return sum;
+    }
+    for addr in &servers.addrs {
+        for (le, n) in server_histogram(*addr).await {
+            match sum.iter_mut().find(|(l, _)| *l == le) {
+                Some((_, m)) => *m += n,
+                None => sum.push((le, n)),
+            }
+        }
+    }
+    sum
+}
+
 async fn server_histogram(addr: SocketAddr) -> Vec<(f64, u64)> {
     let Ok((_, buf)) = orb_telemetry::probe::get(addr, "/metrics", Duration::from_secs(30)).await else {
         return vec![];
@@ -230,147 +380,191 @@ fn percentile(sorted: &[u32], p: f64) -> Duration {
     Duration::from_micros(u64::from(sorted[i]))
 }
 
+/// What one target measured: p50 and p99 at the first step (18k msgs/s) and the highest
+/// sustained rate.
+struct Outcome {
+    first: Option<(Duration, Duration)>,
+    best: Option<u64>,
+}
+
 fn main() {
     let opts = options();
-    let server = start_server(opts.server_threads);
-    let pid = server.child.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.client_threads)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        // Wait for the listener.
-        for _ in 0..200 {
-            if TcpStream::connect(server.addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let recorder = Arc::new(Recorder {
-            epoch: Instant::now(),
-            window: Mutex::new((0, 0)),
-            samples: Mutex::new(Vec::new()),
-            received: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
+    let mut outcomes = vec![];
+    for &target in &opts.targets {
+        let servers = start_servers(target, opts.server_threads);
+        println!("\n## {}\n", target.label());
+        let outcome = rt.block_on(run(&opts, target, &servers));
+        outcomes.push((target, outcome));
+        drop(servers);
+    }
+    println!("\n## Summary\n");
+    println!(
+        "| server | p50 at 18k msgs/s | p99 at 18k msgs/s | highest rate with p99 <= {} ms |",
+        P99_LIMIT.as_millis()
+    );
+    println!("|---|---:|---:|---:|");
+    for (target, o) in outcomes {
+        let (p50, p99) = o.first.map_or(("—".into(), "—".into()), |(a, b)| {
+            (
+                format!("{:.2} ms", a.as_secs_f64() * 1e3),
+                format!("{:.2} ms", b.as_secs_f64() * 1e3),
+            )
         });
-        let started = Instant::now();
-        let mut sinks = Vec::with_capacity(opts.conns);
-        let rooms = opts.conns / 3;
-        for chunk in (0..opts.conns).collect::<Vec<_>>().chunks(60) {
-            let joins = chunk.iter().map(|&i| connect(server.addr, i / 3, i));
-            for (ws, &i) in futures::future::join_all(joins).await.into_iter().zip(chunk) {
-                let (sink, mut stream) = ws.split();
-                let rec = recorder.clone();
-                tokio::spawn(async move {
-                    while let Some(Ok(m)) = stream.next().await {
-                        if let Message::Text(t) = m
-                            && let Some(sent) = sent_at(t.as_str())
-                        {
-                            rec.record(sent);
-                        }
-                    }
-                    rec.closed.store(true, Ordering::Relaxed);
-                });
-                let room_base = (i / 3) * 3;
-                let peer = format!("u{}", room_base + (i - room_base + 1) % 3);
-                sinks.push((sink, peer));
-            }
-        }
-        let (setup_rss, _) = proc_stats(pid);
-        println!(
-            "orb-signaling relay benchmark: {} connections in {rooms} rooms (3 per room), set up in {:.1}s; \
-             server RSS after joins {} MiB; threads: server {}, load generator {}",
-            opts.conns,
-            started.elapsed().as_secs_f64(),
-            setup_rss / 1024,
-            opts.server_threads,
-            opts.client_threads
-        );
+        let best = o.best.map_or("below 18000".to_owned(), |b| format!("{b} msgs/s"));
+        println!("| {} | {p50} | {p99} | {best} |", target.label());
+    }
+}
 
-        let rate = Arc::new(AtomicU64::new(5_000));
-        let stop = Arc::new(AtomicBool::new(false));
-        let per = sinks.len().div_ceil(PACERS);
-        let mut groups = Vec::new();
-        while !sinks.is_empty() {
-            let rest = sinks.split_off(sinks.len().min(per));
-            groups.push(std::mem::replace(&mut sinks, rest));
-        }
-        let mut pacers = Vec::new();
-        for group in groups {
-            pacers.push(tokio::spawn(pace(
-                group,
-                rate.clone(),
-                opts.conns,
-                recorder.clone(),
-                stop.clone(),
-            )));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-
-        println!("\n| target msgs/s | achieved msgs/s | p50 | p99 | max | server-side p50 / p99 (bucket bound) | server CPU |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
-        let mut best = None;
-        for target in RATES {
-            rate.store(target, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let (_, cpu0) = proc_stats(pid);
-            let hist0 = server_histogram(server.addr).await;
-            let from = recorder.epoch.elapsed().as_micros() as u64;
-            let measure = Duration::from_secs(opts.step_secs);
-            *recorder.window.lock().unwrap() = (from, from + measure.as_micros() as u64);
-            recorder.samples.lock().unwrap().clear();
-            tokio::time::sleep(measure).await;
-            let (_, cpu1) = proc_stats(pid);
-            let hist1 = server_histogram(server.addr).await;
-            let server_q = |p| histogram_quantile(&hist0, &hist1, p) * 1e3;
-            // Let the window's last messages arrive (or count as late) before reading.
-            tokio::time::sleep(P99_LIMIT * 4).await;
-            let mut samples = std::mem::take(&mut *recorder.samples.lock().unwrap());
-            samples.sort_unstable();
-            let achieved = samples.len() as f64 / measure.as_secs_f64();
-            let (p50, p99, max) = (
-                percentile(&samples, 0.5),
-                percentile(&samples, 0.99),
-                percentile(&samples, 1.0),
-            );
-            println!(
-                "| {target} | {achieved:.0} | {:.2} ms | {:.2} ms | {:.1} ms | ≤ {} / ≤ {} ms | {:.0}% |",
-                p50.as_secs_f64() * 1e3,
-                p99.as_secs_f64() * 1e3,
-                max.as_secs_f64() * 1e3,
-                server_q(0.5),
-                server_q(0.99),
-                (cpu1 - cpu0) / measure.as_secs_f64() * 100.0
-            );
-            let sustained =
-                achieved >= target as f64 * 0.95 && p99 <= P99_LIMIT && !recorder.closed.load(Ordering::Relaxed);
-            if !sustained {
-                break;
-            }
-            best = Some(target);
-        }
-        stop.store(true, Ordering::Relaxed);
-        for p in pacers {
-            let _ = p.await;
-        }
-        let (peak_rss, cpu) = proc_stats(pid);
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        println!("\nload average during the run (1/5/15 min): {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-        println!(
-            "highest sustained rate (>= 95% delivered, p99 <= {} ms, no disconnects): {}",
-            P99_LIMIT.as_millis(),
-            best.map_or("below the first step".to_owned(), |b| format!("{b} msgs/s"))
-        );
-        println!(
-            "server peak RSS: {} MiB; server CPU time: {cpu:.1}s; disconnects: {}",
-            peak_rss / 1024,
-            if recorder.closed.load(Ordering::Relaxed) {
-                "yes"
-            } else {
-                "none"
-            }
-        );
+async fn run(opts: &Options, target: Target, servers: &Servers) -> Outcome {
+    let ours = target != Target::Seed;
+    wait_ready(servers, ours).await;
+    let recorder = Arc::new(Recorder {
+        epoch: Instant::now(),
+        window: Mutex::new((0, 0)),
+        samples: Mutex::new(Vec::new()),
+        received: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
     });
-    drop(server);
+    let started = Instant::now();
+    let mut sinks = Vec::with_capacity(opts.conns);
+    let rooms = opts.conns / 3;
+    let mut readers = vec![];
+    for chunk in (0..opts.conns).collect::<Vec<_>>().chunks(60) {
+        let joins = chunk
+            .iter()
+            .map(|&i| connect(servers.addrs[i % servers.addrs.len()], i / 3, i));
+        for (ws, &i) in futures::future::join_all(joins).await.into_iter().zip(chunk) {
+            let (sink, mut stream) = ws.split();
+            let rec = recorder.clone();
+            readers.push(tokio::spawn(async move {
+                while let Some(Ok(m)) = stream.next().await {
+                    if let Message::Text(t) = m
+                        && let Some(sent) = sent_at(t.as_str())
+                    {
+                        rec.record(sent);
+                    }
+                }
+                rec.closed.store(true, Ordering::Relaxed);
+            }));
+            let room_base = (i / 3) * 3;
+            let peer = format!("u{}", room_base + (i - room_base + 1) % 3);
+            sinks.push((sink, peer));
+        }
+    }
+    let (setup_rss, _) = servers_stats(servers);
+    println!(
+        "{} connections in {rooms} rooms (3 per room), set up in {:.1}s; server RSS after joins {} MiB; \
+         threads: server {}, load generator {}",
+        opts.conns,
+        started.elapsed().as_secs_f64(),
+        setup_rss / 1024,
+        opts.server_threads,
+        opts.client_threads
+    );
+
+    let rate = Arc::new(AtomicU64::new(5_000));
+    let stop = Arc::new(AtomicBool::new(false));
+    let per = sinks.len().div_ceil(PACERS);
+    let mut groups = Vec::new();
+    while !sinks.is_empty() {
+        let rest = sinks.split_off(sinks.len().min(per));
+        groups.push(std::mem::replace(&mut sinks, rest));
+    }
+    let mut pacers = Vec::new();
+    for group in groups {
+        pacers.push(tokio::spawn(pace(
+            group,
+            rate.clone(),
+            opts.conns,
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    println!(
+        "\n| target msgs/s | achieved msgs/s | p50 | p99 | max | server-side p50 / p99 (bucket bound) | server CPU |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut outcome = Outcome {
+        first: None,
+        best: None,
+    };
+    for target_rate in RATES {
+        rate.store(target_rate, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, cpu0) = servers_stats(servers);
+        let hist0 = servers_histogram(servers, ours).await;
+        let from = recorder.epoch.elapsed().as_micros() as u64;
+        let measure = Duration::from_secs(opts.step_secs);
+        *recorder.window.lock().unwrap() = (from, from + measure.as_micros() as u64);
+        recorder.samples.lock().unwrap().clear();
+        tokio::time::sleep(measure).await;
+        let (_, cpu1) = servers_stats(servers);
+        let hist1 = servers_histogram(servers, ours).await;
+        let server_side = if hist1.is_empty() {
+            "—".to_owned()
+        } else {
+            let q = |p| histogram_quantile(&hist0, &hist1, p) * 1e3;
+            format!("≤ {} / ≤ {} ms", q(0.5), q(0.99))
+        };
+        // Let the window's last messages arrive (or count as late) before reading.
+        tokio::time::sleep(P99_LIMIT * 4).await;
+        let mut samples = std::mem::take(&mut *recorder.samples.lock().unwrap());
+        samples.sort_unstable();
+        let achieved = samples.len() as f64 / measure.as_secs_f64();
+        let (p50, p99, max) = (
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.99),
+            percentile(&samples, 1.0),
+        );
+        println!(
+            "| {target_rate} | {achieved:.0} | {:.2} ms | {:.2} ms | {:.1} ms | {server_side} | {:.0}% |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3,
+            (cpu1 - cpu0) / measure.as_secs_f64() * 100.0
+        );
+        if outcome.first.is_none() {
+            outcome.first = Some((p50, p99));
+        }
+        let sustained =
+            achieved >= target_rate as f64 * 0.95 && p99 <= P99_LIMIT && !recorder.closed.load(Ordering::Relaxed);
+        if !sustained {
+            break;
+        }
+        outcome.best = Some(target_rate);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in pacers {
+        let _ = p.await;
+    }
+    for r in readers {
+        r.abort();
+    }
+    let (peak_rss, cpu) = servers_stats(servers);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nload average (1/5/15 min): {}; highest sustained rate (>= 95% delivered, p99 <= {} ms, no disconnects): {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        P99_LIMIT.as_millis(),
+        outcome
+            .best
+            .map_or("below the first step".to_owned(), |b| format!("{b} msgs/s"))
+    );
+    println!(
+        "server peak RSS (summed): {} MiB; server CPU time: {cpu:.1}s; disconnects: {}",
+        peak_rss / 1024,
+        if recorder.closed.load(Ordering::Relaxed) {
+            "yes"
+        } else {
+            "none"
+        }
+    );
+    outcome
 }
