@@ -279,3 +279,30 @@ async fn three_replicas_on_the_kubernetes_runtime_create_one_aiorb_and_count_eve
     })
     .await;
 }
+
+/// SIGTERM of one replica (the drain): its members are closed with 1001 and leave for everyone at
+/// once (no liveness expiry to wait for); a member reconnecting to another replica rejoins and the
+/// room carries on there.
+#[tokio::test]
+async fn a_draining_replica_s_members_rejoin_on_another() {
+    let mut s = start_replicas(2, &["--drain-timeout", "5s"]).await;
+    let (mut coach, _) = s.join_at(0, "r", "coach", "coach").await;
+    let (mut client, _) = s.join_at(1, "r", "client", "client").await;
+    coach.recv_type("user-joined").await;
+
+    let draining = s.server.take().unwrap();
+    let drained = tokio::spawn(draining.shutdown());
+    let (code, _, _) = coach.closed().await;
+    assert_eq!(code, 1001, "going away: reconnect elsewhere");
+    let left = client.recv_type("user-left").await;
+    assert_eq!(left["userId"], "coach");
+    drained.await.unwrap();
+
+    let (mut coach, discovery) = s.join_at(1, "r", "coach", "coach").await;
+    assert_eq!(discovery["peers"][0]["userId"], "client");
+    assert_eq!(client.recv_type("user-joined").await["userId"], "coach");
+    coach
+        .send(json!({"type": "offer", "toId": "client", "offer": {"sdp": "again"}}))
+        .await;
+    assert_eq!(client.recv().await["offer"]["sdp"], "again");
+}
