@@ -355,6 +355,44 @@ async fn wait_orb_content(page: &Page) {
     );
 }
 
+/// A coach and a client in a call with the orb.
+struct Meeting {
+    coach: Arc<Page>,
+    client: Arc<Page>,
+    ai: String,
+    coach_id: String,
+    client_id: String,
+}
+
+/// The coach's page opens `coach_url` and connects to the orb, then the client's page opens
+/// `client_url`: every connection of the mesh comes up, with one orb, and both hear it.
+async fn meet(stack: &Stack, pages: &Pages, coach_url: &str, client_url: &str) -> Meeting {
+    let coach = pages.add(stack.browser("coach").await);
+    coach.client.goto(coach_url).await.unwrap();
+    let coach_call = wait_connected(&coach, &["ai"]).await;
+    let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
+    let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+    let client = pages.add(stack.browser("client").await);
+    client.client.goto(client_url).await.unwrap();
+    let client_call = wait_connected(&client, &["ai", &coach_id]).await;
+    assert_eq!(
+        client_call["aiPeerId"].as_str(),
+        Some(ai.as_str()),
+        "one orb in the room"
+    );
+    let client_id = client_call["userId"].as_str().unwrap().to_owned();
+    wait_connected(&coach, &["ai", &client_id]).await;
+    wait_orb_audio(&coach, &ai).await;
+    wait_orb_audio(&client, &ai).await;
+    Meeting {
+        coach,
+        client,
+        ai,
+        coach_id,
+        client_id,
+    }
+}
+
 /// The pages a scenario opened, for the screenshots of a failure.
 #[derive(Default)]
 struct Pages(std::sync::Mutex<Vec<Arc<Page>>>);
@@ -408,27 +446,21 @@ async fn coach_and_client_meet_the_orb_hear_it_and_leave() {
     let stack_ref = &stack;
     scenario(name, &pages, async {
         let room = "browser-meet";
-        let coach = pages.add(stack_ref.browser("coach").await);
-        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
-        let coach_call = wait_connected(&coach, &["ai"]).await;
-        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
-        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
-
-        let client = pages.add(stack_ref.browser("client").await);
-        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
-        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
-        assert_eq!(
-            client_call["aiPeerId"].as_str(),
-            Some(ai.as_str()),
-            "one orb in the room"
-        );
-        let client_id = client_call["userId"].as_str().unwrap().to_owned();
-        wait_connected(&coach, &["ai", &client_id]).await;
-
-        // Both humans hear the orb (the test brain greets, then echoes; RTP flows throughout)...
-        wait_orb_audio(&coach, &ai).await;
-        wait_orb_audio(&client, &ai).await;
-        // ...and what they hear is the orb's content: its loudest sound is the greeting tone or
+        let Meeting {
+            coach,
+            client,
+            ai,
+            coach_id,
+            client_id: _,
+        } = meet(
+            stack_ref,
+            &pages,
+            &stack_ref.room_url(room, "coach"),
+            &stack_ref.room_url(room, "client"),
+        )
+        .await;
+        // Both humans hear the orb (the test brain greets, then echoes; RTP flows throughout), and
+        // what they hear is the orb's content: its loudest sound is the greeting tone or
         // the echo of a human's microphone (the test brain's only two voices), not noise.
         for page in [&coach, &client] {
             wait_orb_content(page).await;
@@ -717,31 +749,19 @@ async fn a_call_across_three_replicas_survives_losing_one() {
     let stack_ref = &mut stack;
     scenario(name, &pages, async {
         let room = "browser-replicas";
-        let coach = pages.add(stack_ref.browser("coach").await);
-        coach
-            .client
-            .goto(&room_url_at(coach_entry, room, "coach"))
-            .await
-            .unwrap();
-        let coach_call = wait_connected(&coach, &["ai"]).await;
-        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
-        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
-        let client = pages.add(stack_ref.browser("client").await);
-        client
-            .client
-            .goto(&room_url_at(ports[1], room, "client"))
-            .await
-            .unwrap();
-        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
-        assert_eq!(
-            client_call["aiPeerId"].as_str(),
-            Some(ai.as_str()),
-            "one orb in the room"
-        );
-        let client_id = client_call["userId"].as_str().unwrap().to_owned();
-        wait_connected(&coach, &["ai", &client_id]).await;
-        wait_orb_audio(&coach, &ai).await;
-        wait_orb_audio(&client, &ai).await;
+        let Meeting {
+            coach,
+            client,
+            ai,
+            coach_id,
+            client_id,
+        } = meet(
+            stack_ref,
+            &pages,
+            &room_url_at(coach_entry, room, "coach"),
+            &room_url_at(ports[1], room, "client"),
+        )
+        .await;
         // The orb reached replica C (its log names the endpoint it joined).
         let joined = stack_ref.orb_log(room);
         let joined = joined

@@ -142,12 +142,14 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
+        // Every script starts with the shared helpers (Redis scripts cannot import).
+        let script = |body: &str| Script::new(&format!("{}{body}", include_str!("scripts/prelude.lua")));
         Self {
-            join: Script::new(include_str!("scripts/join.lua")),
-            leave: Script::new(include_str!("scripts/leave.lua")),
-            reap: Script::new(include_str!("scripts/reap.lua")),
+            join: script(include_str!("scripts/join.lua")),
+            leave: script(include_str!("scripts/leave.lua")),
+            reap: script(include_str!("scripts/reap.lua")),
             heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
-            status: Script::new(include_str!("scripts/status.lua")),
+            status: script(include_str!("scripts/status.lua")),
         }
     }
 }

@@ -10,23 +10,18 @@ end
 local room, me_json, max, mode = KEYS[1], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local me = cjson.decode(me_json)
 local field = 'm:' .. ARGV[4]
-local before, before_json, meta = {}, {}, {}
-local flat = redis.call('HGETALL', room)
-for i = 1, #flat, 2 do
-  local k, v = flat[i], flat[i + 1]
-  if string.sub(k, 1, 2) == 'm:' then
-    if k ~= field then
-      before[#before + 1] = cjson.decode(v)
-      before_json[#before_json + 1] = v
-    end
+local members, meta = read_room(room)
+local before, before_json, old = {}, {}, nil
+for _, m in ipairs(members) do
+  if m._field == field then
+    old = m
   else
-    meta[k] = v
+    before[#before + 1] = m
+    before_json[#before_json + 1] = m._json
   end
 end
-local old_json = redis.call('HGET', room, field)
 local seq = tonumber(meta.seq or '0')
-if old_json then
-  local old = cjson.decode(old_json)
+if old then
   if old.replica == me.replica and old.conn == me.conn then
     return cjson.encode({ seq = seq, unchanged = true })
   end
@@ -43,7 +38,7 @@ if is_ai and me.issuedAt then
     end
   end
 end
-if not old_json and #before >= max then
+if not old and #before >= max then
   return redis.error_reply('FULL')
 end
 local has_ai = false
@@ -76,21 +71,13 @@ me_json = string.sub(me_json, 1, -2) .. ',"joinSeq":' .. seq .. '}'
 redis.call('HSET', room, field, me_json)
 redis.call('SADD', KEYS[3], ARGV[3])
 local event = '{"k":"joined","room":' .. cjson.encode(ARGV[3]) .. ',"seq":' .. seq ..
-  ',"member":' .. me_json .. (old_json and (',"replaced":' .. old_json) or '') .. '}'
-local told = {}
-for _, m in ipairs(before) do
-  if not told[m.replica] then
-    told[m.replica] = true
-    redis.call('PUBLISH', ARGV[2] .. m.replica, event)
-  end
-end
-if old_json then
-  local old = cjson.decode(old_json)
-  if not told[old.replica] then redis.call('PUBLISH', ARGV[2] .. old.replica, event) end
-end
+  ',"member":' .. me_json .. (old and (',"replaced":' .. old._json) or '') .. '}'
+local told = before
+if old then told = { old, unpack(before) } end
+tell_replicas(ARGV[2], told, event)
 return '{"seq":' .. seq .. ',"request":' .. tostring(request) ..
   ',"members":[' .. table.concat(before_json, ',') .. ']' ..
-  (old_json and (',"replaced":' .. old_json) or '') ..
+  (old and (',"replaced":' .. old._json) or '') ..
   (meta.ai and (',"aiStatus":' .. cjson.encode(meta.ai)) or '') ..
   (meta.coach and (',"coachId":' .. cjson.encode(meta.coach)) or '') ..
   (meta.client and (',"clientId":' .. cjson.encode(meta.client)) or '') ..

@@ -9,22 +9,14 @@ local m = cjson.decode(cur)
 if m.replica ~= ARGV[4] or tostring(m.conn) ~= ARGV[5] then return 0 end
 redis.call('HDEL', room, field)
 local seq = redis.call('HINCRBY', room, 'seq', 1)
-local mine, any = false, false
-local told = {}
-local event = '{"k":"left","room":' .. cjson.encode(ARGV[2]) .. ',"seq":' .. seq .. ',"member":' .. cur .. '}'
-local flat = redis.call('HGETALL', room)
-for i = 1, #flat, 2 do
-  if string.sub(flat[i], 1, 2) == 'm:' then
-    any = true
-    local other = cjson.decode(flat[i + 1])
-    if other.replica == ARGV[4] then mine = true end
-    if not told[other.replica] then
-      told[other.replica] = true
-      redis.call('PUBLISH', ARGV[1] .. other.replica, event)
-    end
-  end
+local rest = read_room(room)
+tell_replicas(ARGV[1], rest,
+  '{"k":"left","room":' .. cjson.encode(ARGV[2]) .. ',"seq":' .. seq .. ',"member":' .. cur .. '}')
+local mine = false
+for _, other in ipairs(rest) do
+  if other.replica == ARGV[4] then mine = true end
 end
 if not mine then redis.call('SREM', KEYS[2], ARGV[2]) end
 -- An empty room is forgotten with its orb request, as a single process forgets it.
-if not any then redis.call('DEL', room) end
+if #rest == 0 then redis.call('DEL', room) end
 return seq

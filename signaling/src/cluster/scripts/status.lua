@@ -4,15 +4,5 @@
 -- KEYS[1] the room hash. ARGV: inbox channel prefix, status, the Deliver event JSON.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'ai', ARGV[2])
-local told = {}
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  if string.sub(flat[i], 1, 2) == 'm:' then
-    local m = cjson.decode(flat[i + 1])
-    if not told[m.replica] then
-      told[m.replica] = true
-      redis.call('PUBLISH', ARGV[1] .. m.replica, ARGV[3])
-    end
-  end
-end
+tell_replicas(ARGV[1], read_room(KEYS[1]), ARGV[3])
 return 1
