@@ -144,11 +144,28 @@ fn calls(scope: Scope) -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn operator_rbac_grants_exactly_the_calls_the_code_makes() {
+    // By default one namespace, the release's (where signaling creates AiOrbs): no ClusterRole.
     let objects = render(None, &[]);
-    assert_eq!(
-        rules_of(find(&objects, "ClusterRole", "-operator")),
-        calls(Scope::Watched)
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding")
     );
+    let watched = find(&objects, "Role", "orb-operator");
+    assert_eq!(watched["metadata"]["namespace"], "orbs");
+    assert_eq!(rules_of(watched), calls(Scope::Watched));
+    let operator = find(&objects, "Deployment", "-operator");
+    assert_eq!(env_of(operator, "WATCH_NAMESPACE").unwrap()["value"], "orbs");
+    // Cluster-wide is an explicit choice.
+    let wide = render(None, &["--set", "operator.clusterWide=true"]);
+    assert_eq!(rules_of(find(&wide, "ClusterRole", "-operator")), calls(Scope::Watched));
+    assert!(env_of(find(&wide, "Deployment", "-operator"), "WATCH_NAMESPACE").is_none());
+    let out = helm()
+        .args(["template", "orb", CHART, "--set", "operator.clusterWide=true"])
+        .args(["--set", "operator.watchNamespace=calls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "cluster-wide and one namespace at once");
     assert_eq!(
         rules_of(find(&objects, "Role", "-operator-own")),
         calls(Scope::OwnNamespace)

@@ -91,3 +91,14 @@ seccompProfile:
 {{- define "orb.redisSecret" -}}
 {{- default (include "orb.redisName" .) .Values.redis.existingSecret -}}
 {{- end -}}
+
+{{/* The one namespace the operator watches (its Role's), or "" when it watches every namespace. */}}
+{{- define "orb.watchedNamespace" -}}
+{{- if .Values.operator.clusterWide -}}
+{{- if .Values.operator.watchNamespace -}}
+{{- fail "operator.clusterWide watches every namespace: leave operator.watchNamespace empty" -}}
+{{- end -}}
+{{- else -}}
+{{- default .Release.Namespace .Values.operator.watchNamespace -}}
+{{- end -}}
+{{- end -}}
