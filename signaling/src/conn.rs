@@ -312,15 +312,11 @@ impl Conn<'_> {
     }
 
     async fn join(&mut self, identity: Identity) -> ControlFlow<()> {
-        let registry = &self.state.registry;
-        let joined = match registry.cluster() {
-            Some(cluster) => {
-                registry
-                    .join_shared(cluster, self.room_id, self.handle, identity.clone())
-                    .await
-            }
-            None => registry.join(self.room_id, self.handle, identity.clone()),
-        };
+        let joined = self
+            .state
+            .registry
+            .join_shared(self.room_id, self.handle, identity.clone())
+            .await;
         match joined {
             Ok(room) => {
                 tracing::Span::current().record("user", identity.user_id.as_str());

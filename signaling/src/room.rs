@@ -288,6 +288,14 @@ impl RoomState {
             .collect()
     }
 
+    /// Members on other replicas that `to` selects (their replicas deliver to them).
+    fn remote_members(&self, to: &Target) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.local().is_none() && selects(to, &m.identity))
+            .count()
+    }
+
     fn member(&self, conn_id: u64) -> Option<&Member> {
         self.members.iter().find(|m| m.is_conn(conn_id))
     }
@@ -297,6 +305,16 @@ impl RoomState {
         let t = self.last_activity.map_or(at, |last| last.max(at));
         self.last_activity = Some(t);
         t
+    }
+
+    /// Voice activity at `at` (never past now): the new presence if the activity advanced.
+    fn advance_activity(&mut self, at: SystemTime) -> Option<Presence> {
+        let before = self.last_activity;
+        let now = self.touch(at.min(SystemTime::now()));
+        (Some(now) != before).then(|| Presence {
+            humans: self.humans(),
+            last_activity: now,
+        })
     }
 
     fn presence(&mut self) -> Presence {
@@ -596,14 +614,16 @@ impl Registry {
 
     /// [`Registry::join`] across replicas: the join script decides (room full, stale orb,
     /// replacement, orb request) for the whole room, then this replica's copy is brought up to
-    /// that point and the joiner is added.
+    /// that point and the joiner is added. Without Redis, [`Registry::join`] itself.
     pub async fn join_shared(
         &self,
-        cluster: &Arc<Cluster>,
         room_id: &str,
         conn: &ConnHandle,
         identity: Identity,
     ) -> Result<Arc<Room>, JoinError> {
+        let Some(cluster) = &self.cluster else {
+            return self.join(room_id, conn, identity);
+        };
         let room = {
             let mut rooms = self.rooms();
             let room = self.room_or_new(&mut rooms, room_id);
@@ -691,21 +711,21 @@ impl Registry {
         }
         match target {
             Some(target) => match st.members.iter().find(|m| m.identity.user_id == target) {
-                Some(m) => match m.local() {
-                    Some(conn) => Relayed::Delivered(usize::from(conn.send(out))),
-                    None => {
-                        let to = Target::User(target.to_owned());
-                        self.publish(&st, &to, || deliver(&room.id, to.clone(), &out, None));
+                Some(m) => match (&m.at, &self.cluster) {
+                    (Location::Local(conn), _) => Relayed::Delivered(usize::from(conn.send(out))),
+                    (Location::Remote { replica, .. }, Some(cluster)) => {
+                        cluster.publish(replica, &deliver(&room.id, Target::User(target.to_owned()), &out, None));
                         Relayed::Delivered(1)
                     }
+                    // Remote members exist only with a cluster.
+                    (Location::Remote { .. }, None) => Relayed::UnknownPeer,
                 },
                 None => Relayed::UnknownPeer,
             },
             None => {
                 let local = st.deliver_local(&Target::All, Some(from_conn), &out);
                 self.publish(&st, &Target::All, || deliver(&room.id, Target::All, &out, None));
-                let remote = st.members.iter().filter(|m| m.local().is_none()).count();
-                Relayed::Delivered(local + remote)
+                Relayed::Delivered(local + st.remote_members(&Target::All))
             }
         }
     }
@@ -719,7 +739,7 @@ impl Registry {
             if !st.member(from_conn).is_some_and(|m| m.identity.is_ai()) {
                 return false;
             }
-            let Some(presence) = self.advance_activity(&mut st, at) else {
+            let Some(presence) = st.advance_activity(at) else {
                 return false;
             };
             self.publish(&st, &Target::All, || Event::Activity {
@@ -730,15 +750,6 @@ impl Registry {
         };
         self.report(&room.id, presence);
         true
-    }
-
-    fn advance_activity(&self, st: &mut RoomState, at: SystemTime) -> Option<Presence> {
-        let before = st.last_activity;
-        let now = st.touch(at.min(SystemTime::now()));
-        (Some(now) != before).then(|| Presence {
-            humans: st.humans(),
-            last_activity: now,
-        })
     }
 
     /// The orb's own `ai_status`: relayed to everyone else and remembered for late joiners.
@@ -778,11 +789,7 @@ impl Registry {
         let st = room.lock();
         let out = Outbound::message(msg);
         self.publish(&st, &Target::Coaches, || deliver(&room.id, Target::Coaches, &out, None));
-        st.deliver_local(&Target::Coaches, None, &out)
-            + st.members
-                .iter()
-                .filter(|m| m.local().is_none() && m.identity.role == UserRole::Coach)
-                .count()
+        st.deliver_local(&Target::Coaches, None, &out) + st.remote_members(&Target::Coaches)
     }
 
     /// A status the orb runtime observed (queued, starting, ready, unavailable, ended). Sent to
@@ -853,7 +860,7 @@ impl Registry {
             }
             Event::Activity { at_ms, .. } => {
                 let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
-                (self.advance_activity(st, at).is_some(), false)
+                (st.advance_activity(at).is_some(), false)
             }
             membership => (true, self.apply_membership(st, membership)),
         }

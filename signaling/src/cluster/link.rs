@@ -228,8 +228,9 @@ impl Cluster {
                 return;
             }
         };
+        // The command queue outlives the others: the leaves of closing sockets still go out.
+        tokio::spawn(self.clone().run_commands(con.clone(), ops_rx));
         let tasks = [
-            tokio::spawn(self.clone().run_commands(con.clone(), ops_rx)),
             tokio::spawn(self.clone().run_inbox(state.clone())),
             tokio::spawn(self.clone().run_heartbeat(con, state.clone())),
             tokio::spawn(self.clone().run_restore(state.clone())),
@@ -239,7 +240,7 @@ impl Cluster {
             shutdown.cancelled().await;
             // Connections are closing now and their leaves are queued; let them reach Redis.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            for task in tasks.iter().skip(1) {
+            for task in tasks {
                 task.abort();
             }
         });
@@ -603,12 +604,10 @@ impl Cluster {
         let mut replicas: HashSet<String> = con.smembers(REPLICAS_KEY).await?;
         replicas.extend(state.registry.remote_replicas());
         replicas.remove(&self.replica);
-        let mut live = HashSet::from([self.replica.clone()]);
+        let mut missing = HashSet::new();
         for replica in replicas {
             let alive: bool = con.exists(liveness_key(&replica)).await?;
             if alive {
-                missing_since.remove(&replica);
-                live.insert(replica);
                 continue;
             }
             let reaped: i64 = self
@@ -625,6 +624,12 @@ impl Cluster {
             if reaped > 0 {
                 info!(%replica, members = reaped, "swept a replica that stopped refreshing its liveness");
             }
+            missing.insert(replica);
+        }
+        // A replica counts as gone from when it was first seen missing, until it is back or
+        // nothing names it any more.
+        missing_since.retain(|r, _| missing.contains(r));
+        for replica in missing {
             missing_since.entry(replica).or_insert_with(Instant::now);
         }
         // Members whose replica has been gone a whole TTL leave this replica's copies even when
@@ -637,7 +642,6 @@ impl Cluster {
         if !gone.is_empty() {
             state.registry.drop_replicas(&gone);
         }
-        missing_since.retain(|r, _| !live.contains(r));
         Ok(())
     }
 

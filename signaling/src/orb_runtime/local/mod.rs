@@ -433,33 +433,48 @@ mod tests {
         fake
     }
 
-    /// An orb that fails while its room is occupied is replaced after the backoff, at most
-    /// `max_restarts` times; then the orb is `Failed` and the room hears `unavailable`.
-    #[tokio::test]
-    async fn a_failing_orb_is_replaced_then_given_up() {
-        let dir = std::env::temp_dir().join(format!("orb-local-failing-{}", std::process::id()));
-        let fake = fake_orb(&dir, "exit 1");
-        let (events, mut rx) = OrbEvents::new(Arc::new(Metrics::default()));
+    /// A runtime starting `orb_binary` under `limits` (orb logs in `dir`), serving a placeholder
+    /// signaling address, and its status events.
+    fn start_runtime(
+        dir: &Path,
+        orb_binary: PathBuf,
+        limits: Limits,
+    ) -> (LocalRuntime, mpsc::UnboundedReceiver<OrbEvent>) {
+        let (events, rx) = OrbEvents::new(Arc::new(Metrics::default()));
         let settings = LocalSettings {
             signaling_url: None,
-            orb_binary: Some(fake),
-            log_dir: dir.clone(),
-            limits: Limits {
-                max_restarts: 2,
-                restart_backoff: Duration::from_millis(50),
-                ..Limits::default()
-            },
+            orb_binary: Some(orb_binary),
+            log_dir: dir.to_owned(),
+            limits,
             test_mode: false,
             signing_key: None,
         };
         let runtime = LocalRuntime::start(settings, events);
         runtime.serve_at(SocketAddr::from(([127, 0, 0, 1], 9)));
-        runtime.request_orb(OrbRequest {
-            room_id: "r".into(),
+        (runtime, rx)
+    }
+
+    fn request(room: &str) -> OrbRequest {
+        OrbRequest {
+            room_id: room.into(),
             coach_id: None,
             client_id: None,
             session_id: None,
-        });
+        }
+    }
+
+    /// An orb that fails while its room is occupied is replaced after the backoff, at most
+    /// `max_restarts` times; then the orb is `Failed` and the room hears `unavailable`.
+    #[tokio::test]
+    async fn a_failing_orb_is_replaced_then_given_up() {
+        let dir = std::env::temp_dir().join(format!("orb-local-failing-{}", std::process::id()));
+        let limits = Limits {
+            max_restarts: 2,
+            restart_backoff: Duration::from_millis(50),
+            ..Limits::default()
+        };
+        let (runtime, mut rx) = start_runtime(&dir, fake_orb(&dir, "exit 1"), limits);
+        runtime.request_orb(request("r"));
         runtime.report_presence("r", here(2));
         assert_eq!(next_status(&mut rx).await, ("r".into(), AiStatus::Starting));
         assert_eq!(next_status(&mut rx).await, ("r".into(), AiStatus::Unavailable));
@@ -480,29 +495,14 @@ mod tests {
     #[tokio::test]
     async fn the_cap_queues_and_a_room_cleanup_admits_the_next() {
         let dir = std::env::temp_dir().join(format!("orb-local-runtime-{}", std::process::id()));
-        let fake = fake_orb(&dir, "exec sleep 600");
-        let (events, mut rx) = OrbEvents::new(Arc::new(Metrics::default()));
-        let settings = LocalSettings {
-            signaling_url: None,
-            orb_binary: Some(fake),
-            log_dir: dir.clone(),
-            limits: Limits {
-                max_concurrent_orbs: 1,
-                empty_room_grace: Duration::from_millis(200),
-                ..Limits::default()
-            },
-            test_mode: false,
-            signing_key: None,
+        let limits = Limits {
+            max_concurrent_orbs: 1,
+            empty_room_grace: Duration::from_millis(200),
+            ..Limits::default()
         };
-        let runtime = LocalRuntime::start(settings, events);
-        runtime.serve_at(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let (runtime, mut rx) = start_runtime(&dir, fake_orb(&dir, "exec sleep 600"), limits);
         for room in ["a", "b"] {
-            runtime.request_orb(OrbRequest {
-                room_id: room.into(),
-                coach_id: None,
-                client_id: None,
-                session_id: None,
-            });
+            runtime.request_orb(request(room));
             runtime.report_presence(room, here(1));
         }
         assert_eq!(next_status(&mut rx).await, ("a".into(), AiStatus::Starting));
