@@ -169,6 +169,27 @@ struct Orb {
 }
 
 impl Orb {
+    /// A newly created orb: no status yet, no process.
+    fn new(uid: String, name: String, spec: AiOrbSpec) -> Self {
+        Self {
+            uid,
+            name,
+            spec,
+            created: Timestamp::now(),
+            phase: None,
+            admitted_at: None,
+            session_started_at: None,
+            finished_at: None,
+            restarts: 0,
+            reason: None,
+            failed_since: None,
+            queue_position: None,
+            proc: None,
+            requeue_at: None,
+            reported: None,
+        }
+    }
+
     fn pod_state(&self) -> PodState {
         match &self.proc {
             None => PodState::Missing,
@@ -327,26 +348,7 @@ impl State {
         let name = naming::orb_name_for_room(&request.room_id);
         let uid = format!("{name}-{}", self.generation);
         self.note(&request.room_id, "orb requested: the first participant joined");
-        self.orbs.insert(
-            uid.clone(),
-            Orb {
-                uid,
-                name,
-                spec,
-                created: Timestamp::now(),
-                phase: None,
-                admitted_at: None,
-                session_started_at: None,
-                finished_at: None,
-                restarts: 0,
-                reason: None,
-                failed_since: None,
-                queue_position: None,
-                proc: None,
-                requeue_at: None,
-                reported: None,
-            },
-        );
+        self.orbs.insert(uid.clone(), Orb::new(uid, name, spec));
         self.events.request_result(if replaced {
             OrbRequestResult::Replaced
         } else {
@@ -551,23 +553,7 @@ mod tests {
 
     #[test]
     fn an_exited_orb_maps_to_the_pod_states_the_policy_reads() {
-        let mut orb = Orb {
-            uid: "u".into(),
-            name: "n".into(),
-            spec: AiOrbSpec::default(),
-            created: Timestamp::now(),
-            phase: None,
-            admitted_at: None,
-            session_started_at: None,
-            finished_at: None,
-            restarts: 0,
-            reason: None,
-            failed_since: None,
-            queue_position: None,
-            proc: None,
-            requeue_at: None,
-            reported: None,
-        };
+        let mut orb = Orb::new("u".into(), "n".into(), AiOrbSpec::default());
         assert_eq!(orb.pod_state(), PodState::Missing);
         let proc = |exit: Option<Exit>, stopping| Proc {
             attempt: 0,
