@@ -592,7 +592,7 @@ fn orb_pods_start_the_orb_with_flags_and_env_it_reads() {
     let args = container.args.clone().unwrap();
     let parsed = orb::config::Cli::try_parse_from(std::iter::once("orb".to_owned()).chain(args.iter().cloned()))
         .unwrap_or_else(|e| panic!("the orb refuses the pod's arguments {args:?}: {e}"));
-    assert_eq!(parsed.room, "room-1");
+    assert_eq!(parsed.room.as_deref(), Some("room-1"));
     let mut known = env_names(orb::config::Cli::command());
     known.extend([
         orb::config::SIGNALING_TOKEN_ENV.to_owned(),

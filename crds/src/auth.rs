@@ -171,6 +171,19 @@ impl SigningKey {
         .expect("HS256 encoding of plain claims cannot fail")
     }
 
+    /// A secret for `purpose` derived from the key (an HS256 MAC of it): reproducible by anyone
+    /// holding the key, useless without it. Only the MAC is returned, never a token: a derived
+    /// secret cannot be presented as a room token.
+    pub fn derive(&self, purpose: &str) -> String {
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({ "purpose": purpose }),
+            &EncodingKey::from_secret(&self.0),
+        )
+        .expect("HS256 encoding of plain claims cannot fail");
+        token.rsplit('.').next().unwrap_or_default().to_owned()
+    }
+
     /// Verifies signature, audience, expiry, a lifetime of at most a day, and that the token opens
     /// `room`.
     pub fn verify(&self, token: &str, room: &str) -> Result<RoomClaims, AuthError> {

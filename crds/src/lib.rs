@@ -2,6 +2,7 @@
 //! signaling and the orb share (room naming, room tokens, the duration format).
 
 pub mod aiorb;
+pub mod assignment;
 pub mod auth;
 pub mod duration;
 pub mod naming;

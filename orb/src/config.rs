@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use orb_api::assignment::Assignment;
 use orb_api::duration::parse_duration;
 use thiserror::Error;
 
@@ -28,9 +29,17 @@ pub enum LogFormat {
 #[derive(Parser, Clone, Debug)]
 #[command(name = "orb", version, about = "The AI participant of a tri-party coaching call")]
 pub struct Cli {
-    /// Room to join.
-    #[arg(long, env = "ORB_ROOM")]
-    pub room: String,
+    /// Room to join. Not with `--warm`: a warm orb gets its room from an assignment.
+    #[arg(long, env = "ORB_ROOM", required_unless_present = "warm", conflicts_with = "warm")]
+    pub room: Option<String>,
+    /// Start warm: prepare the brain, then wait in no room until `POST /assign` (from the operator
+    /// or the local runtime, with the credential in ORB_ASSIGN_TOKEN or `--assign-token-file`)
+    /// names the room, its limits and its token.
+    #[arg(long, env = "ORB_WARM", value_parser = clap::builder::BoolishValueParser::new())]
+    pub warm: bool,
+    /// File holding a warm orb's assignment credential (used when ORB_ASSIGN_TOKEN is unset).
+    #[arg(long, env = "ORB_ASSIGN_TOKEN_FILE")]
+    pub assign_token_file: Option<PathBuf>,
     /// Session id reported in status and the session summary.
     #[arg(long, env = "ORB_SESSION", default_value = "")]
     pub session: String,
@@ -114,7 +123,7 @@ pub enum ConfigError {
     SignalingUrl(String),
     #[error("OpenAI base URL must start with ws://, wss://, http:// or https:// (got {0:?})")]
     OpenaiUrl(String),
-    #[error("cannot read the signaling token file {path}: {source}")]
+    #[error("cannot read the secret file {path}: {source}")]
     TokenFile { path: PathBuf, source: std::io::Error },
     #[error("the openai-realtime brain needs OPENAI_API_KEY")]
     MissingApiKey,
@@ -122,6 +131,10 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     #[error("no UDP address for media was given")]
     NoUdpAddr,
+    #[error("a warm orb needs its assignment credential in ORB_ASSIGN_TOKEN or --assign-token-file")]
+    MissingAssignToken,
+    #[error("a warm orb gets its room from its assignment; --room and --warm exclude each other")]
+    RoomAndWarm,
 }
 
 /// The environment variable holding the orb's room token.
@@ -136,6 +149,8 @@ pub struct Secrets {
     pub signaling_token: Option<String>,
     /// `OPENAI_API_KEY`.
     pub openai_api_key: Option<String>,
+    /// `ORB_ASSIGN_TOKEN`: a warm orb's assignment credential.
+    pub assign_token: Option<String>,
 }
 
 impl Secrets {
@@ -144,6 +159,7 @@ impl Secrets {
         Self {
             signaling_token: var(SIGNALING_TOKEN_ENV),
             openai_api_key: var(OPENAI_API_KEY_ENV),
+            assign_token: var(orb_api::assignment::ASSIGN_TOKEN_ENV),
         }
     }
 }
@@ -153,6 +169,7 @@ impl std::fmt::Debug for Secrets {
         f.debug_struct("Secrets")
             .field("signaling_token", &self.signaling_token.as_ref().map(|_| ".."))
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| ".."))
+            .field("assign_token", &self.assign_token.as_ref().map(|_| ".."))
             .finish()
     }
 }
@@ -212,6 +229,9 @@ pub struct Config {
     pub termination_log: PathBuf,
     pub brain: BrainConfig,
     pub rtc: RtcConfig,
+    /// Set for a warm orb until it is assigned: the credential `POST /assign` must carry. The
+    /// room fields are empty until then.
+    pub warm: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -227,17 +247,22 @@ impl std::fmt::Debug for Config {
             .field("token", &self.token.as_ref().map(|_| ".."))
             .field("brain", &self.brain)
             .field("rtc", &self.rtc)
+            .field("warm", &self.warm.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
     pub fn from_cli(cli: Cli, secrets: Secrets) -> Result<Self, ConfigError> {
-        orb_api::naming::validate_room_id(&cli.room)?;
-        let base = cli.signaling_url.trim_end_matches('/');
-        if !(base.starts_with("ws://") || base.starts_with("wss://")) {
-            return Err(ConfigError::SignalingUrl(cli.signaling_url));
-        }
+        let room = match (cli.room.clone(), cli.warm) {
+            (Some(room), false) => {
+                orb_api::naming::validate_room_id(&room)?;
+                room
+            }
+            (None, true) => String::new(),
+            _ => return Err(ConfigError::RoomAndWarm),
+        };
+        let signaling_endpoint = endpoint(&cli.signaling_url, &room)?;
         if cli.max_lifetime.is_zero() {
             return Err(ConfigError::ZeroDuration("--max-lifetime"));
         }
@@ -247,17 +272,13 @@ impl Config {
         if cli.udp_addrs.is_empty() {
             return Err(ConfigError::NoUdpAddr);
         }
-        let token = match (secrets.signaling_token, &cli.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(path)) => {
-                let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?;
-                Some(raw.trim().to_owned()).filter(|t| !t.is_empty())
-            }
-            (None, None) => None,
+        let warm = if cli.warm {
+            let credential = read_secret(secrets.assign_token.clone(), cli.assign_token_file.as_ref())?;
+            Some(credential.ok_or(ConfigError::MissingAssignToken)?)
+        } else {
+            None
         };
+        let token = read_secret(secrets.signaling_token, cli.token_file.as_ref())?;
         let kind = if cli.test_mode { BrainKind::Test } else { cli.brain };
         let brain = match kind {
             BrainKind::Test => BrainConfig::Test {
@@ -280,10 +301,10 @@ impl Config {
                 })
             }
         };
-        let user_id = cli.user_id.unwrap_or_else(|| format!("ai-orb-{}", cli.room));
+        let user_id = cli.user_id.unwrap_or_else(|| default_user_id(&room));
         Ok(Self {
-            signaling_endpoint: format!("{base}/ws-simple/{}", cli.room),
-            room: cli.room,
+            signaling_endpoint,
+            room,
             session: cli.session,
             coach: cli.coach,
             client: cli.client,
@@ -302,8 +323,60 @@ impl Config {
                 public_ip: cli.public_ip,
                 udp_addrs: cli.udp_addrs,
             },
+            warm,
         })
     }
+
+    /// A warm orb's configuration for its assignment, checked as the same values on a cold
+    /// orb's command line would be.
+    pub fn assigned(&self, a: &Assignment) -> Result<Self, ConfigError> {
+        orb_api::naming::validate_room_id(&a.room)?;
+        if a.max_lifetime_seconds == 0 {
+            return Err(ConfigError::ZeroDuration("maxLifetimeSeconds"));
+        }
+        if a.idle_timeout_seconds == 0 {
+            return Err(ConfigError::ZeroDuration("idleTimeoutSeconds"));
+        }
+        Ok(Self {
+            signaling_endpoint: endpoint(&a.signaling_url, &a.room)?,
+            room: a.room.clone(),
+            session: a.session.clone().unwrap_or_default(),
+            coach: a.coach.clone().unwrap_or_default(),
+            client: a.client.clone().unwrap_or_default(),
+            user_id: default_user_id(&a.room),
+            max_lifetime: Duration::from_secs(a.max_lifetime_seconds),
+            idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
+            token: a.token.clone().filter(|t| !t.trim().is_empty()),
+            warm: None,
+            ..self.clone()
+        })
+    }
+}
+
+fn default_user_id(room: &str) -> String {
+    format!("ai-orb-{room}")
+}
+
+/// `{signaling_url}/ws-simple/{room}`, for a `ws://` or `wss://` base.
+fn endpoint(signaling_url: &str, room: &str) -> Result<String, ConfigError> {
+    let base = signaling_url.trim_end_matches('/');
+    if !(base.starts_with("ws://") || base.starts_with("wss://")) {
+        return Err(ConfigError::SignalingUrl(signaling_url.to_owned()));
+    }
+    Ok(format!("{base}/ws-simple/{room}"))
+}
+
+/// A secret from the environment, else from a file; trimmed, empty meaning none.
+fn read_secret(env_value: Option<String>, file: Option<&PathBuf>) -> Result<Option<String>, ConfigError> {
+    let raw = match (env_value, file) {
+        (Some(value), _) => value,
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+            path: path.clone(),
+            source,
+        })?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(raw.trim().to_owned()).filter(|t| !t.is_empty()))
 }
 
 #[cfg(test)]
@@ -347,6 +420,7 @@ mod tests {
         let secrets = Secrets {
             openai_api_key: Some("k".into()),
             signaling_token: Some(" tok\n".into()),
+            ..Secrets::default()
         };
         let cfg = Config::from_cli(cli(&["--room=r"]), secrets).unwrap();
         assert_eq!(cfg.token.as_deref(), Some("tok"));
@@ -359,6 +433,7 @@ mod tests {
         let secrets = Secrets {
             openai_api_key: Some("sk-very-secret".into()),
             signaling_token: Some("jwt-very-secret".into()),
+            assign_token: Some("assign-very-secret".into()),
         };
         let cfg = Config::from_cli(cli(&["--room=r"]), secrets.clone()).unwrap();
         let shown = format!("{cfg:?} {secrets:?}");
@@ -408,5 +483,48 @@ mod tests {
         assert_eq!(cfg.rtc.ice_servers, ["stun:a:3478", "turn:b:3478"]);
         assert_eq!(cfg.rtc.udp_addrs.len(), 2);
         assert_eq!(cfg.rtc.public_ip, Some("203.0.113.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_warm_orb_has_no_room_until_assigned_and_checks_its_assignment() {
+        assert!(
+            Cli::try_parse_from(["orb", "--warm", "--room=r"]).is_err(),
+            "room and warm exclude each other"
+        );
+        assert!(Cli::try_parse_from(["orb"]).is_err(), "a cold orb needs a room");
+        let err = Config::from_cli(cli(&["--warm", "--test-mode"]), Secrets::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingAssignToken), "{err}");
+        let secrets = Secrets {
+            assign_token: Some("cred\n".into()),
+            ..Secrets::default()
+        };
+        let warm = Config::from_cli(cli(&["--warm", "--test-mode"]), secrets).unwrap();
+        assert_eq!(warm.warm.as_deref(), Some("cred"));
+        assert_eq!(warm.room, "");
+        let mut a = Assignment {
+            room: "room-7".into(),
+            session: Some("s1".into()),
+            coach: Some("c".into()),
+            client: None,
+            max_lifetime_seconds: 90,
+            idle_timeout_seconds: 30,
+            signaling_url: "ws://sig:8080/".into(),
+            token: Some("t".into()),
+        };
+        let bound = warm.assigned(&a).unwrap();
+        assert_eq!(bound.signaling_endpoint, "ws://sig:8080/ws-simple/room-7");
+        assert_eq!(bound.user_id, "ai-orb-room-7");
+        assert_eq!(bound.max_lifetime, Duration::from_secs(90));
+        assert_eq!(bound.token.as_deref(), Some("t"));
+        assert!(bound.warm.is_none() && matches!(bound.brain, BrainConfig::Test { .. }));
+        // The same values a cold orb's flags would refuse.
+        a.room = "a b".into();
+        assert!(warm.assigned(&a).is_err());
+        a.room = "r".into();
+        a.signaling_url = "http://x".into();
+        assert!(warm.assigned(&a).is_err());
+        a.signaling_url = "ws://x".into();
+        a.idle_timeout_seconds = 0;
+        assert!(warm.assigned(&a).is_err());
     }
 }

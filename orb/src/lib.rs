@@ -6,7 +6,7 @@
 //! its webrtc-rs implementation), [`audio`] (Opus, tones), [`playout`] (the paced outgoing
 //! stream), [`brain`] (the trait and its brains), [`session`] (the loop that ties them),
 //! [`lifecycle`] (deadlines, termination message, exit codes), [`summary`], [`metrics`],
-//! [`health`], [`http`], [`procstat`], and, with the `testkit` feature, `testkit` for the tests
+//! [`health`], [`http`], [`warm`] (a warm orb's assignment), [`procstat`], and, with the `testkit` feature, `testkit` for the tests
 //! and the benchmark (never in the production binary).
 
 pub mod audio;
@@ -24,6 +24,7 @@ pub mod signaling;
 pub mod summary;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod warm;
 
 /// A random number from the std hasher's per-instance random keys: enough for SSRCs, initial
 /// RTP counters and reconnect jitter, without a dependency.

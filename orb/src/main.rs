@@ -11,7 +11,7 @@ use orb::health::Health;
 use orb::lifecycle::{Ending, exit_code, write_termination_message};
 use orb::media::webrtc_stack::WebrtcStack;
 use orb::metrics::Metrics;
-use orb::session::{self, SessionOptions};
+use orb::session::{self, SessionOptions, StartedBrain};
 use tracing::{error, info};
 
 /// The WebRTC stack logs every state change at info and some benign conditions as warnings.
@@ -57,8 +57,16 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    info!(addr = %listener.local_addr()?, room = %config.room, "orb starting");
-    let app = orb::http::router(health.clone(), metrics.clone());
+    let mut app = orb::http::router(health.clone(), metrics.clone());
+    let assignment = match config.warm {
+        Some(_) => {
+            let (desk, assignment) = orb::warm::desk(config.clone(), health.clone());
+            app = app.merge(desk);
+            Some(assignment)
+        }
+        None => None,
+    };
+    info!(addr = %listener.local_addr()?, room = %config.room, warm = assignment.is_some(), "orb starting");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             error!(error = %e, "HTTP server stopped");
@@ -69,16 +77,60 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
         BrainConfig::OpenAi(openai) => Box::new(orb::brain::openai::OpenAiBrain::new(openai.clone())),
     };
     let media = Arc::new(WebrtcStack::new(config.rtc.clone(), metrics.clone()));
-    let ending = session::run(
+    let mut brain = StartedBrain::start(brain);
+    let shutdown = orb_telemetry::shutdown_signal();
+    tokio::pin!(shutdown);
+    let config = match assignment {
+        None => config,
+        Some(assignment) => match wait_warm(&mut brain, &health, assignment, &mut shutdown).await? {
+            Some(config) => config,
+            None => {
+                info!("stopped while warm, never assigned");
+                return Ok(Ending::Signal("SIGTERM"));
+            }
+        },
+    };
+    let ending = session::run_started(
         config,
         media,
         brain,
         metrics,
         health,
         SessionOptions::default(),
-        async { orb_telemetry::shutdown_signal().await.name() },
+        async { shutdown.await.name() },
     )
     .await;
     info!(reason = %ending.reason(), code = ending.exit_code(), "orb finished");
     Ok(ending)
+}
+
+/// A warm orb: readies its brain, reports ready, and waits for its room. `None` when stopped
+/// before an assignment came.
+async fn wait_warm(
+    brain: &mut StartedBrain,
+    health: &Health,
+    mut assignment: tokio::sync::oneshot::Receiver<Config>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future>,
+) -> anyhow::Result<Option<Config>> {
+    let mut beat = tokio::time::interval(std::time::Duration::from_secs(1));
+    let ready = brain.until_ready();
+    tokio::pin!(ready);
+    let mut brain_ready = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(None),
+            _ = beat.tick() => health.beat(),
+            result = &mut ready, if !brain_ready => {
+                result.map_err(|e| anyhow::anyhow!(e))?;
+                brain_ready = true;
+                health.set_ready(true);
+                info!("warm: brain ready, waiting for a room");
+            }
+            config = &mut assignment => {
+                let config = config.context("the assignment desk closed")?;
+                info!(room = %config.room, "joining the assigned room");
+                return Ok(Some(config));
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::audio::{VOICE_THRESHOLD, rms};
-use crate::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
+use crate::brain::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
 use crate::config::Config;
 use crate::health::Health;
 use crate::lifecycle::{Deadlines, Ending, write_termination_message};
@@ -92,11 +92,83 @@ struct Session {
     summary_id: String,
 }
 
+/// A brain running before its session: a warm orb starts its brain while it waits for a room, so
+/// the brain (its AI service session, its model) is ready when the room comes.
+pub struct StartedBrain {
+    task: tokio::task::JoinHandle<Result<(), BrainError>>,
+    input: mpsc::Sender<BrainInput>,
+    events: mpsc::Receiver<BrainEvent>,
+    ready: bool,
+}
+
+impl StartedBrain {
+    pub fn start(brain: Box<dyn Brain>) -> Self {
+        let (input, brain_in) = mpsc::channel(256);
+        let (events_tx, events) = mpsc::channel(256);
+        info!(brain = brain.name(), "starting the brain");
+        let task = tokio::spawn(brain.run(BrainIo {
+            input: brain_in,
+            events: events_tx,
+        }));
+        Self {
+            task,
+            input,
+            events,
+            ready: false,
+        }
+    }
+
+    /// Waits until the brain says it is ready (events before that are only logged: no room hears
+    /// them). An error if the brain stops first.
+    pub async fn until_ready(&mut self) -> Result<(), String> {
+        while !self.ready {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(BrainEvent::Ready) => self.ready = true,
+                    Some(BrainEvent::Error(e)) => warn!(error = %e, "the brain reported a problem while warm"),
+                    Some(_) => {}
+                    None => return Err("the brain stopped before it was ready".into()),
+                },
+                result = &mut self.task => {
+                    return Err(match result {
+                        Ok(Ok(())) => "the brain stopped before it was ready".into(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => format!("the brain crashed: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the orb until it ends; returns why. `shutdown` resolves with a signal name.
 pub async fn run(
     config: Config,
     media: Arc<dyn MediaStack>,
     brain: Box<dyn Brain>,
+    metrics: Metrics,
+    health: Health,
+    options: SessionOptions,
+    shutdown: impl Future<Output = &'static str>,
+) -> Ending {
+    run_started(
+        config,
+        media,
+        StartedBrain::start(brain),
+        metrics,
+        health,
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with a brain already started (a warm orb's).
+pub async fn run_started(
+    config: Config,
+    media: Arc<dyn MediaStack>,
+    brain: StartedBrain,
     metrics: Metrics,
     health: Health,
     options: SessionOptions,
@@ -112,13 +184,12 @@ pub async fn run(
         ),
         sig_tx,
     );
-    let (brain_tx, brain_in) = mpsc::channel(256);
-    let (brain_events_tx, mut brain_rx) = mpsc::channel(256);
-    info!(brain = brain.name(), "starting the brain");
-    let mut brain_task = tokio::spawn(brain.run(BrainIo {
-        input: brain_in,
-        events: brain_events_tx,
-    }));
+    let StartedBrain {
+        task: mut brain_task,
+        input: brain_tx,
+        events: mut brain_rx,
+        ready: brain_ready,
+    } = brain;
     let (pacer_tx, pacer_rx) = mpsc::channel(256);
     let (speaking_tx, mut speaking_rx) = mpsc::channel(8);
     let pacer_task = tokio::spawn(playout::run(pacer_rx, speaking_tx, metrics.clone()));
@@ -140,7 +211,7 @@ pub async fn run(
         present: BTreeMap::new(),
         record: SessionRecord::default(),
         joined: false,
-        brain_ready: false,
+        brain_ready,
         brain_status: AiStatus::Listening,
         speaking: false,
         sent_status: None,

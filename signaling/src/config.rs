@@ -136,6 +136,10 @@ pub struct Args {
     /// Local runtime: an empty room's orb ends after this grace period.
     #[arg(long, env = "ORB_CLEANUP_GRACE_PERIOD", default_value = "60s", value_parser = duration)]
     pub empty_room_grace: Duration,
+    /// Local runtime: orb processes kept started, brain ready, in no room; a room's orb is bound
+    /// to one instead of starting a process (as the operator's flag). 0: every orb starts cold.
+    #[arg(long, env = "ORB_WARM_POOL_SIZE", default_value_t = 0)]
+    pub warm_orbs: usize,
 }
 
 /// Per-connection and per-room limits.
@@ -327,6 +331,7 @@ impl Config {
             "max-concurrent-orbs",
             "must be at least 1",
         )?;
+        range(args.warm_orbs <= 100, "warm-orbs", "must be at most 100")?;
         let local = crate::orb_runtime::local::LocalSettings {
             orb_binary: args.orb_binary,
             signaling_url: args.orb_signaling_url,
@@ -343,6 +348,7 @@ impl Config {
                 Authenticator::Jwt { key, .. } => Some(key.clone()),
                 Authenticator::None => None,
             },
+            warm_orbs: args.warm_orbs,
         };
         let redis = args
             .redis_url

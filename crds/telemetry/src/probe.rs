@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.0 GET for our own binaries' endpoints (`/readyz`, `/metrics`) on addresses we
-//! started them on: the local runtime's readiness probe, the tests and the benchmarks. Not a
+//! A minimal HTTP/1.0 client for our own binaries' endpoints (`/readyz`, `/metrics`, a warm orb's
+//! `/assign`) on addresses we started them on: the local runtime's readiness probe and
+//! assignments, the operator's assignments, the tests and the benchmarks. Not a
 //! general HTTP client: no redirects, no TLS, no chunked bodies (HTTP/1.0 responses end at close).
 
 use std::io;
@@ -10,18 +11,43 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 /// The status code and body of `GET path`, or an error (including a timeout after `timeout`).
 pub async fn get(addr: impl ToSocketAddrs, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"),
+        path,
+        timeout,
+    )
+    .await
+}
+
+/// `POST path` with a JSON body and a bearer credential: how an orb's starter hands a warm orb
+/// its assignment. The status code and body, or an error (a timeout after `timeout`).
+pub async fn post_json(
+    addr: impl ToSocketAddrs,
+    path: &str,
+    bearer: &str,
+    body: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    request(addr, &head, path, timeout).await
+}
+
+async fn request(addr: impl ToSocketAddrs, raw: &str, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
+        stream.write_all(raw.as_bytes()).await?;
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).await?;
         parse(&buf)
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("GET {path} timed out")))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{path} timed out")))?
 }
 
 fn parse(response: &[u8]) -> io::Result<(u16, String)> {

@@ -8,6 +8,7 @@ mod deadlines;
 mod decide;
 mod launch;
 mod pod;
+mod pool;
 mod session;
 
 pub use admission::{AdmissionEntry, AdmissionPlan, arrival_needs_pass, plan_admission, shown_position};
@@ -15,6 +16,7 @@ pub use deadlines::*;
 pub use decide::*;
 pub use launch::{Launch, launch};
 pub use pod::{PodState, observe_pod, restart_backoff};
+pub use pool::{PoolPlan, WARM_STARTUP_LIMIT, WarmOrb, pick_warm, plan_pool, warm_target};
 pub use session::{
     SessionBudgets, parse_sessions, prune_sessions, render_sessions, retention, session_key, session_start,
 };

@@ -66,6 +66,43 @@ impl OrbProcess {
         })
     }
 
+    /// Starts `binary` warm, in test mode: in no room until assigned with `credential`.
+    pub fn spawn_warm(binary: &Path, credential: &str) -> std::io::Result<Self> {
+        let http_addr = free_local_addr()?;
+        let termination_log =
+            std::env::temp_dir().join(format!("orb-termination-warm-{}", crate::random_u64() % 1_000_000));
+        let child = Command::new(binary)
+            .args([
+                "--warm",
+                "--test-mode",
+                &format!("--http-addr={http_addr}"),
+                &format!("--termination-log={}", termination_log.display()),
+                "--udp-addrs=127.0.0.1:0",
+            ])
+            .env_remove("ORB_SIGNALING_TOKEN")
+            .env(orb_api::assignment::ASSIGN_TOKEN_ENV, credential)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self {
+            child,
+            http_addr,
+            termination_log,
+        })
+    }
+
+    /// `POST /assign` with `credential` and `body`: the status and body of the answer.
+    pub async fn assign(&self, credential: &str, body: &str) -> std::io::Result<(u16, String)> {
+        orb_telemetry::probe::post_json(
+            self.http_addr,
+            orb_api::assignment::ASSIGN_PATH,
+            credential,
+            body,
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// Sends SIGTERM, as the kubelet does.
     pub fn terminate(&self) -> std::io::Result<()> {
         let pid = self

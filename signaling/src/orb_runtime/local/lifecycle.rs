@@ -92,7 +92,9 @@ impl State {
                 }
             }
             Step::CreatePod { attempt } => {
-                self.spawn(uid, attempt, &view.clock, now, &orb_limits);
+                if !self.bind_warm(uid, attempt, &view.clock, now, &orb_limits) {
+                    self.spawn(uid, attempt, &view.clock, now, &orb_limits);
+                }
                 self.orbs.get_mut(uid).expect("present").phase = Some(OrbPhase::Starting);
             }
             Step::Terminate { reason } => {
@@ -101,14 +103,7 @@ impl State {
                     orb.phase = Some(OrbPhase::Terminating);
                     orb.reason = Some(reason);
                 }
-                let mut signalled = false;
-                if let Some(p) = orb.proc.as_mut().filter(|p| !p.stopping && p.exit.is_none()) {
-                    p.stopping = true;
-                    p.ready = false;
-                    if let Some(stop) = p.stop.take() {
-                        signalled = stop.send(()).is_ok();
-                    }
-                }
+                let signalled = orb.proc.as_mut().is_some_and(Proc::request_stop);
                 if signalled {
                     self.note(
                         &room,
@@ -145,7 +140,9 @@ impl State {
                     orb.phase = Some(OrbPhase::Starting);
                 }
                 self.note(&room, &format!("replacement {attempt} of the failed orb"));
-                self.spawn(uid, attempt, &view.clock, now, &orb_limits);
+                if !self.bind_warm(uid, attempt, &view.clock, now, &orb_limits) {
+                    self.spawn(uid, attempt, &view.clock, now, &orb_limits);
+                }
             }
             Step::Expire => {
                 self.orbs.remove(uid);

@@ -13,6 +13,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -49,6 +51,8 @@ pub struct LocalSettings {
     pub test_mode: bool,
     /// Mints each orb's room token when signaling checks tokens.
     pub signing_key: Option<SigningKey>,
+    /// Warm orbs to keep started and unbound ([`pool`]); 0 starts every orb cold.
+    pub warm_orbs: usize,
 }
 
 impl LocalSettings {
@@ -73,8 +77,21 @@ enum Command {
     Request(OrbRequest),
     Presence(String, Presence),
     Serve(SocketAddr),
-    Probe { uid: String, attempt: i32, ready: bool },
-    Exited { uid: String, attempt: i32, exit: Exit },
+    Probe {
+        uid: String,
+        attempt: i32,
+        ready: bool,
+    },
+    Exited {
+        uid: String,
+        attempt: i32,
+        exit: Exit,
+    },
+    /// A warm orb's answer to its assignment.
+    Assigned {
+        key: String,
+        result: Result<(u16, String), String>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -87,6 +104,18 @@ struct Exit {
 
 pub struct LocalRuntime {
     tx: mpsc::UnboundedSender<Command>,
+    stats: Arc<LocalStats>,
+}
+
+/// Counts of the local runtime, for tests, the benchmark and the dev-mode operator's view.
+#[derive(Debug, Default)]
+pub struct LocalStats {
+    /// Warm orbs ready and unbound.
+    pub warm_ready: AtomicUsize,
+    /// Orb processes started, warm ones included.
+    pub processes_started: AtomicUsize,
+    /// Orbs bound to a warm orb.
+    pub warm_bound: AtomicUsize,
 }
 
 impl LocalRuntime {
@@ -103,7 +132,9 @@ impl LocalRuntime {
             cap = settings.limits.max_concurrent_orbs,
             "starting orbs as local processes under the operator's policy"
         );
+        let stats = Arc::new(LocalStats::default());
         let state = State {
+            stats: stats.clone(),
             settings,
             events,
             tx: tx.clone(),
@@ -112,9 +143,16 @@ impl LocalRuntime {
             presence: HashMap::new(),
             sessions: SessionBudgets::new(),
             generation: 0,
+            pool: BTreeMap::new(),
+            bound: HashMap::new(),
+            warm_started: 0,
         };
         tokio::spawn(state.run(rx));
-        Self { tx }
+        Self { tx, stats }
+    }
+
+    pub fn stats(&self) -> &LocalStats {
+        &self.stats
     }
 
     /// Where orbs reach signaling (the server's bound address; an unspecified IP means loopback).
@@ -145,8 +183,10 @@ impl OrbRuntime for LocalRuntime {
 }
 
 mod lifecycle;
+mod pool;
 mod process;
 
+use pool::{WARM_KEY_PREFIX, WarmProc};
 use process::Proc;
 
 /// One orb: an AiOrb's spec and status, kept in memory.
@@ -166,6 +206,12 @@ struct Orb {
     proc: Option<Proc>,
     requeue_at: Option<Timestamp>,
     reported: Option<AiStatus>,
+    /// The warm orb it is being bound to, until the assignment answers.
+    binding: Option<String>,
+    /// Its process came from the warm pool.
+    warm: bool,
+    /// An assignment failed: later attempts start cold.
+    cold_only: bool,
 }
 
 impl Orb {
@@ -187,6 +233,9 @@ impl Orb {
             proc: None,
             requeue_at: None,
             reported: None,
+            binding: None,
+            warm: false,
+            cold_only: false,
         }
     }
 
@@ -217,6 +266,7 @@ impl Orb {
 }
 
 struct State {
+    stats: Arc<LocalStats>,
     settings: LocalSettings,
     events: OrbEvents,
     tx: mpsc::UnboundedSender<Command>,
@@ -226,6 +276,11 @@ struct State {
     /// Lifetime budgets of recent sessions (the operator keeps them in its admission ledger).
     sessions: SessionBudgets,
     generation: u64,
+    /// Unbound warm orbs by name.
+    pool: BTreeMap<String, WarmProc>,
+    /// Warm process keys bound to an orb: its uid and attempt.
+    bound: HashMap<String, (String, i32)>,
+    warm_started: u64,
 }
 
 fn timestamp(t: std::time::SystemTime) -> Timestamp {
@@ -284,11 +339,43 @@ impl State {
                 self.signaling = Some(self.settings.signaling_url.clone().unwrap_or(own));
             }
             Command::Probe { uid, attempt, ready } => {
+                if let Some(w) = self.unbound_warm(&uid) {
+                    w.proc.ready = ready && !w.proc.stopping;
+                    return;
+                }
+                let Some((uid, attempt)) = self.owner(&uid, attempt) else {
+                    return;
+                };
+                if self.orbs.get(&uid).is_some_and(|o| o.binding.is_some()) {
+                    // Until its assignment answers, its readiness is the warm one.
+                    return;
+                }
                 if let Some(p) = self.proc_mut(&uid, attempt) {
-                    p.ready = ready;
+                    p.ready = ready && !p.stopping && p.exit.is_none();
                 }
             }
-            Command::Exited { uid, attempt, exit } => {
+            Command::Exited {
+                uid: key,
+                attempt,
+                exit,
+            } => {
+                if let Some(name) = key.strip_prefix(WARM_KEY_PREFIX).map(str::to_owned)
+                    && !self.bound.contains_key(&key)
+                {
+                    if self.pool.get(&name).is_some_and(|w| !w.proc.stopping) {
+                        let detail = exit.message.clone().unwrap_or_default();
+                        self.note(&name, &format!("warm orb exited (exit code {:?}) {detail}", exit.code));
+                    }
+                    if let Some(w) = self.pool.get_mut(&name) {
+                        w.proc.exit = Some(exit);
+                        w.proc.ready = false;
+                    }
+                    return;
+                }
+                let Some((uid, attempt)) = self.owner(&key, attempt) else {
+                    return;
+                };
+                self.bound.remove(&key);
                 if let Some(orb) = self.orbs.get(&uid) {
                     let detail = exit.message.clone().unwrap_or_default();
                     let line = format!("orb exited (attempt {attempt}, exit code {:?}) {detail}", exit.code);
@@ -300,8 +387,26 @@ impl State {
                     p.stop = None;
                 }
             }
+            Command::Assigned { key, result } => self.assigned(&key, result),
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
+    }
+
+    /// The orb and attempt a process reports for: a room orb's own key, or a bound warm orb's.
+    fn owner(&self, key: &str, attempt: i32) -> Option<(String, i32)> {
+        if key.starts_with(WARM_KEY_PREFIX) {
+            self.bound.get(key).cloned()
+        } else {
+            Some((key.to_owned(), attempt))
+        }
+    }
+
+    fn unbound_warm(&mut self, key: &str) -> Option<&mut WarmProc> {
+        let name = key.strip_prefix(WARM_KEY_PREFIX)?;
+        if self.bound.contains_key(key) {
+            return None;
+        }
+        self.pool.get_mut(name)
     }
 
     fn proc_mut(&mut self, uid: &str, attempt: i32) -> Option<&mut Proc> {
@@ -369,19 +474,23 @@ impl State {
                 break;
             }
         }
+        self.keep_pool(now);
         self.report();
     }
 
     /// Terminates every orb and waits for the processes (bounded by the grace period).
     async fn shutdown(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) {
         let mut running = 0;
-        for orb in self.orbs.values_mut() {
-            if let Some(p) = orb.proc.as_mut().filter(|p| p.exit.is_none()) {
-                if let Some(stop) = p.stop.take() {
-                    let _ = stop.send(());
-                }
-                running += 1;
+        let procs = self
+            .orbs
+            .values_mut()
+            .filter_map(|o| o.proc.as_mut())
+            .chain(self.pool.values_mut().map(|w| &mut w.proc));
+        for p in procs.filter(|p| p.exit.is_none()) {
+            if let Some(stop) = p.stop.take() {
+                let _ = stop.send(());
             }
+            running += 1;
         }
         if running > 0 {
             info!(running, "stopping the local orbs");
@@ -390,9 +499,7 @@ impl State {
         while running > 0 {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Command::Exited { uid, attempt, exit })) => {
-                    if self.proc_mut(&uid, attempt).is_some_and(|p| p.exit.is_none()) {
-                        running -= 1;
-                    }
+                    running -= 1;
                     self.handle(Command::Exited { uid, attempt, exit });
                 }
                 Ok(Some(_)) => {}
@@ -450,6 +557,7 @@ mod tests {
             limits,
             test_mode: false,
             signing_key: None,
+            warm_orbs: 0,
         };
         let runtime = LocalRuntime::start(settings, events);
         runtime.serve_at(SocketAddr::from(([127, 0, 0, 1], 9)));
@@ -557,6 +665,7 @@ mod tests {
         assert_eq!(orb.pod_state(), PodState::Missing);
         let proc = |exit: Option<Exit>, stopping| Proc {
             attempt: 0,
+            port: 0,
             ready: true,
             stopping,
             exit,

@@ -6,11 +6,26 @@ use super::*;
 /// The running process of one attempt: the pod of the local world.
 pub(super) struct Proc {
     pub(super) attempt: i32,
+    /// Its HTTP port (probes, a warm orb's assignment).
+    pub(super) port: u16,
     pub(super) ready: bool,
     /// SIGTERM was sent (the pod is being deleted).
     pub(super) stopping: bool,
     pub(super) exit: Option<Exit>,
     pub(super) stop: Option<oneshot::Sender<()>>,
+}
+
+impl Proc {
+    /// Asks the process to stop (SIGTERM, SIGKILL after the grace period); false if it was not
+    /// running or already asked.
+    pub(super) fn request_stop(&mut self) -> bool {
+        if self.stopping || self.exit.is_some() {
+            return false;
+        }
+        self.stopping = true;
+        self.ready = false;
+        self.stop.take().is_some_and(|stop| stop.send(()).is_ok())
+    }
 }
 
 impl State {
@@ -30,7 +45,26 @@ impl State {
         let orb = self.orbs.get(uid).expect("present");
         let room = orb.spec.room_id.clone();
         // The operator's launch of the orb, as a process instead of a pod.
-        let mut args = policy::launch(&orb.spec, limits, clock, now, &signaling).args;
+        let args = policy::launch(&orb.spec, limits, clock, now, &signaling).args;
+        let mut env = Vec::new();
+        if let Some(key) = &self.settings.signing_key {
+            let claims = policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now);
+            env.push(("ORB_SIGNALING_TOKEN", key.mint(&claims)));
+        }
+        let proc = self.start_process(&room, uid, attempt, args, env);
+        self.orbs.get_mut(uid).expect("present").proc = Some(proc);
+    }
+
+    /// Starts one orb process. `log_name` names its log (`orb-<log_name>.log`) and termination
+    /// log; its supervisor reports under `key` and `attempt`.
+    pub(super) fn start_process(
+        &self,
+        log_name: &str,
+        key: &str,
+        attempt: i32,
+        mut args: Vec<String>,
+        env: Vec<(&str, String)>,
+    ) -> Proc {
         let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
             Ok(a) => a.port(),
             Err(e) => {
@@ -38,7 +72,7 @@ impl State {
                 0
             }
         };
-        let termination_log = self.settings.log_dir.join(format!("orb-{room}.termination-log"));
+        let termination_log = self.settings.log_dir.join(format!("orb-{log_name}.termination-log"));
         let _ = std::fs::remove_file(&termination_log);
         args.push(format!("--http-addr=127.0.0.1:{port}"));
         args.push(format!("--termination-log={}", termination_log.display()));
@@ -47,19 +81,16 @@ impl State {
         let mut cmd = tokio::process::Command::new(&binary);
         // The log is a file: no terminal colours in it.
         cmd.args(&args)
+            .envs(env)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        if let Some(key) = &self.settings.signing_key {
-            let claims = policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now);
-            cmd.env("ORB_SIGNALING_TOKEN", key.mint(&claims));
-        }
-        match self.open_log(&room).and_then(|f| Ok((f.try_clone()?, f))) {
+        match self.open_log(log_name).and_then(|f| Ok((f.try_clone()?, f))) {
             Ok((out, err)) => {
                 cmd.stdout(out).stderr(err);
             }
             Err(e) => {
-                warn!(%room, error = %e, "cannot open the orb log; its output is discarded");
+                warn!(%log_name, error = %e, "cannot open the orb log; its output is discarded");
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
@@ -73,12 +104,13 @@ impl State {
             });
         }
         let (stop_tx, stop_rx) = oneshot::channel();
-        let proc = match cmd.spawn() {
+        match cmd.spawn() {
             Ok(child) => {
+                self.stats.processes_started.fetch_add(1, Ordering::Relaxed);
                 let pid = child.id();
                 let shown = args.join(" ");
                 self.note(
-                    &room,
+                    log_name,
                     &format!(
                         "started {} {shown} (pid {}, attempt {attempt})",
                         binary.display(),
@@ -91,11 +123,12 @@ impl State {
                     stop_rx,
                     termination_log,
                     self.tx.clone(),
-                    uid.to_owned(),
+                    key.to_owned(),
                     attempt,
                 ));
                 Proc {
                     attempt,
+                    port,
                     ready: false,
                     stopping: false,
                     exit: None,
@@ -103,9 +136,10 @@ impl State {
                 }
             }
             Err(e) => {
-                self.note(&room, &format!("cannot start {}: {e}", binary.display()));
+                self.note(log_name, &format!("cannot start {}: {e}", binary.display()));
                 Proc {
                     attempt,
+                    port,
                     ready: false,
                     stopping: false,
                     exit: Some(Exit {
@@ -115,8 +149,7 @@ impl State {
                     stop: None,
                 }
             }
-        };
-        self.orbs.get_mut(uid).expect("present").proc = Some(proc);
+        }
     }
 
     pub(super) fn open_log(&self, room: &str) -> std::io::Result<std::fs::File> {
@@ -146,7 +179,6 @@ pub(super) async fn supervise(
     uid: String,
     attempt: i32,
 ) {
-    let mut ready = false;
     let mut stopping = false;
     let mut probe = tokio::time::interval(PROBE_INTERVAL);
     let kill = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
@@ -173,11 +205,10 @@ pub(super) async fn supervise(
                 kill.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
             _ = probe.tick(), if !stopping => {
-                let now_ready = probe_ready(port).await;
-                if now_ready != ready {
-                    ready = now_ready;
-                    let _ = tx.send(Command::Probe { uid: uid.clone(), attempt, ready });
-                }
+                // Every result, not only changes: a warm orb is ready twice (warm, then joined)
+                // and the runtime resets its view in between.
+                let ready = probe_ready(port).await;
+                let _ = tx.send(Command::Probe { uid: uid.clone(), attempt, ready });
             }
         }
     };

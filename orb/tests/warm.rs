@@ -1,0 +1,210 @@
+//! Warm orbs: an orb started in no room, brain ready, bound to a room by an assignment; and the
+//! local runtime's warm pool, which binds a room's orb to one instead of starting a process.
+//! Every wait is for an event with a generous timeout; nothing asserts on timing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use orb::brain::test::GREETING_HZ;
+use orb::testkit::OrbProcess;
+use orb::testkit::human::Human;
+use orb::testkit::relay::TestRelay;
+use orb_api::assignment::Assignment;
+use orb_protocol::UserRole;
+use orb_signaling::orb_runtime::local::LocalRuntime;
+use orb_signaling::{config::Config, metrics::Metrics, orb_runtime, server::Server};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn orb_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_orb"))
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn assignment(room: &str, signaling_url: &str) -> Assignment {
+    Assignment {
+        room: room.into(),
+        session: Some("session-1".into()),
+        coach: Some("coach-1".into()),
+        client: Some("client-1".into()),
+        max_lifetime_seconds: 120,
+        idle_timeout_seconds: 120,
+        signaling_url: signaling_url.into(),
+        token: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_orb_waits_in_no_room_then_joins_the_room_it_is_assigned() {
+    let relay = TestRelay::start().await.unwrap();
+    let orb = OrbProcess::spawn_warm(orb_binary(), "the-credential").unwrap();
+    until("warm readiness", async || {
+        matches!(orb.http_get("/readyz").await, Some((200, _)))
+    })
+    .await;
+    assert!(relay.control_messages().is_empty(), "a warm orb is in no room");
+
+    let body = serde_json::to_string(&assignment("warm-room", &relay.url())).unwrap();
+    // Refusals leave it warm and unbound.
+    let (status, _) = orb.assign("wrong-credential", &body).await.unwrap();
+    assert_eq!(status, 401, "a wrong credential");
+    let (status, _) = orb.assign("", &body).await.unwrap();
+    assert_eq!(status, 401, "no credential");
+    let (status, text) = orb.assign("the-credential", "{not json").await.unwrap();
+    assert_eq!(status, 400, "malformed JSON: {text}");
+    let (status, text) = orb
+        .assign("the-credential", r#"{"room":"r","unknown":1}"#)
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "unknown fields: {text}");
+    let bad_room = serde_json::to_string(&assignment("a b", &relay.url())).unwrap();
+    let (status, text) = orb.assign("the-credential", &bad_room).await.unwrap();
+    assert_eq!(status, 400, "an invalid room id: {text}");
+    assert!(text.contains("room"), "{text}");
+    let huge = format!(r#"{{"room":"{}"}}"#, "x".repeat(20_000));
+    assert_eq!(orb.assign("the-credential", &huge).await.unwrap().0, 413);
+    assert_eq!(orb.http_get("/readyz").await.map(|r| r.0), Some(200), "still warm");
+    assert!(relay.control_messages().is_empty());
+
+    let (status, text) = orb.assign("the-credential", &body).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("joined"), "{text}");
+    let ready = relay.control_messages();
+    let (_, orb_ready) = ready.iter().find(|(k, _)| k == "orb_ready").expect("joined the room");
+    assert_eq!(orb_ready["roomId"], "warm-room");
+    // A retry of the same assignment (a lost answer) is the same answer; another room is refused.
+    assert_eq!(orb.assign("the-credential", &body).await.unwrap().0, 200);
+    let other = serde_json::to_string(&assignment("other-room", &relay.url())).unwrap();
+    let (status, text) = orb.assign("the-credential", &other).await.unwrap();
+    assert_eq!(status, 409, "{text}");
+
+    // The brain prepared while warm speaks in the room.
+    let mut coach = Human::join(&relay.url(), "warm-room", "coach-1", UserRole::Coach)
+        .await
+        .unwrap();
+    assert!(coach.wait_connected(WAIT).await, "coach connected over loopback ICE");
+    assert!(
+        coach.wait_for_tone(GREETING_HZ, 5, WAIT).await.is_some(),
+        "coach heard the greeting"
+    );
+}
+
+/// Signaling in dev mode (local runtime, test-mode orbs) with `warm_orbs` warm orbs; `wrapper`
+/// replaces the orb binary (a script that misbehaves), logs in `log_dir`.
+async fn dev_mode(warm_orbs: usize, log_dir: &Path, binary: &Path) -> (Server, Arc<LocalRuntime>) {
+    let _ = std::fs::remove_dir_all(log_dir);
+    let argv = [
+        "orb-signaling",
+        "--listen=127.0.0.1:0",
+        "--auth=none",
+        "--orb-runtime=local",
+        "--orb-test-mode",
+        &format!("--warm-orbs={warm_orbs}"),
+        &format!("--orb-binary={}", binary.display()),
+        &format!("--orb-log-dir={}", log_dir.display()),
+    ];
+    let config = Config::parse_from(argv, None).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (events, events_rx) = orb_runtime::OrbEvents::new(metrics.clone());
+    let runtime = Arc::new(LocalRuntime::start(config.local.clone(), events));
+    let server = Server::start(&config, runtime.clone(), events_rx, metrics)
+        .await
+        .unwrap();
+    runtime.serve_at(server.local_addr());
+    (server, runtime)
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pool_of_one_a_rooms_orb_joins_without_starting_a_process() {
+    let logs = std::env::temp_dir().join(format!("orb-warm-dev-{}", std::process::id()));
+    let (server, runtime) = dev_mode(1, &logs, orb_binary()).await;
+    let stats = runtime.stats();
+    until("a ready warm orb", async || {
+        stats.warm_ready.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(
+        stats.processes_started.load(Ordering::Relaxed),
+        1,
+        "only the warm orb runs"
+    );
+
+    let url = format!("ws://{}", server.local_addr());
+    let mut coach = Human::join(&url, "pool-room", "coach-1", UserRole::Coach)
+        .await
+        .unwrap();
+    assert!(
+        coach.wait_connected(WAIT).await,
+        "the orb joined and connected to the coach"
+    );
+    assert!(coach.wait_for_tone(GREETING_HZ, 5, WAIT).await.is_some(), "and greeted");
+    assert_eq!(stats.warm_bound.load(Ordering::Relaxed), 1);
+    let room_log = read(logs.join("orb-pool-room.log"));
+    assert!(room_log.contains("bound to warm orb warm-1"), "{room_log}");
+    assert!(
+        !room_log.contains("started "),
+        "no process was started for the room: {room_log}"
+    );
+    assert!(read(logs.join("orb-warm-1.log")).contains("joining the assigned room"));
+    // The pool refills: a second warm orb, the only other process.
+    until("the pool refilled", async || {
+        stats.warm_ready.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(stats.processes_started.load(Ordering::Relaxed), 2);
+    server.shutdown().await;
+    orb_runtime::OrbRuntime::shutdown(runtime.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_assignment_falls_back_to_a_cold_start() {
+    let logs = std::env::temp_dir().join(format!("orb-warm-fallback-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).unwrap();
+    // Warm orbs that never accept the runtime's credential.
+    let wrapper = logs.with_extension("orb-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *--warm*) ORB_ASSIGN_TOKEN=not-the-runtimes; export ORB_ASSIGN_TOKEN;; esac\nexec {} \"$@\"\n",
+            orb_binary().display()
+        ),
+    )
+    .unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&wrapper, mode).unwrap();
+    let (server, runtime) = dev_mode(1, &logs, &wrapper).await;
+    let stats = runtime.stats();
+    until("a ready warm orb", async || {
+        stats.warm_ready.load(Ordering::Relaxed) == 1
+    })
+    .await;
+
+    let url = format!("ws://{}", server.local_addr());
+    let mut coach = Human::join(&url, "fallback-room", "coach-1", UserRole::Coach)
+        .await
+        .unwrap();
+    assert!(coach.wait_connected(WAIT).await, "the cold orb joined and connected");
+    let room_log = read(logs.join("orb-fallback-room.log"));
+    assert!(room_log.contains("bound to warm orb warm-1"), "{room_log}");
+    assert!(room_log.contains("failed (HTTP 401"), "{room_log}");
+    assert!(room_log.contains("starting the orb cold"), "{room_log}");
+    assert!(room_log.contains("--room=fallback-room"), "started cold: {room_log}");
+    server.shutdown().await;
+    orb_runtime::OrbRuntime::shutdown(runtime.as_ref()).await;
+}
