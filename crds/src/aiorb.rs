@@ -90,6 +90,21 @@ pub struct AiOrbSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub empty_room_grace_seconds: Option<i64>,
+    /// When the booked session starts (RFC 3339). The orb is admitted and started the operator's
+    /// `--prewarm-lead` (2 min) before, so it is in the room when the first person arrives; until
+    /// then it waits (`Queued`, no queue position). If nobody comes, the empty-room rule ends it,
+    /// counted from this time, not from its start. Unset: admitted at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<Time>,
+}
+
+/// How the orb's current pod came to be.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PodStart {
+    /// A pod created for the orb.
+    Cold,
+    /// A warm pool pod, already running with its brain ready, bound to the orb.
+    Warm,
 }
 
 /// Where an orb is in its life. `Succeeded` and `Failed` are terminal.
@@ -244,6 +259,9 @@ pub struct AiOrbStatus {
     /// When the orb reached `Succeeded` or `Failed`; finished orbs are deleted a TTL after this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// How the current pod started: `Cold` (created for the orb) or `Warm` (from the warm pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_start: Option<PodStart>,
     /// The orb's current pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,

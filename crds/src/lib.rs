@@ -8,7 +8,7 @@ pub mod duration;
 pub mod naming;
 
 pub use aiorb::{
-    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, OPERATOR_FIELD_MANAGER, OrbPhase,
+    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, OPERATOR_FIELD_MANAGER, OrbPhase, PodStart,
     SIGNALING_FIELD_MANAGER, TerminationReason, UNFINISHED_SELECTOR, condition,
 };
 

@@ -69,6 +69,8 @@ pub struct Wake {
     /// An orb joined the queue: worth a pass only while [`policy::arrival_needs_pass`], so that
     /// arrivals into a long queue do not each cost a list of every unfinished orb.
     pub queued: Notify,
+    /// The warm pool keeper: a warm pod was bound or capacity changed.
+    pub pool: Notify,
 }
 
 pub struct Admitter {
@@ -96,7 +98,7 @@ pub struct PassOutcome {
     pub queued: usize,
 }
 
-fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
+pub(crate) fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
     cm.data
         .as_ref()
         .and_then(|d| d.get(LEDGER_KEY))

@@ -65,6 +65,19 @@ pub struct RunArgs {
     /// is recorded PodLost and its slot released.
     #[arg(long, env = "ORB_STUCK_POD_MARGIN", default_value = "2m", value_parser = parse_duration)]
     pub stuck_pod_margin: Duration,
+    /// Orb pods kept running in no room, brain ready; an admitted orb is bound to one instead of
+    /// starting a pod (a cold start). Extra GPU holders besides the cap; the pool shrinks as the
+    /// cap fills. 0 disables the pool.
+    #[arg(long, env = "ORB_WARM_POOL_SIZE", default_value_t = 0)]
+    pub warm_orbs: usize,
+    /// Namespace of the warm pool: only AiOrbs in it are bound to warm orbs (a pod serves its own
+    /// namespace). Default: `--watch-namespace`, else the operator's namespace.
+    #[arg(long, env = "ORB_WARM_POOL_NAMESPACE")]
+    pub warm_pool_namespace: Option<String>,
+    /// An AiOrb with `spec.startAt` is admitted and started this long before it, so its orb is in
+    /// the room when the first person arrives.
+    #[arg(long, env = "ORB_PREWARM_LEAD", default_value = "2m", value_parser = parse_duration)]
+    pub prewarm_lead: Duration,
     /// Replacements of a failed orb pod while its room is occupied.
     #[arg(long, env = "MAX_ORB_RESTARTS", default_value_t = 3)]
     pub max_orb_restarts: i32,
@@ -144,6 +157,13 @@ pub struct PodSettings {
     pub resources: ResourceRequirements,
 }
 
+/// The warm pool: its size and the namespace its pods run in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub namespace: String,
+}
+
 /// The validated configuration of a running operator.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -151,6 +171,8 @@ pub struct Config {
     pub pod: PodSettings,
     pub signing_key: SigningKey,
     pub watch_namespace: Option<String>,
+    /// The warm pool; `None` when its size is 0.
+    pub pool: Option<PoolSettings>,
     pub queue_positions: usize,
     pub http_addr: SocketAddr,
     pub leader_election: bool,
@@ -207,10 +229,14 @@ impl RunArgs {
             ("--test-mode-timeout", self.test_mode_timeout, Duration::from_secs(1)),
             ("--finished-orb-ttl", self.finished_orb_ttl, Duration::ZERO),
             ("--stuck-pod-margin", self.stuck_pod_margin, Duration::ZERO),
+            ("--prewarm-lead", self.prewarm_lead, Duration::ZERO),
         ] {
             if d < min || d > day * 30 {
                 return Err(invalid(flag, format!("{d:?} is out of range")));
             }
+        }
+        if self.warm_orbs > 1_000 {
+            return Err(invalid("--warm-orbs", "must be between 0 and 1000"));
         }
         if !(0..=100).contains(&self.max_orb_restarts) {
             return Err(invalid("--max-orb-restarts", "must be between 0 and 100"));
@@ -253,6 +279,7 @@ impl RunArgs {
                 finished_orb_ttl: self.finished_orb_ttl,
                 max_restarts: self.max_orb_restarts,
                 stuck_pod_margin: self.stuck_pod_margin,
+                prewarm_lead: self.prewarm_lead,
                 ..Limits::default()
             },
             pod: PodSettings {
@@ -271,6 +298,15 @@ impl RunArgs {
             },
             signing_key,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
+            pool: (self.warm_orbs > 0).then(|| PoolSettings {
+                size: self.warm_orbs,
+                namespace: [&self.warm_pool_namespace, &self.watch_namespace]
+                    .into_iter()
+                    .flatten()
+                    .find(|ns| !ns.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| self.operator_namespace.clone()),
+            }),
             queue_positions: self.queue_positions,
             http_addr: self.http_addr,
             leader_election: self.leader_election,
@@ -303,6 +339,33 @@ mod tests {
         assert_eq!(c.pod.signaling_url, "ws://orb-signaling:8080");
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:8081");
         assert!(c.leader_election);
+        assert_eq!(c.pool, None, "the warm pool is opt-in");
+    }
+
+    #[test]
+    fn the_warm_pool_runs_in_the_pool_then_the_watched_then_the_own_namespace() {
+        let ns = |args: &[&str]| {
+            let mut all = vec!["--orb-image", "orb:1", "--operator-namespace", "orb-system"];
+            all.extend_from_slice(args);
+            config(&all).unwrap().pool.map(|p| (p.size, p.namespace))
+        };
+        assert_eq!(ns(&["--warm-orbs", "2"]), Some((2, "orb-system".into())));
+        assert_eq!(
+            ns(&["--warm-orbs", "2", "--watch-namespace", "calls"]),
+            Some((2, "calls".into()))
+        );
+        assert_eq!(
+            ns(&[
+                "--warm-orbs",
+                "1",
+                "--watch-namespace",
+                "calls",
+                "--warm-pool-namespace",
+                "gpu"
+            ]),
+            Some((1, "gpu".into()))
+        );
+        assert!(config(&["--orb-image", "x", "--warm-orbs", "5000"]).is_err());
     }
 
     #[test]

@@ -20,14 +20,15 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use orb_api::naming::pod_name;
-use orb_api::{AiOrb, FINISHED_LABEL, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason};
+use orb_api::{AiOrb, FINISHED_LABEL, OPERATOR_FIELD_MANAGER, OrbPhase, PodStart, TerminationReason};
 use thiserror::Error;
 use tracing::{Instrument, field, info, info_span, warn};
 
-use crate::config::{Config, PodSettings};
-use crate::metrics::Metrics;
+use crate::config::{Config, PodSettings, PoolSettings};
+use crate::metrics::{Metrics, StartLabels};
 use crate::pod::{MANAGED_SELECTOR, TERMINATION_GRACE_SECONDS, build_pod, build_token_secret};
 use crate::policy::{self, Decision, Limits, OrbClock, OrbView, PodState, Step};
+use crate::pool::{Assigner, Bound, HttpAssigner};
 use crate::status::{self, REPLACING};
 
 pub const FINALIZER: &str = "hybridcoach.io/orb-cleanup";
@@ -74,6 +75,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Wakes the admitter.
     pub admission: Arc<crate::admission::Wake>,
+    /// The warm pool, if any: admitted orbs in its namespace are bound to its pods.
+    pub pool: Option<PoolSettings>,
+    /// Sends warm pods their assignments.
+    pub assigner: Arc<dyn Assigner>,
     /// The clock: injected so that scenario tests are exact.
     pub now: fn() -> Timestamp,
 }
@@ -92,6 +97,8 @@ impl Context {
             signing_key: config.signing_key.clone(),
             metrics,
             admission,
+            pool: config.pool.clone(),
+            assigner: Arc::new(HttpAssigner),
             now: Timestamp::now,
         }
     }
@@ -165,6 +172,15 @@ pub fn error_policy(orb: Arc<AiOrb>, error: &Error, _ctx: Arc<Context>) -> Actio
     }
 }
 
+/// The orb's current pod: the one its status names (a bound warm pod has its own name), else the
+/// current attempt's.
+fn current_pod(orb: &AiOrb) -> String {
+    let status = orb.status.as_ref();
+    status
+        .and_then(|s| s.pod_name.clone())
+        .unwrap_or_else(|| pod_name(&orb.name_any(), status.and_then(|s| s.restarts).unwrap_or(0)))
+}
+
 fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
     let status = orb.status.clone().unwrap_or_default();
     let created = orb
@@ -183,7 +199,8 @@ fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
             last_activity: status.last_activity_time.as_ref().map(|t| t.0),
         },
         finished_at: status.finished_at.as_ref().map(|t| t.0),
-        has_pod: pod_found || status.pod_name.as_deref() == Some(pod_name(&orb.name_any(), attempt).as_str()),
+        // The status names the current attempt's pod once one was created or bound.
+        has_pod: pod_found || status.pod_name.is_some(),
         restarts: attempt,
         termination_reason: status.termination_reason,
         failed_since: status::failed_since(&status),
@@ -213,12 +230,12 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     let now = (ctx.now)();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let current = orb.status.clone().unwrap_or_default();
-    let attempt = current.restarts.unwrap_or(0);
+    let current_pod = current_pod(orb);
 
     // Read: only an admitted orb can have a pod. Read it from the API, not a cache, so a pod
     // deleted underneath is seen as gone.
     let pod = if current.admitted_at.is_some() {
-        pods.get_opt(&pod_name(&name, attempt)).await?
+        pods.get_opt(&current_pod).await?
     } else {
         None
     };
@@ -250,19 +267,18 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         }
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
         Step::CreatePod { attempt } => {
-            create_pod(orb, ctx, *attempt, &view.clock, &orb_limits, now).await?;
-            next.pod_name = Some(pod_name(&name, *attempt));
+            let (pod, start) = start_pod(orb, ctx, *attempt, &view.clock, &orb_limits, now).await?;
+            next.pod_name = Some(pod.clone());
+            next.pod_start = Some(start);
             next.phase = Some(OrbPhase::Starting);
-            ctx.event(
-                orb,
-                EventType::Normal,
-                "PodCreated",
-                format!("created pod {}", pod_name(&name, *attempt)),
-            )
-            .await;
+            let (reason, note) = match start {
+                PodStart::Cold => ("PodCreated", format!("created pod {pod}")),
+                PodStart::Warm => ("WarmPodBound", format!("bound to warm pod {pod}")),
+            };
+            ctx.event(orb, EventType::Normal, reason, note).await;
         }
         Step::Terminate { reason } => {
-            delete_pod(&pods, &pod_name(&name, attempt)).await?;
+            delete_pod(&pods, &current_pod).await?;
             if current.phase != Some(OrbPhase::Terminating) {
                 next.phase = Some(OrbPhase::Terminating);
                 next.termination_reason = Some(*reason);
@@ -302,10 +318,11 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
             }
         }
         Step::Replace { attempt: new_attempt } => {
-            delete_pod(&pods, &pod_name(&name, attempt)).await?;
-            create_pod(orb, ctx, *new_attempt, &view.clock, &orb_limits, now).await?;
+            delete_pod(&pods, &current_pod).await?;
+            let (pod, start) = start_pod(orb, ctx, *new_attempt, &view.clock, &orb_limits, now).await?;
             next.restarts = Some(*new_attempt);
-            next.pod_name = Some(pod_name(&name, *new_attempt));
+            next.pod_name = Some(pod);
+            next.pod_start = Some(start);
             next.node_name = None;
             next.phase = Some(OrbPhase::Starting);
             ctx.metrics.restarts.inc();
@@ -371,8 +388,16 @@ async fn track(next: &mut orb_api::AiOrbStatus, pod: &PodState, orb: &AiOrb, ctx
         if next.ready_at.is_none() {
             next.ready_at = Some(Time(now));
             if let Some(created) = &orb.metadata.creation_timestamp {
+                let start = if orb.spec.start_at.is_some() {
+                    "prewarmed"
+                } else if next.pod_start == Some(PodStart::Warm) {
+                    "warm"
+                } else {
+                    "cold"
+                };
                 ctx.metrics
                     .time_to_ready
+                    .get_or_create(&StartLabels { start })
                     .observe(created.0.duration_until(now).as_secs_f64().max(0.0));
             }
         }
@@ -409,6 +434,34 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+/// Starts attempt `attempt`: bound to a warm pod when the pool serves the orb's namespace and has
+/// one ready, else a new pod. The pod's name and how it started.
+async fn start_pod(
+    orb: &AiOrb,
+    ctx: &Context,
+    attempt: i32,
+    clock: &OrbClock,
+    limits: &policy::OrbLimits,
+    now: Timestamp,
+) -> Result<(String, PodStart)> {
+    let pooled = ctx
+        .pool
+        .as_ref()
+        .is_some_and(|p| orb.namespace().as_deref() == Some(p.namespace.as_str()));
+    // Warm pods run the configured brain: test-mode orbs (the test brain) start cold.
+    if pooled && !orb.spec.test_mode {
+        let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
+        let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), clock, limits, now);
+        let mut assignment = launch.assignment;
+        assignment.token = Some(ctx.signing_key.mint(&claims));
+        if let Bound::Pod(name) = crate::pool::bind(orb, attempt, &assignment, launch.lifetime_left, ctx, now).await? {
+            return Ok((name, PodStart::Warm));
+        }
+    }
+    create_pod(orb, ctx, attempt, clock, limits, now).await?;
+    Ok((pod_name(&orb.name_any(), attempt), PodStart::Cold))
 }
 
 /// Creates the orb's token Secret and pod. Both are idempotent: an AlreadyExists from a previous
@@ -471,7 +524,7 @@ async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     let now = (ctx.now)();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let current = orb.status.clone().unwrap_or_default();
-    let name = pod_name(&orb.name_any(), current.restarts.unwrap_or(0));
+    let name = current_pod(orb);
     let finished = current.phase.is_some_and(OrbPhase::is_terminal);
     let mut next = status::operator_status(orb);
     if current.admitted_at.is_some()

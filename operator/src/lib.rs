@@ -9,6 +9,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod pod;
+pub mod pool;
 pub use orb_policy as policy;
 pub mod rbac;
 pub mod status;

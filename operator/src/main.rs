@@ -118,7 +118,20 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    let pool_wake = ctx.admission.clone();
+    let pool = async {
+        match config.pool.clone() {
+            Some(settings) => {
+                info!(size = settings.size, namespace = %settings.namespace, "keeping a warm orb pool");
+                let keeper =
+                    orb_operator::pool::PoolKeeper::new(client.clone(), &config, settings, metrics.clone(), pool_wake);
+                keeper.run(stopped(stop_rx.clone())).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        _ = pool => {}
         _ = controller::run(ctx, config.watch_namespace.as_deref(), cache_writer, stopped(stop_rx.clone())) => {}
         _ = admitter.run(stopped(stop_rx.clone())) => {}
         _ = lost => {

@@ -41,6 +41,17 @@ pub struct NamespaceLabels {
     pub namespace: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    /// `cold` (a new pod), `warm` (bound to a warm pool pod) or `prewarmed` (`spec.startAt`).
+    pub start: &'static str,
+}
+
+/// How an orb's pod came to be, for the time-to-ready histogram.
+pub const STARTS: [&str; 3] = ["cold", "warm", "prewarmed"];
+/// Results of binding an admitted orb to the warm pool.
+pub const ASSIGNMENT_RESULTS: [&str; 3] = ["bound", "failed", "empty"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconcile_total: Family<ResultLabels, Counter>,
@@ -53,7 +64,11 @@ pub struct Metrics {
     pub capacity_used: Gauge,
     pub capacity_limit: Gauge,
     pub admission_wait: Histogram,
-    pub time_to_ready: Histogram,
+    pub time_to_ready: Family<StartLabels, Histogram>,
+    pub warm_available: Gauge,
+    pub warm_pods: Gauge,
+    pub warm_target: Gauge,
+    pub assignments: Family<ResultLabels, Counter>,
     pub terminations: Family<ReasonLabels, Counter>,
     pub restarts: Counter,
     pub admission_passes: Family<ResultLabels, Counter>,
@@ -82,7 +97,14 @@ impl Default for Metrics {
             capacity_used: Gauge::default(),
             capacity_limit: Gauge::default(),
             admission_wait: Histogram::new(wait_buckets()),
-            time_to_ready: Histogram::new(wait_buckets()),
+            time_to_ready: Family::new_with_constructor(|| {
+                // Warm starts take well under a second: finer buckets at the low end.
+                Histogram::new([0.05, 0.1, 0.25].into_iter().chain(wait_buckets()))
+            }),
+            warm_available: Gauge::default(),
+            warm_pods: Gauge::default(),
+            warm_target: Gauge::default(),
+            assignments: Family::default(),
             terminations: Family::default(),
             restarts: Counter::default(),
             admission_passes: Family::default(),
@@ -129,8 +151,28 @@ impl Default for Metrics {
         );
         registry.register(
             "time_to_ready_seconds",
-            "Time from creation to the orb's first Ready",
+            "Time from creation to the orb's first Ready, by how its pod started",
             m.time_to_ready.clone(),
+        );
+        registry.register(
+            "warm_orbs_available",
+            "Warm pool pods ready to be bound",
+            m.warm_available.clone(),
+        );
+        registry.register(
+            "warm_orbs",
+            "Warm pool pods, ready or not (GPU holders besides the cap)",
+            m.warm_pods.clone(),
+        );
+        registry.register(
+            "warm_orbs_target",
+            "The warm pool's size now: --warm-orbs, less what the cap cannot admit",
+            m.warm_target.clone(),
+        );
+        registry.register(
+            "warm_assignments",
+            "Admitted orbs offered the warm pool, by result: bound, failed (started cold), empty (no ready pod)",
+            m.assignments.clone(),
         );
         registry.register(
             "terminations",
@@ -162,6 +204,12 @@ impl Default for Metrics {
             let _ = m.admission_passes.get_or_create(&ResultLabels { result });
         }
         let _ = m.admission_passes.get_or_create(&ResultLabels { result: "conflict" });
+        for start in STARTS {
+            let _ = m.time_to_ready.get_or_create(&StartLabels { start });
+        }
+        for result in ASSIGNMENT_RESULTS {
+            let _ = m.assignments.get_or_create(&ResultLabels { result });
+        }
         Metrics { registry, ..m }
     }
 }
@@ -205,7 +253,9 @@ mod tests {
             "orb_operator_orbs{phase=\"Queued\"} 0",
             "orb_operator_terminations_total{reason=\"IdleTimeout\"} 0",
             "orb_operator_admission_wait_seconds_bucket",
-            "orb_operator_time_to_ready_seconds_bucket",
+            "orb_operator_time_to_ready_seconds_bucket{le=\"0.05\",start=\"warm\"}",
+            "orb_operator_warm_orbs_available 0",
+            "orb_operator_warm_assignments_total{result=\"failed\"} 0",
             "orb_operator_queue_length 0",
             "orb_operator_capacity_limit 0",
             "orb_operator_restarts_total 0",

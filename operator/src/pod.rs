@@ -1,5 +1,6 @@
 //! The objects the operator creates for an orb, built by pure functions from the AiOrb and the
-//! configuration: the orb's pod and the Secret holding its signaling token.
+//! configuration: the orb's pod and the Secret holding its signaling token, and the warm pool's
+//! pods and their assignment credentials.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use orb_api::AiOrb;
+use orb_api::assignment::ASSIGN_TOKEN_ENV;
 use orb_api::naming::{pod_name, token_secret_name};
 
 use crate::config::PodSettings;
@@ -35,6 +37,10 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_ORB: &str = "hybridcoach.io/orb";
 pub const LABEL_ATTEMPT: &str = "hybridcoach.io/attempt";
+/// Warm pool pods: `warm` while unbound, `bound` once bound to an AiOrb.
+pub const LABEL_POOL: &str = "hybridcoach.io/pool";
+pub const POOL_WARM: &str = "warm";
+pub const POOL_BOUND: &str = "bound";
 /// Selects every object the operator manages (its pod watch uses it).
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=orb-operator";
 
@@ -96,26 +102,99 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
 /// left of the session's lifetime, so a replacement pod does not get a fresh full lifetime.
 pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, launch: &Launch) -> Pod {
     let orb_name = orb.name_any();
-    let args = launch.args.clone();
     let lifetime_secs = launch.lifetime_left.as_secs().max(1);
+    let token = secret_env("ORB_SIGNALING_TOKEN", token_secret_name(&orb_name));
+    let mut pod_labels = labels(orb);
+    pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    orb_pod(
+        owned_meta(orb, pod_name(&orb_name, attempt), pod_labels),
+        settings,
+        launch.args.clone(),
+        token,
+        Some(active_deadline(lifetime_secs)),
+    )
+}
 
-    let mut env_vars = vec![
-        EnvVar {
-            name: "ORB_SIGNALING_TOKEN".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: token_secret_name(&orb_name),
-                    key: TOKEN_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
+/// `activeDeadlineSeconds` for a pod with `lifetime_secs` of lifetime left from its start.
+pub fn active_deadline(lifetime_secs: u64) -> i64 {
+    (lifetime_secs + ACTIVE_DEADLINE_MARGIN.as_secs()) as i64
+}
+
+/// A warm pool pod: the orb started with `--warm`, in no room, owned by nobody until it is bound
+/// to an AiOrb; its assignment credential comes from the Secret [`build_assign_secret`].
+pub fn build_warm_pod(name: &str, namespace: &str, settings: &PodSettings) -> Pod {
+    let labels = BTreeMap::from([
+        (LABEL_NAME.into(), "orb".into()),
+        ("app.kubernetes.io/component".into(), "ai-orb".into()),
+        (LABEL_MANAGED_BY.into(), "orb-operator".into()),
+        (LABEL_POOL.into(), POOL_WARM.into()),
+    ]);
+    let meta = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let credential = secret_env(ASSIGN_TOKEN_ENV, assign_secret_name(name));
+    // No deadline until bound: the binding sets the orb's own.
+    orb_pod(meta, settings, vec!["--warm".into()], credential, None)
+}
+
+/// The Secret holding a warm pod's assignment credential, owned by the pod so it goes with it.
+pub fn build_assign_secret(pod: &Pod, credential: &str) -> Secret {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(assign_secret_name(&name)),
+            namespace: pod.metadata.namespace.clone(),
+            labels: pod.metadata.labels.clone(),
+            owner_references: pod.controller_owner_ref(&()).map(|mut r| {
+                // Owned, not controlled: nothing reconciles the Secret through its pod.
+                r.controller = None;
+                vec![r]
             }),
             ..Default::default()
         },
-        env("ORB_HTTP_ADDR", format!("0.0.0.0:{ORB_HTTP_PORT}")),
-    ];
-    env_vars.extend(settings.extra_env.iter().cloned());
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.into(),
+            ByteString(credential.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
 
+/// The name of a warm pod's credential Secret.
+pub fn assign_secret_name(pod: &str) -> String {
+    format!("{pod}-assign")
+}
+
+fn secret_env(name: &str, secret: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret,
+                key: TOKEN_KEY.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every orb pod, cold or warm: `args`, the one secret env var, the settings' extra env, GPU,
+/// security context and probes.
+fn orb_pod(
+    metadata: ObjectMeta,
+    settings: &PodSettings,
+    args: Vec<String>,
+    secret: EnvVar,
+    deadline: Option<i64>,
+) -> Pod {
+    let mut env_vars = vec![secret, env("ORB_HTTP_ADDR", format!("0.0.0.0:{ORB_HTTP_PORT}"))];
+    env_vars.extend(settings.extra_env.iter().cloned());
     let mut resources: ResourceRequirements = settings.resources.clone();
     if settings.gpu_count > 0 {
         // Extended resources must be requested as limits (requests default to them).
@@ -126,14 +205,12 @@ pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, launch: &Lau
             .insert(settings.gpu_resource.clone(), gpus);
     }
 
-    let mut pod_labels = labels(orb);
-    pod_labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
     Pod {
-        metadata: owned_meta(orb, pod_name(&orb_name, attempt), pod_labels),
+        metadata,
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-            active_deadline_seconds: Some((lifetime_secs + ACTIVE_DEADLINE_MARGIN.as_secs()) as i64),
+            active_deadline_seconds: deadline,
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             node_selector: Some(settings.node_selector.clone()).filter(|m| !m.is_empty()),

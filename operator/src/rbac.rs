@@ -21,14 +21,16 @@ pub const API_CALLS: &[(Scope, &str, &str, &[&str])] = &[
     ),
     // Status by server-side apply.
     (Scope::Watched, "hybridcoach.io", "aiorbs/status", &["get", "patch"]),
-    // The owned-pod watch, the pod read, create and delete.
+    // The owned-pod watch, the pod read, create and delete; the warm pool's list, and the claim
+    // that binds a warm pod to an orb (a resourceVersion-guarded patch).
     (
         Scope::Watched,
         "",
         "pods",
-        &["get", "list", "watch", "create", "delete"],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    // The per-orb token Secret, by server-side apply (create when absent).
+    // The per-orb token Secret, by server-side apply (create when absent); a warm pod's
+    // credential Secret (create).
     (Scope::Watched, "", "secrets", &["create", "patch"]),
     // Transition events.
     (Scope::Watched, "events.k8s.io", "events", &["create", "patch"]),

@@ -17,6 +17,7 @@ use orb_operator::admission::Admitter;
 use orb_operator::config::PodSettings;
 use orb_operator::controller::{Context, Error, error_policy, reconcile};
 use orb_operator::metrics::Metrics;
+use orb_operator::pool::Assigner;
 use orb_operator::policy::Limits;
 use serde_json::{Value, json};
 
@@ -151,7 +152,43 @@ fn context(client: Client, cap: usize) -> Context {
         signing_key: SigningKey::new(vec![7u8; 32]).unwrap(),
         metrics: Arc::new(Metrics::default()),
         admission: Default::default(),
+        pool: None,
+        assigner: Arc::new(ScriptedAssigner::default()),
         now,
+    }
+}
+
+/// A warm pod's answers to assignments, in order, and the assignments it got.
+#[derive(Default)]
+struct ScriptedAssigner {
+    answers: std::sync::Mutex<Vec<std::io::Result<(u16, String)>>>,
+    calls: std::sync::Mutex<Vec<(std::net::SocketAddr, String, String)>>,
+}
+
+impl ScriptedAssigner {
+    fn answering(answer: std::io::Result<(u16, String)>) -> Arc<Self> {
+        Arc::new(Self {
+            answers: std::sync::Mutex::new(vec![answer]),
+            calls: Default::default(),
+        })
+    }
+}
+
+impl Assigner for ScriptedAssigner {
+    fn assign(
+        &self,
+        addr: std::net::SocketAddr,
+        credential: String,
+        body: String,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<(u16, String)>> {
+        self.calls.lock().unwrap().push((addr, credential, body));
+        let mut answers = self.answers.lock().unwrap();
+        let answer = if answers.is_empty() {
+            Err(std::io::Error::other("no scripted answer: the test did not expect an assignment"))
+        } else {
+            answers.remove(0)
+        };
+        Box::pin(async move { answer })
     }
 }
 

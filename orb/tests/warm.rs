@@ -3,7 +3,6 @@
 //! Every wait is for an event with a generous timeout; nothing asserts on timing.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,8 +12,9 @@ use orb::testkit::human::Human;
 use orb::testkit::relay::TestRelay;
 use orb_api::assignment::Assignment;
 use orb_protocol::UserRole;
-use orb_signaling::orb_runtime::local::LocalRuntime;
-use orb_signaling::{config::Config, metrics::Metrics, orb_runtime, server::Server};
+
+#[path = "support/dev_mode.rs"]
+mod dev_mode;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,31 +101,6 @@ async fn a_warm_orb_waits_in_no_room_then_joins_the_room_it_is_assigned() {
     );
 }
 
-/// Signaling in dev mode (local runtime, test-mode orbs) with `warm_orbs` warm orbs; `wrapper`
-/// replaces the orb binary (a script that misbehaves), logs in `log_dir`.
-async fn dev_mode(warm_orbs: usize, log_dir: &Path, binary: &Path) -> (Server, Arc<LocalRuntime>) {
-    let _ = std::fs::remove_dir_all(log_dir);
-    let argv = [
-        "orb-signaling",
-        "--listen=127.0.0.1:0",
-        "--auth=none",
-        "--orb-runtime=local",
-        "--orb-test-mode",
-        &format!("--warm-orbs={warm_orbs}"),
-        &format!("--orb-binary={}", binary.display()),
-        &format!("--orb-log-dir={}", log_dir.display()),
-    ];
-    let config = Config::parse_from(argv, None).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let (events, events_rx) = orb_runtime::OrbEvents::new(metrics.clone());
-    let runtime = Arc::new(LocalRuntime::start(config.local.clone(), events));
-    let server = Server::start(&config, runtime.clone(), events_rx, metrics)
-        .await
-        .unwrap();
-    runtime.serve_at(server.local_addr());
-    (server, runtime)
-}
-
 fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -133,7 +108,7 @@ fn read(path: impl AsRef<Path>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_pool_of_one_a_rooms_orb_joins_without_starting_a_process() {
     let logs = std::env::temp_dir().join(format!("orb-warm-dev-{}", std::process::id()));
-    let (server, runtime) = dev_mode(1, &logs, orb_binary()).await;
+    let (server, runtime) = dev_mode::start(1, &logs, orb_binary(), &[]).await;
     let stats = runtime.stats();
     until("a ready warm orb", async || {
         stats.warm_ready.load(Ordering::Relaxed) == 1
@@ -168,8 +143,7 @@ async fn with_a_pool_of_one_a_rooms_orb_joins_without_starting_a_process() {
     })
     .await;
     assert_eq!(stats.processes_started.load(Ordering::Relaxed), 2);
-    server.shutdown().await;
-    orb_runtime::OrbRuntime::shutdown(runtime.as_ref()).await;
+    dev_mode::stop(server, runtime).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +162,7 @@ async fn a_failed_assignment_falls_back_to_a_cold_start() {
     .unwrap();
     let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
     std::fs::set_permissions(&wrapper, mode).unwrap();
-    let (server, runtime) = dev_mode(1, &logs, &wrapper).await;
+    let (server, runtime) = dev_mode::start(1, &logs, &wrapper, &[]).await;
     let stats = runtime.stats();
     until("a ready warm orb", async || {
         stats.warm_ready.load(Ordering::Relaxed) == 1
@@ -205,6 +179,5 @@ async fn a_failed_assignment_falls_back_to_a_cold_start() {
     assert!(room_log.contains("failed (HTTP 401"), "{room_log}");
     assert!(room_log.contains("starting the orb cold"), "{room_log}");
     assert!(room_log.contains("--room=fallback-room"), "started cold: {room_log}");
-    server.shutdown().await;
-    orb_runtime::OrbRuntime::shutdown(runtime.as_ref()).await;
+    dev_mode::stop(server, runtime).await;
 }

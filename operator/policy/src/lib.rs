@@ -52,6 +52,8 @@ pub struct Limits {
     /// A pod still there this long after its grace period ended (its node is lost, its kubelet
     /// gone) no longer holds its orb's slot: the orb ends `Failed`/`PodLost`.
     pub stuck_pod_margin: Duration,
+    /// An orb with `spec.startAt` is admitted this long before it.
+    pub prewarm_lead: Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +69,7 @@ impl Default for Limits {
             restart_backoff: Duration::from_secs(10),
             max_restart_backoff: Duration::from_secs(300),
             stuck_pod_margin: Duration::from_secs(120),
+            prewarm_lead: Duration::from_secs(120),
         }
     }
 }

@@ -1,0 +1,351 @@
+//! The warm pool: `--warm-orbs` orb pods started with `--warm` in the pool's namespace, running
+//! with their brain ready in no room, so that an admitted orb is bound to one instead of waiting
+//! for a pod to be scheduled, its image pulled and its brain started.
+//!
+//! The keeper (leader only, like the admitter) moves the pool towards
+//! [`crate::policy::warm_target`]: the configured size, less what the cap can no longer admit, so
+//! warm pods are never GPUs the cap could not use. Failed warm pods and pods not ready in time are
+//! replaced ([`crate::policy::plan_pool`]). Binding ([`bind`]) is the reconciler's: it claims a
+//! ready warm pod with a resourceVersion-guarded patch (labels, the AiOrb as controller owner, the
+//! orb's `activeDeadlineSeconds`), then posts the assignment (room, limits, token) to the pod with
+//! the pod's credential, an HMAC of its name under the signing key, which only the operator can
+//! derive and the pod reads from its Secret. A claim conflict or a failed assignment falls back to
+//! a cold start; the claimed pod is deleted. From then on the bound pod is the orb's pod like any
+//! other: deadlines, replacement and termination do not tell them apart.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Client, Resource, ResourceExt};
+use orb_api::assignment::{ASSIGN_PATH, assign_credential};
+use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER};
+use tracing::{debug, info, warn};
+
+use crate::admission::{LEDGER_NAME, Wake, parse_ledger};
+use crate::config::{PodSettings, PoolSettings};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::pod::{
+    LABEL_ATTEMPT, LABEL_ORB, LABEL_POOL, ORB_HTTP_PORT, POOL_BOUND, TERMINATION_GRACE_SECONDS, active_deadline,
+    build_assign_secret, build_warm_pod,
+};
+use crate::policy::{self, WarmOrb};
+
+/// A keeper pass runs at least this often: warm pods that failed or became ready are seen.
+pub const RESYNC: Duration = Duration::from_secs(10);
+/// Selects the unbound warm pods.
+pub const WARM_SELECTOR: &str = "hybridcoach.io/pool=warm";
+/// Longest an assignment may take to answer (the orb waits up to 10 s for its join).
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sends an assignment to a warm orb: `(status, body)` of its answer. A trait so that the mocked-API
+/// scenarios can answer for the pod.
+pub trait Assigner: Send + Sync {
+    fn assign(
+        &self,
+        addr: SocketAddr,
+        credential: String,
+        body: String,
+    ) -> BoxFuture<'static, std::io::Result<(u16, String)>>;
+}
+
+/// `POST /assign` over HTTP to the pod's IP.
+pub struct HttpAssigner;
+
+impl Assigner for HttpAssigner {
+    fn assign(
+        &self,
+        addr: SocketAddr,
+        credential: String,
+        body: String,
+    ) -> BoxFuture<'static, std::io::Result<(u16, String)>> {
+        Box::pin(
+            async move { orb_telemetry::probe::post_json(addr, ASSIGN_PATH, &credential, &body, ASSIGN_TIMEOUT).await },
+        )
+    }
+}
+
+/// What the pool knows of one of its pods.
+pub fn warm_view(pod: &Pod) -> WarmOrb {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    WarmOrb {
+        name: pod.name_any(),
+        started: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        ready: ready && phase == "Running",
+        failed: matches!(phase, "Failed" | "Succeeded"),
+        stopping: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// A fresh pod name suffix: random, so names never repeat across operator restarts.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    format!("{:010x}", h.finish() & 0xff_ffff_ffff)
+}
+
+/// Keeps the warm pool.
+pub struct PoolKeeper {
+    pub pods: Api<Pod>,
+    pub secrets: Api<Secret>,
+    pub ledger: Api<ConfigMap>,
+    pub settings: PoolSettings,
+    pub cap: usize,
+    pub pod: PodSettings,
+    pub signing_key: orb_api::auth::SigningKey,
+    pub metrics: Arc<Metrics>,
+    pub wake: Arc<Wake>,
+    pub now: fn() -> Timestamp,
+    /// Names of new warm pods; random unless a test fixes them.
+    pub name: fn() -> String,
+}
+
+impl PoolKeeper {
+    pub fn new(
+        client: Client,
+        config: &crate::config::Config,
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+        wake: Arc<Wake>,
+    ) -> Self {
+        Self {
+            pods: Api::namespaced(client.clone(), &settings.namespace),
+            secrets: Api::namespaced(client.clone(), &settings.namespace),
+            ledger: Api::namespaced(client, &config.operator_namespace),
+            cap: config.limits.max_concurrent_orbs,
+            pod: config.pod.clone(),
+            signing_key: config.signing_key.clone(),
+            settings,
+            metrics,
+            wake,
+            now: Timestamp::now,
+            name: || format!("orb-warm-{}", random_suffix()),
+        }
+    }
+
+    /// Runs passes on every wake-up and every [`RESYNC`] until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.pass().await {
+                warn!(error = %e, "warm pool pass failed");
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.pool.notified() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    /// One pass: read how many orbs the cap holds and the unbound warm pods, stop the ones the
+    /// plan drops, start the ones it lacks.
+    pub async fn pass(&self) -> Result<policy::PoolPlan, kube::Error> {
+        let now = (self.now)();
+        let serving = self
+            .ledger
+            .get_opt(LEDGER_NAME)
+            .await?
+            .map_or(0, |cm| parse_ledger(&cm).len());
+        let target = policy::warm_target(self.settings.size, self.cap, serving);
+        let pods = self.pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
+        let views: Vec<WarmOrb> = pods.items.iter().map(warm_view).collect();
+        let plan = policy::plan_pool(&views, target, now);
+        for name in &plan.stop {
+            info!(pod = %name, "stopping a warm orb (failed, not ready in time, or above the pool's target)");
+            delete(&self.pods, name).await?;
+        }
+        for _ in 0..plan.start {
+            self.start_warm().await?;
+        }
+        let ready = views
+            .iter()
+            .filter(|w| w.ready && !w.stopping && !plan.stop.contains(&w.name))
+            .count();
+        self.metrics.warm_available.set(ready as i64);
+        self.metrics.warm_pods.set((views.len() + plan.start) as i64);
+        self.metrics.warm_target.set(target as i64);
+        debug!(
+            target,
+            ready,
+            start = plan.start,
+            stop = plan.stop.len(),
+            "warm pool pass"
+        );
+        Ok(plan)
+    }
+
+    /// Creates one warm pod, then its credential Secret, owned by the pod (the kubelet starts the
+    /// container once the Secret exists).
+    async fn start_warm(&self) -> Result<(), kube::Error> {
+        let name = (self.name)();
+        let pod = build_warm_pod(&name, &self.settings.namespace, &self.pod);
+        let params = PostParams {
+            field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let created = self.pods.create(&params, &pod).await?;
+        let secret = build_assign_secret(&created, &assign_credential(&self.signing_key, &name));
+        self.secrets.create(&params, &secret).await?;
+        info!(pod = %name, "started a warm orb");
+        Ok(())
+    }
+}
+
+async fn delete(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(TERMINATION_GRACE_SECONDS as u32),
+        ..Default::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What binding an orb to the pool came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// The orb runs in this warm pod now.
+    Pod(String),
+    /// No ready warm pod, or it could not be claimed or assigned: start cold.
+    Cold,
+}
+
+/// Binds attempt `attempt` of `orb` to a ready warm pod with `assignment` (its token included).
+/// Metrics and events tell the outcome; only API errors on the list are errors.
+pub async fn bind(
+    orb: &AiOrb,
+    attempt: i32,
+    assignment: &orb_api::assignment::Assignment,
+    lifetime_left: Duration,
+    ctx: &crate::controller::Context,
+    now: Timestamp,
+) -> Result<Bound, kube::Error> {
+    let ns = orb.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = |r: &'static str| ctx.metrics.assignments.get_or_create(&ResultLabels { result: r }).inc();
+    let list = pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
+    let views: Vec<WarmOrb> = list.items.iter().map(warm_view).collect();
+    let Some(pick) = policy::pick_warm(&views) else {
+        result("empty");
+        return Ok(Bound::Cold);
+    };
+    let pod = list
+        .items
+        .iter()
+        .find(|p| p.name_any() == pick.name)
+        .expect("picked from the list");
+    let name = pod.name_any();
+    let Some(ip) = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+    else {
+        result("empty");
+        return Ok(Bound::Cold);
+    };
+    // The deadline counts from the pod's start: add the time it already ran while warm.
+    let ran = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map_or(0, |t| t.0.duration_until(now).as_secs().max(0) as u64);
+    let claim = serde_json::json!({
+        "metadata": {
+            "resourceVersion": pod.resource_version(),
+            "labels": { LABEL_POOL: POOL_BOUND, LABEL_ORB: orb.name_any(), LABEL_ATTEMPT: attempt.to_string() },
+            "ownerReferences": [orb.controller_owner_ref(&())],
+        },
+        "spec": { "activeDeadlineSeconds": active_deadline(ran + lifetime_left.as_secs().max(1)) },
+    });
+    let params = PatchParams {
+        field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match pods.patch(&name, &params, &Patch::Merge(&claim)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+            // Another orb claimed it first, or it is gone: the next reconcile starts cold.
+            result("failed");
+            return Ok(Bound::Cold);
+        }
+        Err(e) => return Err(e),
+    }
+    let body = serde_json::to_string(assignment).expect("an assignment serialises");
+    let credential = assign_credential(&ctx.signing_key, &name);
+    let answer = ctx
+        .assigner
+        .assign(SocketAddr::new(ip, ORB_HTTP_PORT as u16), credential, body)
+        .await;
+    ctx.admission.pool.notify_one();
+    match answer {
+        Ok((200 | 202, _)) => {
+            result("bound");
+            info!(pod = %name, "bound the orb to a warm pod");
+            Ok(Bound::Pod(name))
+        }
+        outcome => {
+            let why = match outcome {
+                Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
+                Err(e) => e.to_string(),
+            };
+            result("failed");
+            warn!(pod = %name, %why, "the warm pod refused its assignment; starting the orb cold");
+            let note = format!("warm pod {name} refused its assignment ({why}); starting a new pod");
+            crate::controller::publish_event(&ctx.recorder, orb, EventType::Warning, "AssignmentFailed", note, "Bind")
+                .await;
+            delete(&pods, &name).await?;
+            Ok(Bound::Cold)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::POOL_WARM;
+
+    #[test]
+    fn the_selector_selects_the_label_warm_pods_carry() {
+        assert_eq!(WARM_SELECTOR, format!("{LABEL_POOL}={POOL_WARM}"));
+    }
+
+    #[test]
+    fn a_pod_is_available_only_running_and_ready() {
+        let pod = |phase: &str, ready: &str, deleting: bool| -> Pod {
+            let mut p: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "w", "creationTimestamp": "2027-01-15T08:00:00Z"},
+                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]},
+            }))
+            .unwrap();
+            if deleting {
+                p.metadata.deletion_timestamp = p.metadata.creation_timestamp.clone();
+            }
+            p
+        };
+        let v = warm_view(&pod("Running", "True", false));
+        assert!(v.ready && !v.failed && !v.stopping);
+        assert!(!warm_view(&pod("Running", "False", false)).ready);
+        assert!(!warm_view(&pod("Pending", "True", false)).ready);
+        assert!(warm_view(&pod("Failed", "False", false)).failed);
+        assert!(warm_view(&pod("Succeeded", "False", false)).failed);
+        assert!(warm_view(&pod("Running", "True", true)).stopping);
+    }
+}
