@@ -921,3 +921,388 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     assert_eq!(reads, 1 + 10_000 / orb_operator::admission::LIST_PAGE as usize);
     assert!(metrics.contains("orb_operator_namespace_queue_length{namespace=\"calls\"} 9899"));
 }
+
+// ---- the warm pool ----
+
+const WARM_PODS: &str = "/api/v1/namespaces/calls/pods?&labelSelector=hybridcoach.io%2Fpool%3Dwarm";
+
+/// A warm pool pod, created `started_ago` seconds ago, running for as long.
+fn warm_pod(name: &str, started_ago: i64, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("pod-{name}"), "resourceVersion": "77",
+            "creationTimestamp": ago(started_ago), "labels": {"hybridcoach.io/pool": "warm"}},
+        "spec": {"containers": [{"name": "orb"}]},
+        "status": {"phase": "Running", "podIP": "10.1.2.3", "startTime": ago(started_ago),
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+fn pod_list(items: Vec<Value>) -> Option<Value> {
+    Some(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "90"}, "items": items}))
+}
+
+/// One reconcile of `orb` with a warm pool of `calls` and warm pods answering with `assigner`.
+async fn reconcile_in_pool(
+    orb: Value,
+    assigner: Arc<ScriptedAssigner>,
+    script: Vec<Exchange>,
+) -> (Result<Action, Error>, Vec<Seen>, Arc<Metrics>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(verify(handle, script));
+    let mut ctx = context(Client::new(service, "default"), 8);
+    ctx.pool = Some(orb_operator::config::PoolSettings {
+        size: 2,
+        namespace: NS.into(),
+    });
+    ctx.assigner = assigner;
+    let ctx = Arc::new(ctx);
+    let orb: AiOrb = serde_json::from_value(orb).unwrap();
+    let result = reconcile(Arc::new(orb), ctx.clone()).await;
+    let metrics = ctx.metrics.clone();
+    drop(ctx);
+    (result, finish(verifier).await, metrics)
+}
+
+fn admitted(name: &str) -> Value {
+    orb(name, "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}))
+}
+
+fn assignments(metrics: &Metrics, result: &str) -> bool {
+    metrics
+        .encode()
+        .contains(&format!("orb_operator_warm_assignments_total{{result=\"{result}\"}} 1"))
+}
+
+#[tokio::test]
+async fn an_admitted_orb_is_bound_to_the_oldest_ready_warm_pod_instead_of_a_new_pod() {
+    let assigner = ScriptedAssigner::answering(Ok((200, r#"{"outcome":"joined"}"#.into())));
+    let (result, seen, metrics) = reconcile_in_pool(
+        admitted("room-1"),
+        assigner.clone(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect(
+                "GET",
+                WARM_PODS,
+                pod_list(vec![
+                    warm_pod("orb-warm-young", 60, true),
+                    warm_pod("orb-warm-cold", 600, false),
+                    warm_pod("orb-warm-old", 300, true),
+                ]),
+            ),
+            expect("PATCH", format!("{PODS}/orb-warm-old?&fieldManager=orb-operator"), None),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    // The claim: guarded by the listed resourceVersion, owned by the AiOrb from now on, the orb's
+    // deadline counted from the pod's start (300 s warm + what is left of the 2 h lifetime, admitted
+    // a second ago, + the margin).
+    let claim = &seen[2].body;
+    assert_eq!(claim["metadata"]["resourceVersion"], "77");
+    assert_eq!(claim["metadata"]["labels"]["hybridcoach.io/pool"], "bound");
+    assert_eq!(claim["metadata"]["labels"]["hybridcoach.io/orb"], "room-1");
+    assert_eq!(claim["metadata"]["labels"]["hybridcoach.io/attempt"], "0");
+    assert_eq!(claim["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(claim["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(claim["spec"]["activeDeadlineSeconds"], 300 + 7199 + 60);
+    // The assignment went to the pod with the pod's own credential and a token for the room.
+    let calls = assigner.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    let (addr, credential, body) = &calls[0];
+    assert_eq!(addr.to_string(), "10.1.2.3:9090");
+    let key = SigningKey::new(vec![7u8; 32]).unwrap();
+    assert_eq!(credential, &orb_api::assignment::assign_credential(&key, "orb-warm-old"));
+    let assignment: orb_api::assignment::Assignment = serde_json::from_str(body).unwrap();
+    assert_eq!((assignment.room.as_str(), assignment.coach.as_deref()), ("room-1", Some("coach-1")));
+    assert_eq!(assignment.max_lifetime_seconds, 7199);
+    let claims = key
+        .verify_at(
+            assignment.token.as_deref().unwrap(),
+            "room-1",
+            now().as_second() as u64,
+            orb_api::auth::MAX_TOKEN_TTL_SECONDS,
+        )
+        .expect("a valid room token");
+    assert_eq!(claims.role, orb_api::auth::Role::Ai);
+    assert_eq!(seen[3].body["reason"], "WarmPodBound");
+    let status = status_of(&seen[4]);
+    assert_eq!(status["podName"], "orb-warm-old");
+    assert_eq!(status["podStart"], "Warm");
+    assert_eq!(status["phase"], "Starting");
+    assert!(assignments(&metrics, "bound"));
+
+    // Reconciled again, the orb reads its bound pod by the name in its status; Ready now.
+    let mut bound = warm_pod("orb-warm-old", 301, true);
+    bound["metadata"]["labels"]["hybridcoach.io/pool"] = json!("bound");
+    let status = json!({"phase": "Starting", "admittedAt": ago(2), "podName": "orb-warm-old", "podStart": "Warm"});
+    let (result, seen, metrics) = reconcile_in_pool(
+        orb("room-1", "uid-1", 5, status),
+        Arc::default(),
+        vec![
+            expect("GET", format!("{PODS}/orb-warm-old"), Some(bound)),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[1].body["reason"], "Ready");
+    assert_eq!(status_of(&seen[2])["phase"], "Ready");
+    assert!(
+        metrics
+            .encode()
+            .contains("orb_operator_time_to_ready_seconds_count{start=\"warm\"} 1"),
+        "{}",
+        metrics.encode()
+    );
+}
+
+#[tokio::test]
+async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() {
+    let assigner = ScriptedAssigner::answering(Ok((401, "wrong credential".into())));
+    let (result, seen, metrics) = reconcile_in_pool(
+        admitted("room-1"),
+        assigner,
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
+            expect("PATCH", format!("{PODS}/orb-warm-a?&fieldManager=orb-operator"), None),
+            event(),
+            expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(warm_pod("orb-warm-a", 60, true))),
+            expect(
+                "PATCH",
+                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                None,
+            ),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[3].body["reason"], "AssignmentFailed");
+    assert!(seen[3].body["note"].as_str().unwrap().contains("HTTP 401"));
+    assert_eq!(seen[4].body["gracePeriodSeconds"], 10);
+    assert_eq!(seen[6].body["metadata"]["name"], "orb-room-1-0");
+    assert_eq!(seen[7].body["reason"], "PodCreated");
+    let status = status_of(&seen[8]);
+    assert_eq!((status["podName"].as_str(), status["podStart"].as_str()), (Some("orb-room-1-0"), Some("Cold")));
+    assert!(assignments(&metrics, "failed"));
+}
+
+#[tokio::test]
+async fn without_a_ready_warm_pod_or_when_another_orb_claims_it_first_the_orb_starts_cold() {
+    let cold_start = || {
+        vec![
+            expect(
+                "PATCH",
+                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                None,
+            ),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
+            event(),
+            status_write("room-1"),
+        ]
+    };
+    // Only a pod still starting: cold, and nothing is claimed.
+    let mut script = vec![
+        not_found("GET", format!("{PODS}/orb-room-1-0")),
+        expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 5, false)])),
+    ];
+    script.extend(cold_start());
+    let (result, _, metrics) = reconcile_in_pool(admitted("room-1"), Arc::default(), script).await;
+    assert!(result.is_ok());
+    assert!(assignments(&metrics, "empty"));
+
+    // The claim conflicts (another orb's reconcile took the pod): cold, no assignment sent.
+    let mut script = vec![
+        not_found("GET", format!("{PODS}/orb-room-1-0")),
+        expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
+        conflict("PATCH", format!("{PODS}/orb-warm-a?&fieldManager=orb-operator")),
+    ];
+    script.extend(cold_start());
+    let assigner = Arc::new(ScriptedAssigner::default());
+    let (result, _, metrics) = reconcile_in_pool(admitted("room-1"), assigner.clone(), script).await;
+    assert!(result.is_ok());
+    assert!(assigner.calls.lock().unwrap().is_empty());
+    assert!(assignments(&metrics, "failed"));
+
+    // A test-mode orb runs the test brain, which warm pods do not: cold without looking.
+    let mut test_mode = admitted("room-1");
+    test_mode["spec"]["testMode"] = json!(true);
+    let mut script = vec![not_found("GET", format!("{PODS}/orb-room-1-0"))];
+    script.extend(cold_start());
+    let (result, _, _) = reconcile_in_pool(test_mode, Arc::default(), script).await;
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status_name() {
+    // A warm-bound orb whose pod failed in an occupied room, past its backoff: replaced.
+    let mut failed = warm_pod("orb-warm-old", 400, false);
+    failed["status"]["phase"] = json!("Failed");
+    let status = json!({"phase": "Ready", "admittedAt": ago(300), "podName": "orb-warm-old", "podStart": "Warm",
+        "participants": 2, "lastActivityTime": ago(5),
+        "conditions": [{"type": "Replacing", "status": "True", "reason": "Error", "message": "",
+            "lastTransitionTime": ago(60)}]});
+    let (result, seen, _) = reconcile_in_pool(
+        orb("room-1", "uid-1", 400, status),
+        Arc::default(),
+        vec![
+            expect("GET", format!("{PODS}/orb-warm-old"), Some(failed)),
+            expect("DELETE", format!("{PODS}/orb-warm-old?"), Some(warm_pod("orb-warm-old", 400, false))),
+            expect("GET", WARM_PODS, pod_list(vec![])),
+            expect(
+                "PATCH",
+                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                None,
+            ),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(seen[4].body["metadata"]["name"], "orb-room-1-1");
+    let status = status_of(&seen[6]);
+    assert_eq!(status["podName"], "orb-room-1-1");
+    assert_eq!(status["restarts"], 1);
+    assert_eq!(status["podStart"], "Cold");
+}
+
+// ---- the pool keeper ----
+
+/// One keeper pass with `size` warm orbs, `cap`, the ledger holding `serving` orbs.
+async fn pool_pass(size: usize, cap: usize, serving: usize, script: Vec<Exchange>) -> (orb_operator::policy::PoolPlan, Vec<Seen>, Arc<Metrics>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ledger: String = (0..serving).map(|i| format!("calls/o{i} u{i}\n")).collect();
+    let mut full = vec![expect(
+        "GET",
+        format!("{LEDGER}/orb-operator-admission"),
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission"},
+            "data": {"admitted": ledger}})),
+    )];
+    full.extend(script);
+    let verifier = tokio::spawn(verify(handle, full));
+    let client = Client::new(service, "default");
+    let ctx = context(client.clone(), cap);
+    let keeper = orb_operator::pool::PoolKeeper {
+        pods: Api::namespaced(client.clone(), NS),
+        secrets: Api::namespaced(client.clone(), NS),
+        ledger: Api::namespaced(client, "orb-system"),
+        settings: orb_operator::config::PoolSettings {
+            size,
+            namespace: NS.into(),
+        },
+        cap,
+        pod: ctx.pod.clone(),
+        signing_key: ctx.signing_key.clone(),
+        metrics: ctx.metrics.clone(),
+        wake: ctx.admission.clone(),
+        now,
+        name: || "orb-warm-new".into(),
+    };
+    let plan = keeper.pass().await.expect("a pool pass");
+    let metrics = keeper.metrics.clone();
+    drop((keeper, ctx));
+    (plan, finish(verifier).await, metrics)
+}
+
+/// A created pod as the API server returns it: with its uid.
+fn created_warm_pod() -> Option<Value> {
+    Some(warm_pod("orb-warm-new", 0, false))
+}
+
+#[tokio::test]
+async fn the_keeper_fills_the_pool_each_pod_with_its_own_credential_secret() {
+    let (plan, seen, metrics) = pool_pass(
+        2,
+        8,
+        3,
+        vec![
+            expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), created_warm_pod()),
+            expect("POST", "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator", None),
+        ],
+    )
+    .await;
+    assert_eq!(plan.start, 1);
+    let pod = &seen[2].body;
+    assert_eq!(pod["metadata"]["name"], "orb-warm-new");
+    assert_eq!(pod["metadata"]["labels"]["hybridcoach.io/pool"], "warm");
+    assert!(pod["metadata"].get("ownerReferences").is_none(), "unowned until bound");
+    assert!(pod["spec"].get("activeDeadlineSeconds").is_none(), "no deadline until bound");
+    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["--warm"]));
+    assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
+    let env = &pod["spec"]["containers"][0]["env"][0];
+    assert_eq!(env["name"], "ORB_ASSIGN_TOKEN");
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "orb-warm-new-assign");
+    let secret = &seen[3].body;
+    assert_eq!(secret["metadata"]["name"], "orb-warm-new-assign");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "pod-orb-warm-new", "goes with its pod");
+    let credential = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&secret["data"]["token"]).0).unwrap();
+    let key = SigningKey::new(vec![7u8; 32]).unwrap();
+    assert_eq!(credential, orb_api::assignment::assign_credential(&key, "orb-warm-new"));
+    let text = metrics.encode();
+    assert!(text.contains("orb_operator_warm_orbs_available 1"), "{text}");
+    assert!(text.contains("orb_operator_warm_orbs 2"), "{text}");
+    assert!(text.contains("orb_operator_warm_orbs_target 2"), "{text}");
+}
+
+#[tokio::test]
+async fn the_pool_shrinks_as_the_cap_fills_and_replaces_a_lost_warm_pod() {
+    // 7 of 8 slots taken: one warm pod is all the cap can still use; the youngest goes.
+    let (plan, seen, _) = pool_pass(
+        2,
+        8,
+        7,
+        vec![
+            expect(
+                "GET",
+                WARM_PODS,
+                pod_list(vec![warm_pod("orb-warm-a", 600, true), warm_pod("orb-warm-b", 60, true)]),
+            ),
+            expect("DELETE", format!("{PODS}/orb-warm-b?"), Some(warm_pod("orb-warm-b", 60, true))),
+        ],
+    )
+    .await;
+    assert_eq!((plan.start, plan.stop.clone()), (0, vec!["orb-warm-b".to_owned()]));
+    assert_eq!(seen[2].body["gracePeriodSeconds"], 10);
+
+    // The cap is full: no warm pod at all.
+    let (plan, _, metrics) = pool_pass(
+        2,
+        8,
+        8,
+        vec![
+            expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 600, true)])),
+            expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(warm_pod("orb-warm-a", 600, true))),
+        ],
+    )
+    .await;
+    assert_eq!(plan.stop.len(), 1);
+    assert!(metrics.encode().contains("orb_operator_warm_orbs_target 0"));
+
+    // A warm pod lost (its node gone, the pod Failed): deleted and replaced at once.
+    let mut lost = warm_pod("orb-warm-a", 600, false);
+    lost["status"]["phase"] = json!("Failed");
+    let (plan, _, _) = pool_pass(
+        1,
+        8,
+        0,
+        vec![
+            expect("GET", WARM_PODS, pod_list(vec![lost.clone()])),
+            expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(lost)),
+            expect("POST", format!("{PODS}?&fieldManager=orb-operator"), created_warm_pod()),
+            expect("POST", "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator", None),
+        ],
+    )
+    .await;
+    assert_eq!(plan.start, 1);
+}
