@@ -19,6 +19,7 @@ fn entries(n: usize) -> Vec<AdmissionEntry> {
             admitted: i % 3 == 0 && i < 24,
             deleting: false,
             valid: true,
+            scheduled: false,
         })
         .collect()
 }
@@ -52,6 +53,7 @@ fn main() {
             session_started_at: None,
             participants: Some(2),
             last_activity: Some(Timestamp::from_second(1_800_000_090).unwrap()),
+            start_at: None,
         },
         has_pod: true,
         ..Default::default()

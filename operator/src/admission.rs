@@ -96,6 +96,8 @@ pub struct Admitter {
 pub struct PassOutcome {
     pub admitted: Vec<String>,
     pub queued: usize,
+    /// The next time a booked orb becomes due: the next pass runs then at the latest.
+    pub next_due: Option<Timestamp>,
 }
 
 pub(crate) fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
@@ -158,12 +160,19 @@ pub struct Snapshot {
     pub plan: policy::AdmissionPlan,
 }
 
-/// Reads the ledger and the unfinished orbs, and plans (steps 1 to 3).
-pub async fn snapshot(ledger: &Api<ConfigMap>, orbs: &Api<AiOrb>, cap: usize) -> Result<Snapshot, kube::Error> {
+/// Reads the ledger and the unfinished orbs, and plans (steps 1 to 3) at `now`, admitting booked
+/// orbs `prewarm_lead` before their start.
+pub async fn snapshot(
+    ledger: &Api<ConfigMap>,
+    orbs: &Api<AiOrb>,
+    cap: usize,
+    prewarm_lead: Duration,
+    now: Timestamp,
+) -> Result<Snapshot, kube::Error> {
     let ledger_cm = ledger.get_opt(LEDGER_NAME).await?;
     let held = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
     let orbs = list_unfinished(orbs).await?;
-    let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(entry).collect();
+    let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(|o| entry(o, prewarm_lead, now)).collect();
     let plan = policy::plan_admission(&entries, &held, cap);
     Ok(Snapshot {
         ledger_cm,
@@ -205,9 +214,18 @@ fn by_uid(orbs: &[AiOrb]) -> BTreeMap<&str, &AiOrb> {
         .collect()
 }
 
-fn entry(orb: &AiOrb) -> Option<AdmissionEntry> {
+/// When a booked orb not yet admitted becomes due, if later than `now`.
+fn due_later(orb: &AiOrb, prewarm_lead: Duration, now: Timestamp) -> Option<Timestamp> {
+    if orb.status.as_ref().is_some_and(|s| s.admitted_at.is_some()) {
+        return None;
+    }
+    policy::admission_due(orb.spec.start_at.as_ref().map(|t| t.0), prewarm_lead).filter(|due| *due > now)
+}
+
+fn entry(orb: &AiOrb, prewarm_lead: Duration, now: Timestamp) -> Option<AdmissionEntry> {
     let status = orb.status.as_ref();
     Some(AdmissionEntry {
+        scheduled: due_later(orb, prewarm_lead, now).is_some(),
         uid: orb.metadata.uid.clone()?,
         key: format!("{}/{}", orb.namespace().unwrap_or_default(), orb.name_any()),
         created: orb
@@ -249,7 +267,11 @@ impl Admitter {
                         queued = outcome.queued,
                         "admission pass"
                     );
-                    RESYNC
+                    // A booked orb falling due is admitted on time, not at the next resync.
+                    let until_due = outcome
+                        .next_due
+                        .map(|due| Duration::try_from((self.now)().duration_until(due)).unwrap_or(Duration::ZERO));
+                    until_due.map_or(RESYNC, |d| d.min(RESYNC))
                 }
                 Err(AdmissionError::Conflict) => {
                     self.metrics
@@ -284,7 +306,7 @@ impl Admitter {
             ledger,
             orbs,
             plan,
-        } = snapshot(&self.ledger, &self.orbs, self.cap).await?;
+        } = snapshot(&self.ledger, &self.orbs, self.cap, self.limits.prewarm_lead, now).await?;
         let sessions = ledger_cm.as_ref().map(parse_ledger_sessions).unwrap_or_default();
         let by_uid = by_uid(&orbs);
         self.observe(&by_uid, &plan);
@@ -309,6 +331,10 @@ impl Admitter {
         }
         let mut outcome = PassOutcome {
             queued: plan.queue.len(),
+            next_due: orbs
+                .iter()
+                .filter_map(|o| due_later(o, self.limits.prewarm_lead, now))
+                .min(),
             ..Default::default()
         };
         for uid in &plan.admit {

@@ -197,6 +197,7 @@ fn view_of(orb: &AiOrb, pod_found: bool) -> OrbView {
             session_started_at: status.session_started_at.as_ref().map(|t| t.0),
             participants: status.participants,
             last_activity: status.last_activity_time.as_ref().map(|t| t.0),
+            start_at: orb.spec.start_at.as_ref().map(|t| t.0),
         },
         finished_at: status.finished_at.as_ref().map(|t| t.0),
         // The status names the current attempt's pod once one was created or bound.

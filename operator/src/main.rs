@@ -159,12 +159,10 @@ async fn print_queue(run: &RunArgs) -> anyhow::Result<()> {
         .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
     let ledger = Api::namespaced(client.clone(), &run.operator_namespace);
     let orbs = orbs_api(client, run.watch_namespace.as_deref());
-    let snapshot = admission::snapshot(&ledger, &orbs, run.max_concurrent_orbs)
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let snapshot = admission::snapshot(&ledger, &orbs, run.max_concurrent_orbs, run.prewarm_lead, now)
         .await
         .context("cannot read the admission ledger and the AiOrbs")?;
-    print!(
-        "{}",
-        admission::render_queue(&snapshot, run.max_concurrent_orbs, k8s_openapi::jiff::Timestamp::now())
-    );
+    print!("{}", admission::render_queue(&snapshot, run.max_concurrent_orbs, now));
     Ok(())
 }

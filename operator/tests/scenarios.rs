@@ -17,8 +17,8 @@ use orb_operator::admission::Admitter;
 use orb_operator::config::PodSettings;
 use orb_operator::controller::{Context, Error, error_policy, reconcile};
 use orb_operator::metrics::Metrics;
-use orb_operator::pool::Assigner;
 use orb_operator::policy::Limits;
+use orb_operator::pool::Assigner;
 use serde_json::{Value, json};
 
 mod support;
@@ -184,7 +184,9 @@ impl Assigner for ScriptedAssigner {
         self.calls.lock().unwrap().push((addr, credential, body));
         let mut answers = self.answers.lock().unwrap();
         let answer = if answers.is_empty() {
-            Err(std::io::Error::other("no scripted answer: the test did not expect an assignment"))
+            Err(std::io::Error::other(
+                "no scripted answer: the test did not expect an assignment",
+            ))
         } else {
             answers.remove(0)
         };
@@ -1015,9 +1017,15 @@ async fn an_admitted_orb_is_bound_to_the_oldest_ready_warm_pod_instead_of_a_new_
     let (addr, credential, body) = &calls[0];
     assert_eq!(addr.to_string(), "10.1.2.3:9090");
     let key = SigningKey::new(vec![7u8; 32]).unwrap();
-    assert_eq!(credential, &orb_api::assignment::assign_credential(&key, "orb-warm-old"));
+    assert_eq!(
+        credential,
+        &orb_api::assignment::assign_credential(&key, "orb-warm-old")
+    );
     let assignment: orb_api::assignment::Assignment = serde_json::from_str(body).unwrap();
-    assert_eq!((assignment.room.as_str(), assignment.coach.as_deref()), ("room-1", Some("coach-1")));
+    assert_eq!(
+        (assignment.room.as_str(), assignment.coach.as_deref()),
+        ("room-1", Some("coach-1"))
+    );
     assert_eq!(assignment.max_lifetime_seconds, 7199);
     let claims = key
         .verify_at(
@@ -1072,7 +1080,11 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
             expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
             expect("PATCH", format!("{PODS}/orb-warm-a?&fieldManager=orb-operator"), None),
             event(),
-            expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(warm_pod("orb-warm-a", 60, true))),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-warm-a?"),
+                Some(warm_pod("orb-warm-a", 60, true)),
+            ),
             expect(
                 "PATCH",
                 "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
@@ -1091,7 +1103,10 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
     assert_eq!(seen[6].body["metadata"]["name"], "orb-room-1-0");
     assert_eq!(seen[7].body["reason"], "PodCreated");
     let status = status_of(&seen[8]);
-    assert_eq!((status["podName"].as_str(), status["podStart"].as_str()), (Some("orb-room-1-0"), Some("Cold")));
+    assert_eq!(
+        (status["podName"].as_str(), status["podStart"].as_str()),
+        (Some("orb-room-1-0"), Some("Cold"))
+    );
     assert!(assignments(&metrics, "failed"));
 }
 
@@ -1155,7 +1170,11 @@ async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status
         Arc::default(),
         vec![
             expect("GET", format!("{PODS}/orb-warm-old"), Some(failed)),
-            expect("DELETE", format!("{PODS}/orb-warm-old?"), Some(warm_pod("orb-warm-old", 400, false))),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-warm-old?"),
+                Some(warm_pod("orb-warm-old", 400, false)),
+            ),
             expect("GET", WARM_PODS, pod_list(vec![])),
             expect(
                 "PATCH",
@@ -1179,14 +1198,21 @@ async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status
 // ---- the pool keeper ----
 
 /// One keeper pass with `size` warm orbs, `cap`, the ledger holding `serving` orbs.
-async fn pool_pass(size: usize, cap: usize, serving: usize, script: Vec<Exchange>) -> (orb_operator::policy::PoolPlan, Vec<Seen>, Arc<Metrics>) {
+async fn pool_pass(
+    size: usize,
+    cap: usize,
+    serving: usize,
+    script: Vec<Exchange>,
+) -> (orb_operator::policy::PoolPlan, Vec<Seen>, Arc<Metrics>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let ledger: String = (0..serving).map(|i| format!("calls/o{i} u{i}\n")).collect();
     let mut full = vec![expect(
         "GET",
         format!("{LEDGER}/orb-operator-admission"),
-        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission"},
-            "data": {"admitted": ledger}})),
+        Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission"},
+            "data": {"admitted": ledger}}),
+        ),
     )];
     full.extend(script);
     let verifier = tokio::spawn(verify(handle, full));
@@ -1228,7 +1254,11 @@ async fn the_keeper_fills_the_pool_each_pod_with_its_own_credential_secret() {
         vec![
             expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), created_warm_pod()),
-            expect("POST", "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator", None),
+            expect(
+                "POST",
+                "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator",
+                None,
+            ),
         ],
     )
     .await;
@@ -1237,15 +1267,24 @@ async fn the_keeper_fills_the_pool_each_pod_with_its_own_credential_secret() {
     assert_eq!(pod["metadata"]["name"], "orb-warm-new");
     assert_eq!(pod["metadata"]["labels"]["hybridcoach.io/pool"], "warm");
     assert!(pod["metadata"].get("ownerReferences").is_none(), "unowned until bound");
-    assert!(pod["spec"].get("activeDeadlineSeconds").is_none(), "no deadline until bound");
+    assert!(
+        pod["spec"].get("activeDeadlineSeconds").is_none(),
+        "no deadline until bound"
+    );
     assert_eq!(pod["spec"]["containers"][0]["args"], json!(["--warm"]));
-    assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
     let env = &pod["spec"]["containers"][0]["env"][0];
     assert_eq!(env["name"], "ORB_ASSIGN_TOKEN");
     assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "orb-warm-new-assign");
     let secret = &seen[3].body;
     assert_eq!(secret["metadata"]["name"], "orb-warm-new-assign");
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "pod-orb-warm-new", "goes with its pod");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"], "pod-orb-warm-new",
+        "goes with its pod"
+    );
     let credential = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&secret["data"]["token"]).0).unwrap();
     let key = SigningKey::new(vec![7u8; 32]).unwrap();
     assert_eq!(credential, orb_api::assignment::assign_credential(&key, "orb-warm-new"));
@@ -1266,9 +1305,16 @@ async fn the_pool_shrinks_as_the_cap_fills_and_replaces_a_lost_warm_pod() {
             expect(
                 "GET",
                 WARM_PODS,
-                pod_list(vec![warm_pod("orb-warm-a", 600, true), warm_pod("orb-warm-b", 60, true)]),
+                pod_list(vec![
+                    warm_pod("orb-warm-a", 600, true),
+                    warm_pod("orb-warm-b", 60, true),
+                ]),
             ),
-            expect("DELETE", format!("{PODS}/orb-warm-b?"), Some(warm_pod("orb-warm-b", 60, true))),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-warm-b?"),
+                Some(warm_pod("orb-warm-b", 60, true)),
+            ),
         ],
     )
     .await;
@@ -1282,7 +1328,11 @@ async fn the_pool_shrinks_as_the_cap_fills_and_replaces_a_lost_warm_pod() {
         8,
         vec![
             expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 600, true)])),
-            expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(warm_pod("orb-warm-a", 600, true))),
+            expect(
+                "DELETE",
+                format!("{PODS}/orb-warm-a?"),
+                Some(warm_pod("orb-warm-a", 600, true)),
+            ),
         ],
     )
     .await;
@@ -1300,9 +1350,67 @@ async fn the_pool_shrinks_as_the_cap_fills_and_replaces_a_lost_warm_pod() {
             expect("GET", WARM_PODS, pod_list(vec![lost.clone()])),
             expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(lost)),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), created_warm_pod()),
-            expect("POST", "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator", None),
+            expect(
+                "POST",
+                "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator",
+                None,
+            ),
         ],
     )
     .await;
     assert_eq!(plan.start, 1);
+}
+
+// ---- scheduled prewarm ----
+
+/// A queued orb booked to start `in_secs` from now.
+fn booked(name: &str, uid: &str, in_secs: i64) -> Value {
+    let mut o = orb(name, uid, 3600, json!({"phase": "Queued"}));
+    o["spec"]["startAt"] = json!(ago(-in_secs));
+    o
+}
+
+#[tokio::test]
+async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_before() {
+    let list = |items: Vec<Value>| Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}));
+    // Ten minutes ahead (lead: two): nothing is written; the next pass is due in eight minutes.
+    let (result, seen) = admission_pass(
+        8,
+        vec![
+            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+            expect("GET", UNFINISHED, list(vec![booked("booked-1", "uid-b", 600)])),
+        ],
+    )
+    .await;
+    assert_eq!(seen.len(), 2, "no ledger write: it holds no slot");
+    let outcome = result.expect("admission pass");
+    assert!(outcome.admitted.is_empty());
+    assert_eq!(outcome.queued, 0, "not in the queue either");
+    let due = outcome.next_due.expect("a wake-up for the booking");
+    assert_eq!(
+        due,
+        now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(480))
+            .unwrap()
+    );
+
+    // Within the lead: admitted now, ahead of a walk-in created later.
+    let walk_in = orb("walk-in", "uid-w", 60, json!({"phase": "Queued"}));
+    let (result, seen) = admission_pass(
+        1,
+        vec![
+            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+            expect("GET", UNFINISHED, list(vec![booked("booked-1", "uid-b", 90), walk_in])),
+            expect("POST", format!("{LEDGER}?"), None),
+            status_write("booked-1"),
+            event(),
+            status_write("walk-in"),
+        ],
+    )
+    .await;
+    let outcome = result.expect("admission pass");
+    assert_eq!(outcome.admitted, ["booked-1"]);
+    assert_eq!(outcome.next_due, None);
+    assert_eq!(status_of(&seen[3])["phase"], "Starting");
+    assert_eq!(status_of(&seen[5])["queuePosition"], 1);
 }

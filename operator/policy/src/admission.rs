@@ -2,7 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::jiff::Timestamp;
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use orb_api::OrbPhase;
 
 /// What admission needs to know of one AiOrb.
@@ -17,6 +19,17 @@ pub struct AdmissionEntry {
     pub admitted: bool,
     pub deleting: bool,
     pub valid: bool,
+    /// Booked for later (`spec.startAt`) and not yet due ([`admission_due`]): neither admitted
+    /// nor queued until then.
+    pub scheduled: bool,
+}
+
+/// When an orb booked for `start_at` may be admitted: `lead` before it. `None`: at once.
+pub fn admission_due(start_at: Option<Timestamp>, lead: Duration) -> Option<Timestamp> {
+    start_at.map(|at| {
+        let lead = SignedDuration::try_from(lead).unwrap_or(SignedDuration::MAX);
+        at.checked_sub(lead).unwrap_or(Timestamp::MIN)
+    })
 }
 
 /// The outcome of one admission pass.
@@ -77,7 +90,7 @@ pub fn plan_admission(orbs: &[AdmissionEntry], ledger: &BTreeSet<String>, cap: u
     let mut waiting: Vec<&AdmissionEntry> = orbs
         .iter()
         .filter(live)
-        .filter(|o| !o.admitted && !plan.ledger.contains(&o.uid) && !o.deleting && o.valid)
+        .filter(|o| !o.admitted && !plan.ledger.contains(&o.uid) && !o.deleting && o.valid && !o.scheduled)
         .collect();
     waiting.sort_by(|a, b| (a.created, &a.key).cmp(&(b.created, &b.key)));
     let free = cap.saturating_sub(plan.ledger.len());

@@ -18,6 +18,8 @@ pub struct OrbClock {
     /// Humans in the room as signaling reported; `None` before its first report.
     pub participants: Option<i32>,
     pub last_activity: Option<Timestamp>,
+    /// The booked start (`spec.startAt`) of a prewarmed orb.
+    pub start_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub fn orb_token_claims(
 /// start ([`lifetime_ends`]); the empty-room grace from the last activity (a leave is activity)
 /// while the room is empty; the idle timeout from the last activity — voice the orb heard or
 /// produced, a join or a leave — or from admission (creation while queued) if there was none.
+/// A prewarmed orb is in its room before anyone: both count from its booked start at the
+/// earliest, and its room counts as empty until signaling reports someone.
 pub fn deadlines(clock: &OrbClock, limits: &OrbLimits) -> Vec<Deadline> {
     let mut out = Vec::with_capacity(3);
     if let Some(at) = lifetime_ends(clock, limits) {
@@ -76,8 +80,13 @@ pub fn deadlines(clock: &OrbClock, limits: &OrbLimits) -> Vec<Deadline> {
         });
     }
     let since = clock.admitted_at.unwrap_or(clock.created);
+    let since = clock.start_at.map_or(since, |start| start.max(since));
     let activity = clock.last_activity.map_or(since, |a| a.max(since));
-    if clock.participants == Some(0) {
+    let empty = match clock.participants {
+        Some(n) => n == 0,
+        None => clock.start_at.is_some(),
+    };
+    if empty {
         out.push(Deadline {
             reason: TerminationReason::RoomCleanup,
             at: after(activity, limits.empty_room_grace),

@@ -21,6 +21,7 @@ fn entry(i: usize, created: i64) -> AdmissionEntry {
         admitted: false,
         deleting: false,
         valid: true,
+        scheduled: false,
     }
 }
 
@@ -272,6 +273,7 @@ fn clock(admitted: i64, participants: Option<i32>, activity: Option<i64>) -> Orb
         session_started_at: None,
         participants,
         last_activity: activity.map(t),
+        start_at: None,
     }
 }
 
@@ -855,6 +857,7 @@ fn a_recreated_orb_of_the_session_inherits_the_budget() {
         session_started_at: Some(again),
         participants: Some(2),
         last_activity: Some(t(7260)),
+        start_at: None,
     };
     assert_eq!(lifetime_ends(&reloaded, &l), Some(t(7200)));
     assert_eq!(
@@ -905,4 +908,60 @@ fn without_a_session_start_the_lifetime_counts_from_admission() {
     let l = orb_limits(&AiOrbSpec::default(), &Limits::default());
     assert_eq!(lifetime_ends(&clock(10, Some(1), None), &l), Some(t(10 + 7200)));
     assert_eq!(lifetime_ends(&OrbClock::default(), &l), None);
+}
+
+// ---- scheduled prewarm (spec.startAt) ----
+
+#[test]
+fn a_booked_orb_is_due_its_lead_before_its_start_and_waits_unqueued_until_then() {
+    let lead = std::time::Duration::from_secs(120);
+    assert_eq!(admission_due(Some(t(1000)), lead), Some(t(880)));
+    assert_eq!(admission_due(None, lead), None, "unbooked orbs are due at once");
+    let mut booked = entry(0, 0);
+    booked.scheduled = true;
+    let walk_in = entry(1, 5);
+    let plan = plan_admission(&[booked.clone(), walk_in], &BTreeSet::new(), 1);
+    assert_eq!(plan.admit, ["uid-001"], "a later walk-in takes the free slot");
+    assert!(
+        plan.queue.is_empty(),
+        "a booked orb not yet due has no place in the queue"
+    );
+    // Due: created first, it is first in line.
+    booked.scheduled = false;
+    let plan = plan_admission(&[booked, entry(1, 5)], &BTreeSet::new(), 1);
+    assert_eq!(plan.admit, ["uid-000"]);
+    assert_eq!(plan.queue, [("uid-001".to_owned(), 1)]);
+}
+
+#[test]
+fn a_prewarmed_orb_in_an_empty_room_ends_by_the_empty_room_rule_from_its_booked_start() {
+    let l = OrbLimits {
+        lifetime: std::time::Duration::from_secs(7200),
+        idle_timeout: std::time::Duration::from_secs(300),
+        empty_room_grace: std::time::Duration::from_secs(60),
+    };
+    // Admitted at 0 for a start at 120; signaling never reported anyone.
+    let mut c = clock(0, None, None);
+    c.start_at = Some(t(120));
+    let d = deadlines(&c, &l);
+    let cleanup = d
+        .iter()
+        .find(|d| d.reason == TerminationReason::RoomCleanup)
+        .expect("empty-room rule");
+    assert_eq!(cleanup.at, t(180), "counted from the booked start, not from admission");
+    let idle = d.iter().find(|d| d.reason == TerminationReason::IdleTimeout).unwrap();
+    assert_eq!(idle.at, t(420));
+    assert_eq!(due_deadline(&d, t(179)), None, "in the room before anyone, it waits");
+    // Someone came: the usual rules.
+    c.participants = Some(2);
+    c.last_activity = Some(t(150));
+    let d = deadlines(&c, &l);
+    assert!(d.iter().all(|d| d.reason != TerminationReason::RoomCleanup));
+    // An orb without a booking is not ended for a room signaling has not reported on.
+    let walk_in = clock(0, None, None);
+    assert!(
+        deadlines(&walk_in, &l)
+            .iter()
+            .all(|d| d.reason != TerminationReason::RoomCleanup)
+    );
 }

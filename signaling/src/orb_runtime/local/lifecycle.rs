@@ -17,6 +17,7 @@ impl State {
                 admitted: o.admitted_at.is_some(),
                 deleting: false,
                 valid: policy::validate_spec(&o.spec).is_ok(),
+                scheduled: false,
             })
             .collect();
         let ledger: BTreeSet<String> = self
@@ -66,6 +67,7 @@ impl State {
                 session_started_at: orb.session_started_at,
                 participants: presence.map(|p| p.humans as i32),
                 last_activity: presence.map(|p| timestamp(p.last_activity)),
+                start_at: None,
             },
             finished_at: orb.finished_at,
             has_pod: orb.proc.is_some(),
