@@ -879,3 +879,58 @@ fn dockerfiles_build_the_binaries_the_chart_runs_as_its_user_and_ports() {
         8080
     );
 }
+
+#[test]
+fn warm_pool_pods_start_the_orb_warm_and_the_operator_may_reach_them() {
+    // The chart's pool settings reach the operator, which accepts them.
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "orb.warmPool.size=3",
+            "--set",
+            "orb.prewarmLead=90s",
+            "--set-json",
+            r#"networkPolicy.prometheusNamespaceSelector={"name":"monitoring"}"#,
+        ],
+    );
+    let operator = find(&objects, "Deployment", "-operator");
+    assert_eq!(env_of(operator, "ORB_WARM_POOL_SIZE").unwrap()["value"], "3");
+    assert_eq!(env_of(operator, "ORB_PREWARM_LEAD").unwrap()["value"], "90s");
+    let run = orb_operator::config::Cli::try_parse_from([
+        "orb-operator",
+        "--orb-image=orb:test",
+        "--warm-orbs=3",
+        "--prewarm-lead=90s",
+        "--watch-namespace=calls",
+    ])
+    .unwrap()
+    .run;
+    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
+    let pool = config.pool.clone().expect("a pool");
+    assert_eq!((pool.size, pool.namespace.as_str()), (3, "calls"));
+    // A warm pod's command line and env are ones the orb reads.
+    let pod = orb_operator::pod::build_warm_pod("orb-warm-1", "calls", &config.pod);
+    let container = &pod.spec.unwrap().containers[0];
+    let args = container.args.clone().unwrap();
+    let parsed = orb::config::Cli::try_parse_from(std::iter::once("orb".to_owned()).chain(args.iter().cloned()))
+        .unwrap_or_else(|e| panic!("the orb refuses the warm pod's arguments {args:?}: {e}"));
+    assert!(parsed.warm && parsed.room.is_none());
+    let mut known = env_names(orb::config::Cli::command());
+    known.insert(orb_api::assignment::ASSIGN_TOKEN_ENV.to_owned());
+    for env in container.env.iter().flatten() {
+        assert!(
+            known.contains(&env.name),
+            "the warm pod sets {}, which the orb does not read",
+            env.name
+        );
+    }
+    // With ingress limited to Prometheus, the operator may still post assignments.
+    let policy = find(&objects, "NetworkPolicy", "-orbs");
+    let from = policy["spec"]["ingress"][0]["from"].as_array().unwrap();
+    assert!(
+        from.iter()
+            .any(|peer| peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "orb-operator"),
+        "{from:?}"
+    );
+}
