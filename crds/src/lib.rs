@@ -3,6 +3,7 @@
 
 pub mod aiorb;
 pub mod auth;
+pub mod cidr;
 pub mod duration;
 pub mod naming;
 
