@@ -28,8 +28,9 @@ pub const API_CALLS: &[(Scope, &str, &str, &[&str])] = &[
         "pods",
         &["get", "list", "watch", "create", "delete"],
     ),
-    // The per-orb token Secret, by server-side apply (create when absent).
-    (Scope::Watched, "", "secrets", &["create", "patch"]),
+    // The per-orb token Secret: read first (never written over one the orb does not control),
+    // created when absent, applied over the orb's own.
+    (Scope::Watched, "", "secrets", &["get", "create", "patch"]),
     // Transition events.
     (Scope::Watched, "events.k8s.io", "events", &["create", "patch"]),
     // The admission ledger.

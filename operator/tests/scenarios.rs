@@ -26,6 +26,7 @@ use support::{Handle, NS, assert_granted};
 
 const ORBS: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/calls/aiorbs";
 const PODS: &str = "/api/v1/namespaces/calls/pods";
+const SECRETS: &str = "/api/v1/namespaces/calls/secrets";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
 const LEDGER: &str = "/api/v1/namespaces/orb-system/configmaps";
 /// The admission pass's list: unfinished orbs only, in pages.
@@ -351,17 +352,14 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     assert_eq!(status["admittedAt"], now().to_string());
     assert_eq!(seen[4].body["reason"], "Admitted");
 
-    // 4. Admitted, no pod: token Secret, pod, event, status.
+    // 4. Admitted, no pod: token Secret (looked up first: none), pod, event, status.
     let admitted = orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}));
     let (result, seen) = reconcile_with(
         admitted,
         vec![
             not_found("GET", format!("{PODS}/orb-room-1-0")),
-            expect(
-                "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
-                None,
-            ),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
             event(),
             status_write("room-1"),
@@ -369,6 +367,7 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     )
     .await;
     assert!(result.is_ok());
+    let seen = &seen[1..];
     assert_eq!(seen[1].body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
     let token = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&seen[1].body["data"]["token"]).0).unwrap();
     let claims = SigningKey::new(vec![7u8; 32])
@@ -734,9 +733,15 @@ async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
                 format!("{PODS}/orb-room-1-0?"),
                 Some(pod("Failed", false, None)),
             ),
+            // The Secret of attempt 0 is the orb's own: a fresh token is applied over it.
+            expect(
+                "GET",
+                format!("{SECRETS}/orb-room-1-token"),
+                Some(secret_meta("orb-room-1-token", Some(("AiOrb", "room-1", "uid-1")))),
+            ),
             expect(
                 "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                format!("{SECRETS}/orb-room-1-token?&force=true&fieldManager=orb-operator"),
                 None,
             ),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
@@ -746,9 +751,9 @@ async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
     )
     .await;
     assert!(result.is_ok());
-    assert_eq!(seen[3].body["metadata"]["name"], "orb-room-1-1");
-    assert_eq!(seen[4].body["reason"], "PodReplaced");
-    let status = status_of(&seen[5]);
+    assert_eq!(seen[4].body["metadata"]["name"], "orb-room-1-1");
+    assert_eq!(seen[5].body["reason"], "PodReplaced");
+    let status = status_of(&seen[6]);
     assert_eq!(
         (status["restarts"].as_i64(), status["podName"].as_str()),
         (Some(1), Some("orb-room-1-1"))
@@ -883,4 +888,182 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     let reads = seen.len() - writes.len();
     assert_eq!(reads, 1 + 10_000 / orb_operator::admission::LIST_PAGE as usize);
     assert!(metrics.contains("orb_operator_namespace_queue_length{namespace=\"calls\"} 9899"));
+}
+
+// ---- objects with the orb's names that are not the orb's ----
+
+/// An object's metadata as the API server returns it, controlled by `controller`
+/// (`(kind, name, uid)`) or by nothing.
+fn owned_meta(name: &str, controller: Option<(&str, &str, &str)>) -> Value {
+    let mut meta = json!({"name": name, "namespace": NS, "resourceVersion": "5"});
+    if let Some((kind, owner, uid)) = controller {
+        let api_version = if kind == "AiOrb" {
+            "hybridcoach.io/v1alpha1"
+        } else {
+            "apps/v1"
+        };
+        meta["ownerReferences"] =
+            json!([{"apiVersion": api_version, "kind": kind, "name": owner, "uid": uid, "controller": true}]);
+    }
+    meta
+}
+
+fn secret_meta(name: &str, controller: Option<(&str, &str, &str)>) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": owned_meta(name, controller)})
+}
+
+fn admitted_orb() -> Value {
+    orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}))
+}
+
+fn assert_name_conflict(seen: &[Seen], what: &str) {
+    let event = &seen[seen.len() - 2].body;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("NameConflict"))
+    );
+    let status = status_of(seen.last().unwrap());
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["terminationReason"], "NameConflict");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(what) && message.ends_with("it was left untouched"),
+        "{message}"
+    );
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("NameConflict"))
+    );
+}
+
+/// A Secret named like the orb's token Secret that the orb does not control (someone's own, or
+/// one planted to catch the token): never written, no pod, the orb fails with NameConflict and
+/// frees its slot; nothing is retried.
+#[tokio::test]
+async fn a_foreign_secret_with_the_token_s_name_is_never_overwritten() {
+    for controller in [
+        None,
+        Some(("Deployment", "someone", "uid-x")),
+        Some(("AiOrb", "room-2", "uid-2")),
+    ] {
+        let (result, seen, woke) = reconcile_waking(
+            admitted_orb(),
+            vec![
+                not_found("GET", format!("{PODS}/orb-room-1-0")),
+                expect(
+                    "GET",
+                    format!("{SECRETS}/orb-room-1-token"),
+                    Some(secret_meta("orb-room-1-token", controller)),
+                ),
+                event(),
+                status_write("room-1"),
+                label_finished("room-1"),
+            ],
+        )
+        .await;
+        assert!(woke, "the slot is freed");
+        assert!(
+            matches!(result, Ok(ref a) if *a != Action::requeue(Duration::from_secs(1))),
+            "{result:?}"
+        );
+        assert_name_conflict(
+            &seen[..4],
+            "Secret orb-room-1-token already exists and is not this AiOrb's",
+        );
+        let message = status_of(&seen[3])["message"].as_str().unwrap().to_owned();
+        match controller {
+            None => assert!(message.contains("(no controller)"), "{message}"),
+            Some((kind, name, _)) => assert!(message.contains(&format!("controlled by {kind} {name}")), "{message}"),
+        }
+    }
+}
+
+/// A pod with the orb's pod name that the orb does not control is not adopted: the create's
+/// 409 is checked, not taken as the orb's own pod.
+#[tokio::test]
+async fn a_foreign_pod_with_the_orb_s_name_is_not_adopted() {
+    let mut foreign = pod("Running", true, None);
+    foreign["metadata"] = owned_meta("orb-room-1-0", None);
+    let (result, seen, woke) = reconcile_waking(
+        admitted_orb(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
+            conflict("POST", format!("{PODS}?&fieldManager=orb-operator")),
+            expect("GET", format!("{PODS}/orb-room-1-0"), Some(foreign)),
+            event(),
+            status_write("room-1"),
+            label_finished("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok() && woke);
+    assert_name_conflict(
+        &seen[..7],
+        "Pod orb-room-1-0 already exists and is not this AiOrb's (no controller)",
+    );
+}
+
+/// The orb's own pod from a reconcile whose status write was lost: the 409 is checked and the pod
+/// adopted, as before.
+#[tokio::test]
+async fn the_orb_s_own_leftover_pod_is_still_adopted() {
+    let mut own = pod("Pending", false, None);
+    own["metadata"] = owned_meta("orb-room-1-0", Some(("AiOrb", "room-1", "uid-1")));
+    let (result, seen) = reconcile_with(
+        admitted_orb(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect(
+                "GET",
+                format!("{SECRETS}/orb-room-1-token"),
+                Some(secret_meta("orb-room-1-token", Some(("AiOrb", "room-1", "uid-1")))),
+            ),
+            expect(
+                "PATCH",
+                format!("{SECRETS}/orb-room-1-token?&force=true&fieldManager=orb-operator"),
+                None,
+            ),
+            conflict("POST", format!("{PODS}?&fieldManager=orb-operator")),
+            expect("GET", format!("{PODS}/orb-room-1-0"), Some(own)),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[5].body["reason"], "PodCreated");
+    let status = status_of(&seen[6]);
+    assert_eq!(
+        (status["phase"].as_str(), status["podName"].as_str()),
+        (Some("Starting"), Some("orb-room-1-0"))
+    );
+}
+
+/// A Secret of an earlier AiOrb of the same name (the room used again before the garbage collector
+/// removed it): not written over, not a conflict; the reconcile retries shortly.
+#[tokio::test]
+async fn an_earlier_aiorb_s_leftover_secret_is_waited_for() {
+    let (result, _) = reconcile_with(
+        admitted_orb(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect(
+                "GET",
+                format!("{SECRETS}/orb-room-1-token"),
+                Some(secret_meta("orb-room-1-token", Some(("AiOrb", "room-1", "uid-0")))),
+            ),
+        ],
+    )
+    .await;
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("orb-room-1-token"), "{error}");
+    assert_eq!(error.metric_label(), "waiting_for_pod");
 }
