@@ -255,19 +255,17 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
         Step::CreatePod { attempt } => {
             if let Some(conflict) = create_pod(orb, ctx, *attempt, &view.clock, &orb_limits, now).await? {
-                name_conflict(&mut next, orb, ctx, &conflict, now).await;
-                wake = Some(&ctx.admission.freed);
-            } else {
-                next.pod_name = Some(pod_name(&name, *attempt));
-                next.phase = Some(OrbPhase::Starting);
-                ctx.event(
-                    orb,
-                    EventType::Normal,
-                    "PodCreated",
-                    format!("created pod {}", pod_name(&name, *attempt)),
-                )
-                .await;
+                return name_conflict(orb, ctx, next, &conflict, now).await;
             }
+            next.pod_name = Some(pod_name(&name, *attempt));
+            next.phase = Some(OrbPhase::Starting);
+            ctx.event(
+                orb,
+                EventType::Normal,
+                "PodCreated",
+                format!("created pod {}", pod_name(&name, *attempt)),
+            )
+            .await;
         }
         Step::Terminate { reason } => {
             delete_pod(&pods, &pod_name(&name, attempt)).await?;
@@ -312,22 +310,20 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         Step::Replace { attempt: new_attempt } => {
             delete_pod(&pods, &pod_name(&name, attempt)).await?;
             if let Some(conflict) = create_pod(orb, ctx, *new_attempt, &view.clock, &orb_limits, now).await? {
-                name_conflict(&mut next, orb, ctx, &conflict, now).await;
-                wake = Some(&ctx.admission.freed);
-            } else {
-                next.restarts = Some(*new_attempt);
-                next.pod_name = Some(pod_name(&name, *new_attempt));
-                next.node_name = None;
-                next.phase = Some(OrbPhase::Starting);
-                ctx.metrics.restarts.inc();
-                ctx.event(
-                    orb,
-                    EventType::Normal,
-                    "PodReplaced",
-                    format!("replacement {new_attempt} of the failed pod"),
-                )
-                .await;
+                return name_conflict(orb, ctx, next, &conflict, now).await;
             }
+            next.restarts = Some(*new_attempt);
+            next.pod_name = Some(pod_name(&name, *new_attempt));
+            next.node_name = None;
+            next.phase = Some(OrbPhase::Starting);
+            ctx.metrics.restarts.inc();
+            ctx.event(
+                orb,
+                EventType::Normal,
+                "PodReplaced",
+                format!("replacement {new_attempt} of the failed pod"),
+            )
+            .await;
         }
         Step::Expire => {
             let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &ns);
@@ -542,12 +538,12 @@ async fn write_token_secret(orb: &AiOrb, ctx: &Context, ns: &str, secret: &Secre
 /// event and the object in its message, and frees its slot. Nothing is retried: the names are
 /// fixed by the room, so only a person removing the object (and the room asking again) helps.
 async fn name_conflict(
-    next: &mut orb_api::AiOrbStatus,
     orb: &AiOrb,
     ctx: &Context,
+    mut next: orb_api::AiOrbStatus,
     conflict: &NameConflict,
     now: Timestamp,
-) {
+) -> Result<Action> {
     let owner = conflict
         .controller
         .as_deref()
@@ -570,6 +566,11 @@ async fn name_conflict(
     )
     .await;
     ctx.metrics.terminated(TerminationReason::NameConflict);
+    write_status(orb, ctx, next, None, now).await?;
+    label_finished(orb, ctx).await?;
+    ctx.admission.freed.notify_one();
+    // Back when the finished orb's TTL is up, to be deleted.
+    Ok(Action::requeue(ctx.limits.finished_orb_ttl))
 }
 
 /// Deletes a pod with the orb's grace period; a pod already gone is fine.
