@@ -880,6 +880,206 @@ fn dockerfiles_build_the_binaries_the_chart_runs_as_its_user_and_ports() {
     );
 }
 
+/// Evaluates a ValidatingAdmissionPolicy the way the API server does, with the `cel` crate: its
+/// variables in order, then each validation; `Err` carries the message of the first refusal.
+fn admit(policy: &Value, request: Value, object: Value, old_object: Value) -> Result<(), String> {
+    let spec = &policy["spec"];
+    let mut context = cel::Context::default();
+    context.add_variable("request", &request).unwrap();
+    context.add_variable("object", &object).unwrap();
+    context.add_variable("oldObject", &old_object).unwrap();
+    let mut variables = serde_json::Map::new();
+    for var in spec["variables"].as_array().into_iter().flatten() {
+        let expr = var["expression"].as_str().unwrap();
+        let program = cel::Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        context.add_variable("variables", &variables).unwrap();
+        let value = program.execute(&context).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let cel::Value::Bool(b) = value else {
+            panic!("{expr} is not a bool: {value:?}")
+        };
+        variables.insert(var["name"].as_str().unwrap().to_owned(), Value::Bool(b));
+    }
+    context.add_variable("variables", &variables).unwrap();
+    for validation in spec["validations"].as_array().unwrap() {
+        let expr = validation["expression"].as_str().unwrap();
+        let program = cel::Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        match program.execute(&context).unwrap_or_else(|e| panic!("{expr}: {e}")) {
+            cel::Value::Bool(true) => {}
+            cel::Value::Bool(false) => {
+                let message = validation["messageExpression"].as_str().unwrap();
+                let program = cel::Program::compile(message).unwrap_or_else(|e| panic!("{message}: {e}"));
+                let cel::Value::String(text) = program.execute(&context).unwrap() else {
+                    panic!("{message} is not a string")
+                };
+                return Err(text.to_string());
+            }
+            other => panic!("{expr} is not a bool: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn aiorb(room: &str, labels: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "hybridcoach.io/v1",
+        "kind": "AiOrb",
+        "metadata": {"name": room, "namespace": "orbs", "labels": labels},
+        "spec": {"roomId": room, "testMode": false},
+    })
+}
+
+fn request(operation: &str, username: &str, groups: &[&str]) -> Value {
+    let mut user = serde_json::json!({ "username": username });
+    if !groups.is_empty() {
+        user["groups"] = serde_json::json!(groups);
+    }
+    serde_json::json!({"operation": operation, "userInfo": user})
+}
+
+/// No API server here: the policy's CEL is evaluated with the `cel` crate against the requests the
+/// API server would build. Signaling's ServiceAccount and the listed users and groups may create
+/// AiOrbs; another ServiceAccount, a user, signaling of another namespace may not; the operator's
+/// label and finalizer writes pass, a spec change by anyone else does not.
+#[test]
+fn the_admission_policy_lets_only_signaling_and_listed_creators_create_aiorbs() {
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "admissionPolicy.allowedCreators={alice}",
+            "--set",
+            "admissionPolicy.allowedGroups={platform}",
+        ],
+    );
+    let policy = find(&objects, "ValidatingAdmissionPolicy", "-aiorb-creators");
+    let binding = find(&objects, "ValidatingAdmissionPolicyBinding", "-aiorb-creators");
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let rules = &policy["spec"]["matchConstraints"]["resourceRules"];
+    assert_eq!(rules.as_array().unwrap().len(), 1);
+    assert_eq!(rules[0]["apiGroups"], serde_json::json!(["hybridcoach.io"]));
+    // The status subresource (the operator's and signaling's status writes) is not matched.
+    assert_eq!(rules[0]["resources"], serde_json::json!(["aiorbs"]));
+    assert_eq!(rules[0]["operations"], serde_json::json!(["CREATE", "UPDATE"]));
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "orbs"
+    );
+
+    let orb = aiorb("room-1", serde_json::json!({}));
+    let create = |user: &str, groups: &[&str]| admit(policy, request("CREATE", user, groups), orb.clone(), Value::Null);
+    for allowed in [
+        "system:serviceaccount:orbs:orb-signaling",
+        "system:serviceaccount:orbs:orb-test",
+        "alice",
+    ] {
+        assert_eq!(create(allowed, &[]), Ok(()), "{allowed}");
+    }
+    assert_eq!(create("bob", &["system:authenticated", "platform"]), Ok(()));
+    for refused in [
+        "system:serviceaccount:orbs:default",
+        "system:serviceaccount:other:orb-signaling",
+        "system:serviceaccount:orbs:orb-operator",
+        "mallory",
+        "",
+    ] {
+        let message = create(refused, &["system:authenticated"]).unwrap_err();
+        assert!(
+            message.starts_with("AiOrbs are created by signaling (system:serviceaccount:orbs:orb-signaling)")
+                && message.ends_with(&format!("not by {refused}")),
+            "{message}"
+        );
+        assert!(create(refused, &[]).is_err(), "{refused} without groups");
+    }
+
+    // The operator's writes to the main resource: a finalizer, the finished label. Same spec.
+    let operator = "system:serviceaccount:orbs:orb-operator";
+    let mut labelled = aiorb("room-1", serde_json::json!({"hybridcoach.io/finished": "true"}));
+    labelled["metadata"]["finalizers"] = serde_json::json!(["hybridcoach.io/orb-cleanup"]);
+    assert_eq!(
+        admit(policy, request("UPDATE", operator, &[]), labelled.clone(), orb.clone()),
+        Ok(())
+    );
+    // A spec change: signaling's own is fine, nobody else's.
+    let mut changed = orb.clone();
+    changed["spec"]["testMode"] = Value::Bool(true);
+    assert_eq!(
+        admit(
+            policy,
+            request("UPDATE", "system:serviceaccount:orbs:orb-signaling", &[]),
+            changed.clone(),
+            orb.clone()
+        ),
+        Ok(())
+    );
+    for refused in [operator, "mallory"] {
+        let message = admit(policy, request("UPDATE", refused, &[]), changed.clone(), orb.clone()).unwrap_err();
+        assert!(
+            message.starts_with("the spec of an AiOrb is changed by signaling"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn the_admission_policy_matches_every_namespace_only_when_the_operator_does() {
+    let objects = render(None, &["--set", "operator.clusterWide=true"]);
+    let policy = find(&objects, "ValidatingAdmissionPolicy", "-aiorb-creators");
+    assert!(policy["spec"]["matchConstraints"]["namespaceSelector"].is_null());
+    assert!(
+        policy["metadata"]["name"].as_str().unwrap().starts_with("orbs-"),
+        "cluster-scoped: named after the release's namespace too"
+    );
+}
+
+#[test]
+fn a_disabled_admission_policy_is_not_rendered() {
+    let objects = render(None, &["--set", "admissionPolicy.enabled=false"]);
+    assert!(
+        !objects.iter().any(|o| o["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("ValidatingAdmissionPolicy")),
+        "policy rendered while disabled"
+    );
+}
+
+/// The operator hands the orbs the orb's default deny list plus the cluster's ranges.
+#[test]
+fn orbs_drop_candidates_in_the_cluster_ranges() {
+    let objects = render(
+        None,
+        &["--set", "networkPolicy.clusterCIDRs={10.96.0.0/12,10.244.0.0/16}"],
+    );
+    let operator = find(&objects, "Deployment", "-operator");
+    let value = env_of(operator, "ORB_DENIED_CANDIDATE_CIDRS").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = orb_operator::config::Cli::try_parse_from([
+        "orb-operator",
+        "--orb-image=orb:test",
+        &format!("--orb-denied-candidate-cidrs={value}"),
+    ])
+    .unwrap()
+    .run;
+    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
+    let list = config.pod.denied_candidate_cidrs.unwrap();
+    assert_eq!(
+        list.to_string(),
+        format!(
+            "{},10.96.0.0/12,10.244.0.0/16",
+            orb_api::cidr::DEFAULT_DENIED_CANDIDATE_CIDRS
+        ),
+        "the chart's defaults are the orb's"
+    );
+    for denied in ["169.254.169.254", "127.0.0.1", "10.96.0.1", "10.244.1.2"] {
+        assert!(list.contains(denied.parse().unwrap()), "{denied}");
+    }
+}
+
 #[test]
 fn warm_pool_pods_start_the_orb_warm_and_the_operator_may_reach_them() {
     // The chart's pool settings reach the operator, which accepts them.

@@ -169,6 +169,9 @@ pub enum TerminationReason {
     Deleted,
     /// The spec cannot be run (the message says what is wrong).
     InvalidSpec,
+    /// A pod or Secret with one of the orb's names exists and is not the orb's; it was left
+    /// untouched (the message names it).
+    NameConflict,
 }
 
 impl TerminationReason {
@@ -182,10 +185,11 @@ impl TerminationReason {
             TerminationReason::PodLost => "PodLost",
             TerminationReason::Deleted => "Deleted",
             TerminationReason::InvalidSpec => "InvalidSpec",
+            TerminationReason::NameConflict => "NameConflict",
         }
     }
 
-    pub const ALL: [TerminationReason; 8] = [
+    pub const ALL: [TerminationReason; 9] = [
         TerminationReason::SessionComplete,
         TerminationReason::RoomCleanup,
         TerminationReason::IdleTimeout,
@@ -194,6 +198,7 @@ impl TerminationReason {
         TerminationReason::PodLost,
         TerminationReason::Deleted,
         TerminationReason::InvalidSpec,
+        TerminationReason::NameConflict,
     ];
 
     /// Reads a reason the orb wrote as the first word of its termination message.

@@ -4,6 +4,7 @@
 pub mod aiorb;
 pub mod assignment;
 pub mod auth;
+pub mod cidr;
 pub mod duration;
 pub mod naming;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
 use orb_api::auth::SigningKey;
+use orb_api::cidr::CidrList;
 use orb_api::duration::parse_duration;
 use thiserror::Error;
 
@@ -123,6 +124,11 @@ pub struct RunArgs {
     /// Resources of the orb container (besides the GPU), as JSON ResourceRequirements.
     #[arg(long, env = "ORB_RESOURCES", default_value = "{}")]
     pub orb_resources: String,
+    /// Remote ICE candidates the orbs drop, as comma-separated CIDRs: the orb's own defaults
+    /// (loopback, link-local, unspecified) plus the cluster's pod and service ranges. Passed to
+    /// every orb pod as `ORB_DENIED_CANDIDATE_CIDRS`; unset, the orbs keep their defaults.
+    #[arg(long, env = "ORB_DENIED_CANDIDATE_CIDRS")]
+    pub orb_denied_candidate_cidrs: Option<String>,
     /// File with the key that signs orb room tokens (shared with signaling).
     #[arg(long, env = "ORB_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<std::path::PathBuf>,
@@ -155,6 +161,8 @@ pub struct PodSettings {
     pub extra_env: Vec<EnvVar>,
     pub env_from_secrets: Vec<String>,
     pub resources: ResourceRequirements,
+    /// `ORB_DENIED_CANDIDATE_CIDRS` of the orb pods; `None` leaves the orb's default.
+    pub denied_candidate_cidrs: Option<CidrList>,
 }
 
 /// The warm pool: its size and the namespace its pods run in.
@@ -295,6 +303,12 @@ impl RunArgs {
                 extra_env: json("--orb-extra-env", &self.orb_extra_env)?,
                 env_from_secrets: comma_list(&self.orb_env_from_secrets),
                 resources: json("--orb-resources", &self.orb_resources)?,
+                denied_candidate_cidrs: self
+                    .orb_denied_candidate_cidrs
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: orb_api::cidr::CidrError| invalid("--orb-denied-candidate-cidrs", e.to_string()))?,
             },
             signing_key,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
@@ -401,7 +415,29 @@ mod tests {
         assert_eq!(c.pod.node_selector.get("zone").map(String::as_str), Some("a"));
         assert_eq!(c.pod.tolerations[0].key.as_deref(), Some("nvidia.com/gpu"));
         assert_eq!(c.pod.env_from_secrets, vec!["ai-keys"]);
+        assert_eq!(c.pod.denied_candidate_cidrs, None, "unset: the orb's own default");
         assert!(c.pod.resources.limits.unwrap().contains_key("memory"));
+    }
+
+    #[test]
+    fn the_candidate_deny_list_is_validated_and_may_be_empty() {
+        let c = config(&[
+            "--orb-image",
+            "x",
+            "--orb-denied-candidate-cidrs",
+            "127.0.0.0/8, 10.96.0.0/12",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.pod.denied_candidate_cidrs.unwrap().to_string(),
+            "127.0.0.0/8,10.96.0.0/12"
+        );
+        let c = config(&["--orb-image", "x", "--orb-denied-candidate-cidrs", ""]).unwrap();
+        assert!(c.pod.denied_candidate_cidrs.unwrap().is_empty());
+        let e = config(&["--orb-image", "x", "--orb-denied-candidate-cidrs", "10.0.0.0/40"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--orb-denied-candidate-cidrs: "), "{e}");
     }
 
     #[test]

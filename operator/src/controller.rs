@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -44,6 +44,10 @@ pub enum Error {
     /// Not a failure: a deleted orb keeps its finalizer until its pod is gone.
     #[error("waiting for pod {0} to terminate")]
     WaitingForPod(String),
+    /// Not a failure: an earlier AiOrb of the same name left an object the garbage collector has
+    /// not removed yet.
+    #[error("waiting for the garbage collector to remove {0} of an earlier AiOrb of this name")]
+    WaitingForLeftover(String),
 }
 
 impl Error {
@@ -58,7 +62,7 @@ impl Error {
                 _ => "finalizer",
             },
             Error::NoNamespace => "invalid_object",
-            Error::WaitingForPod(_) => "waiting_for_pod",
+            Error::WaitingForPod(_) | Error::WaitingForLeftover(_) => "waiting_for_pod",
         }
     }
 }
@@ -268,7 +272,10 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         }
         Step::Track => track(&mut next, &pod_state, orb, ctx, now).await,
         Step::CreatePod { attempt } => {
-            let (pod, start) = start_pod(orb, ctx, *attempt, &view.clock, &orb_limits, now).await?;
+            let (pod, start) = match start_pod(orb, ctx, *attempt, &view.clock, &orb_limits, now).await? {
+                Started::Pod(pod, start) => (pod, start),
+                Started::Conflict(conflict) => return name_conflict(orb, ctx, next, &conflict, now).await,
+            };
             next.pod_name = Some(pod.clone());
             next.pod_start = Some(start);
             next.phase = Some(OrbPhase::Starting);
@@ -320,7 +327,10 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         }
         Step::Replace { attempt: new_attempt } => {
             delete_pod(&pods, &current_pod).await?;
-            let (pod, start) = start_pod(orb, ctx, *new_attempt, &view.clock, &orb_limits, now).await?;
+            let (pod, start) = match start_pod(orb, ctx, *new_attempt, &view.clock, &orb_limits, now).await? {
+                Started::Pod(pod, start) => (pod, start),
+                Started::Conflict(conflict) => return name_conflict(orb, ctx, next, &conflict, now).await,
+            };
             next.restarts = Some(*new_attempt);
             next.pod_name = Some(pod);
             next.pod_start = Some(start);
@@ -437,8 +447,16 @@ async fn write_status(
     Ok(())
 }
 
+/// How starting an attempt went.
+enum Started {
+    /// The attempt runs in this pod, started this way.
+    Pod(String, PodStart),
+    /// A new pod could not be created under the orb's names.
+    Conflict(NameConflict),
+}
+
 /// Starts attempt `attempt`: bound to a warm pod when the pool serves the orb's namespace and has
-/// one ready, else a new pod. The pod's name and how it started.
+/// one ready, else a new pod.
 async fn start_pod(
     orb: &AiOrb,
     ctx: &Context,
@@ -446,7 +464,7 @@ async fn start_pod(
     clock: &OrbClock,
     limits: &policy::OrbLimits,
     now: Timestamp,
-) -> Result<(String, PodStart)> {
+) -> Result<Started> {
     let pooled = ctx
         .pool
         .as_ref()
@@ -458,15 +476,65 @@ async fn start_pod(
         let mut assignment = launch.assignment;
         assignment.token = Some(ctx.signing_key.mint(&claims));
         if let Bound::Pod(name) = crate::pool::bind(orb, attempt, &assignment, launch.lifetime_left, ctx, now).await? {
-            return Ok((name, PodStart::Warm));
+            return Ok(Started::Pod(name, PodStart::Warm));
         }
     }
-    create_pod(orb, ctx, attempt, clock, limits, now).await?;
-    Ok((pod_name(&orb.name_any(), attempt), PodStart::Cold))
+    Ok(match create_pod(orb, ctx, attempt, clock, limits, now).await? {
+        Some(conflict) => Started::Conflict(conflict),
+        None => Started::Pod(pod_name(&orb.name_any(), attempt), PodStart::Cold),
+    })
 }
 
-/// Creates the orb's token Secret and pod. Both are idempotent: an AlreadyExists from a previous
-/// reconcile whose status write was lost is success.
+/// An object with the name of one of the orb's that the orb does not control: it is never
+/// overwritten or adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameConflict {
+    /// `Pod` or `Secret`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Who controls it instead, if anyone.
+    pub controller: Option<String>,
+}
+
+/// The controller owner reference of an object: only an object whose controller is the orb (by
+/// uid) is the orb's, whatever its name and labels say.
+fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+}
+
+/// How an existing object of one of the orb's names stands to the orb.
+enum Ownership {
+    Ours,
+    /// Controlled by an earlier AiOrb of the same name: the garbage collector removes it soon.
+    Leftover,
+    Foreign(NameConflict),
+}
+
+fn ownership(orb: &AiOrb, kind: &'static str, meta: &ObjectMeta) -> Ownership {
+    let controller = controller_of(meta);
+    match controller {
+        Some(r) if Some(&r.uid) == orb.metadata.uid.as_ref() => Ownership::Ours,
+        Some(r)
+            if r.kind == AiOrb::kind(&())
+                && r.api_version.starts_with("hybridcoach.io/")
+                && r.name == orb.name_any() =>
+        {
+            Ownership::Leftover
+        }
+        _ => Ownership::Foreign(NameConflict {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+            controller: controller.map(|r| format!("{} {}", r.kind, r.name)),
+        }),
+    }
+}
+
+/// Creates the orb's token Secret and pod, unless an object of either name exists that the orb
+/// does not control: that one is left alone and returned. The orb's own objects (a previous
+/// reconcile's, whose status write was lost) are taken as created.
 async fn create_pod(
     orb: &AiOrb,
     ctx: &Context,
@@ -474,35 +542,101 @@ async fn create_pod(
     clock: &OrbClock,
     limits: &policy::OrbLimits,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Option<NameConflict>> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
     let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
     let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), clock, limits, now);
     let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
-    secrets
-        .patch(
-            secret.metadata.name.as_deref().unwrap_or_default(),
-            &params,
-            &Patch::Apply(&secret),
-        )
-        .await?;
+    if let Some(conflict) = write_token_secret(orb, ctx, &ns, &secret).await? {
+        return Ok(Some(conflict));
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match pods
-        .create(
-            &PostParams {
-                field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &build_pod(orb, &ctx.pod, attempt, &launch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+    let pod = build_pod(orb, &ctx.pod, attempt, &launch);
+    let params = PostParams {
+        field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match pods.create(&params, &pod).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let Some(existing) = pods.get_opt(name).await? else {
+                // Gone again in between: the next reconcile creates it.
+                return Err(Error::WaitingForLeftover(format!("pod {name}")));
+            };
+            match ownership(orb, "Pod", &existing.metadata) {
+                Ownership::Ours => Ok(None),
+                Ownership::Leftover => Err(Error::WaitingForLeftover(format!("pod {name}"))),
+                Ownership::Foreign(conflict) => Ok(Some(conflict)),
+            }
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes the token Secret: created when absent, applied over the orb's own, never over anyone
+/// else's. A Secret created between the read and the create is a 409, judged on the next
+/// reconcile.
+async fn write_token_secret(orb: &AiOrb, ctx: &Context, ns: &str, secret: &Secret) -> Result<Option<NameConflict>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    match secrets.get_metadata_opt(name).await? {
+        None => {
+            let params = PostParams {
+                field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            secrets.create(&params, secret).await?;
+        }
+        Some(existing) => match ownership(orb, "Secret", &existing.metadata) {
+            Ownership::Ours => {
+                let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+                secrets.patch(name, &params, &Patch::Apply(secret)).await?;
+            }
+            Ownership::Leftover => return Err(Error::WaitingForLeftover(format!("Secret {name}"))),
+            Ownership::Foreign(conflict) => return Ok(Some(conflict)),
+        },
+    }
+    Ok(None)
+}
+
+/// The orb cannot run under its names: it fails at once with reason `NameConflict`, a Warning
+/// event and the object in its message, and frees its slot. Nothing is retried: the names are
+/// fixed by the room, so only a person removing the object (and the room asking again) helps.
+async fn name_conflict(
+    orb: &AiOrb,
+    ctx: &Context,
+    mut next: orb_api::AiOrbStatus,
+    conflict: &NameConflict,
+    now: Timestamp,
+) -> Result<Action> {
+    let owner = conflict
+        .controller
+        .as_deref()
+        .map_or_else(|| "no controller".to_owned(), |c| format!("controlled by {c}"));
+    let message = format!(
+        "{} {} already exists and is not this AiOrb's ({owner}); it was left untouched",
+        conflict.kind, conflict.name
+    );
+    warn!(kind = conflict.kind, name = %conflict.name, "name taken by an object the orb does not control");
+    next.phase = Some(OrbPhase::Failed);
+    next.termination_reason = Some(TerminationReason::NameConflict);
+    next.message = Some(message.clone());
+    next.finished_at = Some(Time(now));
+    next.queue_position = None;
+    ctx.event(
+        orb,
+        EventType::Warning,
+        TerminationReason::NameConflict.as_str(),
+        message,
+    )
+    .await;
+    ctx.metrics.terminated(TerminationReason::NameConflict);
+    write_status(orb, ctx, next, None, now).await?;
+    label_finished(orb, ctx).await?;
+    ctx.admission.freed.notify_one();
+    // Back when the finished orb's TTL is up, to be deleted.
+    Ok(Action::requeue(ctx.limits.finished_orb_ttl))
 }
 
 /// Deletes a pod with the orb's grace period; a pod already gone is fine.

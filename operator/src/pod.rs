@@ -98,6 +98,12 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The orb's candidate deny list, when the operator was given one (else the orb's default holds).
+fn denied_candidates_env(settings: &PodSettings) -> Option<EnvVar> {
+    let list = settings.denied_candidate_cidrs.as_ref()?;
+    Some(env("ORB_DENIED_CANDIDATE_CIDRS", list.to_string()))
+}
+
 /// The pod for one attempt of an orb, running `launch` (see [`crate::policy::launch`]): what is
 /// left of the session's lifetime, so a replacement pod does not get a fresh full lifetime.
 pub fn build_pod(orb: &AiOrb, settings: &PodSettings, attempt: i32, launch: &Launch) -> Pod {
@@ -194,6 +200,7 @@ fn orb_pod(
     deadline: Option<i64>,
 ) -> Pod {
     let mut env_vars = vec![secret, env("ORB_HTTP_ADDR", format!("0.0.0.0:{ORB_HTTP_PORT}"))];
+    env_vars.extend(denied_candidates_env(settings));
     env_vars.extend(settings.extra_env.iter().cloned());
     let mut resources: ResourceRequirements = settings.resources.clone();
     if settings.gpu_count > 0 {
@@ -352,6 +359,7 @@ mod tests {
             extra_env: vec![env("RUST_LOG", "info")],
             env_from_secrets: vec!["ai-keys".into()],
             resources: Default::default(),
+            denied_candidate_cidrs: Some("169.254.0.0/16,10.96.0.0/12".parse().unwrap()),
         }
     }
 
@@ -397,6 +405,8 @@ mod tests {
             "orb-room-1-token"
         );
         assert!(env.iter().any(|e| e.name == "RUST_LOG"));
+        let denied = env.iter().find(|e| e.name == "ORB_DENIED_CANDIDATE_CIDRS").unwrap();
+        assert_eq!(denied.value.as_deref(), Some("169.254.0.0/16,10.96.0.0/12"));
         assert_eq!(
             c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name,
             "ai-keys"
@@ -444,6 +454,11 @@ mod tests {
         assert!(spec.node_selector.is_none() && spec.tolerations.is_none() && spec.image_pull_secrets.is_none());
         assert!(spec.containers[0].resources.as_ref().unwrap().limits.is_none());
         assert!(spec.containers[0].env_from.is_none());
+        let env = spec.containers[0].env.as_ref().unwrap();
+        assert!(
+            !env.iter().any(|e| e.name == "ORB_DENIED_CANDIDATE_CIDRS"),
+            "the orb's own default deny list"
+        );
     }
 
     #[test]

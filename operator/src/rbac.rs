@@ -29,9 +29,9 @@ pub const API_CALLS: &[(Scope, &str, &str, &[&str])] = &[
         "pods",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    // The per-orb token Secret, by server-side apply (create when absent); a warm pod's
-    // credential Secret (create).
-    (Scope::Watched, "", "secrets", &["create", "patch"]),
+    // The per-orb token Secret: read first (never written over one the orb does not control),
+    // created when absent, applied over the orb's own; a warm pod's credential Secret (create).
+    (Scope::Watched, "", "secrets", &["get", "create", "patch"]),
     // Transition events.
     (Scope::Watched, "events.k8s.io", "events", &["create", "patch"]),
     // The admission ledger.

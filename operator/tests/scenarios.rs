@@ -27,6 +27,7 @@ use support::{Handle, NS, assert_granted};
 
 const ORBS: &str = "/apis/hybridcoach.io/v1alpha1/namespaces/calls/aiorbs";
 const PODS: &str = "/api/v1/namespaces/calls/pods";
+const SECRETS: &str = "/api/v1/namespaces/calls/secrets";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
 const LEDGER: &str = "/api/v1/namespaces/orb-system/configmaps";
 /// The admission pass's list: unfinished orbs only, in pages.
@@ -390,17 +391,14 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     assert_eq!(status["admittedAt"], now().to_string());
     assert_eq!(seen[4].body["reason"], "Admitted");
 
-    // 4. Admitted, no pod: token Secret, pod, event, status.
+    // 4. Admitted, no pod: token Secret (looked up first: none), pod, event, status.
     let admitted = orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}));
     let (result, seen) = reconcile_with(
         admitted,
         vec![
             not_found("GET", format!("{PODS}/orb-room-1-0")),
-            expect(
-                "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
-                None,
-            ),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
             event(),
             status_write("room-1"),
@@ -408,6 +406,7 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
     )
     .await;
     assert!(result.is_ok());
+    let seen = &seen[1..];
     assert_eq!(seen[1].body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
     let token = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&seen[1].body["data"]["token"]).0).unwrap();
     let claims = SigningKey::new(vec![7u8; 32])
@@ -773,9 +772,15 @@ async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
                 format!("{PODS}/orb-room-1-0?"),
                 Some(pod("Failed", false, None)),
             ),
+            // The Secret of attempt 0 is the orb's own: a fresh token is applied over it.
+            expect(
+                "GET",
+                format!("{SECRETS}/orb-room-1-token"),
+                Some(secret_meta("orb-room-1-token", Some(("AiOrb", "room-1", "uid-1")))),
+            ),
             expect(
                 "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
+                format!("{SECRETS}/orb-room-1-token?&force=true&fieldManager=orb-operator"),
                 None,
             ),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
@@ -785,9 +790,9 @@ async fn a_failed_pod_in_an_occupied_room_is_replaced_after_the_backoff() {
     )
     .await;
     assert!(result.is_ok());
-    assert_eq!(seen[3].body["metadata"]["name"], "orb-room-1-1");
-    assert_eq!(seen[4].body["reason"], "PodReplaced");
-    let status = status_of(&seen[5]);
+    assert_eq!(seen[4].body["metadata"]["name"], "orb-room-1-1");
+    assert_eq!(seen[5].body["reason"], "PodReplaced");
+    let status = status_of(&seen[6]);
     assert_eq!(
         (status["restarts"].as_i64(), status["podName"].as_str()),
         (Some(1), Some("orb-room-1-1"))
@@ -1085,11 +1090,8 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
                 format!("{PODS}/orb-warm-a?"),
                 Some(warm_pod("orb-warm-a", 60, true)),
             ),
-            expect(
-                "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
-                None,
-            ),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
             event(),
             status_write("room-1"),
@@ -1100,9 +1102,9 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
     assert_eq!(seen[3].body["reason"], "AssignmentFailed");
     assert!(seen[3].body["note"].as_str().unwrap().contains("HTTP 401"));
     assert_eq!(seen[4].body["gracePeriodSeconds"], 10);
-    assert_eq!(seen[6].body["metadata"]["name"], "orb-room-1-0");
-    assert_eq!(seen[7].body["reason"], "PodCreated");
-    let status = status_of(&seen[8]);
+    assert_eq!(seen[7].body["metadata"]["name"], "orb-room-1-0");
+    assert_eq!(seen[8].body["reason"], "PodCreated");
+    let status = status_of(&seen[9]);
     assert_eq!(
         (status["podName"].as_str(), status["podStart"].as_str()),
         (Some("orb-room-1-0"), Some("Cold"))
@@ -1114,11 +1116,8 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
 async fn without_a_ready_warm_pod_or_when_another_orb_claims_it_first_the_orb_starts_cold() {
     let cold_start = || {
         vec![
-            expect(
-                "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
-                None,
-            ),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
             event(),
             status_write("room-1"),
@@ -1176,11 +1175,8 @@ async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status
                 Some(warm_pod("orb-warm-old", 400, false)),
             ),
             expect("GET", WARM_PODS, pod_list(vec![])),
-            expect(
-                "PATCH",
-                "/api/v1/namespaces/calls/secrets/orb-room-1-token?&force=true&fieldManager=orb-operator",
-                None,
-            ),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), None),
             event(),
             status_write("room-1"),
@@ -1188,8 +1184,8 @@ async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status
     )
     .await;
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(seen[4].body["metadata"]["name"], "orb-room-1-1");
-    let status = status_of(&seen[6]);
+    assert_eq!(seen[5].body["metadata"]["name"], "orb-room-1-1");
+    let status = status_of(&seen[7]);
     assert_eq!(status["podName"], "orb-room-1-1");
     assert_eq!(status["restarts"], 1);
     assert_eq!(status["podStart"], "Cold");
@@ -1413,4 +1409,182 @@ async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_befo
     assert_eq!(outcome.next_due, None);
     assert_eq!(status_of(&seen[3])["phase"], "Starting");
     assert_eq!(status_of(&seen[5])["queuePosition"], 1);
+}
+
+// ---- objects with the orb's names that are not the orb's ----
+
+/// An object's metadata as the API server returns it, controlled by `controller`
+/// (`(kind, name, uid)`) or by nothing.
+fn owned_meta(name: &str, controller: Option<(&str, &str, &str)>) -> Value {
+    let mut meta = json!({"name": name, "namespace": NS, "resourceVersion": "5"});
+    if let Some((kind, owner, uid)) = controller {
+        let api_version = if kind == "AiOrb" {
+            "hybridcoach.io/v1alpha1"
+        } else {
+            "apps/v1"
+        };
+        meta["ownerReferences"] =
+            json!([{"apiVersion": api_version, "kind": kind, "name": owner, "uid": uid, "controller": true}]);
+    }
+    meta
+}
+
+fn secret_meta(name: &str, controller: Option<(&str, &str, &str)>) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": owned_meta(name, controller)})
+}
+
+fn admitted_orb() -> Value {
+    orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}))
+}
+
+fn assert_name_conflict(seen: &[Seen], what: &str) {
+    let event = &seen[seen.len() - 2].body;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("NameConflict"))
+    );
+    let status = status_of(seen.last().unwrap());
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["terminationReason"], "NameConflict");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(what) && message.ends_with("it was left untouched"),
+        "{message}"
+    );
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("NameConflict"))
+    );
+}
+
+/// A Secret named like the orb's token Secret that the orb does not control (someone's own, or
+/// one planted to catch the token): never written, no pod, the orb fails with NameConflict and
+/// frees its slot; nothing is retried.
+#[tokio::test]
+async fn a_foreign_secret_with_the_token_s_name_is_never_overwritten() {
+    for controller in [
+        None,
+        Some(("Deployment", "someone", "uid-x")),
+        Some(("AiOrb", "room-2", "uid-2")),
+    ] {
+        let (result, seen, woke) = reconcile_waking(
+            admitted_orb(),
+            vec![
+                not_found("GET", format!("{PODS}/orb-room-1-0")),
+                expect(
+                    "GET",
+                    format!("{SECRETS}/orb-room-1-token"),
+                    Some(secret_meta("orb-room-1-token", controller)),
+                ),
+                event(),
+                status_write("room-1"),
+                label_finished("room-1"),
+            ],
+        )
+        .await;
+        assert!(woke, "the slot is freed");
+        assert!(
+            matches!(result, Ok(ref a) if *a != Action::requeue(Duration::from_secs(1))),
+            "{result:?}"
+        );
+        assert_name_conflict(
+            &seen[..4],
+            "Secret orb-room-1-token already exists and is not this AiOrb's",
+        );
+        let message = status_of(&seen[3])["message"].as_str().unwrap().to_owned();
+        match controller {
+            None => assert!(message.contains("(no controller)"), "{message}"),
+            Some((kind, name, _)) => assert!(message.contains(&format!("controlled by {kind} {name}")), "{message}"),
+        }
+    }
+}
+
+/// A pod with the orb's pod name that the orb does not control is not adopted: the create's
+/// 409 is checked, not taken as the orb's own pod.
+#[tokio::test]
+async fn a_foreign_pod_with_the_orb_s_name_is_not_adopted() {
+    let mut foreign = pod("Running", true, None);
+    foreign["metadata"] = owned_meta("orb-room-1-0", None);
+    let (result, seen, woke) = reconcile_waking(
+        admitted_orb(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            not_found("GET", format!("{SECRETS}/orb-room-1-token")),
+            expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
+            conflict("POST", format!("{PODS}?&fieldManager=orb-operator")),
+            expect("GET", format!("{PODS}/orb-room-1-0"), Some(foreign)),
+            event(),
+            status_write("room-1"),
+            label_finished("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok() && woke);
+    assert_name_conflict(
+        &seen[..7],
+        "Pod orb-room-1-0 already exists and is not this AiOrb's (no controller)",
+    );
+}
+
+/// The orb's own pod from a reconcile whose status write was lost: the 409 is checked and the pod
+/// adopted, as before.
+#[tokio::test]
+async fn the_orb_s_own_leftover_pod_is_still_adopted() {
+    let mut own = pod("Pending", false, None);
+    own["metadata"] = owned_meta("orb-room-1-0", Some(("AiOrb", "room-1", "uid-1")));
+    let (result, seen) = reconcile_with(
+        admitted_orb(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect(
+                "GET",
+                format!("{SECRETS}/orb-room-1-token"),
+                Some(secret_meta("orb-room-1-token", Some(("AiOrb", "room-1", "uid-1")))),
+            ),
+            expect(
+                "PATCH",
+                format!("{SECRETS}/orb-room-1-token?&force=true&fieldManager=orb-operator"),
+                None,
+            ),
+            conflict("POST", format!("{PODS}?&fieldManager=orb-operator")),
+            expect("GET", format!("{PODS}/orb-room-1-0"), Some(own)),
+            event(),
+            status_write("room-1"),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(seen[5].body["reason"], "PodCreated");
+    let status = status_of(&seen[6]);
+    assert_eq!(
+        (status["phase"].as_str(), status["podName"].as_str()),
+        (Some("Starting"), Some("orb-room-1-0"))
+    );
+}
+
+/// A Secret of an earlier AiOrb of the same name (the room used again before the garbage collector
+/// removed it): not written over, not a conflict; the reconcile retries shortly.
+#[tokio::test]
+async fn an_earlier_aiorb_s_leftover_secret_is_waited_for() {
+    let (result, _) = reconcile_with(
+        admitted_orb(),
+        vec![
+            not_found("GET", format!("{PODS}/orb-room-1-0")),
+            expect(
+                "GET",
+                format!("{SECRETS}/orb-room-1-token"),
+                Some(secret_meta("orb-room-1-token", Some(("AiOrb", "room-1", "uid-0")))),
+            ),
+        ],
+    )
+    .await;
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("orb-room-1-token"), "{error}");
+    assert_eq!(error.metric_label(), "waiting_for_pod");
 }

@@ -3,7 +3,7 @@
 //! what it hears.
 //!
 //! Modules by concern: [`config`], [`signaling`] (the client), [`media`] (the WebRTC trait and
-//! its webrtc-rs implementation), [`audio`] (Opus, tones), [`playout`] (the paced outgoing
+//! its webrtc-rs implementation), [`candidates`] (the remote ICE candidate deny list), [`audio`] (Opus, tones), [`playout`] (the paced outgoing
 //! stream), [`brain`] (the trait and its brains), [`session`] (the loop that ties them),
 //! [`lifecycle`] (deadlines, termination message, exit codes), [`summary`], [`metrics`],
 //! [`health`], [`http`], [`warm`] (a warm orb's assignment), [`procstat`], and, with the `testkit` feature, `testkit` for the tests
@@ -11,6 +11,7 @@
 
 pub mod audio;
 pub mod brain;
+pub mod candidates;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::candidates::DropReason;
 use crate::media::PeerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,6 +22,11 @@ pub struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 /// Why input from a peer (or about it) was refused; the `kind` label of `orb_peer_errors_total`
@@ -66,6 +72,7 @@ pub struct Metrics {
     pub room_connected: Gauge,
     pub room_reconnects: Counter,
     pub peer_errors: Family<KindLabel, Counter>,
+    pub ice_candidates_dropped: Family<ReasonLabel, Counter>,
     pub brain_errors: Counter,
     pub summaries_unacknowledged: Counter,
     /// The latest brain latency in microseconds (0 = none yet), for the heartbeat.
@@ -145,6 +152,12 @@ impl Metrics {
             "Signaling input from a peer that was refused (invalid offer or candidate)",
             peer_errors.clone(),
         );
+        let ice_candidates_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "ice_candidates_dropped",
+            "Remote ICE candidates dropped before the WebRTC stack (denied address, hostname, malformed)",
+            ice_candidates_dropped.clone(),
+        );
         let brain_errors = Counter::default();
         registry.register(
             "brain_errors",
@@ -165,6 +178,11 @@ impl Metrics {
         for kind in PeerErrorKind::ALL {
             let _ = peer_errors.get_or_create(&KindLabel { kind: kind.as_str() });
         }
+        for reason in DropReason::ALL {
+            let _ = ice_candidates_dropped.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
         Self {
             registry: Arc::new(registry),
             peer_connections,
@@ -178,6 +196,7 @@ impl Metrics {
             room_connected,
             room_reconnects,
             peer_errors,
+            ice_candidates_dropped,
             brain_errors,
             summaries_unacknowledged,
             last_brain_latency_us: Arc::new(AtomicU64::new(0)),
@@ -187,6 +206,15 @@ impl Metrics {
     /// Counts refused peer input.
     pub fn peer_error(&self, kind: PeerErrorKind) {
         self.peer_errors.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+    }
+
+    /// Counts a remote candidate dropped by the deny list.
+    pub fn candidate_dropped(&self, reason: DropReason) {
+        self.ice_candidates_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.
@@ -217,6 +245,8 @@ mod tests {
             "orb_uptime_seconds",
             "orb_peer_connections{state=\"failed\"} 0",
             "orb_peer_errors_total{kind=\"unauthorized\"} 0",
+            "orb_ice_candidates_dropped_total{reason=\"denied_address\"} 0",
+            "orb_ice_candidates_dropped_total{reason=\"hostname\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

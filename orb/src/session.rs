@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::audio::{VOICE_THRESHOLD, rms};
 use crate::brain::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
+use crate::candidates::{self, DropReason, Verdict};
 use crate::config::Config;
 use crate::health::Health;
 use crate::lifecycle::{Deadlines, Ending, write_termination_message};
@@ -488,6 +489,7 @@ impl Session {
             self.peer_error(&from, PeerErrorKind::InvalidOffer, "offer message without an offer");
             return;
         };
+        let offer = self.filter_offer(&from, offer);
         // A new offer from the same human replaces the old connection (a browser reload or an
         // ICE restart done as a fresh connection).
         self.close_peer(&user).await;
@@ -538,10 +540,45 @@ impl Session {
             return;
         };
         let candidate = relay.candidate.unwrap_or(Value::Null);
+        if let Verdict::Drop { reason, detail } = candidates::check(&candidate, &self.config.rtc.denied_candidates) {
+            self.candidate_dropped(from, reason, &detail);
+            return;
+        }
         if let Err(e) = entry.peer.add_remote_candidate(&candidate).await {
             // A bad candidate costs that candidate only; the connection may still succeed.
             self.peer_error(from, PeerErrorKind::InvalidCandidate, &e.to_string());
         }
+    }
+
+    /// A remote candidate the deny list refused: counted and logged; a malformed one is also an
+    /// error for that peer, as the stack would have made it.
+    fn candidate_dropped(&self, from: &str, reason: DropReason, detail: &str) {
+        self.metrics.candidate_dropped(reason);
+        debug!(
+            peer = from,
+            reason = reason.as_str(),
+            detail,
+            "dropped a remote ICE candidate"
+        );
+        if reason == DropReason::Malformed {
+            self.peer_error(from, PeerErrorKind::InvalidCandidate, detail);
+        }
+    }
+
+    /// The offer with the candidates of its SDP that the deny list refuses taken out.
+    fn filter_offer(&self, from: &str, mut offer: Value) -> Value {
+        let denied = &self.config.rtc.denied_candidates;
+        if let Some(sdp) = offer.get("sdp").and_then(Value::as_str) {
+            let (kept, dropped) = candidates::filter_sdp(sdp, denied);
+            if !dropped.is_empty() {
+                for (reason, detail) in &dropped {
+                    self.metrics.candidate_dropped(*reason);
+                    debug!(peer = from, reason = reason.as_str(), detail = %detail, "dropped a candidate of an offer");
+                }
+                offer["sdp"] = Value::String(kept);
+            }
+        }
+        offer
     }
 
     async fn on_peer_event(&mut self, event: PeerEvent) {

@@ -145,3 +145,27 @@ async fn test_mode_from_the_environment_accepts_one() {
     assert!(message.starts_with("IdleTimeout "), "{message}");
     let _ = std::fs::remove_file(log);
 }
+
+/// A deny list that does not parse stops the orb before it joins (exit 2, the message names the
+/// setting): a typo never silently leaves the orb without its deny list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_candidate_deny_list_exits_with_the_usage_code() {
+    let log = std::env::temp_dir().join(format!("orb-bad-cidrs-{}", std::process::id()));
+    let out = tokio::process::Command::new(orb_binary())
+        .args([
+            "--room=cidr-room",
+            "--test-mode",
+            &format!("--termination-log={}", log.display()),
+        ])
+        .env("ORB_DENIED_CANDIDATE_CIDRS", "169.254.0.0/16,10.96.0.0/33")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.starts_with("Error ") && message.contains("--denied-candidate-cidrs"),
+        "{message}"
+    );
+    let _ = std::fs::remove_file(log);
+}

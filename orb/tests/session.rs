@@ -25,6 +25,8 @@ struct Log {
     created: Vec<PeerKey>,
     closed: Vec<PeerKey>,
     candidates: Vec<(PeerKey, Value)>,
+    /// The SDP of every offer the stack was given.
+    offers: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -55,6 +57,7 @@ impl MediaStack for FakeStack {
 impl Peer for FakePeer {
     async fn answer(&self, offer: &Value) -> Result<Value, MediaError> {
         let sdp = offer["sdp"].as_str().unwrap_or_default();
+        self.log.lock().unwrap().offers.push(sdp.to_owned());
         if !sdp.starts_with("v=0") {
             return Err(MediaError::InvalidOffer("not SDP".into()));
         }
@@ -348,5 +351,109 @@ async fn voice_is_reported_as_activity_and_signaling_traffic_is_not() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(ending.reason(), orb_api::TerminationReason::IdleTimeout);
+    let _ = std::fs::remove_file(&log_path);
+}
+
+/// Hostile candidates — the cloud metadata address, a cluster service address (with the cluster's
+/// ranges configured), loopback, an IPv4-mapped link-local address, an mDNS name, garbage — never
+/// reach the media stack, trickled or inside the offer; a public candidate does. Each refusal is
+/// counted by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_candidates_never_reach_the_media_stack() {
+    let relay = TestRelay::start().await.unwrap();
+    let log_path = std::env::temp_dir().join(format!("orb-hostile-test-{}", std::process::id()));
+    let cli = Cli::try_parse_from([
+        "orb",
+        "--room=room-s",
+        "--test-mode",
+        &format!("--signaling-url={}", relay.url()),
+        &format!("--termination-log={}", log_path.display()),
+        &format!(
+            "--denied-candidate-cidrs={},10.96.0.0/12",
+            orb_api::cidr::DEFAULT_DENIED_CANDIDATE_CIDRS
+        ),
+    ])
+    .unwrap();
+    let config = Config::from_cli(cli, Secrets::default()).unwrap();
+    let stack = FakeStack::default();
+    let log = stack.0.clone();
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let orb = tokio::spawn(session::run(
+        config,
+        Arc::new(stack),
+        Box::new(TestBrain::new(Duration::from_millis(10))),
+        metrics.clone(),
+        Health::new(),
+        SessionOptions::default(),
+        async move {
+            let _ = stop_rx.await;
+            "SIGTERM"
+        },
+    ));
+    relay.wait_control("orb_ready", 1, WAIT).await.unwrap();
+    let mut coach = human(&relay.url(), "coach-1", "coach").await;
+    let ai = "ai-orb-room-s";
+    let line = |addr: &str| format!("candidate:1 1 udp 2122260223 {addr} 5000 typ host");
+    // A non-trickle offer with its candidates inline: only the public one is left in it.
+    let sdp = format!(
+        "v=0 hostile\r\na={}\r\na={}\r\na={}\r\n",
+        line("169.254.169.254"),
+        line("203.0.113.10"),
+        line("10.96.0.1")
+    );
+    send(
+        &mut coach,
+        json!({"type": "offer", "toId": ai, "offer": {"type": "offer", "sdp": sdp}}),
+    )
+    .await;
+    next_of(&mut coach, "answer").await;
+    for addr in [
+        "169.254.169.254",
+        "10.96.0.1",
+        "127.0.0.1",
+        "::1",
+        "::ffff:169.254.169.254",
+        "0a3e2c1d-6f7b-4c5d-8e9f-0a1b2c3d4e5f.local",
+        "203.0.113.7",
+    ] {
+        send(&mut coach, json!({"type": "ice-candidate", "toId": ai, "candidate": {"candidate": line(addr), "sdpMid": "0", "sdpMLineIndex": 0}})).await;
+    }
+    send(
+        &mut coach,
+        json!({"type": "ice-candidate", "toId": ai, "candidate": {"candidate": "candidate:garbage"}}),
+    )
+    .await;
+    // Signaling relays in order, so once the malformed one is refused every candidate was judged.
+    relay.wait_control("orb_error", 1, WAIT).await.unwrap();
+    {
+        let log = log.lock().unwrap();
+        let reached: Vec<&str> = log
+            .candidates
+            .iter()
+            .map(|(_, c)| c["candidate"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            reached,
+            [line("203.0.113.7")],
+            "only the public candidate reaches the stack"
+        );
+        let offered = &log.offers[0];
+        assert!(offered.contains(&line("203.0.113.10")), "{offered}");
+        assert!(
+            !offered.contains("169.254.169.254") && !offered.contains("10.96.0.1"),
+            "{offered}"
+        );
+    }
+    let text = metrics.encode();
+    for expected in [
+        "orb_ice_candidates_dropped_total{reason=\"denied_address\"} 7",
+        "orb_ice_candidates_dropped_total{reason=\"hostname\"} 1",
+        "orb_ice_candidates_dropped_total{reason=\"malformed\"} 1",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from\n{text}");
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, orb).await.unwrap().unwrap();
     let _ = std::fs::remove_file(&log_path);
 }

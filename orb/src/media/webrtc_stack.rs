@@ -463,6 +463,7 @@ mod tests {
             turn_credential: String::new(),
             public_ip: None,
             udp_addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            denied_candidates: Default::default(),
         };
         WebrtcStack::new(config, Metrics::new())
     }

@@ -55,6 +55,8 @@ impl OrbProcess {
         ])
         .args(extra)
         .env_remove("ORB_SIGNALING_TOKEN")
+        // The test humans offer loopback candidates: no range is denied unless a test says so.
+        .env("ORB_DENIED_CANDIDATE_CIDRS", "")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -81,6 +83,8 @@ impl OrbProcess {
             ])
             .env_remove("ORB_SIGNALING_TOKEN")
             .env(orb_api::assignment::ASSIGN_TOKEN_ENV, credential)
+            // The test humans offer loopback candidates.
+            .env("ORB_DENIED_CANDIDATE_CIDRS", "")
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;

@@ -83,6 +83,7 @@ impl State {
         cmd.args(&args)
             .envs(env)
             .env("NO_COLOR", "1")
+            .envs(local_candidate_policy())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         match self.open_log(log_name).and_then(|f| Ok((f.try_clone()?, f))) {
@@ -230,4 +231,12 @@ pub(super) async fn probe_ready(port: u16) -> bool {
         orb_telemetry::probe::get(("127.0.0.1", port), "/readyz", Duration::from_secs(2)).await,
         Ok((200, _))
     )
+}
+
+/// Local orbs talk to browsers on this machine or its network, whose candidates are loopback,
+/// private or mDNS addresses: the orb's candidate deny list is off (an empty
+/// `ORB_DENIED_CANDIDATE_CIDRS`) unless signaling's own environment sets one for its orbs.
+fn local_candidate_policy() -> Option<(&'static str, &'static str)> {
+    const VAR: &str = "ORB_DENIED_CANDIDATE_CIDRS";
+    std::env::var_os(VAR).is_none().then_some((VAR, ""))
 }
