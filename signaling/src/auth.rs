@@ -122,7 +122,10 @@ pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Result<Option<
                 offered = true;
             } else if let Some(token) = protocol.strip_prefix(TOKEN_SUBPROTOCOL_PREFIX) {
                 if token.is_empty() {
-                    return Err(TransportError::BadHeader("Sec-WebSocket-Protocol", "bearer. without a token"));
+                    return Err(TransportError::BadHeader(
+                        "Sec-WebSocket-Protocol",
+                        "bearer. without a token",
+                    ));
                 }
                 token_protocol = true;
                 take(token)?;
@@ -216,7 +219,10 @@ mod tests {
         let none = HeaderMap::new();
         assert_eq!(request_token(None, &none), Ok(None));
         assert_eq!(request_token(Some("room=x&token="), &none), Ok(None));
-        assert_eq!(request_token(Some("token=q%2E1"), &none).unwrap().as_deref(), Some("q.1"));
+        assert_eq!(
+            request_token(Some("token=q%2E1"), &none).unwrap().as_deref(),
+            Some("q.1")
+        );
         let bearer = headers(&[("authorization", "Bearer abc")]);
         assert_eq!(request_token(None, &bearer).unwrap().as_deref(), Some("abc"));
         let lower = headers(&[("authorization", "bearer  abc ")]);
@@ -253,15 +259,24 @@ mod tests {
         let alone = headers(&[("sec-websocket-protocol", "bearer.t1")]);
         assert_eq!(request_token(None, &alone), Err(TransportError::NoSubprotocol));
         let empty = headers(&[("sec-websocket-protocol", "orb-signaling, bearer.")]);
-        assert!(matches!(request_token(None, &empty), Err(TransportError::BadHeader(..))));
+        assert!(matches!(
+            request_token(None, &empty),
+            Err(TransportError::BadHeader(..))
+        ));
         let empty = headers(&[("authorization", "Bearer ")]);
-        assert!(matches!(request_token(None, &empty), Err(TransportError::BadHeader(..))));
+        assert!(matches!(
+            request_token(None, &empty),
+            Err(TransportError::BadHeader(..))
+        ));
         let mut opaque = HeaderMap::new();
         opaque.insert(
             http::header::AUTHORIZATION,
             http::HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
         );
-        assert!(matches!(request_token(None, &opaque), Err(TransportError::BadHeader(..))));
+        assert!(matches!(
+            request_token(None, &opaque),
+            Err(TransportError::BadHeader(..))
+        ));
     }
 
     #[test]

@@ -500,7 +500,12 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("--max-participants-per-room"), "{err}");
         let err = parse(
-            &["--auth=none", "--orb-runtime=none", "--trusted-proxy-header", "X Forwarded"],
+            &[
+                "--auth=none",
+                "--orb-runtime=none",
+                "--trusted-proxy-header",
+                "X Forwarded",
+            ],
             None,
         )
         .unwrap_err();

@@ -185,9 +185,7 @@ async fn ws_upgrade(
         .max_frame_size(max)
         .on_failed_upgrade(|e| debug!(error = %e, "WebSocket upgrade failed"))
         // A failed upgrade drops this closure, and with it the admitted slots.
-        .on_upgrade(move |socket| {
-            tracker.track_future(conn::serve(socket, state, room_id, token_identity, admitted))
-        })
+        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, room_id, token_identity, admitted)))
 }
 
 /// `GET /auth/check?room=…` with the token as for the socket (in a browser: `Authorization:
