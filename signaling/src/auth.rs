@@ -148,7 +148,8 @@ pub fn refusal_status(e: &AuthError) -> http::StatusCode {
     }
 }
 
-/// Every value [`failure_label`] returns.
+/// Every value of `auth_failures_total{reason}`: what [`failure_label`] returns and
+/// [`BAD_REQUEST_LABEL`].
 pub const FAILURE_LABELS: [&str; 8] = [
     "missing",
     "bad_request",
