@@ -13,7 +13,11 @@ async fn refused(s: &TestServer, room: &str, token: Option<&str>) -> (u16, Strin
     static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let r = match token {
         None => refused_with(&s.url(room), &[]).await,
-        Some(t) if TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 => {
+        Some(t)
+            if TURN
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(2) =>
+        {
             refused_with(&s.url(room), &[("sec-websocket-protocol", &token_protocols(t))]).await
         }
         Some(t) => refused_with(&format!("{}?token={t}", s.url(room)), &[]).await,
@@ -329,7 +333,8 @@ async fn conflicting_or_unreadable_token_transports_are_bad_requests() {
     let bearer_other = format!("Bearer {other}");
     let bearer_good = format!("Bearer {good}");
     let alone = format!("bearer.{good}");
-    let cases: [(&str, Vec<(&str, &str)>, &str); 5] = [
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
         (
             &with_query,
             vec![("sec-websocket-protocol", &protocols)],
