@@ -373,6 +373,14 @@ async fn conflicting_or_unreadable_token_transports_are_bad_requests() {
         "{}",
         s.metrics.render()
     );
+    // With auth off (dev mode) no token is read, so nothing conflicts.
+    let open = start(&[]).await;
+    handshake(
+        &format!("{}?token={good}", open.url("room-c")),
+        &[("authorization", &bearer_other)],
+    )
+    .await
+    .expect("auth off: upgraded");
 }
 
 /// `GET /auth/check?room=` answers what the handshake would: the web client asks it after a
