@@ -804,3 +804,43 @@ async fn a_call_across_three_replicas_survives_losing_one() {
     .await;
     drop(redis);
 }
+
+/// A page whose token signaling refuses (here: a valid token for another room) is refused before
+/// the upgrade; the page asks `/auth/check` why, stops retrying and shows the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_stops_the_page_with_the_reason() {
+    let name = "refused";
+    let stack = Stack::start(name, &[]);
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    scenario(name, &pages, async {
+        let key = SigningKey::new(SIGNING_KEY.as_bytes().to_vec()).unwrap();
+        let token = key.mint(&RoomClaims::new("browser-elsewhere", "coach-refused", Role::Coach, 600));
+        let coach = pages.add(stack_ref.browser("coach").await);
+        let url = format!("{}&token={token}", stack_ref.room_url("browser-refused", "coach"));
+        coach.client.goto(&url).await.unwrap();
+        let call = wait_for("the page to stop with the refusal", || async {
+            let call = coach.call().await;
+            (call["signaling"] == "refused").then_some(call)
+        })
+        .await;
+        let errors = call["errors"].to_string();
+        assert!(errors.contains("refused the room token"), "{errors}");
+        assert!(errors.contains("another room"), "{errors}");
+        let message = coach.js("return document.getElementById('message').textContent").await;
+        assert!(
+            message.as_str().unwrap_or_default().contains("another room"),
+            "{message}"
+        );
+        // It stays stopped: no reconnect follows.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let call = coach.call().await;
+        assert_eq!(
+            (call["reconnects"].as_u64(), call["signaling"].as_str()),
+            (Some(0), Some("refused"))
+        );
+        let log = std::fs::read_to_string(stack_ref.dir.join("signaling.log")).unwrap();
+        assert!(!log.contains(&token), "the token reached the log");
+    })
+    .await;
+}

@@ -208,7 +208,7 @@ fn the_ingress_does_not_expose_metrics() {
             _ => url.starts_with(path.as_str()),
         })
     };
-    for public in ["/ws-simple/room-1", "/rooms/room-1", "/web/room.js", "/"] {
+    for public in ["/ws-simple/room-1", "/rooms/room-1", "/web/room.js", "/", "/auth/check"] {
         assert!(routed(public), "{public} is not routed: {paths:?}");
     }
     for internal in ["/metrics", "/healthz", "/readyz", "/api/dev/token"] {
@@ -407,6 +407,61 @@ fn env_of<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
         .unwrap()
         .iter()
         .find(|e| e["name"] == name)
+}
+
+/// The connection caps reach signaling; the client address comes from X-Forwarded-For behind the
+/// chart's Ingress (the ingress controller sets it), from the TCP peer without one, and from the
+/// header named when one is.
+#[test]
+fn signaling_gets_its_connection_caps_and_trusts_a_proxy_header_only_behind_a_proxy() {
+    let objects = render(None, &[]);
+    let signaling = find(&objects, "Deployment", "-signaling");
+    for (name, value) in [
+        ("SIGNALING_MAX_CONNECTIONS", "10000"),
+        ("SIGNALING_MAX_CONNECTIONS_PER_CLIENT", "50"),
+        ("SIGNALING_MAX_ROOMS", "5000"),
+    ] {
+        assert_eq!(env_of(signaling, name).unwrap()["value"], value, "{name}");
+    }
+    assert!(env_of(signaling, "SIGNALING_TRUSTED_PROXY_HEADER").is_none());
+
+    let header = |extra: &[&str]| {
+        let objects = render(None, extra);
+        env_of(
+            find(&objects, "Deployment", "-signaling"),
+            "SIGNALING_TRUSTED_PROXY_HEADER",
+        )
+        .map(|e| e["value"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        header(&["--set", "signaling.ingress.enabled=true"]).as_deref(),
+        Some("X-Forwarded-For")
+    );
+    assert_eq!(
+        header(&[
+            "--set",
+            "signaling.ingress.enabled=true",
+            "--set",
+            "signaling.limits.trustedProxyHeader=X-Real-IP"
+        ])
+        .as_deref(),
+        Some("X-Real-IP")
+    );
+    assert_eq!(
+        header(&["--set", "signaling.limits.trustedProxyHeader=X-Envoy-External-Address"]).as_deref(),
+        Some("X-Envoy-External-Address")
+    );
+    let bad = helm()
+        .args([
+            "template",
+            "orb",
+            CHART,
+            "--set",
+            "signaling.limits.trustedProxyHeader=Bad Header",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "a header name with a space is accepted");
 }
 
 const SUMMARY_ENV: &[&str] = &[

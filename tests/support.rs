@@ -60,5 +60,14 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .status()
         .unwrap();
     assert!(status.success(), "cannot build {name}");
-    root().join("target/debug").join(name)
+    target_dir().join("debug").join(name)
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace) when set, else
+/// the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
 }

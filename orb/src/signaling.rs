@@ -188,12 +188,27 @@ fn request(config: &SignalingConfig) -> Result<tungstenite::handshake::client::R
         .as_str()
         .into_client_request()
         .map_err(|e| SignalingError::Endpoint(e.to_string()))?;
+    // The token rides in the subprotocol list (`orb-signaling, bearer.<token>`): signaling answers
+    // with `orb-signaling` only, and the token stays out of URLs and access logs.
     if let Some(token) = &config.token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        let value = HeaderValue::from_str(&format!("{SUBPROTOCOL}, {TOKEN_SUBPROTOCOL_PREFIX}{token}"))
             .map_err(|_| SignalingError::Endpoint("the token is not a valid header value".into()))?;
-        req.headers_mut().insert("authorization", value);
+        req.headers_mut().insert("sec-websocket-protocol", value);
     }
     Ok(req)
+}
+
+/// Signaling's WebSocket subprotocol, and the prefix of the entry carrying the token.
+const SUBPROTOCOL: &str = "orb-signaling";
+const TOKEN_SUBPROTOCOL_PREFIX: &str = "bearer.";
+
+/// An HTTP answer to the upgrade after which reconnecting cannot help: the token is refused
+/// (401: no valid token; 403: a valid token that does not open this room). Others (429 and 503
+/// from signaling's connection caps, a proxy's 502) are retried.
+fn fatal_status(status: tungstenite::http::StatusCode) -> Option<SignalingError> {
+    use tungstenite::http::StatusCode;
+    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        .then(|| SignalingError::Unauthorized(format!("HTTP {}", status.as_u16())))
 }
 
 async fn run(
@@ -224,14 +239,10 @@ async fn run(
         };
         let mut ws = match ws {
             Ok((ws, _)) => ws,
-            Err(tungstenite::Error::Http(resp))
-                if resp.status() == tungstenite::http::StatusCode::UNAUTHORIZED
-                    || resp.status() == tungstenite::http::StatusCode::FORBIDDEN =>
-            {
-                let status = resp.status().as_u16();
-                let _ = events.send(SignalingEvent::Fatal(SignalingError::Unauthorized(format!(
-                    "HTTP {status}"
-                ))));
+            Err(tungstenite::Error::Http(resp)) if fatal_status(resp.status()).is_some() => {
+                if let Some(fatal) = fatal_status(resp.status()) {
+                    let _ = events.send(SignalingEvent::Fatal(fatal));
+                }
                 return;
             }
             Err(e) => {
@@ -440,6 +451,32 @@ mod tests {
         assert_eq!(v["participantType"], "ai");
         assert_eq!(v["roomId"], "r");
         let req = request(&c).unwrap();
-        assert_eq!(req.headers()["authorization"], "Bearer t");
+        assert_eq!(req.headers()["sec-websocket-protocol"], "orb-signaling, bearer.t");
+        assert!(req.headers().get("authorization").is_none());
+        assert_eq!(req.uri().query(), None, "no token in the URL");
+        let anonymous = SignalingConfig::new("ws://x/ws-simple/r".into(), None, "r".into(), "ai-orb-r".into());
+        assert!(
+            request(&anonymous)
+                .unwrap()
+                .headers()
+                .get("sec-websocket-protocol")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_refused_handshake_is_final_a_busy_server_is_retried() {
+        use tungstenite::http::StatusCode;
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN] {
+            assert!(matches!(fatal_status(status), Some(SignalingError::Unauthorized(_))));
+        }
+        for status in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::BAD_GATEWAY,
+        ] {
+            assert!(fatal_status(status).is_none(), "{status}");
+        }
     }
 }

@@ -129,6 +129,8 @@ fn start_signaling(threads: usize, redis: Option<(&RedisServer, usize)>) -> (Chi
     cmd.args(["--listen", &addr.to_string(), "--auth", "none", "--orb-runtime", "none"])
         // The benchmark measures the relay path, not the per-client limits.
         .args(["--max-messages-per-second", "1000000", "--send-queue", "8192"])
+        // Every load-generator socket comes from 127.0.0.1.
+        .args(["--max-connections-per-client", "100000"])
         .args(["--idle-socket-timeout", "10m", "--max-participants-per-room", "3"]);
     if let Some((redis, i)) = redis {
         cmd.args(["--redis-url", &redis.url(), "--replica-id", &format!("bench-{i}")]);

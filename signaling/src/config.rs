@@ -83,6 +83,22 @@ pub struct Args {
     /// Outbound messages queued per connection before it counts as a slow consumer.
     #[arg(long, env = "SIGNALING_SEND_QUEUE", default_value_t = 256)]
     pub send_queue: usize,
+    /// Open WebSocket connections on this replica at most; more are refused before the upgrade
+    /// (HTTP 503).
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS", default_value_t = 10000)]
+    pub max_connections: usize,
+    /// Open WebSocket connections per client address at most (an IPv6 client is its /64); more
+    /// are refused before the upgrade (HTTP 429).
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 50)]
+    pub max_connections_per_client: usize,
+    /// Rooms with open connections on this replica at most; a connection to another room is
+    /// refused before the upgrade (HTTP 503), connections to those rooms are not.
+    #[arg(long, env = "SIGNALING_MAX_ROOMS", default_value_t = 5000)]
+    pub max_rooms: usize,
+    /// The request header a trusted proxy appends the client address to (e.g. X-Forwarded-For);
+    /// its right-most entry is the client. Unset: the TCP peer address is the client.
+    #[arg(long, env = "SIGNALING_TRUSTED_PROXY_HEADER")]
+    pub trusted_proxy_header: Option<String>,
     /// Room tokens whose `exp` is further ahead than this are refused (a leaked token dies within
     /// it). Orb tokens live for their session's lifetime plus a minute: keep it at least the
     /// operator's `--max-orb-lifetime`.
@@ -152,6 +168,8 @@ pub struct Limits {
     pub send_queue: usize,
     /// The text-frame cap of the orb's socket (see `--max-orb-frame-bytes`).
     pub max_orb_frame_bytes: usize,
+    /// Connection caps checked before the upgrade.
+    pub admission: crate::admission::AdmissionLimits,
 }
 
 impl Limits {
@@ -210,6 +228,8 @@ pub enum ConfigError {
     RedisUrl(String),
     #[error("--replica-id must be 1 to 128 characters of A-Z a-z 0-9 - _ . (got {0:?})")]
     ReplicaId(String),
+    #[error("--trusted-proxy-header must be an HTTP header name such as X-Forwarded-For (got {0:?})")]
+    TrustedProxyHeader(String),
     #[error("--summary-webhook-url must be an absolute http:// or https:// URL (got {0:?})")]
     WebhookUrl(String),
     #[error("cannot read the summary webhook secret file {path}: {source}")]
@@ -299,6 +319,22 @@ impl Config {
             "send-queue",
             "must be between 1 and 65536",
         )?;
+        range(args.max_connections >= 1, "max-connections", "must be at least 1")?;
+        range(
+            args.max_connections_per_client >= 1,
+            "max-connections-per-client",
+            "must be at least 1",
+        )?;
+        range(args.max_rooms >= 1, "max-rooms", "must be at least 1")?;
+        let trusted_proxy_header = args
+            .trusted_proxy_header
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| ConfigError::TrustedProxyHeader(name.to_owned()))
+            })
+            .transpose()?;
         range(
             args.presence_debounce >= Duration::from_millis(100),
             "presence-debounce",
@@ -382,6 +418,12 @@ impl Config {
                 idle_socket_timeout: args.idle_socket_timeout,
                 send_queue: args.send_queue,
                 max_orb_frame_bytes: args.max_orb_frame_bytes,
+                admission: crate::admission::AdmissionLimits {
+                    max_connections: args.max_connections,
+                    max_connections_per_client: args.max_connections_per_client,
+                    max_rooms: args.max_rooms,
+                    trusted_proxy_header,
+                },
             },
             summary: crate::summary::SummarySettings {
                 webhook_url: summary_webhook_url,
@@ -424,6 +466,15 @@ mod tests {
         assert!(matches!(c.auth, Authenticator::Jwt { .. }));
         assert_eq!(c.presence_debounce, Duration::from_secs(2));
         assert_eq!(c.limits.max_frame_bytes, 65536);
+        assert_eq!(
+            (
+                c.limits.admission.max_connections,
+                c.limits.admission.max_connections_per_client,
+                c.limits.admission.max_rooms
+            ),
+            (10000, 50, 5000)
+        );
+        assert_eq!(c.limits.admission.trusted_proxy_header, None);
     }
 
     #[test]
@@ -454,6 +505,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("--max-participants-per-room"), "{err}");
+        let err = parse(
+            &[
+                "--auth=none",
+                "--orb-runtime=none",
+                "--trusted-proxy-header",
+                "X Forwarded",
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("--trusted-proxy-header"), "{err}");
+        let err = parse(&["--auth=none", "--orb-runtime=none", "--max-connections", "0"], None).unwrap_err();
+        assert!(err.contains("--max-connections"), "{err}");
         let err = parse(
             &["--auth=none", "--orb-runtime=none", "--summary-webhook-url", "ftp://x"],
             None,

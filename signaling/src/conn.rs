@@ -10,12 +10,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use orb_api::auth::AuthError;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::Admitted;
 use crate::limits::RateLimiter;
 use crate::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, ServerMessage, UserRole};
 use crate::room::{CloseReason, ConnHandle, ConnReceivers, Identity, JoinError, Outbound, Relayed, Room};
@@ -30,14 +30,15 @@ const WRITE_BATCH: usize = 64;
 /// drain) how long it waits for the client's close reply.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves one upgraded socket until it closes. `auth` is the outcome of the token check made
-/// before the upgrade: refusing after the upgrade lets a browser see the reason (close code 4401
-/// and an `error` message), which a plain HTTP 401 on a WebSocket handshake would hide.
+/// Serves one upgraded socket until it closes. The token was checked before the upgrade:
+/// `token_identity` is who it says the participant is (`None` with auth off). `admitted` holds
+/// the connection's slots under the caps and gives them back when this returns.
 pub async fn serve(
     socket: WebSocket,
     state: Arc<AppState>,
     room_id: String,
-    auth: Result<Option<Identity>, AuthError>,
+    token_identity: Option<Identity>,
+    admitted: Admitted,
 ) {
     let id = state.next_conn_id();
     let span = info_span!("conn", room = %room_id, conn = id, user = tracing::field::Empty);
@@ -48,31 +49,22 @@ pub async fn serve(
         let writer = tokio::spawn(
             write_loop(sink, receivers, state.limits.keepalive_interval(), state.clone()).in_current_span(),
         );
-        match auth {
-            Ok(token_identity) => {
-                let mut conn = Conn {
-                    state: &state,
-                    room_id: &room_id,
-                    handle: &handle,
-                    token_identity,
-                    joined: None,
-                    limiter: RateLimiter::new(state.limits.max_messages_per_second, Instant::now()),
-                };
-                conn.read_loop(&mut stream).await;
-                if let Some((room, _)) = conn.joined.take() {
-                    state.registry.leave(&room, id);
-                }
-            }
-            Err(e) => {
-                debug!(reason = %e, "refusing connection");
-                handle.send_message(&error(ErrorCode::Unauthorized, e.to_string()));
-                handle.close(CloseReason::Unauthorized);
-            }
+        let mut conn = Conn {
+            state: &state,
+            room_id: &room_id,
+            handle: &handle,
+            token_identity,
+            joined: None,
+            limiter: RateLimiter::new(state.limits.max_messages_per_second, Instant::now()),
+        };
+        conn.read_loop(&mut stream).await;
+        if let Some((room, _)) = conn.joined.take() {
+            state.registry.leave(&room, id);
         }
         let reason = handle.close_reason();
         if let Some(reason) = reason {
             // Only a drain is worth waiting the full drain timeout for; otherwise a client that
-            // never answers (or a flood of bad tokens) would hold sockets open that long.
+            // never answers would hold its socket (and its slots) open that long.
             let wait = match reason {
                 CloseReason::Shutdown => state.close_handshake_timeout,
                 _ => state.close_handshake_timeout.min(WRITER_GRACE),
@@ -87,6 +79,7 @@ pub async fn serve(
         }
         state.metrics.connections.dec();
         state.metrics.disconnect(reason);
+        drop(admitted);
         debug!(
             reason = reason.map_or("client closed", CloseReason::text),
             "connection closed"

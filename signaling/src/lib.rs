@@ -3,11 +3,12 @@
 //!
 //! Modules by concern: [`protocol`] (the wire types, the `orb-protocol` crate shared with the orb)
 //! and [`wire`] (decoding), [`room`] (the registry state machine), [`conn`] (one socket),
-//! [`auth`], [`limits`], [`orb_runtime`] (where orbs come from), [`metrics`], [`summary`] (durable
+//! [`auth`], [`admission`] (connection caps), [`limits`], [`orb_runtime`] (where orbs come from), [`metrics`], [`summary`] (durable
 //! summaries and their webhook), [`server`] (HTTP, drain) and [`config`].
 
 pub use orb_protocol as protocol;
 
+pub mod admission;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     rejected: Family<Labels, Counter>,
     auth_failures: Family<Labels, Counter>,
+    connections_refused: Family<Labels, Counter>,
     orb_requests: Family<Labels, Counter>,
     disconnects: Family<Labels, Counter>,
     presence_writes: Family<Labels, Counter>,
@@ -129,6 +130,12 @@ impl Metrics {
             "auth_failures",
             "Connections refused for their room token, by reason",
             auth_failures.clone(),
+        );
+        let connections_refused = Family::<Labels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused before the upgrade by a connection cap, by reason",
+            connections_refused.clone(),
         );
         let orb_requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -190,6 +197,9 @@ impl Metrics {
         for reason in crate::auth::FAILURE_LABELS {
             let _ = auth_failures.get_or_create(&vec![("reason", reason)]);
         }
+        for refusal in crate::admission::Refusal::ALL {
+            let _ = connections_refused.get_or_create(&vec![("reason", refusal.label())]);
+        }
         for result in OrbRequestResult::ALL {
             let _ = orb_requests.get_or_create(&vec![("result", result.as_str())]);
         }
@@ -208,6 +218,7 @@ impl Metrics {
             relay_latency,
             rejected,
             auth_failures,
+            connections_refused,
             orb_requests,
             disconnects,
             presence_writes,
@@ -248,6 +259,12 @@ impl Metrics {
 
     pub fn auth_failure(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub fn connection_refused(&self, refusal: crate::admission::Refusal) {
+        self.connections_refused
+            .get_or_create(&vec![("reason", refusal.label())])
+            .inc();
     }
 
     pub fn orb_request(&self, result: OrbRequestResult) {
@@ -321,6 +338,7 @@ mod tests {
             "orb_signaling_orb_requests_total{result=\"failed\"} 0",
             "orb_signaling_messages_rejected_total{reason=\"malformed_json\"} 0",
             "orb_signaling_participants{participant_type=\"ai\"} 0",
+            "orb_signaling_connections_refused_total{reason=\"max_connections_per_client\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -11,19 +11,19 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, RawQuery, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Refusal};
 use crate::auth::{self, Authenticator};
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits};
@@ -38,10 +38,14 @@ use crate::summary::{Summaries, SummaryStore};
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 /// How long the orb runtime may take to flush presence once connections are gone.
 const RUNTIME_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Retry-After` of a connection refused by a cap, in seconds.
+const CAP_RETRY_AFTER_SECONDS: u32 = 10;
 
 pub struct AppState {
     pub limits: Limits,
     pub auth: Authenticator,
+    /// The connection caps, checked before the upgrade.
+    pub admission: Arc<Admission>,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub summaries: Summaries,
@@ -67,21 +71,76 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws-simple/{room_id}", get(ws_upgrade))
+        .route("/auth/check", get(auth_check))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+/// A refusal before the upgrade: a JSON body `{"error", "reason"}` a client can show.
+fn refusal(status: StatusCode, error: &str, reason: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "reason": reason });
+    (status, axum::Json(body)).into_response()
 }
 
+/// 401 (no token, or one that proves nothing) or 403 (a valid token for another room), naming
+/// the broken rule.
+fn auth_refusal(e: &orb_api::auth::AuthError) -> Response {
+    let status = auth::refusal_status(e);
+    let error = if status == StatusCode::FORBIDDEN {
+        "forbidden"
+    } else {
+        "unauthorized"
+    };
+    let mut response = refusal(status, error, &e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = match e {
+            orb_api::auth::AuthError::Missing => r#"Bearer realm="orb-signaling""#,
+            _ => r#"Bearer realm="orb-signaling", error="invalid_token""#,
+        };
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response
+}
+
+/// 503 for the server's caps (connections, rooms), 429 for the client's own; both with
+/// `Retry-After`.
+fn cap_refusal(refusal_reason: Refusal) -> Response {
+    let status = match refusal_reason {
+        Refusal::ClientConnections => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Connections | Refusal::Rooms => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = refusal(status, refusal_reason.label(), refusal_reason.text());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(CAP_RETRY_AFTER_SECONDS));
+    response
+}
+
+/// The request's token ([`auth::request_token`]); with auth off none is read.
+fn request_token(
+    authenticator: &Authenticator,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, auth::TransportError> {
+    match authenticator {
+        Authenticator::None => Ok(None),
+        Authenticator::Jwt { .. } => auth::request_token(query, headers),
+    }
+}
+
+/// The upgrade of `/ws-simple/{room}`. Everything that can refuse a connection is decided here,
+/// before the upgrade, as a plain HTTP answer: the room id (400), the token transport (400), the
+/// token (401/403), the caps (429/503). Only then does the request become a WebSocket, holding its
+/// slots until the connection ends.
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(room_id): Path<String>,
-    Query(query): Query<TokenQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -95,15 +154,35 @@ async fn ws_upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let token = auth::request_token(query.token, &headers);
-    let auth = state.auth.authenticate(&room_id, token.as_deref());
-    if let Err(e) = &auth {
-        state.metrics.auth_failure(auth::failure_label(e));
-        warn!(room = %room_id, reason = %e, "room token refused");
-    }
+    // With auth off (dev mode) nothing about tokens is looked at, as before.
+    let token = match request_token(&state.auth, query.as_deref(), &headers) {
+        Ok(token) => token,
+        Err(e) => {
+            state.metrics.auth_failure(auth::BAD_REQUEST_LABEL);
+            warn!(room = %room_id, reason = %e, "room token transport refused");
+            return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+        }
+    };
+    let token_identity = match state.auth.authenticate(&room_id, token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            state.metrics.auth_failure(auth::failure_label(&e));
+            warn!(room = %room_id, reason = %e, "room token refused");
+            return auth_refusal(&e);
+        }
+    };
+    let client = state.admission.client_address(peer, &headers);
+    let admitted = match state.admission.admit(client, &room_id) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            state.metrics.connection_refused(refused);
+            debug!(room = %room_id, %client, reason = refused.label(), "connection refused by a cap");
+            return cap_refusal(refused);
+        }
+    };
     let limits = &state.limits;
     // The orb's socket carries its summary (the whole transcript); without auth anyone may be it.
-    let orb = matches!(&auth, Ok(None)) || matches!(&auth, Ok(Some(id)) if id.is_ai());
+    let orb = token_identity.as_ref().is_none_or(|id| id.is_ai());
     let max = if orb {
         limits.transport_max_bytes().max(limits.max_orb_frame_bytes)
     } else {
@@ -111,11 +190,42 @@ async fn ws_upgrade(
     };
     let tracker = state.connections.clone();
     // tungstenite's 128 KiB default buffers would dominate memory with many small-message sockets.
-    ws.read_buffer_size(SOCKET_BUFFER_BYTES)
+    // The answered subprotocol is `orb-signaling` when offered, never a token entry.
+    ws.protocols([auth::SUBPROTOCOL])
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
         .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, room_id, auth)))
+        .on_failed_upgrade(|e| debug!(error = %e, "WebSocket upgrade failed"))
+        // A failed upgrade drops this closure, and with it the admitted slots.
+        .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, room_id, token_identity, admitted)))
+}
+
+/// `GET /auth/check?room=…` with the token as for the socket (in a browser: `Authorization:
+/// Bearer`): 204 when the token opens the room, else the refusal the socket's handshake got
+/// (400/401/403 with the JSON body). A browser cannot see the HTTP status of a refused WebSocket
+/// handshake; the web client asks here after a socket that never opened, to tell a refused token
+/// (stop, say why) from a server that is busy or gone (retry).
+async fn auth_check(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let room = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(name, _)| name == "room")
+            .map(|(_, value)| value.into_owned())
+    });
+    let Some(room) = room else {
+        return refusal(StatusCode::BAD_REQUEST, "bad_request", "the room parameter is required");
+    };
+    if let Err(e) = orb_api::naming::validate_room_id(&room) {
+        return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+    }
+    let token = match request_token(&state.auth, query.as_deref(), &headers) {
+        Ok(token) => token,
+        Err(e) => return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    match state.auth.authenticate(&room, token.as_deref()) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => auth_refusal(&e),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -183,6 +293,7 @@ impl Server {
         let state = Arc::new(AppState {
             limits: config.limits.clone(),
             auth: config.auth.clone(),
+            admission: Admission::new(config.limits.admission.clone()),
             registry: Registry::with_cluster(
                 config.limits.max_participants_per_room,
                 runtime.clone(),
@@ -213,7 +324,8 @@ impl Server {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let serve = axum::serve(listener, router(state.clone()).merge(crate::web::router(config)))
+        let app = router(state.clone()).merge(crate::web::router(config));
+        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(stop_http.clone().cancelled_owned());
         let drain_timeout = config.drain_timeout;
         let task_state = state.clone();

@@ -41,8 +41,10 @@
   let ws = null;
   let localStream = null;
   let queue = Promise.resolve();
-  // Closes after which reconnecting cannot help: a bad token, a newer tab of the same user, a full
-  // room. Anything else (a replica draining or gone, rooms briefly unavailable) is retried.
+  // Closes after which reconnecting cannot help: a bad token (older signaling; a current one
+  // refuses it before the upgrade, see refusedToken), a newer tab of the same user, a full room.
+  // Anything else (a replica draining or gone, rooms briefly unavailable, a server at its
+  // connection cap) is retried.
   const FINAL_CLOSES = new Set([4401, 4409, 4429]);
   let retryDelay = 500;
 
@@ -342,16 +344,48 @@
     }
   }
 
+  // Why signaling refused a socket that never opened. A browser cannot see the HTTP status of a
+  // refused WebSocket handshake, so the page asks /auth/check with the same token: 401/403 mean
+  // the token is refused (retrying cannot help; the answer says why), anything else (a busy or
+  // unreachable server) means retry. Resolves to the reason, or null.
+  async function refusedToken(token) {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const res = await fetch(`/auth/check?room=${encodeURIComponent(roomId)}`, { headers, cache: 'no-store' }).catch(
+      () => null,
+    );
+    if (!res || (res.status !== 401 && res.status !== 403)) return null;
+    const body = await res.json().catch(() => ({}));
+    return body.reason || `HTTP ${res.status}`;
+  }
+
+  function reconnect(token, event) {
+    // Another replica takes over: rejoin with backoff and jitter. The media of the call is peer
+    // to peer and flows meanwhile; the rejoin's peer-discovery renegotiates with everyone.
+    const delay = retryDelay * (0.5 + Math.random());
+    retryDelay = Math.min(retryDelay * 2, 10000);
+    note(`Disconnected from signaling (${event.code}); reconnecting in ${(delay / 1000).toFixed(1)} s.`);
+    setTimeout(() => {
+      if (state.left) return;
+      state.reconnects += 1;
+      connect(token);
+    }, delay);
+  }
+
   function connect(token) {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const query = token ? `?token=${encodeURIComponent(token)}` : '';
-    ws = new WebSocket(`${proto}//${location.host}/ws-simple/${encodeURIComponent(roomId)}${query}`);
-    ws.onopen = () => {
+    // The token travels in the subprotocol list, never in the URL; signaling answers with
+    // 'orb-signaling' (the token entry is never echoed).
+    const protocols = token ? ['orb-signaling', `bearer.${token}`] : ['orb-signaling'];
+    const socket = new WebSocket(`${proto}//${location.host}/ws-simple/${encodeURIComponent(roomId)}`, protocols);
+    let opened = false;
+    ws = socket;
+    socket.onopen = () => {
+      opened = true;
       state.signaling = 'open';
       send({ type: 'join', roomId, userId: state.userId, userRole: role, userName, participantType: 'human' });
       state.joined = true;
     };
-    ws.onmessage = (event) => {
+    socket.onmessage = (event) => {
       let msg;
       try {
         msg = JSON.parse(event.data);
@@ -362,23 +396,24 @@
       // One message at a time: an answer must not overtake the offer it answers.
       queue = queue.then(() => handle(msg)).catch(fail);
     };
-    ws.onclose = (event) => {
+    socket.onclose = async (event) => {
       state.signaling = 'closed';
       if (state.left) return;
       if (FINAL_CLOSES.has(event.code)) {
         note(`Disconnected from signaling (${event.code} ${event.reason || ''}).`);
         return;
       }
-      // Another replica takes over: rejoin with backoff and jitter. The media of the call is peer
-      // to peer and flows meanwhile; the rejoin's peer-discovery renegotiates with everyone.
-      const delay = retryDelay * (0.5 + Math.random());
-      retryDelay = Math.min(retryDelay * 2, 10000);
-      note(`Disconnected from signaling (${event.code}); reconnecting in ${(delay / 1000).toFixed(1)} s.`);
-      setTimeout(() => {
+      if (!opened) {
+        // Refused before the upgrade: a bad token is final, a full server is retried.
+        const reason = await refusedToken(token);
         if (state.left) return;
-        state.reconnects += 1;
-        connect(token);
-      }, delay);
+        if (reason) {
+          state.signaling = 'refused';
+          fail(`signaling refused the room token: ${reason}`);
+          return;
+        }
+      }
+      reconnect(token, event);
     };
   }
 

@@ -228,6 +228,8 @@ pub mod close_code {
     /// The outbound queue overflowed: the client did not read fast enough. Reconnect and rejoin.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// No or bad room token; the reason text says which. Do not retry with the same token.
+    /// Current signaling refuses a bad token before the upgrade (HTTP 401/403) and no longer
+    /// sends it; clients still treat it as final for older servers.
     pub const UNAUTHORIZED: u16 = 4401;
     /// Nothing was received (not even a pong) for the idle timeout, or no `join` in time.
     pub const IDLE_TIMEOUT: u16 = 4408;

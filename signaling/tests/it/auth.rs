@@ -1,21 +1,33 @@
-//! Room tokens: refused with a reason the browser can see, and the token decides who you are.
+//! Room tokens: refused before the upgrade with an HTTP status and a reason, carried in the
+//! query, an `Authorization: Bearer` header or the `Sec-WebSocket-Protocol` header, and the token
+//! decides who you are.
 
 use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
 use serde_json::json;
 
 use crate::common::*;
 
-async fn refused(s: &TestServer, room: &str, token: Option<&str>) -> (u16, String, String) {
-    let url = match token {
-        Some(t) => format!("{}?token={t}", s.url(room)),
-        None => s.url(room),
+/// Presents `token` (alternately as a subprotocol and in the query, both transports must refuse
+/// alike) and expects a refusal without an upgrade: the HTTP status and the reason.
+async fn refused(s: &TestServer, room: &str, token: Option<&str>) -> (u16, String) {
+    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let r = match token {
+        None => refused_with(&s.url(room), &[]).await,
+        Some(t)
+            if TURN
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(2) =>
+        {
+            refused_with(&s.url(room), &[("sec-websocket-protocol", &token_protocols(t))]).await
+        }
+        Some(t) => refused_with(&format!("{}?token={t}", s.url(room)), &[]).await,
     };
-    let mut c = Client::connect(&url, None).await;
-    let (code, reason, texts) = c.closed().await;
-    assert_eq!(texts.len(), 1, "{texts:?}");
-    assert_eq!(texts[0]["type"], "error");
-    assert_eq!(texts[0]["code"], "unauthorized");
-    (code, reason, texts[0]["message"].as_str().unwrap().to_owned())
+    let expected = if r.status == 403 { "forbidden" } else { "unauthorized" };
+    assert_eq!(r.body["error"], expected, "{r:?}");
+    if r.status == 401 {
+        assert!(r.headers.contains_key("www-authenticate"), "{r:?}");
+    }
+    (r.status, r.body["reason"].as_str().unwrap_or_default().to_owned())
 }
 
 #[tokio::test]
@@ -42,10 +54,12 @@ async fn missing_expired_wrong_room_and_forged_tokens_are_refused_with_a_reason(
         (Some(forged.as_str()), "signature"),
         (Some("garbage"), "malformed"),
     ] {
-        let (code, _, message) = refused(&s, "room-a", token).await;
-        assert_eq!(code, 4401);
+        let (status, message) = refused(&s, "room-a", token).await;
+        let expected = if why == "another room" { 403 } else { 401 };
+        assert_eq!(status, expected, "{why}");
         assert!(message.contains(why), "{why}: {message}");
     }
+    assert_eq!(s.metrics.connections.get(), 0, "no refused request became a socket");
     let m = s.metrics.render();
     for reason in ["missing", "expired", "wrong_room", "bad_signature", "malformed"] {
         assert!(
@@ -125,8 +139,8 @@ async fn hostile_tokens_are_refused() {
         ),
     ];
     for (token, why) in cases {
-        let (code, _, message) = refused(&s, "room-a", Some(&token)).await;
-        assert_eq!(code, 4401, "{why}");
+        let (status, message) = refused(&s, "room-a", Some(&token)).await;
+        assert_eq!(status, 401, "{why}");
         assert!(message.contains(why), "{why}: {message}");
     }
     // The right token still works, and the neighbouring room noticed nothing.
@@ -199,9 +213,8 @@ async fn the_token_not_the_join_message_decides_identity() {
 async fn a_token_for_room_a_cannot_join_room_b() {
     let s = start(&["--auth", "jwt"]).await;
     let t = token("room-a", "coach-1", Role::Coach);
-    let (code, reason, message) = refused(&s, "room-b", Some(&t)).await;
-    assert_eq!(code, 4401);
-    assert_eq!(reason, "unauthorized");
+    let (status, message) = refused(&s, "room-b", Some(&t)).await;
+    assert_eq!(status, 403);
     assert!(message.contains("another room"), "{message}");
 }
 
@@ -258,11 +271,147 @@ async fn an_earlier_orbs_token_cannot_replace_the_live_orb() {
 async fn the_longest_token_life_is_configurable() {
     let s = start(&["--auth", "jwt", "--max-token-ttl", "1h"]).await;
     let long = key().mint(&RoomClaims::new("room-t", "c", Role::Coach, 2 * 3600));
-    let (code, _, message) = refused(&s, "room-t", Some(&long)).await;
-    assert_eq!(code, 4401);
+    let (status, message) = refused(&s, "room-t", Some(&long)).await;
+    assert_eq!(status, 401);
     assert!(message.contains("longer than signaling allows"), "{message}");
     let short = key().mint(&RoomClaims::new("room-t", "c", Role::Coach, 1800));
     let mut ok = Client::connect(&format!("{}?token={short}", s.url("room-t")), None).await;
     ok.send(json!({"type": "join"})).await;
     assert_eq!(ok.recv().await["type"], "peer-discovery");
+}
+
+/// The token as a subprotocol: accepted, and the handshake answers with `orb-signaling` only,
+/// never with the token. The token decides the identity as in the query.
+#[tokio::test]
+async fn a_token_in_the_subprotocol_is_accepted_and_never_echoed() {
+    let s = start(&["--auth", "jwt"]).await;
+    let t = token("room-p", "coach-p", Role::Coach);
+    let (mut c, headers) = handshake(&s.url("room-p"), &[("sec-websocket-protocol", &token_protocols(&t))])
+        .await
+        .expect("upgraded");
+    let answered: Vec<_> = headers.get_all("sec-websocket-protocol").iter().collect();
+    assert_eq!(answered, ["orb-signaling"]);
+    assert!(!format!("{headers:?}").contains(&t), "the token is echoed: {headers:?}");
+    c.send(json!({"type": "join", "userId": "someone-else"})).await;
+    let (mut other, _) = handshake(
+        &s.url("room-p"),
+        &[(
+            "sec-websocket-protocol",
+            &token_protocols(&token("room-p", "client-p", Role::Client)),
+        )],
+    )
+    .await
+    .expect("upgraded");
+    assert_eq!(c.recv().await["type"], "peer-discovery");
+    other.send(json!({"type": "join"})).await;
+    assert_eq!(other.recv().await["peers"][0]["userId"], "coach-p");
+
+    // The same token in several places is one token.
+    let (mut same, _) = handshake(
+        &format!("{}?token={t}", s.url("room-p")),
+        &[
+            ("sec-websocket-protocol", &token_protocols(&t)),
+            ("authorization", &format!("Bearer {t}")),
+        ],
+    )
+    .await
+    .expect("upgraded");
+    same.send(json!({"type": "ping"})).await;
+    assert_eq!(same.recv().await["type"], "pong");
+}
+
+/// Two different tokens, a token subprotocol without `orb-signaling` offered beside it, or an
+/// empty bearer: a bad request (400), refused before the upgrade, whichever token is valid.
+#[tokio::test]
+async fn conflicting_or_unreadable_token_transports_are_bad_requests() {
+    let s = start(&["--auth", "jwt"]).await;
+    let good = token("room-c", "coach-c", Role::Coach);
+    let other = token("room-c", "client-c", Role::Client);
+    let url = s.url("room-c");
+    let with_query = format!("{url}?token={good}");
+    let protocols = token_protocols(&other);
+    let bearer_other = format!("Bearer {other}");
+    let bearer_good = format!("Bearer {good}");
+    let alone = format!("bearer.{good}");
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
+        (
+            &with_query,
+            vec![("sec-websocket-protocol", &protocols)],
+            "different room tokens",
+        ),
+        (
+            &with_query,
+            vec![("authorization", &bearer_other)],
+            "different room tokens",
+        ),
+        (
+            &url,
+            vec![("authorization", &bearer_good), ("sec-websocket-protocol", &protocols)],
+            "different room tokens",
+        ),
+        (
+            &url,
+            vec![("sec-websocket-protocol", &alone)],
+            "orb-signaling subprotocol",
+        ),
+        (&url, vec![("authorization", "Bearer ")], "Authorization"),
+    ];
+    for (url, headers, why) in cases {
+        let r = refused_with(url, &headers).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{why}: {r:?}"
+        );
+        assert!(r.body["reason"].as_str().unwrap().contains(why), "{why}: {r:?}");
+    }
+    assert!(
+        s.metrics
+            .render()
+            .contains("orb_signaling_auth_failures_total{reason=\"bad_request\"} 5"),
+        "{}",
+        s.metrics.render()
+    );
+    // With auth off (dev mode) no token is read, so nothing conflicts.
+    let open = start(&[]).await;
+    handshake(
+        &format!("{}?token={good}", open.url("room-c")),
+        &[("authorization", &bearer_other)],
+    )
+    .await
+    .expect("auth off: upgraded");
+}
+
+/// `GET /auth/check?room=` answers what the handshake would: the web client asks it after a
+/// socket that never opened, to tell a refused token from a busy or unreachable server.
+#[tokio::test]
+async fn the_auth_check_answers_what_the_handshake_would() {
+    let s = start(&["--auth", "jwt"]).await;
+    let t = token("room-k", "coach-k", Role::Coach);
+    let check = |path: String, bearer: Option<String>| {
+        let addr = s.addr;
+        async move {
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+            if let Some(b) = bearer {
+                req.push_str(&format!("Authorization: Bearer {b}\r\n"));
+            }
+            req.push_str("\r\n");
+            raw_http(addr, &req).await
+        }
+    };
+    let (status, _) = check("/auth/check?room=room-k".into(), Some(t.clone())).await;
+    assert_eq!(status, 204);
+    let (status, body) = check("/auth/check?room=room-k".into(), None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("no room token"), "{body}");
+    let (status, body) = check("/auth/check?room=room-x".into(), Some(t.clone())).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("another room"), "{body}");
+    let (status, _) = check("/auth/check?room=bad%20room".into(), Some(t)).await;
+    assert_eq!(status, 400);
+
+    // Dev mode: no tokens, everything passes.
+    let open = start(&[]).await;
+    assert_eq!(open.http_get("/auth/check?room=any").await.0, 204);
 }

@@ -223,6 +223,59 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
+/// A handshake the server answered with something else than an upgrade.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    /// The JSON body (`{"error", "reason"}`), or `Null` when it is not JSON.
+    pub body: Value,
+    pub headers: tungstenite::http::HeaderMap,
+}
+
+/// The `Sec-WebSocket-Protocol` value carrying `token` as this server expects it.
+pub fn token_protocols(token: &str) -> String {
+    format!("orb-signaling, bearer.{token}")
+}
+
+/// Opens a WebSocket to `url` with extra request headers. `Ok` with the handshake response's
+/// headers when the server upgraded, `Err` with its answer when it refused.
+pub async fn handshake(url: &str, headers: &[(&str, &str)]) -> Result<(Client, tungstenite::http::HeaderMap), Refused> {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake timed out")
+    {
+        Ok((ws, response)) => Ok((Client { ws }, response.headers().clone())),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Err(Refused {
+                status: response.status().as_u16(),
+                body,
+                headers: response.headers().clone(),
+            })
+        }
+        Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
+    }
+}
+
+/// [`handshake`] that must be refused.
+pub async fn refused_with(url: &str, headers: &[(&str, &str)]) -> Refused {
+    match handshake(url, headers).await {
+        Ok(_) => panic!("{url} was upgraded; expected a refusal"),
+        Err(refused) => refused,
+    }
+}
+
 impl Client {
     pub async fn connect(url: &str, bearer: Option<&str>) -> Client {
         let mut request = url.into_client_request().unwrap();
@@ -323,6 +376,26 @@ impl Client {
 /// `GET path`: the probe endpoints and handshake refusals.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     orb_telemetry::probe::get(addr, path, WAIT).await.unwrap()
+}
+
+/// Sends `request` as it is over a fresh TCP connection and reads the answer to the end: the
+/// status and the body.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Waits until `cond` holds, polling; for effects that have no message to wait on.

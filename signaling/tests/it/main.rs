@@ -1,6 +1,8 @@
 //! Integration tests: the real server over real WebSocket connections on loopback.
 
 mod auth;
+mod binary;
+mod caps;
 mod cluster;
 mod common;
 mod conformance;

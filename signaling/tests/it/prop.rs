@@ -301,3 +301,190 @@ proptest! {
         prop_assert_eq!(h.registry.room_count(), 0);
     }
 }
+
+// ---- the token transport: query, Authorization and Sec-WebSocket-Protocol in any combination ----
+
+/// Token-shaped values (a JWT's alphabet), the empty string among them.
+fn token_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec!["", "t1", "t2", "a.b.c"]).prop_map(str::to_owned),
+        "[A-Za-z0-9._-]{0,12}",
+    ]
+}
+
+/// One `Sec-WebSocket-Protocol` entry: ours, a token, or someone else's.
+#[derive(Clone, Debug)]
+enum Protocol {
+    Ours,
+    Token(String),
+    Other(String),
+}
+
+fn protocol() -> impl Strategy<Value = Protocol> {
+    prop_oneof![
+        Just(Protocol::Ours),
+        token_value().prop_map(Protocol::Token),
+        "[a-z][a-z0-9-]{0,8}"
+            .prop_filter("not ours", |p| p != "orb-signaling")
+            .prop_map(Protocol::Other),
+    ]
+}
+
+/// Where a request carries tokens, and what else it carries around them.
+#[derive(Clone, Debug)]
+struct Transport {
+    query_tokens: Vec<String>,
+    /// Other query parameters; their names never decode to `token`.
+    query_other: Vec<String>,
+    /// `(scheme, credentials)` of each Authorization header.
+    authorization: Vec<(String, String)>,
+    /// Sec-WebSocket-Protocol header lines, each a list of entries.
+    protocols: Vec<Vec<Protocol>>,
+}
+
+fn transport() -> impl Strategy<Value = Transport> {
+    (
+        prop::collection::vec(token_value(), 0..3),
+        prop::collection::vec("[a-su-z]{1,5}=[A-Za-z0-9._~!$'()*,;:@/?-]{0,10}", 0..3),
+        prop::collection::vec(
+            (
+                prop::sample::select(vec!["Bearer", "bearer", "BEARER", "Basic", "Token"]).prop_map(str::to_owned),
+                token_value(),
+            ),
+            0..3,
+        ),
+        prop::collection::vec(prop::collection::vec(protocol(), 1..4), 0..3),
+    )
+        .prop_map(|(query_tokens, query_other, authorization, protocols)| Transport {
+            query_tokens,
+            query_other,
+            authorization,
+            protocols,
+        })
+}
+
+impl Transport {
+    fn query(&self) -> Option<String> {
+        let params: Vec<String> = self
+            .query_tokens
+            .iter()
+            .map(|t| format!("token={t}"))
+            .chain(self.query_other.iter().cloned())
+            .collect();
+        (!params.is_empty()).then(|| params.join("&"))
+    }
+
+    fn headers(&self) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for (scheme, credentials) in &self.authorization {
+            h.append(
+                axum::http::header::AUTHORIZATION,
+                format!("{scheme} {credentials}").parse().unwrap(),
+            );
+        }
+        for line in &self.protocols {
+            let entries: Vec<String> = line
+                .iter()
+                .map(|p| match p {
+                    Protocol::Ours => "orb-signaling".to_owned(),
+                    Protocol::Token(t) => format!("bearer.{t}"),
+                    Protocol::Other(o) => o.clone(),
+                })
+                .collect();
+            h.append(
+                axum::http::header::SEC_WEBSOCKET_PROTOCOL,
+                entries.join(", ").parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Every non-empty token the request presents.
+    fn presented(&self) -> HashSet<String> {
+        let bearer = self
+            .authorization
+            .iter()
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.clone());
+        let in_protocols = self.protocols.iter().flatten().filter_map(|p| match p {
+            Protocol::Token(t) => Some(t.clone()),
+            _ => None,
+        });
+        self.query_tokens
+            .iter()
+            .cloned()
+            .chain(bearer)
+            .chain(in_protocols)
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// A bearer header or entry without a token.
+    fn empty_bearer(&self) -> bool {
+        self.authorization
+            .iter()
+            .any(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && t.is_empty())
+            || self
+                .protocols
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, Protocol::Token(t) if t.is_empty()))
+    }
+
+    /// A token entry among the subprotocols without `orb-signaling` offered.
+    fn token_protocol_alone(&self) -> bool {
+        let all: Vec<&Protocol> = self.protocols.iter().flatten().collect();
+        all.iter().any(|p| matches!(p, Protocol::Token(_))) && !all.iter().any(|p| matches!(p, Protocol::Ours))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Any combination of query, Authorization and subprotocol values yields exactly the one token
+    /// presented (however often), no token when none was, or a refusal that names a real problem:
+    /// two different tokens, a bearer without a token, a token subprotocol without ours.
+    #[test]
+    fn the_token_transport_yields_the_one_token_or_a_clear_refusal(t in transport()) {
+        use orb_signaling::auth::{TransportError, request_token};
+        let presented = t.presented();
+        let result = request_token(t.query().as_deref(), &t.headers());
+        match result {
+            Ok(Some(token)) => {
+                prop_assert_eq!(presented.len(), 1, "{:?}", t);
+                prop_assert!(presented.contains(&token));
+                prop_assert!(!t.empty_bearer() && !t.token_protocol_alone(), "{:?}", t);
+            }
+            Ok(None) => {
+                prop_assert!(presented.is_empty(), "{:?}", t);
+                prop_assert!(!t.empty_bearer() && !t.token_protocol_alone(), "{:?}", t);
+            }
+            Err(TransportError::Conflict) => prop_assert!(presented.len() > 1, "{:?}", t),
+            Err(TransportError::BadHeader(..)) => prop_assert!(t.empty_bearer(), "{:?}", t),
+            Err(TransportError::NoSubprotocol) => prop_assert!(t.token_protocol_alone(), "{:?}", t),
+        }
+    }
+
+    /// Arbitrary header bytes and query text never panic, and a token found is never empty.
+    #[test]
+    fn the_token_transport_survives_arbitrary_input(
+        query in prop::option::of("\\PC{0,40}"),
+        authorization in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+        protocols in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+    ) {
+        let mut h = axum::http::HeaderMap::new();
+        for bytes in authorization {
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(&bytes) {
+                h.append(axum::http::header::AUTHORIZATION, v);
+            }
+        }
+        for bytes in protocols {
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(&bytes) {
+                h.append(axum::http::header::SEC_WEBSOCKET_PROTOCOL, v);
+            }
+        }
+        if let Ok(Some(token)) = orb_signaling::auth::request_token(query.as_deref(), &h) {
+            prop_assert!(!token.is_empty());
+        }
+    }
+}
