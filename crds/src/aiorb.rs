@@ -91,8 +91,8 @@ pub struct AiOrbSpec {
     #[schemars(range(min = 0, max = 86400))]
     pub empty_room_grace_seconds: Option<i64>,
     /// When the booked session starts (RFC 3339). The orb is admitted and started the operator's
-    /// `--prewarm-lead` (2 min) before, so it is in the room when the first person arrives; until
-    /// then it waits (`Queued`, no queue position). If nobody comes, the empty-room rule ends it,
+    /// `--prewarm-lead` (2 min) before, so it is in the room when the first person arrives (or
+    /// when someone arrives earlier); until then it waits (`Queued`, no queue position). If nobody comes, the empty-room rule ends it,
     /// counted from this time, not from its start. Unset: admitted at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at: Option<Time>,

@@ -214,9 +214,11 @@ fn by_uid(orbs: &[AiOrb]) -> BTreeMap<&str, &AiOrb> {
         .collect()
 }
 
-/// When a booked orb not yet admitted becomes due, if later than `now`.
+/// When a booked orb not yet admitted becomes due, if later than `now`. Someone already in its
+/// room (early for the booking) makes it due at once.
 fn due_later(orb: &AiOrb, prewarm_lead: Duration, now: Timestamp) -> Option<Timestamp> {
-    if orb.status.as_ref().is_some_and(|s| s.admitted_at.is_some()) {
+    let status = orb.status.as_ref();
+    if status.is_some_and(|s| s.admitted_at.is_some() || s.participants.is_some_and(|p| p > 0)) {
         return None;
     }
     policy::admission_due(orb.spec.start_at.as_ref().map(|t| t.0), prewarm_lead).filter(|due| *due > now)

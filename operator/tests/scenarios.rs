@@ -1390,6 +1390,22 @@ async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_befo
             .unwrap()
     );
 
+    // Someone is already in the room, early for the booking: due at once.
+    let mut early = booked("booked-1", "uid-b", 600);
+    early["status"]["participants"] = json!(1);
+    let (result, _) = admission_pass(
+        8,
+        vec![
+            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
+            expect("GET", UNFINISHED, list(vec![early])),
+            expect("POST", format!("{LEDGER}?"), None),
+            status_write("booked-1"),
+            event(),
+        ],
+    )
+    .await;
+    assert_eq!(result.expect("admission pass").admitted, ["booked-1"]);
+
     // Within the lead: admitted now, ahead of a walk-in created later.
     let walk_in = orb("walk-in", "uid-w", 60, json!({"phase": "Queued"}));
     let (result, seen) = admission_pass(
