@@ -640,7 +640,7 @@ async fn name_conflict(
 }
 
 /// Deletes a pod with the orb's grace period; a pod already gone is fine.
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
+pub(crate) async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
     let params = DeleteParams {
         grace_period_seconds: Some(TERMINATION_GRACE_SECONDS as u32),
         ..Default::default()

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
 use orb_api::assignment::{ASSIGN_PATH, assign_credential};
@@ -29,10 +29,11 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{LEDGER_NAME, Wake, parse_ledger};
 use crate::config::{PodSettings, PoolSettings};
+use crate::controller::{Result, delete_pod};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::pod::{
-    LABEL_ATTEMPT, LABEL_ORB, LABEL_POOL, ORB_HTTP_PORT, POOL_BOUND, TERMINATION_GRACE_SECONDS, active_deadline,
-    build_assign_secret, build_warm_pod,
+    LABEL_ATTEMPT, LABEL_ORB, LABEL_POOL, ORB_HTTP_PORT, POOL_BOUND, active_deadline, build_assign_secret,
+    build_warm_pod,
 };
 use crate::policy::{self, WarmOrb};
 
@@ -154,7 +155,7 @@ impl PoolKeeper {
 
     /// One pass: read how many orbs the cap holds and the unbound warm pods, stop the ones the
     /// plan drops, start the ones it lacks.
-    pub async fn pass(&self) -> Result<policy::PoolPlan, kube::Error> {
+    pub async fn pass(&self) -> Result<policy::PoolPlan> {
         let now = (self.now)();
         let serving = self
             .ledger
@@ -167,7 +168,7 @@ impl PoolKeeper {
         let plan = policy::plan_pool(&views, target, now);
         for name in &plan.stop {
             info!(pod = %name, "stopping a warm orb (failed, not ready in time, or above the pool's target)");
-            delete(&self.pods, name).await?;
+            delete_pod(&self.pods, name).await?;
         }
         for _ in 0..plan.start {
             self.start_warm().await?;
@@ -191,7 +192,7 @@ impl PoolKeeper {
 
     /// Creates one warm pod, then its credential Secret, owned by the pod (the kubelet starts the
     /// container once the Secret exists).
-    async fn start_warm(&self) -> Result<(), kube::Error> {
+    async fn start_warm(&self) -> Result<()> {
         let name = (self.name)();
         let pod = build_warm_pod(&name, &self.settings.namespace, &self.pod);
         let params = PostParams {
@@ -206,18 +207,6 @@ impl PoolKeeper {
     }
 }
 
-async fn delete(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
-    let params = DeleteParams {
-        grace_period_seconds: Some(TERMINATION_GRACE_SECONDS as u32),
-        ..Default::default()
-    };
-    match pods.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// What binding an orb to the pool came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Bound {
@@ -228,7 +217,7 @@ pub enum Bound {
 }
 
 /// Binds attempt `attempt` of `orb` to a ready warm pod with `assignment` (its token included).
-/// Metrics and events tell the outcome; only API errors on the list are errors.
+/// Metrics and events tell the outcome; only API errors (other than a lost claim) are errors.
 pub async fn bind(
     orb: &AiOrb,
     attempt: i32,
@@ -236,7 +225,7 @@ pub async fn bind(
     lifetime_left: Duration,
     ctx: &crate::controller::Context,
     now: Timestamp,
-) -> Result<Bound, kube::Error> {
+) -> Result<Bound> {
     let ns = orb.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let result = |r: &'static str| ctx.metrics.assignments.get_or_create(&ResultLabels { result: r }).inc();
@@ -286,7 +275,7 @@ pub async fn bind(
             result("failed");
             return Ok(Bound::Cold);
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     let body = serde_json::to_string(assignment).expect("an assignment serialises");
     let credential = assign_credential(&ctx.signing_key, &name);
@@ -311,7 +300,7 @@ pub async fn bind(
             let note = format!("warm pod {name} refused its assignment ({why}); starting a new pod");
             crate::controller::publish_event(&ctx.recorder, orb, EventType::Warning, "AssignmentFailed", note, "Bind")
                 .await;
-            delete(&pods, &name).await?;
+            delete_pod(&pods, &name).await?;
             Ok(Bound::Cold)
         }
     }

@@ -51,17 +51,7 @@ impl State {
             self.settings.limits.max_concurrent_orbs,
             serving,
         );
-        let views: Vec<WarmOrb> = self
-            .pool
-            .iter()
-            .map(|(name, w)| WarmOrb {
-                name: name.clone(),
-                started: w.started,
-                ready: w.proc.ready,
-                failed: w.proc.exit.is_some(),
-                stopping: w.proc.stopping,
-            })
-            .collect();
+        let views = self.warm_views();
         let plan = policy::plan_pool(&views, target, now);
         for name in plan.stop {
             let Some(w) = self.pool.get_mut(&name) else { continue };
@@ -76,6 +66,20 @@ impl State {
         }
         let ready = self.pool.values().filter(|w| w.proc.ready).count();
         self.stats.warm_ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The pool as the pool functions see it.
+    fn warm_views(&self) -> Vec<WarmOrb> {
+        self.pool
+            .iter()
+            .map(|(name, w)| WarmOrb {
+                name: name.clone(),
+                started: w.started,
+                ready: w.proc.ready,
+                failed: w.proc.exit.is_some(),
+                stopping: w.proc.stopping,
+            })
+            .collect()
     }
 
     fn start_warm(&mut self, now: Timestamp) {
@@ -115,26 +119,13 @@ impl State {
         if orb.cold_only || orb.spec.test_mode != self.settings.test_mode {
             return false;
         }
-        let views: Vec<WarmOrb> = self
-            .pool
-            .iter()
-            .map(|(name, w)| WarmOrb {
-                name: name.clone(),
-                started: w.started,
-                ready: w.proc.ready,
-                failed: w.proc.exit.is_some(),
-                stopping: w.proc.stopping,
-            })
-            .collect();
+        let views = self.warm_views();
         let Some(name) = policy::pick_warm(&views).map(|w| w.name.clone()) else {
             return false;
         };
         let mut warm = self.pool.remove(&name).expect("picked from the pool");
         let mut assignment = policy::launch(&orb.spec, limits, clock, now, &signaling).assignment;
-        if let Some(key) = &self.settings.signing_key {
-            let claims = policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now);
-            assignment.token = Some(key.mint(&claims));
-        }
+        assignment.token = self.orb_token(orb, clock, limits, now);
         let room = orb.spec.room_id.clone();
         warm.proc.attempt = attempt;
         // Its warm readiness is not the join: ready again once the assignment says it joined.

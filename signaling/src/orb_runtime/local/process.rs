@@ -46,13 +46,25 @@ impl State {
         let room = orb.spec.room_id.clone();
         // The operator's launch of the orb, as a process instead of a pod.
         let args = policy::launch(&orb.spec, limits, clock, now, &signaling).args;
-        let mut env = Vec::new();
-        if let Some(key) = &self.settings.signing_key {
-            let claims = policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now);
-            env.push(("ORB_SIGNALING_TOKEN", key.mint(&claims)));
-        }
+        let env = self
+            .orb_token(orb, clock, limits, now)
+            .map(|token| ("ORB_SIGNALING_TOKEN", token))
+            .into_iter()
+            .collect();
         let proc = self.start_process(&room, uid, attempt, args, env);
         self.orbs.get_mut(uid).expect("present").proc = Some(proc);
+    }
+
+    /// The orb's room token, when signaling checks tokens: the operator's claims, minted here.
+    pub(super) fn orb_token(
+        &self,
+        orb: &Orb,
+        clock: &OrbClock,
+        limits: &policy::OrbLimits,
+        now: Timestamp,
+    ) -> Option<String> {
+        let key = self.settings.signing_key.as_ref()?;
+        Some(key.mint(&policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now)))
     }
 
     /// Starts one orb process. `log_name` names its log (`orb-<log_name>.log`) and termination
