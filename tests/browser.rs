@@ -563,6 +563,7 @@ async fn stand_in(port: u16, room: &str) -> StandIn {
         session: None,
         iat: orb_api::auth::unix_now(),
         aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+        orb: None,
     });
     let url = format!("ws://127.0.0.1:{port}/ws-simple/{room}?token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("stand-in connects");

@@ -45,6 +45,11 @@ pub struct RoomClaims {
     /// it the room is the session. An orb's lifetime is a budget of its session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// An orb's token only: the uid of the AiOrb it was minted for. Signaling lets it in only
+    /// while that AiOrb is the room's live one, so a token of an earlier orb of the room can
+    /// neither replace nor impersonate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orb: Option<String>,
 }
 
 /// The `aud` of every room token.
@@ -67,6 +72,7 @@ impl RoomClaims {
             iat: now,
             aud: ROOM_TOKEN_AUDIENCE.to_owned(),
             session: None,
+            orb: None,
         }
     }
 }
@@ -245,6 +251,7 @@ mod tests {
             session: None,
             iat: crate::auth::unix_now(),
             aud: crate::auth::ROOM_TOKEN_AUDIENCE.into(),
+            orb: None,
         }
     }
 

@@ -73,6 +73,7 @@ proptest! {
             iat: iat_at(iat, iat_offset, now),
             session: None,
             aud: if right_audience { ROOM_TOKEN_AUDIENCE.into() } else { "another-service".into() },
+            orb: None,
         };
         let token = key(if same_key { 1 } else { 2 }).mint(&claims);
         let room = if same_room { "room-a" } else { "room-b" };
@@ -112,6 +113,7 @@ proptest! {
             iat: now,
             session: Some("booking-7".into()),
             aud: ROOM_TOKEN_AUDIENCE.into(),
+            orb: None,
         };
         let token = key(1).mint(&claims);
         let i = at.index(token.len());

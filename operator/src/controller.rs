@@ -472,7 +472,14 @@ async fn start_pod(
     // Warm pods run the configured brain: test-mode orbs (the test brain) start cold.
     if pooled && !orb.spec.test_mode {
         let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
-        let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), clock, limits, now);
+        let claims = policy::orb_token_claims(
+            &orb.spec,
+            &orb.name_any(),
+            &orb.uid().unwrap_or_default(),
+            clock,
+            limits,
+            now,
+        );
         let mut assignment = launch.assignment;
         assignment.token = Some(ctx.signing_key.mint(&claims));
         if let Bound::Pod(name) = crate::pool::bind(orb, attempt, &assignment, launch.lifetime_left, ctx, now).await? {
@@ -545,7 +552,14 @@ async fn create_pod(
 ) -> Result<Option<NameConflict>> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
     let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
-    let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), clock, limits, now);
+    let claims = policy::orb_token_claims(
+        &orb.spec,
+        &orb.name_any(),
+        &orb.uid().unwrap_or_default(),
+        clock,
+        limits,
+        now,
+    );
     let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
     if let Some(conflict) = write_token_secret(orb, ctx, &ns, &secret).await? {
         return Ok(Some(conflict));

@@ -419,6 +419,7 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
         )
         .expect("a valid room token");
     assert_eq!(claims.role, orb_api::auth::Role::Ai);
+    assert_eq!(claims.orb.as_deref(), Some("uid-1"), "the token names its AiOrb");
     let pod = &seen[2].body;
     assert_eq!(pod["metadata"]["name"], "orb-room-1-0");
     assert_eq!(
@@ -1041,6 +1042,7 @@ async fn an_admitted_orb_is_bound_to_the_oldest_ready_warm_pod_instead_of_a_new_
         )
         .expect("a valid room token");
     assert_eq!(claims.role, orb_api::auth::Role::Ai);
+    assert_eq!(claims.orb.as_deref(), Some("uid-1"), "the token names its AiOrb");
     assert_eq!(seen[3].body["reason"], "WarmPodBound");
     let status = status_of(&seen[4]);
     assert_eq!(status["podName"], "orb-warm-old");

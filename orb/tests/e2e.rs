@@ -247,6 +247,7 @@ async fn the_orb_joins_with_its_room_token_and_a_refused_token_is_final() {
         session: None,
         iat: orb_api::auth::unix_now(),
         aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+        orb: None,
     };
     let token = SigningKey::new(key.into_bytes()).unwrap().mint(&claims);
 

@@ -181,3 +181,52 @@ async fn a_failed_assignment_falls_back_to_a_cold_start() {
     assert!(room_log.contains("--room=fallback-room"), "started cold: {room_log}");
     dev_mode::stop(server, runtime).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_on_the_orb_gets_in_by_its_aiorbs_token_and_an_earlier_orbs_token_does_not() {
+    use futures::{SinkExt, StreamExt};
+    use orb_api::auth::{Role, RoomClaims, SigningKey};
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let key = SigningKey::new(KEY.as_bytes().to_vec()).unwrap();
+    let logs = std::env::temp_dir().join(format!("orb-warm-tokens-{}", std::process::id()));
+    let (server, runtime) = dev_mode::start_with_key(1, &logs, orb_binary(), &[], Some(KEY)).await;
+    until("a ready warm orb", async || {
+        runtime.stats().warm_ready.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let url = format!("ws://{}/ws-simple/token-room", server.local_addr());
+
+    // The coach's arrival binds the warm orb, whose token (from its assignment) names its orb.
+    let coach = key.mint(&RoomClaims::new("token-room", "coach-1", Role::Coach, 600));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={coach}"))
+        .await
+        .unwrap();
+    let join = serde_json::json!({"type": "join", "roomId": "token-room", "userRole": "coach"});
+    ws.send(Message::text(join.to_string())).await.unwrap();
+    let ai_joined = async {
+        while let Some(Ok(Message::Text(text))) = ws.next().await {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "user-joined" && v["participantType"] == "ai" {
+                return v;
+            }
+        }
+        panic!("the socket closed before the AI joined");
+    };
+    let joined = tokio::time::timeout(WAIT, ai_joined)
+        .await
+        .expect("the warm orb joined with its token");
+    assert_eq!(joined["userId"], "ai-orb-token-room");
+
+    // An orb token naming another AiOrb of the room (an earlier one's, leaked): refused.
+    let mut stale = RoomClaims::new("token-room", "ai-orb-token-room", Role::Ai, 600);
+    stale.orb = Some("an-earlier-orb".into());
+    let err = tokio_tungstenite::connect_async(format!("{url}?token={}", key.mint(&stale)))
+        .await
+        .expect_err("refused before the upgrade");
+    let WsError::Http(response) = err else {
+        panic!("not an HTTP refusal: {err}")
+    };
+    assert_eq!(response.status().as_u16(), 403);
+    dev_mode::stop(server, runtime).await;
+}

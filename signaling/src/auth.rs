@@ -42,6 +42,7 @@ impl Authenticator {
             user_name: None,
             session_id: claims.session,
             issued_at: Some(claims.iat),
+            orb_uid: claims.orb,
         }))
     }
 }
@@ -149,10 +150,11 @@ pub fn refusal_status(e: &AuthError) -> http::StatusCode {
 }
 
 /// Every value of `auth_failures_total{reason}`: what [`failure_label`] returns and
-/// [`BAD_REQUEST_LABEL`].
-pub const FAILURE_LABELS: [&str; 8] = [
+/// [`BAD_REQUEST_LABEL`] and [`STALE_ORB_LABEL`].
+pub const FAILURE_LABELS: [&str; 9] = [
     "missing",
     "bad_request",
+    "stale_orb",
     "expired",
     "wrong_room",
     "bad_signature",
@@ -163,6 +165,9 @@ pub const FAILURE_LABELS: [&str; 8] = [
 
 /// Metric label of a request whose token could not be read ([`TransportError`]).
 pub const BAD_REQUEST_LABEL: &str = "bad_request";
+
+/// Metric label of an orb token whose AiOrb is not the room's live orb (or cannot be checked).
+pub const STALE_ORB_LABEL: &str = "stale_orb";
 
 /// Metric label of an auth failure.
 pub fn failure_label(e: &AuthError) -> &'static str {
@@ -193,6 +198,7 @@ mod tests {
             session: None,
             iat: orb_api::auth::unix_now(),
             aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+            orb: None,
         });
         let jwt = |key: SigningKey| Authenticator::Jwt {
             key,

@@ -478,6 +478,7 @@ fn claimed_identity(
         user_name,
         session_id: None,
         issued_at: None,
+        orb_uid: None,
     })
 }
 

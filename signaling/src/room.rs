@@ -41,6 +41,8 @@ pub struct Identity {
     /// When the room token was issued (`iat`); `None` without tokens. Of two orbs of a room the
     /// one with the newer token is the live one.
     pub issued_at: Option<u64>,
+    /// An orb's token: the AiOrb uid it was minted for (checked before the upgrade only).
+    pub orb_uid: Option<String>,
 }
 
 impl Identity {
@@ -466,6 +468,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Where the rooms' orbs come from.
+    pub fn runtime(&self) -> &Arc<dyn OrbRuntime> {
+        &self.runtime
+    }
+
     pub fn new(max_participants: usize, runtime: Arc<dyn OrbRuntime>, metrics: Arc<Metrics>) -> Self {
         Self::with_cluster(max_participants, runtime, metrics, None)
     }
@@ -1107,6 +1114,7 @@ mod tests {
             user_name: None,
             session_id: None,
             issued_at: None,
+            orb_uid: None,
         }
     }
 
@@ -1118,6 +1126,7 @@ mod tests {
             user_name: None,
             session_id: None,
             issued_at: None,
+            orb_uid: None,
         }
     }
 

@@ -29,8 +29,8 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Limits};
 use crate::conn;
 use crate::metrics::Metrics;
-use crate::orb_runtime::{OrbEvent, OrbRuntime};
-use crate::room::Registry;
+use crate::orb_runtime::{OrbCheck, OrbEvent, OrbRuntime};
+use crate::room::{Identity, Registry};
 use crate::summary::{Summaries, SummaryStore};
 
 /// Read chunk and write buffer size per socket: signaling frames are small, larger ones still
@@ -171,6 +171,9 @@ async fn ws_upgrade(
             return auth_refusal(&e);
         }
     };
+    if let Some(refused) = check_orb_token(&state, &room_id, token_identity.as_ref()).await {
+        return refused;
+    }
     let client = state.admission.client_address(peer, &headers);
     let admitted = match state.admission.admit(client, &room_id) {
         Ok(admitted) => admitted,
@@ -199,6 +202,31 @@ async fn ws_upgrade(
         .on_failed_upgrade(|e| debug!(error = %e, "WebSocket upgrade failed"))
         // A failed upgrade drops this closure, and with it the admitted slots.
         .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, room_id, token_identity, admitted)))
+}
+
+/// An orb's token names its AiOrb: only the room's live orb gets in (403 for an earlier orb's
+/// token, 503 while the runtime cannot tell). Tokens without the claim (none are minted so any
+/// more) are left to the other rules.
+async fn check_orb_token(state: &AppState, room_id: &str, identity: Option<&Identity>) -> Option<Response> {
+    let uid = identity.filter(|id| id.is_ai())?.orb_uid.as_deref()?;
+    let refused = |status, error, reason: &str| {
+        state.metrics.auth_failure(auth::STALE_ORB_LABEL);
+        warn!(room = %room_id, orb = %uid, "{reason}");
+        Some(refusal(status, error, reason))
+    };
+    match state.registry.runtime().check_orb(room_id, uid).await {
+        OrbCheck::Live | OrbCheck::Unknown => None,
+        OrbCheck::Stale => refused(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the orb token is not of the room's live orb",
+        ),
+        OrbCheck::Unavailable => refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the room's orb cannot be checked now",
+        ),
+    }
 }
 
 /// `GET /auth/check?room=…` with the token as for the socket (in a browser: `Authorization:

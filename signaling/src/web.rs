@@ -124,6 +124,7 @@ async fn dev_token(State(state): State<WebState>, Query(q): Query<TokenQuery>) -
             session: None,
             iat: orb_api::auth::unix_now(),
             aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+            orb: None,
         })
     });
     axum::Json(serde_json::json!({ "userId": q.user, "token": token })).into_response()

@@ -44,11 +44,12 @@ pub fn lifetime_left(clock: &OrbClock, limits: &OrbLimits, now: Timestamp) -> Du
         .max(Duration::from_secs(1))
 }
 
-/// The room token of an orb: its room only, role `ai`, valid for what is left of its lifetime plus
-/// the grace period to say goodbye.
+/// The room token of an orb: its room only, role `ai`, naming its AiOrb (`orb_uid`), valid for
+/// what is left of its lifetime plus the grace period to say goodbye.
 pub fn orb_token_claims(
     spec: &AiOrbSpec,
     orb_name: &str,
+    orb_uid: &str,
     clock: &OrbClock,
     limits: &OrbLimits,
     now: Timestamp,
@@ -62,6 +63,7 @@ pub fn orb_token_claims(
         session: spec.session_id.clone(),
         iat: now.as_second().max(0) as u64,
         aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+        orb: Some(orb_uid.to_owned()),
     }
 }
 

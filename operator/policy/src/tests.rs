@@ -866,12 +866,13 @@ fn a_recreated_orb_of_the_session_inherits_the_budget() {
         "no fresh two hours"
     );
     assert_eq!(lifetime_left(&reloaded, &l, t(7260)), Duration::from_secs(1));
-    let claims = orb_token_claims(&spec_in("r", Some("s")), "r", &reloaded, &l, t(7260));
+    let claims = orb_token_claims(&spec_in("r", Some("s")), "r", "uid-r", &reloaded, &l, t(7260));
     assert_eq!(
         claims.exp,
         (t(7200).as_second() + TERMINATION_GRACE_SECONDS + 60) as u64
     );
     assert_eq!(claims.session.as_deref(), Some("s"));
+    assert_eq!(claims.orb.as_deref(), Some("uid-r"), "the token names its AiOrb");
 
     // Half-way through, a reload gets the other half.
     let halfway = OrbClock {

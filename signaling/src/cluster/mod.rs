@@ -86,6 +86,7 @@ impl MemberRecord {
             user_name: self.user_name.clone(),
             session_id: self.session_id.clone(),
             issued_at: self.issued_at,
+            orb_uid: None,
         }
     }
 }

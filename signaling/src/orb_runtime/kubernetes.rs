@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{OrbEvents, OrbRequest, OrbRuntime, Presence};
+use super::{OrbCheck, OrbEvents, OrbRequest, OrbRuntime, Presence};
 use crate::metrics::{Metrics, OrbRequestResult};
 use crate::protocol::AiStatus;
 
@@ -68,6 +68,7 @@ enum Command {
 
 pub struct KubernetesRuntime {
     tx: mpsc::UnboundedSender<Command>,
+    api: Api<AiOrb>,
 }
 
 impl KubernetesRuntime {
@@ -78,7 +79,7 @@ impl KubernetesRuntime {
         tokio::spawn(watch_phases(api.clone(), watched.clone(), events.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let actor = Actor {
-            api,
+            api: api.clone(),
             settings,
             events,
             metrics,
@@ -91,7 +92,7 @@ impl KubernetesRuntime {
             settled: HashMap::new(),
         };
         tokio::spawn(actor.run(rx));
-        Self { tx }
+        Self { tx, api }
     }
 }
 
@@ -102,6 +103,28 @@ impl OrbRuntime for KubernetesRuntime {
 
     fn report_presence(&self, room_id: &str, presence: Presence) {
         let _ = self.tx.send(Command::Presence(room_id.to_owned(), presence));
+    }
+
+    /// Reads the room's AiOrb from the API (the one truth every replica shares): the token's uid
+    /// must be it, and it must not have ended or be going.
+    fn check_orb(&self, room_id: &str, orb_uid: &str) -> BoxFuture<'static, OrbCheck> {
+        let (api, name, uid) = (self.api.clone(), orb_name_for_room(room_id), orb_uid.to_owned());
+        Box::pin(async move {
+            match api.get_opt(&name).await {
+                Ok(Some(orb))
+                    if orb.metadata.uid.as_deref() == Some(uid.as_str())
+                        && !orb.is_finished()
+                        && orb.metadata.deletion_timestamp.is_none() =>
+                {
+                    OrbCheck::Live
+                }
+                Ok(_) => OrbCheck::Stale,
+                Err(e) => {
+                    warn!(orb = %name, error = %e, "cannot read the room's AiOrb to check an orb token");
+                    OrbCheck::Unavailable
+                }
+            }
+        })
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {

@@ -46,10 +46,30 @@ pub trait OrbRuntime: Send + Sync + 'static {
     /// presence debounce their writes.
     fn report_presence(&self, room_id: &str, presence: Presence);
 
+    /// Whether `orb_uid` (from an orb's room token) is the room's live orb. Asked before an orb's
+    /// socket is upgraded, so a token of an earlier orb of the room can neither replace nor
+    /// impersonate the live one. Runtimes without orbs of their own cannot tell.
+    fn check_orb(&self, _room_id: &str, _orb_uid: &str) -> BoxFuture<'static, OrbCheck> {
+        Box::pin(async { OrbCheck::Unknown })
+    }
+
     /// Flushes pending work before the process exits.
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }
+}
+
+/// What a runtime knows of an orb token's AiOrb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrbCheck {
+    /// The room's live orb: let it in.
+    Live,
+    /// Not the room's live orb (an earlier one, or none): refuse it (403, final for the orb).
+    Stale,
+    /// The runtime cannot look now (its API is unreachable): refuse for now (503, retried).
+    Unavailable,
+    /// The runtime keeps no orbs (`none`, tests): the token's other rules decide.
+    Unknown,
 }
 
 /// A status change of a room's orb, as a runtime saw it.

@@ -41,6 +41,7 @@ async fn missing_expired_wrong_room_and_forged_tokens_are_refused_with_a_reason(
         session: None,
         iat: orb_api::auth::unix_now(),
         aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+        orb: None,
     };
     let expired = key().mint(&claims("room-a", unix_now() - 3600));
     let wrong_room = key().mint(&claims("room-b", unix_now() + 600));

@@ -109,6 +109,7 @@ async fn no_token_ever_reaches_the_log() {
             session: None,
             iat: unix_now(),
             aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+            orb: None,
         })
     };
     let by_protocol = mint("room-l", "p", unix_now() + 600);

@@ -37,6 +37,7 @@ pub fn token(room: &str, sub: &str, role: Role) -> String {
         session: None,
         iat: orb_api::auth::unix_now(),
         aud: orb_api::auth::ROOM_TOKEN_AUDIENCE.into(),
+        orb: None,
     })
 }
 

@@ -25,6 +25,10 @@ fn settings(debounce: Duration) -> KubernetesSettings {
 
 /// A server whose orbs come from the Kubernetes runtime on the fake API.
 async fn server_on_fake_api() -> (TestServer, FakeKube) {
+    server_on_fake_api_with(&[]).await
+}
+
+async fn server_on_fake_api_with(args: &[&str]) -> (TestServer, FakeKube) {
     let (client, fake) = FakeKube::start();
     let metrics = Metrics::shared();
     let (events, rx) = OrbEvents::new(metrics.clone());
@@ -34,7 +38,15 @@ async fn server_on_fake_api() -> (TestServer, FakeKube) {
         events.clone(),
         metrics.clone(),
     ));
-    let s = start_full(&[], runtime, Arc::new(RecordingRuntime::default()), metrics, events, rx).await;
+    let s = start_full(
+        args,
+        runtime,
+        Arc::new(RecordingRuntime::default()),
+        metrics,
+        events,
+        rx,
+    )
+    .await;
     let watching = fake.clone();
     eventually("the AiOrb watch", move || watching.watching()).await;
     (s, fake)
@@ -414,4 +426,76 @@ async fn a_join_leave_storm_makes_one_aiorb_and_few_api_calls() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(coalesced >= 20, "{metrics}");
+}
+
+/// An orb's room token for `room` naming the AiOrb `orb_uid`, as the operator mints it.
+fn orb_token(room: &str, orb_uid: &str) -> String {
+    let mut claims = orb_api::auth::RoomClaims::new(room, &format!("ai-orb-{room}"), orb_api::auth::Role::Ai, 600);
+    claims.orb = Some(orb_uid.to_owned());
+    key().mint(&claims)
+}
+
+#[tokio::test]
+async fn only_the_live_aiorbs_token_lets_an_orb_in() {
+    let (s, fake) = server_on_fake_api_with(&["--auth", "jwt"]).await;
+    fake.insert_orb("room-x", "room-x", "Ready");
+    let live = fake.state().orbs["room-x"]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let offer = |token: &str| token_protocols(token);
+    // A token of an earlier AiOrb of the room (say a leaked one): refused before the upgrade.
+    let refused = refused_with(
+        &s.url("room-x"),
+        &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", "earlier")))],
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{:?}", refused.body);
+    assert!(
+        refused.body["reason"].as_str().unwrap().contains("live orb"),
+        "{:?}",
+        refused.body
+    );
+    // The live AiOrb's token: in.
+    let (mut orb, _) = handshake(
+        &s.url("room-x"),
+        &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", &live)))],
+    )
+    .await
+    .expect("the live orb's token opens the room");
+    orb.send(json!({"type": "join", "roomId": "room-x"})).await;
+    let discovery = orb.recv().await;
+    assert_eq!(discovery["type"], "peer-discovery", "{discovery}");
+    // Once the AiOrb ended, its own token no longer gets in.
+    fake.set_phase("room-x", "Succeeded");
+    let refused = refused_with(
+        &s.url("room-x"),
+        &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", &live)))],
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    // The API away: refused for now (503, which the orb retries), never let in unchecked.
+    fake.state().fail = true;
+    let refused = refused_with(
+        &s.url("room-x"),
+        &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", &live)))],
+    )
+    .await;
+    assert_eq!(refused.status, 503);
+    fake.state().fail = false;
+    // Humans' tokens are not looked up.
+    let (_coach, _) = handshake(
+        &s.url("room-x"),
+        &[(
+            "Sec-WebSocket-Protocol",
+            &offer(&token("room-x", "coach-1", orb_api::auth::Role::Coach)),
+        )],
+    )
+    .await
+    .expect("a coach gets in");
+    let text = s.http_get("/metrics").await.1;
+    assert!(
+        text.contains("orb_signaling_auth_failures_total{reason=\"stale_orb\"} 3"),
+        "{text}"
+    );
 }

@@ -216,6 +216,7 @@ impl Harness {
                     user_name: None,
                     session_id: None,
                     issued_at: None,
+                    orb_uid: None,
                 };
                 if let Ok(r) = self
                     .registry

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::kubernetes::ai_status_for;
-use super::{OrbEvents, OrbRequest, OrbRuntime, Presence};
+use super::{OrbCheck, OrbEvents, OrbRequest, OrbRuntime, Presence};
 use crate::metrics::OrbRequestResult;
 use crate::protocol::AiStatus;
 
@@ -91,6 +91,12 @@ enum Command {
     Assigned {
         key: String,
         result: Result<(u16, String), String>,
+    },
+    /// Is this uid the room's live orb?
+    CheckOrb {
+        room_id: String,
+        uid: String,
+        reply: oneshot::Sender<OrbCheck>,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -168,6 +174,21 @@ impl OrbRuntime for LocalRuntime {
 
     fn report_presence(&self, room_id: &str, presence: Presence) {
         let _ = self.tx.send(Command::Presence(room_id.to_owned(), presence));
+    }
+
+    fn check_orb(&self, room_id: &str, orb_uid: &str) -> BoxFuture<'static, OrbCheck> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.tx.send(Command::CheckOrb {
+            room_id: room_id.to_owned(),
+            uid: orb_uid.to_owned(),
+            reply,
+        });
+        Box::pin(async move {
+            match sent {
+                Ok(()) => answer.await.unwrap_or(OrbCheck::Unavailable),
+                Err(_) => OrbCheck::Unavailable,
+            }
+        })
     }
 
     /// Stops every orb (SIGTERM, SIGKILL after the grace period) and waits for them.
@@ -388,6 +409,10 @@ impl State {
                 }
             }
             Command::Assigned { key, result } => self.assigned(&key, result),
+            Command::CheckOrb { room_id, uid, reply } => {
+                let live = self.live_orb(&room_id).is_some_and(|o| o.uid == uid);
+                let _ = reply.send(if live { OrbCheck::Live } else { OrbCheck::Stale });
+            }
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
     }

@@ -64,7 +64,9 @@ impl State {
         now: Timestamp,
     ) -> Option<String> {
         let key = self.settings.signing_key.as_ref()?;
-        Some(key.mint(&policy::orb_token_claims(&orb.spec, &orb.name, clock, limits, now)))
+        Some(key.mint(&policy::orb_token_claims(
+            &orb.spec, &orb.name, &orb.uid, clock, limits, now,
+        )))
     }
 
     /// Starts one orb process. `log_name` names its log (`orb-<log_name>.log`) and termination
