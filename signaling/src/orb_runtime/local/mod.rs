@@ -410,8 +410,16 @@ impl State {
             }
             Command::Assigned { key, result } => self.assigned(&key, result),
             Command::CheckOrb { room_id, uid, reply } => {
-                let live = self.live_orb(&room_id).is_some_and(|o| o.uid == uid);
-                let _ = reply.send(if live { OrbCheck::Live } else { OrbCheck::Stale });
+                // Several dev replicas each run their own orbs: a room this runtime has no orb
+                // for, and a uid it never made, may be another replica's.
+                let known = self.orbs.contains_key(&uid);
+                let check = match self.live_orb(&room_id) {
+                    Some(live) if live.uid == uid => OrbCheck::Live,
+                    Some(_) => OrbCheck::Stale,
+                    None if known => OrbCheck::Stale,
+                    None => OrbCheck::Unknown,
+                };
+                let _ = reply.send(check);
             }
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
