@@ -447,6 +447,13 @@ async fn write_status(
     Ok(())
 }
 
+/// The orb's room token: its room, role `ai`, naming this AiOrb, for what is left of its lifetime.
+fn orb_token(orb: &AiOrb, ctx: &Context, clock: &OrbClock, limits: &policy::OrbLimits, now: Timestamp) -> String {
+    let uid = orb.uid().unwrap_or_default();
+    let claims = policy::orb_token_claims(&orb.spec, &orb.name_any(), &uid, clock, limits, now);
+    ctx.signing_key.mint(&claims)
+}
+
 /// How starting an attempt went.
 enum Started {
     /// The attempt runs in this pod, started this way.
@@ -472,16 +479,8 @@ async fn start_pod(
     // Warm pods run the configured brain: test-mode orbs (the test brain) start cold.
     if pooled && !orb.spec.test_mode {
         let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
-        let claims = policy::orb_token_claims(
-            &orb.spec,
-            &orb.name_any(),
-            &orb.uid().unwrap_or_default(),
-            clock,
-            limits,
-            now,
-        );
         let mut assignment = launch.assignment;
-        assignment.token = Some(ctx.signing_key.mint(&claims));
+        assignment.token = Some(orb_token(orb, ctx, clock, limits, now));
         if let Bound::Pod(name) = crate::pool::bind(orb, attempt, &assignment, launch.lifetime_left, ctx, now).await? {
             return Ok(Started::Pod(name, PodStart::Warm));
         }
@@ -552,15 +551,7 @@ async fn create_pod(
 ) -> Result<Option<NameConflict>> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
     let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
-    let claims = policy::orb_token_claims(
-        &orb.spec,
-        &orb.name_any(),
-        &orb.uid().unwrap_or_default(),
-        clock,
-        limits,
-        now,
-    );
-    let secret = build_token_secret(orb, &ctx.signing_key.mint(&claims));
+    let secret = build_token_secret(orb, &orb_token(orb, ctx, clock, limits, now));
     if let Some(conflict) = write_token_secret(orb, ctx, &ns, &secret).await? {
         return Ok(Some(conflict));
     }
