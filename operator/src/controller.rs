@@ -476,16 +476,19 @@ async fn start_pod(
         .pool
         .as_ref()
         .is_some_and(|p| orb.namespace().as_deref() == Some(p.namespace.as_str()));
+    let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
+    let token = orb_token(orb, ctx, clock, limits, now);
     // Warm pods run the configured brain: test-mode orbs (the test brain) start cold.
     if pooled && !orb.spec.test_mode {
-        let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
-        let mut assignment = launch.assignment;
-        assignment.token = Some(orb_token(orb, ctx, clock, limits, now));
-        if let Bound::Pod(name) = crate::pool::bind(orb, attempt, &assignment, launch.lifetime_left, ctx, now).await? {
+        let assignment = orb_api::assignment::Assignment {
+            token: Some(token.clone()),
+            ..launch.assignment.clone()
+        };
+        if let Bound::Pod(name) = crate::pool::bind(orb, attempt, &assignment, ctx, now).await? {
             return Ok(Started::Pod(name, PodStart::Warm));
         }
     }
-    Ok(match create_pod(orb, ctx, attempt, clock, limits, now).await? {
+    Ok(match create_pod(orb, ctx, attempt, &launch, &token).await? {
         Some(conflict) => Started::Conflict(conflict),
         None => Started::Pod(pod_name(&orb.name_any(), attempt), PodStart::Cold),
     })
@@ -545,18 +548,16 @@ async fn create_pod(
     orb: &AiOrb,
     ctx: &Context,
     attempt: i32,
-    clock: &OrbClock,
-    limits: &policy::OrbLimits,
-    now: Timestamp,
+    launch: &policy::Launch,
+    token: &str,
 ) -> Result<Option<NameConflict>> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
-    let launch = policy::launch(&orb.spec, limits, clock, now, &ctx.pod.signaling_url);
-    let secret = build_token_secret(orb, &orb_token(orb, ctx, clock, limits, now));
+    let secret = build_token_secret(orb, token);
     if let Some(conflict) = write_token_secret(orb, ctx, &ns, &secret).await? {
         return Ok(Some(conflict));
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod = build_pod(orb, &ctx.pod, attempt, &launch);
+    let pod = build_pod(orb, &ctx.pod, attempt, launch);
     let params = PostParams {
         field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
         ..Default::default()

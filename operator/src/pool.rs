@@ -222,7 +222,6 @@ pub async fn bind(
     orb: &AiOrb,
     attempt: i32,
     assignment: &orb_api::assignment::Assignment,
-    lifetime_left: Duration,
     ctx: &crate::controller::Context,
     now: Timestamp,
 ) -> Result<Bound> {
@@ -262,7 +261,7 @@ pub async fn bind(
             "labels": { LABEL_POOL: POOL_BOUND, LABEL_ORB: orb.name_any(), LABEL_ATTEMPT: attempt.to_string() },
             "ownerReferences": [orb.controller_owner_ref(&())],
         },
-        "spec": { "activeDeadlineSeconds": active_deadline(ran + lifetime_left.as_secs().max(1)) },
+        "spec": { "activeDeadlineSeconds": active_deadline(ran + assignment.max_lifetime_seconds) },
     });
     let params = PatchParams {
         field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
@@ -271,7 +270,7 @@ pub async fn bind(
     match pods.patch(&name, &params, &Patch::Merge(&claim)).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-            // Another orb claimed it first, or it is gone: the next reconcile starts cold.
+            // Another orb claimed it first, or it is gone: this orb starts cold now.
             result("failed");
             return Ok(Bound::Cold);
         }
