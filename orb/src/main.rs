@@ -83,10 +83,10 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
     let config = match assignment {
         None => config,
         Some(assignment) => match wait_warm(&mut brain, &health, assignment, &mut shutdown).await? {
-            Some(config) => config,
-            None => {
+            Ok(config) => config,
+            Err(signal) => {
                 info!("stopped while warm, never assigned");
-                return Ok(Ending::Signal("SIGTERM"));
+                return Ok(Ending::Signal(signal.name()));
             }
         },
     };
@@ -104,33 +104,36 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
     Ok(ending)
 }
 
-/// A warm orb: readies its brain, reports ready, and waits for its room. `None` when stopped
-/// before an assignment came.
+/// A warm orb: readies its brain, reports ready, and waits for its room. `Err` with the signal
+/// that stopped it before an assignment came.
 async fn wait_warm(
     brain: &mut StartedBrain,
     health: &Health,
     mut assignment: tokio::sync::oneshot::Receiver<Config>,
-    shutdown: &mut std::pin::Pin<&mut impl std::future::Future>,
-) -> anyhow::Result<Option<Config>> {
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = orb_telemetry::Signal>>,
+) -> anyhow::Result<Result<Config, orb_telemetry::Signal>> {
     let mut beat = tokio::time::interval(std::time::Duration::from_secs(1));
     let ready = brain.until_ready();
     tokio::pin!(ready);
     let mut brain_ready = false;
     loop {
+        // Biased: an assignment that arrived with the brain's readiness wins, so the warm
+        // readiness is never set after the desk cleared it for the join.
         tokio::select! {
-            _ = shutdown.as_mut() => return Ok(None),
-            _ = beat.tick() => health.beat(),
+            biased;
+            signal = shutdown.as_mut() => return Ok(Err(signal)),
+            config = &mut assignment => {
+                let config = config.context("the assignment desk closed")?;
+                info!(room = %config.room, "joining the assigned room");
+                return Ok(Ok(config));
+            }
             result = &mut ready, if !brain_ready => {
                 result.map_err(|e| anyhow::anyhow!(e))?;
                 brain_ready = true;
                 health.set_ready(true);
                 info!("warm: brain ready, waiting for a room");
             }
-            config = &mut assignment => {
-                let config = config.context("the assignment desk closed")?;
-                info!(room = %config.room, "joining the assigned room");
-                return Ok(Some(config));
-            }
+            _ = beat.tick() => health.beat(),
         }
     }
 }

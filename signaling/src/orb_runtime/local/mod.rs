@@ -229,8 +229,6 @@ struct Orb {
     reported: Option<AiStatus>,
     /// The warm orb it is being bound to, until the assignment answers.
     binding: Option<String>,
-    /// Its process came from the warm pool.
-    warm: bool,
     /// An assignment failed: later attempts start cold.
     cold_only: bool,
 }
@@ -255,7 +253,6 @@ impl Orb {
             requeue_at: None,
             reported: None,
             binding: None,
-            warm: false,
             cold_only: false,
         }
     }
@@ -434,6 +431,15 @@ impl State {
         }
     }
 
+    /// Whether the process reporting under `key` and `attempt` is one this runtime still runs.
+    fn running_proc(&mut self, key: &str, attempt: i32) -> bool {
+        if let Some(w) = self.unbound_warm(key) {
+            return w.proc.exit.is_none();
+        }
+        self.owner(key, attempt)
+            .is_some_and(|(uid, attempt)| self.proc_mut(&uid, attempt).is_some_and(|p| p.exit.is_none()))
+    }
+
     fn unbound_warm(&mut self, key: &str) -> Option<&mut WarmProc> {
         let name = key.strip_prefix(WARM_KEY_PREFIX)?;
         if self.bound.contains_key(key) {
@@ -532,7 +538,11 @@ impl State {
         while running > 0 {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Command::Exited { uid, attempt, exit })) => {
-                    running -= 1;
+                    // Only the processes counted above: a process stopped earlier (a failed
+                    // assignment's) may report its exit too.
+                    if self.running_proc(&uid, attempt) {
+                        running -= 1;
+                    }
                     self.handle(Command::Exited { uid, attempt, exit });
                 }
                 Ok(Some(_)) => {}

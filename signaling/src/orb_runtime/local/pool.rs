@@ -136,7 +136,6 @@ impl State {
         let orb = self.orbs.get_mut(uid).expect("present");
         orb.proc = Some(warm.proc);
         orb.binding = Some(name.clone());
-        orb.warm = true;
         self.stats.warm_bound.fetch_add(1, Ordering::Relaxed);
         self.note(
             &room,
@@ -177,11 +176,13 @@ impl State {
         };
         if let Some(failure) = failure {
             self.bound.remove(key);
-            if let Some(mut p) = orb.proc.take().filter(|p| p.attempt == attempt) {
+            // Only the bound process: `take` first would drop another attempt's.
+            if orb.proc.as_ref().is_some_and(|p| p.attempt == attempt)
+                && let Some(mut p) = orb.proc.take()
+            {
                 p.request_stop();
             }
             orb.cold_only = true;
-            orb.warm = false;
             self.note(
                 &room,
                 &format!("the assignment to warm orb {name} failed ({failure}); starting the orb cold"),
