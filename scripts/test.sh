@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 
+# The real-API-server tier (tests/apiserver.rs) runs where control-plane binaries are unpacked.
+if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ -x target/kube-assets/kube-apiserver ]; then
+  export KUBEBUILDER_ASSETS="$PWD/target/kube-assets"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

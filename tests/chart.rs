@@ -5,21 +5,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use clap::{CommandFactory, Parser};
 use orb_operator::rbac::{API_CALLS, Scope};
-use serde::Deserialize;
 use serde_json::Value;
-use support::{root, run, tool};
-
-const CHART: &str = "charts/orb-operator";
-
-fn helm() -> Command {
-    let mut c = Command::new(tool("helm", "scripts/install-helm.sh"));
-    c.current_dir(root());
-    c
-}
+use support::{CHART, helm, render, root, run};
 
 fn values_files() -> Vec<Option<String>> {
     let mut files: Vec<Option<String>> = vec![None];
@@ -30,20 +20,6 @@ fn values_files() -> Vec<Option<String>> {
         }
     }
     files
-}
-
-fn render(values: Option<&str>, extra: &[&str]) -> Vec<Value> {
-    let mut cmd = helm();
-    cmd.args(["template", "orb", CHART, "--namespace", "orbs"]);
-    if let Some(v) = values {
-        cmd.args(["-f", v]);
-    }
-    cmd.args(extra);
-    let out = run(&mut cmd);
-    serde_norway::Deserializer::from_slice(&out.stdout)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use serde::Deserialize;
+use serde_json::Value;
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -70,4 +73,30 @@ pub fn target_dir() -> PathBuf {
         Some(dir) if !dir.is_empty() => root().join(dir),
         _ => root().join("target"),
     }
+}
+
+/// The project's Helm chart, relative to the repository root.
+pub const CHART: &str = "charts/orb-operator";
+
+/// The real Helm binary, in the repository root.
+pub fn helm() -> Command {
+    let mut c = Command::new(tool("helm", "scripts/install-helm.sh"));
+    c.current_dir(root());
+    c
+}
+
+/// `helm template` of the chart (release `orb`, namespace `orbs`) with a values file and extra
+/// arguments, as JSON objects.
+pub fn render(values: Option<&str>, extra: &[&str]) -> Vec<Value> {
+    let mut cmd = helm();
+    cmd.args(["template", "orb", CHART, "--namespace", "orbs"]);
+    if let Some(v) = values {
+        cmd.args(["-f", v]);
+    }
+    cmd.args(extra);
+    let out = run(&mut cmd);
+    serde_norway::Deserializer::from_slice(&out.stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
 }

@@ -438,14 +438,44 @@ async fn write_status(
     }
     let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &orb.namespace().ok_or(Error::NoNamespace)?);
     let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
-    api.patch_status(
-        &orb.name_any(),
-        &params,
-        &Patch::Apply(status::status_apply_body(orb, &next)),
-    )
-    .await?;
-    Ok(())
+    let mut base = orb.clone();
+    // A conflict caused by signaling's fields alone (presence, the summary; written any time, and
+    // during a warm pod's bind, which takes seconds) does not touch what this status was decided
+    // from: applied again at the newer version. Any change of the operator's own fields (an
+    // admission, another reconcile) is a real conflict, left to the next reconcile.
+    for _ in 0..STATUS_WRITE_TRIES {
+        match api
+            .patch_status(
+                &orb.name_any(),
+                &params,
+                &Patch::Apply(status::status_apply_body(&base, &next)),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let Some(fresh) = api.get_opt(&orb.name_any()).await? else {
+                    return Err(kube::Error::Api(s).into());
+                };
+                if fresh.uid() != orb.uid() || status::operator_status(&fresh) != status::operator_status(orb) {
+                    return Err(kube::Error::Api(s).into());
+                }
+                base = fresh;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Kube(kube::Error::Api(Box::new(
+        kube::core::Status::failure(
+            "signaling's status writes kept conflicting with the operator's",
+            "Conflict",
+        )
+        .with_code(409),
+    ))))
 }
+
+/// Status writes tried while only signaling's fields change in between.
+const STATUS_WRITE_TRIES: usize = 5;
 
 /// The orb's room token: its room, role `ai`, naming this AiOrb, for what is left of its lifetime.
 fn orb_token(orb: &AiOrb, ctx: &Context, clock: &OrbClock, limits: &policy::OrbLimits, now: Timestamp) -> String {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
 use orb_api::assignment::{ASSIGN_PATH, assign_credential};
@@ -88,6 +88,24 @@ pub fn warm_view(pod: &Pod) -> WarmOrb {
         ready: ready && phase == "Running",
         failed: matches!(phase, "Failed" | "Succeeded"),
         stopping: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// Deletes a pod only if it is still the version `pod` was read at (uid and resourceVersion as
+/// preconditions), with the orb's grace period. `false` when it changed or is gone.
+async fn delete_as_listed(pods: &Api<Pod>, pod: &Pod) -> Result<bool> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(crate::pod::TERMINATION_GRACE_SECONDS as u32),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    match pods.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -166,10 +184,7 @@ impl PoolKeeper {
         let pods = self.pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
         let views: Vec<WarmOrb> = pods.items.iter().map(warm_view).collect();
         let plan = policy::plan_pool(&views, target, now);
-        for name in &plan.stop {
-            info!(pod = %name, "stopping a warm orb (failed, not ready in time, or above the pool's target)");
-            delete_pod(&self.pods, name).await?;
-        }
+        self.stop(&pods.items, &plan.stop).await?;
         for _ in 0..plan.start {
             self.start_warm().await?;
         }
@@ -188,6 +203,19 @@ impl PoolKeeper {
             "warm pool pass"
         );
         Ok(plan)
+    }
+
+    /// Stops the pods named in `stop` as `listed` shows them, and only so: a pod bound to an orb
+    /// since the list (its labels and owner changed) is left to its orb.
+    pub async fn stop(&self, listed: &[Pod], stop: &[String]) -> Result<()> {
+        for pod in listed.iter().filter(|p| stop.contains(&p.name_any())) {
+            if delete_as_listed(&self.pods, pod).await? {
+                info!(pod = %pod.name_any(), "stopped a warm orb (failed, not ready in time, or above the pool's target)");
+            } else {
+                info!(pod = %pod.name_any(), "left a warm orb that changed since the pass listed it (bound, most likely)");
+            }
+        }
+        Ok(())
     }
 
     /// Creates one warm pod, then its credential Secret, owned by the pod (the kubelet starts the
@@ -216,7 +244,9 @@ pub enum Bound {
     Cold,
 }
 
-/// Binds attempt `attempt` of `orb` to a ready warm pod with `assignment` (its token included).
+/// Binds attempt `attempt` of `orb` to a warm pod with `assignment` (its token included): the pod
+/// an earlier reconcile of this attempt already claimed, if any (its status write may have been
+/// refused by a newer write, or the operator stopped in between), else a ready one of the pool.
 /// Metrics and events tell the outcome; only API errors (other than a lost claim) are errors.
 pub async fn bind(
     orb: &AiOrb,
@@ -227,6 +257,10 @@ pub async fn bind(
 ) -> Result<Bound> {
     let ns = orb.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(pod) = claimed_earlier(&pods, orb, attempt).await? {
+        info!(pod = %pod.name_any(), "found the warm pod this attempt claimed before");
+        return assign(&pods, &pod, orb, assignment, ctx, Resend::AlreadySentIsBound).await;
+    }
     let result = |r: &'static str| ctx.metrics.assignments.get_or_create(&ResultLabels { result: r }).inc();
     let list = pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
     let views: Vec<WarmOrb> = list.items.iter().map(warm_view).collect();
@@ -240,15 +274,10 @@ pub async fn bind(
         .find(|p| p.name_any() == pick.name)
         .expect("picked from the list");
     let name = pod.name_any();
-    let Some(ip) = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.as_deref())
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-    else {
+    if pod_addr(pod).is_none() {
         result("empty");
         return Ok(Bound::Cold);
-    };
+    }
     // The deadline counts from the pod's start: add the time it already ran while warm.
     let ran = pod
         .status
@@ -276,19 +305,60 @@ pub async fn bind(
         }
         Err(e) => return Err(e.into()),
     }
+    assign(&pods, pod, orb, assignment, ctx, Resend::First).await
+}
+
+/// The pod the orb controls that was claimed for `attempt` and is not on its way out.
+async fn claimed_earlier(pods: &Api<Pod>, orb: &AiOrb, attempt: i32) -> Result<Option<Pod>> {
+    let selector = format!(
+        "{LABEL_POOL}={POOL_BOUND},{LABEL_ORB}={},{LABEL_ATTEMPT}={attempt}",
+        orb.name_any()
+    );
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list.items.into_iter().find(|p| {
+        p.metadata.deletion_timestamp.is_none()
+            && p.owner_references()
+                .iter()
+                .any(|r| r.controller == Some(true) && Some(&r.uid) == orb.metadata.uid.as_ref())
+    }))
+}
+
+fn pod_addr(pod: &Pod) -> Option<SocketAddr> {
+    let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse::<IpAddr>().ok()?;
+    Some(SocketAddr::new(ip, ORB_HTTP_PORT as u16))
+}
+
+/// Whether the claimed pod may have been sent an assignment already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    First,
+    /// Claimed by an earlier reconcile of the same attempt: a `409` (the pod holds an assignment
+    /// that differs from this one in its token's times) is that reconcile's assignment, and only
+    /// the operator can assign (the pod's credential), so the pod is bound.
+    AlreadySentIsBound,
+}
+
+/// Sends the claimed pod its assignment; a refusal deletes the pod and starts the orb cold.
+async fn assign(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    orb: &AiOrb,
+    assignment: &orb_api::assignment::Assignment,
+    ctx: &crate::controller::Context,
+    resend: Resend,
+) -> Result<Bound> {
+    let result = |r: &'static str| ctx.metrics.assignments.get_or_create(&ResultLabels { result: r }).inc();
+    let name = pod.name_any();
     let body = serde_json::to_string(assignment).expect("an assignment serialises");
     let credential = assign_credential(&ctx.signing_key, &name);
-    let answer = ctx
-        .assigner
-        .assign(SocketAddr::new(ip, ORB_HTTP_PORT as u16), credential, body)
-        .await;
+    let answer = match pod_addr(pod) {
+        Some(addr) => ctx.assigner.assign(addr, credential, body).await,
+        None => Err(std::io::Error::other("the pod has no IP")),
+    };
     ctx.admission.pool.notify_one();
     match answer {
-        Ok((200 | 202, _)) => {
-            result("bound");
-            info!(pod = %name, "bound the orb to a warm pod");
-            Ok(Bound::Pod(name))
-        }
+        Ok((200 | 202, _)) => {}
+        Ok((409, _)) if resend == Resend::AlreadySentIsBound => {}
         outcome => {
             let why = match outcome {
                 Ok((status, body)) => format!("HTTP {status}: {}", body.trim()),
@@ -299,10 +369,13 @@ pub async fn bind(
             let note = format!("warm pod {name} refused its assignment ({why}); starting a new pod");
             crate::controller::publish_event(&ctx.recorder, orb, EventType::Warning, "AssignmentFailed", note, "Bind")
                 .await;
-            delete_pod(&pods, &name).await?;
-            Ok(Bound::Cold)
+            delete_pod(pods, &name).await?;
+            return Ok(Bound::Cold);
         }
     }
+    result("bound");
+    info!(pod = %name, "bound the orb to a warm pod");
+    Ok(Bound::Pod(name))
 }
 
 #[cfg(test)]

@@ -11,13 +11,17 @@ use serde_json::json;
 /// the failure was seen, which the replacement backoff counts from.
 pub const REPLACING: &str = "Replacing";
 
-/// The operator's fields of the orb's status, without signaling's presence fields (the operator
-/// must never apply those, or it would take their ownership away from signaling).
+/// The operator's fields of the orb's status, without signaling's (presence and the summary's
+/// delivery). The operator's status apply is forced: a field it sends, it co-owns from then on, and
+/// a field of signaling's that it co-owns is no longer removed when signaling's own apply leaves it
+/// out (a delivered summary would keep its last error and retry deadline).
 pub fn operator_status(orb: &AiOrb) -> AiOrbStatus {
-    let mut s = orb.status.clone().unwrap_or_default();
-    s.participants = None;
-    s.last_activity_time = None;
-    s
+    AiOrbStatus {
+        participants: None,
+        last_activity_time: None,
+        summary: None,
+        ..orb.status.clone().unwrap_or_default()
+    }
 }
 
 pub fn condition_status<'a>(status: &'a AiOrbStatus, type_: &str) -> Option<&'a Condition> {
@@ -216,16 +220,21 @@ mod tests {
     }
 
     #[test]
-    fn operator_status_never_carries_presence() {
+    fn operator_status_never_carries_signalings_fields() {
         let mut orb = AiOrb::new("r", AiOrbSpec::default());
         orb.status = Some(AiOrbStatus {
             participants: Some(2),
             last_activity_time: Some(Time(t(0))),
+            summary: Some(serde_json::from_value(json!({"id": "s1", "state": "Pending", "attempts": 1})).unwrap()),
             ..Default::default()
         });
         let s = operator_status(&orb);
-        assert_eq!((s.participants, &s.last_activity_time), (None, &None));
+        assert_eq!(
+            (s.participants, &s.last_activity_time, &s.summary),
+            (None, &None, &None)
+        );
         let body = status_apply_body(&orb, &s);
         assert!(body["status"].get("participants").is_none());
+        assert!(body["status"].get("summary").is_none());
     }
 }

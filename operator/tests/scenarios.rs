@@ -663,9 +663,20 @@ async fn the_admitter_is_woken_only_once_the_finished_status_is_written() {
         )
     };
     let running_orb = || orb("room-1", "uid-1", 600, running(500));
+    // The conflict is another operator write (the orb as read again differs in the operator's
+    // fields), so the decision is not applied over it.
     let (result, _, woke) = reconcile_waking(
         running_orb(),
-        vec![succeeded(), event(), conflict("PATCH", status_uri("room-1"))],
+        vec![
+            succeeded(),
+            event(),
+            conflict("PATCH", status_uri("room-1")),
+            expect(
+                "GET",
+                format!("{ORBS}/room-1"),
+                Some(orb("room-1", "uid-1", 600, running(400))),
+            ),
+        ],
     )
     .await;
     assert!(result.is_err() && !woke, "the write failed: the slot is not free yet");
@@ -934,6 +945,17 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
 
 const WARM_PODS: &str = "/api/v1/namespaces/calls/pods?&labelSelector=hybridcoach.io%2Fpool%3Dwarm";
 
+/// The binder first looks for a pod this attempt claimed before (its status write lost): none.
+fn no_earlier_claim(attempt: i32) -> Exchange {
+    expect(
+        "GET",
+        format!(
+            "/api/v1/namespaces/calls/pods?&labelSelector=hybridcoach.io%2Fpool%3Dbound%2Chybridcoach.io%2Forb%3Droom-1%2Chybridcoach.io%2Fattempt%3D{attempt}"
+        ),
+        pod_list(vec![]),
+    )
+}
+
 /// A warm pool pod, created `started_ago` seconds ago, running for as long.
 fn warm_pod(name: &str, started_ago: i64, ready: bool) -> Value {
     json!({
@@ -990,6 +1012,7 @@ async fn an_admitted_orb_is_bound_to_the_oldest_ready_warm_pod_instead_of_a_new_
         assigner.clone(),
         vec![
             not_found("GET", format!("{PODS}/orb-room-1-0")),
+            no_earlier_claim(0),
             expect(
                 "GET",
                 WARM_PODS,
@@ -1009,7 +1032,7 @@ async fn an_admitted_orb_is_bound_to_the_oldest_ready_warm_pod_instead_of_a_new_
     // The claim: guarded by the listed resourceVersion, owned by the AiOrb from now on, the orb's
     // deadline counted from the pod's start (300 s warm + what is left of the 2 h lifetime, admitted
     // a second ago, + the margin).
-    let claim = &seen[2].body;
+    let claim = &seen[3].body;
     assert_eq!(claim["metadata"]["resourceVersion"], "77");
     assert_eq!(claim["metadata"]["labels"]["hybridcoach.io/pool"], "bound");
     assert_eq!(claim["metadata"]["labels"]["hybridcoach.io/orb"], "room-1");
@@ -1043,8 +1066,8 @@ async fn an_admitted_orb_is_bound_to_the_oldest_ready_warm_pod_instead_of_a_new_
         .expect("a valid room token");
     assert_eq!(claims.role, orb_api::auth::Role::Ai);
     assert_eq!(claims.orb.as_deref(), Some("uid-1"), "the token names its AiOrb");
-    assert_eq!(seen[3].body["reason"], "WarmPodBound");
-    let status = status_of(&seen[4]);
+    assert_eq!(seen[4].body["reason"], "WarmPodBound");
+    let status = status_of(&seen[5]);
     assert_eq!(status["podName"], "orb-warm-old");
     assert_eq!(status["podStart"], "Warm");
     assert_eq!(status["phase"], "Starting");
@@ -1084,6 +1107,7 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
         assigner,
         vec![
             not_found("GET", format!("{PODS}/orb-room-1-0")),
+            no_earlier_claim(0),
             expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
             expect("PATCH", format!("{PODS}/orb-warm-a?&fieldManager=orb-operator"), None),
             event(),
@@ -1101,12 +1125,12 @@ async fn a_refused_assignment_deletes_the_claimed_pod_and_starts_the_orb_cold() 
     )
     .await;
     assert!(result.is_ok());
-    assert_eq!(seen[3].body["reason"], "AssignmentFailed");
-    assert!(seen[3].body["note"].as_str().unwrap().contains("HTTP 401"));
-    assert_eq!(seen[4].body["gracePeriodSeconds"], 10);
-    assert_eq!(seen[7].body["metadata"]["name"], "orb-room-1-0");
-    assert_eq!(seen[8].body["reason"], "PodCreated");
-    let status = status_of(&seen[9]);
+    assert_eq!(seen[4].body["reason"], "AssignmentFailed");
+    assert!(seen[4].body["note"].as_str().unwrap().contains("HTTP 401"));
+    assert_eq!(seen[5].body["gracePeriodSeconds"], 10);
+    assert_eq!(seen[8].body["metadata"]["name"], "orb-room-1-0");
+    assert_eq!(seen[9].body["reason"], "PodCreated");
+    let status = status_of(&seen[10]);
     assert_eq!(
         (status["podName"].as_str(), status["podStart"].as_str()),
         (Some("orb-room-1-0"), Some("Cold"))
@@ -1128,6 +1152,7 @@ async fn without_a_ready_warm_pod_or_when_another_orb_claims_it_first_the_orb_st
     // Only a pod still starting: cold, and nothing is claimed.
     let mut script = vec![
         not_found("GET", format!("{PODS}/orb-room-1-0")),
+        no_earlier_claim(0),
         expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 5, false)])),
     ];
     script.extend(cold_start());
@@ -1138,6 +1163,7 @@ async fn without_a_ready_warm_pod_or_when_another_orb_claims_it_first_the_orb_st
     // The claim conflicts (another orb's reconcile took the pod): cold, no assignment sent.
     let mut script = vec![
         not_found("GET", format!("{PODS}/orb-room-1-0")),
+        no_earlier_claim(0),
         expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
         conflict("PATCH", format!("{PODS}/orb-warm-a?&fieldManager=orb-operator")),
     ];
@@ -1176,6 +1202,7 @@ async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status
                 format!("{PODS}/orb-warm-old?"),
                 Some(warm_pod("orb-warm-old", 400, false)),
             ),
+            no_earlier_claim(1),
             expect("GET", WARM_PODS, pod_list(vec![])),
             not_found("GET", format!("{SECRETS}/orb-room-1-token")),
             expect("POST", format!("{SECRETS}?&fieldManager=orb-operator"), None),
@@ -1186,8 +1213,8 @@ async fn a_failed_bound_pod_is_replaced_like_any_other_and_deleted_by_its_status
     )
     .await;
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(seen[5].body["metadata"]["name"], "orb-room-1-1");
-    let status = status_of(&seen[7]);
+    assert_eq!(seen[6].body["metadata"]["name"], "orb-room-1-1");
+    let status = status_of(&seen[8]);
     assert_eq!(status["podName"], "orb-room-1-1");
     assert_eq!(status["restarts"], 1);
     assert_eq!(status["podStart"], "Cold");

@@ -1,0 +1,130 @@
+//! Running the operator binary against the tier's API server, and reading what it did.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use orb_api::{AiOrb, AiOrbSpec};
+use serde_json::Value;
+
+use crate::envtest::ControlPlane;
+use crate::support::{Process, free_port, workspace_bin};
+
+/// The operator's own namespace (its Lease and admission ledger).
+pub const OPERATOR_NS: &str = "orb-system";
+
+/// A signing key for the tests' orb tokens (at least 32 bytes).
+pub const SIGNING_KEY: &str = "envtest-signing-key-0123456789abcdef0123456789";
+
+/// A running `orb-operator` process, its log kept in the control plane's directory.
+pub struct Operator {
+    pub process: Process,
+    pub log: PathBuf,
+    pub http: String,
+}
+
+impl Operator {
+    /// Starts the operator with `env` (on top of a minimal environment) and the identity of
+    /// `kubeconfig`.
+    pub fn start(cp: &ControlPlane, name: &str, kubeconfig: &Path, env: &BTreeMap<String, String>) -> Operator {
+        let http = format!("127.0.0.1:{}", free_port());
+        let log = cp.dir().join(format!("operator-{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(workspace_bin("orb-operator"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .env("ORB_IMAGE", "orb:test")
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", OPERATOR_NS);
+        cmd.envs(env);
+        // The chart's signing key file names a path in the pod: the tests pass the key itself.
+        if !env.contains_key(orb_api::auth::SIGNING_KEY_FILE_ENV) {
+            cmd.env(orb_api::auth::SIGNING_KEY_ENV, SIGNING_KEY);
+        }
+        cmd.env("OPERATOR_HTTP_ADDR", &http)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd.spawn().expect("start orb-operator");
+        Operator {
+            process: Process(child),
+            log,
+            http,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the process at once, as a lost node or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+    }
+}
+
+/// Creates an AiOrb for `room` in `ns` with `client` (which must be allowed to create AiOrbs).
+pub async fn create_orb(client: &Client, ns: &str, name: &str, spec: AiOrbSpec) -> AiOrb {
+    let orbs: Api<AiOrb> = Api::namespaced(client.clone(), ns);
+    orbs.create(&PostParams::default(), &AiOrb::new(name, spec))
+        .await
+        .unwrap_or_else(|e| panic!("create AiOrb {ns}/{name}: {e}"))
+}
+
+pub fn spec(room: &str) -> AiOrbSpec {
+    AiOrbSpec {
+        room_id: room.into(),
+        ..AiOrbSpec::default()
+    }
+}
+
+/// The pods whose controller is `orb`.
+pub async fn pods_of(client: &Client, orb: &AiOrb) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &orb.namespace().unwrap());
+    pods.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|r| r.controller == Some(true) && Some(&r.uid) == orb.metadata.uid.as_ref())
+        })
+        .collect()
+}
+
+/// The env of the operator container as a rendered chart gives it, with the pod's own fields
+/// resolved as the kubelet would (`POD_NAME`, `POD_NAMESPACE`); `OPERATOR_HTTP_ADDR` and the signing
+/// key file are the test's.
+pub fn chart_env(objects: &[Value], pod_name: &str, namespace: &str) -> BTreeMap<String, String> {
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "orb-operator")
+        .expect("the chart renders the operator's Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mut env = BTreeMap::new();
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap().to_owned();
+        let value = match (&var["value"], var["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+            (Value::String(v), _) => v.clone(),
+            (_, Some("metadata.name")) => pod_name.to_owned(),
+            (_, Some("metadata.namespace")) => namespace.to_owned(),
+            _ => panic!("the test cannot resolve env {var}"),
+        };
+        env.insert(name, value);
+    }
+    env.remove("OPERATOR_HTTP_ADDR");
+    env.remove(orb_api::auth::SIGNING_KEY_FILE_ENV);
+    env
+}
