@@ -61,6 +61,8 @@ pub struct AiOrbSpec {
     pub room_id: String,
     /// The coaching session the call belongs to (the room token's `session` claim), passed to the
     /// orb for its summary. The lifetime is a budget of the session: AiOrbs of one session share it.
+    /// Without one, the session is the room's current call: it ends when an orb of it finishes
+    /// `RoomCleanup`, `SessionComplete` or `Deleted`, and the room's next AiOrb starts afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub session_id: Option<String>,
@@ -76,7 +78,7 @@ pub struct AiOrbSpec {
     #[serde(default)]
     pub test_mode: bool,
     /// Hard limit on the session's time with an orb, counted from the first admission of any AiOrb
-    /// of the session (`sessionId`, else the room; see `status.sessionStartedAt`).
+    /// of the session (`sessionId`, else the room's current call; see `status.sessionStartedAt`).
     /// Default: the operator's `--max-orb-lifetime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
@@ -254,8 +256,9 @@ pub struct AiOrbStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_at: Option<Time>,
     /// When the session's lifetime budget started: the first admission of any AiOrb of this
-    /// session (`spec.sessionId`, else the room). The lifetime counts from here, so replacements
-    /// and re-created AiOrbs of one session share one budget.
+    /// session (`spec.sessionId`, else the room's current call), or its booked `spec.startAt` if
+    /// it was admitted ahead of that. The lifetime counts from here, so replacements and
+    /// re-created AiOrbs of one session share one budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_started_at: Option<Time>,
     /// When the orb's pod first became ready.

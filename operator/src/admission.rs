@@ -28,7 +28,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, UNFINISHED_SELECTOR};
+use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason, UNFINISHED_SELECTOR};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -71,6 +71,23 @@ pub struct Wake {
     pub queued: Notify,
     /// The warm pool keeper: a warm pod was bound or capacity changed.
     pub pool: Notify,
+    /// The ledger's holders as of the last pass (`None` before the first one).
+    held: std::sync::Mutex<Option<BTreeSet<String>>>,
+}
+
+impl Wake {
+    /// Whether orb `uid` may still hold a slot for all the admitter knows: until a pass frees it,
+    /// a deleted orb keeps its finalizer, so that the pass can read how it ended (its room's call
+    /// may end with it, [`policy::ends_call`]).
+    pub fn holds(&self, uid: &str) -> bool {
+        let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.as_ref().is_none_or(|h| h.contains(uid))
+    }
+
+    /// Records the holders a pass left in the ledger.
+    pub fn set_held(&self, ledger: BTreeSet<String>) {
+        *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ledger);
+    }
 }
 
 pub struct Admitter {
@@ -101,13 +118,26 @@ pub struct PassOutcome {
 }
 
 pub(crate) fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
+    ledger_names(cm).into_keys().collect()
+}
+
+/// The ledger's holders by uid, each with the `namespace/name` its line gives (none when the
+/// writer did not know it, `?`).
+fn ledger_names(cm: &ConfigMap) -> BTreeMap<String, Option<(String, String)>> {
     cm.data
         .as_ref()
         .and_then(|d| d.get(LEDGER_KEY))
         .map(|v| {
             v.lines()
-                .filter_map(|l| l.split_whitespace().last())
-                .map(String::from)
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace().rev();
+                    let uid = words.next()?;
+                    let name = words
+                        .next()
+                        .and_then(|n| n.split_once('/'))
+                        .map(|(ns, name)| (ns.to_owned(), name.to_owned()));
+                    Some((uid.to_owned(), name))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -313,8 +343,21 @@ impl Admitter {
         let by_uid = by_uid(&orbs);
         self.observe(&by_uid, &plan);
 
-        // Each newly admitted orb joins its session's budget (or starts one).
         let mut next_sessions = policy::prune_sessions(&sessions, now, &self.limits);
+        // The orbs whose slots this pass frees: one that ended its room's call takes the call's
+        // budget along, before anyone is admitted into the room again.
+        let names = ledger_cm.as_ref().map(ledger_names).unwrap_or_default();
+        for uid in ledger.difference(&plan.ledger) {
+            let name = names.get(uid).and_then(Option::as_ref);
+            let Some((orb, reason)) = self.end_of(uid, by_uid.get(uid.as_str()).copied(), name).await? else {
+                continue;
+            };
+            let ns = orb.namespace().unwrap_or_default();
+            if policy::end_session(&mut next_sessions, &ns, &orb.spec, reason) {
+                info!(orb = %orb.name_any(), %reason, "the room's call ended; its next orb gets a fresh lifetime");
+            }
+        }
+        // Each newly admitted orb joins its session's budget (or starts one).
         let mut session_starts: BTreeMap<&str, Timestamp> = BTreeMap::new();
         for uid in &plan.admit {
             let Some(orb) = by_uid.get(uid.as_str()) else { continue };
@@ -322,7 +365,7 @@ impl Admitter {
             // A ledger entry whose status write was lost keeps the start it was given then.
             let start = match orb.status.as_ref().and_then(|s| s.session_started_at.as_ref()) {
                 Some(t) => *next_sessions.entry(key).or_insert(t.0),
-                None => policy::session_start(&mut next_sessions, &key, now),
+                None => policy::session_start(&mut next_sessions, &key, now, orb.spec.start_at.as_ref().map(|t| t.0)),
             };
             session_starts.insert(uid.as_str(), start);
         }
@@ -331,6 +374,7 @@ impl Admitter {
             self.write_ledger(ledger_cm, &plan.ledger, &next_sessions, &by_uid)
                 .await?;
         }
+        self.wake.set_held(plan.ledger.clone());
         let mut outcome = PassOutcome {
             queued: plan.queue.len(),
             next_due: orbs
@@ -379,6 +423,31 @@ impl Admitter {
             }
         }
         Ok(outcome)
+    }
+
+    /// How an orb whose slot is freed ended: as listed if the list still has it (ended but not yet
+    /// labelled, or being deleted), else as read by the name its ledger line gives — the same
+    /// AiOrb only if the uid matches. `None` when it did not end (a slot over a lowered cap) or is
+    /// gone: its session keeps its budget.
+    async fn end_of(
+        &self,
+        uid: &str,
+        listed: Option<&AiOrb>,
+        name: Option<&(String, String)>,
+    ) -> Result<Option<(AiOrb, TerminationReason)>, kube::Error> {
+        let orb = match (listed, name) {
+            (Some(orb), _) => Some(orb.clone()),
+            (None, Some((ns, name))) => Api::<AiOrb>::namespaced(self.client.clone(), ns)
+                .get_opt(name)
+                .await?
+                .filter(|o| o.metadata.uid.as_deref() == Some(uid)),
+            (None, None) => None,
+        };
+        Ok(orb.and_then(|o| {
+            let status = o.status.as_ref()?;
+            let reason = status.termination_reason.filter(|_| o.is_finished())?;
+            Some((o, reason))
+        }))
     }
 
     async fn write_ledger(

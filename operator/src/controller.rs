@@ -48,6 +48,10 @@ pub enum Error {
     /// not removed yet.
     #[error("waiting for the garbage collector to remove {0} of an earlier AiOrb of this name")]
     WaitingForLeftover(String),
+    /// Not a failure: a deleted orb keeps its finalizer until an admission pass has freed its slot
+    /// (and read how it ended).
+    #[error("waiting for an admission pass to free the slot of the deleted orb")]
+    WaitingForAdmission,
 }
 
 impl Error {
@@ -62,7 +66,7 @@ impl Error {
                 _ => "finalizer",
             },
             Error::NoNamespace => "invalid_object",
-            Error::WaitingForPod(_) | Error::WaitingForLeftover(_) => "waiting_for_pod",
+            Error::WaitingForPod(_) | Error::WaitingForLeftover(_) | Error::WaitingForAdmission => "waiting_for_pod",
         }
     }
 }
@@ -689,7 +693,8 @@ pub(crate) async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
 }
 
 /// The AiOrb is being deleted: stop its pod, wait for it to be gone (it still holds a GPU), record
-/// the end. Returning `Ok` lets the finalizer helper remove the finalizer.
+/// the end, and wait for the admission pass that frees its slot. Returning `Ok` lets the
+/// finalizer helper remove the finalizer.
 async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     let ns = orb.namespace().ok_or(Error::NoNamespace)?;
     let now = (ctx.now)();
@@ -730,6 +735,10 @@ async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
         ctx.metrics.terminated(TerminationReason::Deleted);
     }
     ctx.admission.freed.notify_one();
+    // Gone, it could not tell the pass that frees its slot how it ended.
+    if current.admitted_at.is_some() && ctx.admission.holds(&orb.uid().unwrap_or_default()) {
+        return Err(Error::WaitingForAdmission);
+    }
     Ok(Action::await_change())
 }
 

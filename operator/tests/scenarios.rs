@@ -203,10 +203,23 @@ async fn reconcile_with(orb: Value, script: Vec<Exchange>) -> (Result<Action, Er
 
 /// [`reconcile_with`], also telling whether the reconcile woke the admitter.
 async fn reconcile_waking(orb: Value, script: Vec<Exchange>) -> (Result<Action, Error>, Vec<Seen>, bool) {
+    reconcile_holding(orb, script, None).await
+}
+
+/// [`reconcile_waking`] in an operator whose last admission pass left `held` in the ledger
+/// (`None`: no pass yet).
+async fn reconcile_holding(
+    orb: Value,
+    script: Vec<Exchange>,
+    held: Option<&[&str]>,
+) -> (Result<Action, Error>, Vec<Seen>, bool) {
     use futures::FutureExt;
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let verifier = tokio::spawn(verify(handle, script));
     let ctx = Arc::new(context(Client::new(service, "default"), 8));
+    if let Some(held) = held {
+        ctx.admission.set_held(held.iter().map(|u| u.to_string()).collect());
+    }
     let orb: AiOrb = serde_json::from_value(orb).unwrap();
     let result = reconcile(Arc::new(orb), ctx.clone()).await;
     let woke = [&ctx.admission.freed, &ctx.admission.queued]
@@ -576,6 +589,50 @@ async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
     );
 }
 
+/// A room without a session id is one call at a time. The pass that frees the slot of a room's
+/// finished orb reads it (finished orbs are labelled out of its list) and, when it ended the
+/// call — everyone left (`RoomCleanup`) — forgets the room's budget in the same compare-and-swap,
+/// so the room's next call starts a fresh lifetime. An orb that ended by `MaxLifetime` leaves the
+/// budget for the orb asked for next in the room.
+#[tokio::test]
+async fn the_pass_freeing_a_room_s_finished_orb_ends_the_room_s_budget_only_with_the_call() {
+    let spec: orb_api::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
+    let key = orb_operator::policy::session_key(NS, &spec);
+    let started = now().as_second() - 30;
+    for (reason, sessions_after) in [
+        ("RoomCleanup", String::new()),
+        ("MaxLifetime", format!("{key} {started}\n")),
+    ] {
+        let mut ended = orb(
+            "room-1",
+            "uid-0",
+            40,
+            json!({"phase": "Succeeded", "admittedAt": ago(30), "sessionStartedAt": ago(30),
+                "finishedAt": ago(1), "terminationReason": reason}),
+        );
+        ended["metadata"]["labels"] = json!({"hybridcoach.io/finished": "true"});
+        let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"},
+            "data": {"admitted": "calls/room-1 uid-0\n", "sessions": format!("{key} {started}\n")}});
+        let seen = admit_with(
+            8,
+            vec![
+                expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
+                expect(
+                    "GET",
+                    UNFINISHED,
+                    Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})),
+                ),
+                // Labelled finished, it is no longer listed: read by the name its ledger line gives.
+                expect("GET", format!("{ORBS}/room-1"), Some(ended)),
+                expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
+            ],
+        )
+        .await;
+        assert_eq!(seen[3].body["data"]["admitted"], "", "{reason}: the slot is freed");
+        assert_eq!(seen[3].body["data"]["sessions"], sessions_after, "{reason}");
+    }
+}
+
 #[tokio::test]
 async fn a_ledger_conflict_aborts_the_pass_before_any_admission() {
     let waiting = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
@@ -710,27 +767,42 @@ async fn deleting_an_orb_stops_its_pod_then_removes_the_finalizer() {
     assert!(result.is_err(), "the finalizer stays while the pod runs");
     assert_eq!(status_of(&seen[2])["terminationReason"], "Deleted");
 
-    // Second pass: the pod is gone; record the end, then remove the finalizer.
+    // Second pass: the pod is gone; record the end, and keep the finalizer while the ledger
+    // holds the orb: the admission pass that frees its slot reads how it ended.
     deleting["status"]["phase"] = json!("Terminating");
     deleting["status"]["terminationReason"] = json!("Deleted");
-    let (result, seen) = reconcile_with(
-        deleting,
+    let (result, seen, woke) = reconcile_holding(
+        deleting.clone(),
         vec![
             not_found("GET", format!("{PODS}/orb-room-1-0")),
             status_write("room-1"),
             event(),
-            expect(
-                "PATCH",
-                format!("{ORBS}/room-1?"),
-                Some(orb("room-1", "uid-1", 600, Value::Null)),
-            ),
         ],
+        Some(&["uid-1"]),
     )
     .await;
-    assert!(result.is_ok());
+    assert!(
+        matches!(result, Err(Error::Finalizer(_))) && woke,
+        "the finalizer stays until a pass frees the slot: {result:?}"
+    );
     assert_eq!(status_of(&seen[1])["phase"], "Succeeded");
+
+    // Third pass: the slot is freed; remove the finalizer.
+    deleting["status"]["phase"] = json!("Succeeded");
+    deleting["status"]["finishedAt"] = json!(ago(0));
+    let (result, seen, _) = reconcile_holding(
+        deleting,
+        vec![expect(
+            "PATCH",
+            format!("{ORBS}/room-1?"),
+            Some(orb("room-1", "uid-1", 600, Value::Null)),
+        )],
+        Some(&[]),
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
     assert_eq!(
-        seen[3].body[1],
+        seen[0].body[1],
         json!({"op": "remove", "path": "/metadata/finalizers/0"})
     );
 }
@@ -1453,6 +1525,9 @@ async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_befo
     assert_eq!(outcome.admitted, ["booked-1"]);
     assert_eq!(outcome.next_due, None);
     assert_eq!(status_of(&seen[3])["phase"], "Starting");
+    // The lead is not the call's time: the session's lifetime starts at the booked start.
+    assert_eq!(status_of(&seen[3])["admittedAt"], now().to_string());
+    assert_eq!(status_of(&seen[3])["sessionStartedAt"], ago(-90));
     assert_eq!(status_of(&seen[5])["queuePosition"], 1);
 }
 

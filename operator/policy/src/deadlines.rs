@@ -13,7 +13,8 @@ use super::{OrbLimits, TERMINATION_GRACE_SECONDS, after};
 pub struct OrbClock {
     pub created: Timestamp,
     pub admitted_at: Option<Timestamp>,
-    /// When the session's lifetime budget started (see [`session`]); `admitted_at` when unset.
+    /// When the session's lifetime budget started (see [`session`]: a prewarmed orb's booked start at
+    /// the earliest); `admitted_at` when unset.
     pub session_started_at: Option<Timestamp>,
     /// Humans in the room as signaling reported; `None` before its first report.
     pub participants: Option<i32>,

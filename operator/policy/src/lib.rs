@@ -18,7 +18,8 @@ pub use launch::{Launch, launch};
 pub use pod::{PodState, observe_pod, restart_backoff};
 pub use pool::{PoolPlan, WARM_STARTUP_LIMIT, WarmOrb, pick_warm, plan_pool, warm_target};
 pub use session::{
-    SessionBudgets, parse_sessions, prune_sessions, render_sessions, retention, session_key, session_start,
+    SessionBudgets, budget_start, end_session, ends_call, parse_sessions, prune_sessions, render_sessions, retention,
+    session_key, session_start,
 };
 
 use std::time::Duration;

@@ -846,10 +846,10 @@ fn a_recreated_orb_of_the_session_inherits_the_budget() {
     let l = orb_limits(&spec_in("r", Some("s")), &limits);
     let key = session_key("ns", &spec_in("r", Some("s")));
     let mut budgets = SessionBudgets::new();
-    assert_eq!(session_start(&mut budgets, &key, t(0)), t(0));
+    assert_eq!(session_start(&mut budgets, &key, t(0), None), t(0));
 
     // Ended at 2 h by MaxLifetime; the page is reloaded a minute later.
-    let again = session_start(&mut budgets, &key, t(7260));
+    let again = session_start(&mut budgets, &key, t(7260), None);
     assert_eq!(again, t(0));
     let reloaded = OrbClock {
         created: t(7250),
@@ -884,7 +884,100 @@ fn a_recreated_orb_of_the_session_inherits_the_budget() {
 
     // Another session starts its own budget.
     let other = session_key("ns", &spec_in("r", Some("s2")));
-    assert_eq!(session_start(&mut budgets, &other, t(7260)), t(7260));
+    assert_eq!(session_start(&mut budgets, &other, t(7260), None), t(7260));
+}
+
+/// A room without a session id is one call at a time: the orb that ends the call (the room emptied,
+/// the session completed, the AiOrb deleted) takes the room's budget with it, and the next call
+/// in the room — a coach's personal room, reused for the next client — starts a fresh one.
+#[test]
+fn a_room_keyed_call_that_ended_leaves_the_next_orb_in_the_room_a_fresh_budget() {
+    let spec = spec_in("coach-room", None);
+    for reason in [
+        TerminationReason::RoomCleanup,
+        TerminationReason::SessionComplete,
+        TerminationReason::Deleted,
+    ] {
+        let mut budgets = SessionBudgets::new();
+        let key = session_key("ns", &spec);
+        assert_eq!(session_start(&mut budgets, &key, t(0), None), t(0));
+        // The first call lasted 30 s of a 40 s lifetime and ended by `reason`.
+        assert!(ends_call(&spec, reason), "{reason}");
+        assert!(end_session(&mut budgets, "ns", &spec, reason), "{reason}");
+        assert_eq!(
+            session_start(&mut budgets, &key, t(35), None),
+            t(35),
+            "{reason}: the next call in the room starts its own budget"
+        );
+    }
+}
+
+/// An orb that ended on a limit or an error may leave people in the room: the orb they ask for
+/// next continues the call, with what is left of its budget.
+#[test]
+fn a_room_keyed_call_whose_orb_ended_on_a_limit_or_error_keeps_its_budget() {
+    let spec = spec_in("coach-room", None);
+    for reason in [
+        TerminationReason::MaxLifetime,
+        TerminationReason::IdleTimeout,
+        TerminationReason::Error,
+        TerminationReason::PodLost,
+    ] {
+        let mut budgets = SessionBudgets::new();
+        let key = session_key("ns", &spec);
+        session_start(&mut budgets, &key, t(0), None);
+        assert!(!ends_call(&spec, reason), "{reason}");
+        assert!(!end_session(&mut budgets, "ns", &spec, reason), "{reason}");
+        assert_eq!(session_start(&mut budgets, &key, t(7260), None), t(0), "{reason}");
+    }
+}
+
+/// A session id names the booking, not one call: its budget outlives any end of its orbs, for
+/// the retention, as before.
+#[test]
+fn a_session_with_an_id_keeps_its_budget_however_its_orbs_end() {
+    let spec = spec_in("coach-room", Some("booking-1"));
+    let key = session_key("ns", &spec);
+    let mut budgets = SessionBudgets::new();
+    session_start(&mut budgets, &key, t(0), None);
+    for reason in TerminationReason::ALL {
+        assert!(!ends_call(&spec, reason), "{reason}");
+        assert!(!end_session(&mut budgets, "ns", &spec, reason), "{reason}");
+    }
+    assert_eq!(session_start(&mut budgets, &key, t(60), None), t(0));
+    // The ended room's call forgets only its own budget.
+    let room = spec_in("coach-room", None);
+    let room_key = session_key("ns", &room);
+    session_start(&mut budgets, &room_key, t(0), None);
+    assert!(end_session(&mut budgets, "ns", &room, TerminationReason::RoomCleanup));
+    assert_eq!(budgets.keys().collect::<Vec<_>>(), [&key]);
+}
+
+/// A prewarmed orb is admitted its lead before the booked start; the call, and its budget, start
+/// at the booking. One admitted late (a full cap) starts at its admission.
+#[test]
+fn a_prewarmed_session_s_budget_starts_at_its_booked_start() {
+    let spec = spec_in("r", None);
+    let key = session_key("ns", &spec);
+    let mut budgets = SessionBudgets::new();
+    assert_eq!(session_start(&mut budgets, &key, t(0), Some(t(120))), t(120));
+    let l = orb_limits(&spec, &Limits::default());
+    let prewarmed = OrbClock {
+        admitted_at: Some(t(0)),
+        session_started_at: Some(t(120)),
+        start_at: Some(t(120)),
+        ..clock(0, None, None)
+    };
+    assert_eq!(lifetime_ends(&prewarmed, &l), Some(t(120 + 7200)));
+    assert_eq!(
+        lifetime_left(&prewarmed, &l, t(0)),
+        std::time::Duration::from_secs(120 + 7200),
+        "the pod's deadline covers the lead and the whole lifetime"
+    );
+    assert_eq!(budget_start(t(300), Some(t(120))), t(300), "admitted after its start");
+    assert_eq!(budget_start(t(300), None), t(300));
+    // A later orb of the session inherits the booked start.
+    assert_eq!(session_start(&mut budgets, &key, t(200), None), t(120));
 }
 
 #[test]

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The namespace the local runtime's sessions are keyed in: it has one.
+const SESSION_NAMESPACE: &str = "local";
+
 impl State {
     pub(super) fn admit(&mut self, now: Timestamp) {
         self.sessions = policy::prune_sessions(&self.sessions, now, &self.settings.limits);
@@ -31,8 +34,8 @@ impl State {
             let Some(orb) = self.orbs.get_mut(uid) else { continue };
             if orb.admitted_at.is_none() {
                 orb.admitted_at = Some(now);
-                let key = policy::session_key("local", &orb.spec);
-                orb.session_started_at = Some(policy::session_start(&mut self.sessions, &key, now));
+                let key = policy::session_key(SESSION_NAMESPACE, &orb.spec);
+                orb.session_started_at = Some(policy::session_start(&mut self.sessions, &key, now, None));
                 orb.phase = Some(OrbPhase::Starting);
                 orb.queue_position = None;
                 let room = orb.spec.room_id.clone();
@@ -115,6 +118,7 @@ impl State {
             }
             Step::Finish { phase, reason, message } => {
                 let orb = self.orbs.get_mut(uid).expect("present");
+                policy::end_session(&mut self.sessions, SESSION_NAMESPACE, &orb.spec, reason);
                 orb.phase = Some(phase);
                 orb.reason = Some(reason);
                 orb.finished_at = Some(now);
