@@ -10,6 +10,8 @@ mod support;
 mod chart;
 #[path = "apiserver/kubelet.rs"]
 mod kubelet;
+#[path = "apiserver/lifecycle.rs"]
+mod lifecycle;
 #[path = "apiserver/operator.rs"]
 mod operator;
 #[path = "apiserver/pool.rs"]
