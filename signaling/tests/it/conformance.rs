@@ -202,6 +202,25 @@ async fn rejoin_with_the_same_user_id_replaces_the_old_socket(setup: Setup) {
     coach.expect_nothing_pending().await;
 }
 
+/// A full room refuses a newcomer, but not a member rejoining: that replaces, it does not add.
+async fn full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin(setup: Setup) {
+    let s = setup.start(&["--max-participants-per-room", "2"]).await;
+    let (mut a, _) = s.join("r", "a", "coach").await;
+    let (_b, _) = s.join("r", "b", "client").await;
+    let (_a2, discovery) = s.join("r", "a", "coach").await;
+    assert_eq!(
+        discovery["peers"],
+        json!([{"userId": "b", "userRole": "client", "participantType": "human"}])
+    );
+    assert_eq!(a.closed().await.0, 4409);
+    let mut c = Client::connect(&s.next_url("r"), None).await;
+    c.send(json!({"type": "join", "userId": "c", "userRole": "client"}))
+        .await;
+    let (code, _, texts) = c.closed().await;
+    assert_eq!(code, 4429);
+    assert_eq!(texts[0]["code"], "room_full", "{texts:?}");
+}
+
 async fn ping_pong_before_and_after_join(setup: Setup) {
     let s = setup.start(&[]).await;
     let mut c = s.connect("r").await;
@@ -406,6 +425,7 @@ suite!(
     relay_to_an_unknown_peer_is_an_error_for_the_sender_only,
     leave_and_abrupt_close_both_notify_user_left,
     rejoin_with_the_same_user_id_replaces_the_old_socket,
+    full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin,
     ping_pong_before_and_after_join,
     ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it,
     orb_control_messages,

@@ -4,8 +4,10 @@
 --       mode ("join" or "restore").
 -- Room hash fields: "m:<userId>" member JSON; "seq" membership sequence; "req" an orb was
 -- requested; "ai" the orb's last status; "coach", "client", "session" for the orb request.
+-- A refusal is an error whose first word is its code (EPOCH, TAKEN, STALE, FULL). It needs words
+-- after it: Redis 7.0 turns an error of one word into "ERR <word>".
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('EPOCH')
+  return redis.error_reply('EPOCH Redis lost its data since this replica registered')
 end
 local room, me_json, max, mode = KEYS[1], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local me = cjson.decode(me_json)
@@ -27,19 +29,19 @@ if old then
   end
   -- Restoring after an outage must not take the place of a newer connection of the user.
   if mode == 'restore' then
-    return redis.error_reply('TAKEN')
+    return redis.error_reply('TAKEN the user joined again on another connection')
   end
 end
 local is_ai = me.participantType == 'ai'
 if is_ai and me.issuedAt then
   for _, m in ipairs(before) do
     if m.participantType == 'ai' and m.issuedAt and m.issuedAt > me.issuedAt then
-      return redis.error_reply('STALE')
+      return redis.error_reply('STALE a newer orb serves the room')
     end
   end
 end
 if not old and #before >= max then
-  return redis.error_reply('FULL')
+  return redis.error_reply('FULL the room is full')
 end
 local has_ai = false
 for _, m in ipairs(before) do
