@@ -6,8 +6,9 @@
 //! * **Membership** is a hash per room (`orb:room:<id>`, a field per member naming its replica
 //!   and connection, plus a sequence number and the room's orb request). Joins and leaves are
 //!   Lua scripts, so the checks a single process makes under its lock (room full, stale orb,
-//!   replacement of the same user, "the first human asks for an orb") are made once for the
-//!   whole room, and each change is published, numbered, to every replica with members there.
+//!   replacement of the same user, "the first human asks for an orb": [`crate::room::admit`])
+//!   are made once for the whole room, and each change is published, numbered, to every replica
+//!   with members there.
 //! * **Messages** go to a replica's inbox channel (`orb:inbox:<replica>`): a relay to a member on
 //!   another replica is one `PUBLISH`, sent in order from one connection, so messages of one
 //!   sender keep their order.

@@ -2,6 +2,7 @@
 //! against one replica and against three sharing rooms through Redis (each room's members spread
 //! over them), with the same expectations.
 
+use orb_api::auth::{Role, RoomClaims};
 use serde_json::json;
 
 use crate::common::*;
@@ -221,6 +222,56 @@ async fn full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin(setup: Setup
     assert_eq!(texts[0]["code"], "room_full", "{texts:?}");
 }
 
+/// A token of an earlier orb of the room cannot replace the live orb: of two orb tokens the newer
+/// (`iat`) wins, whichever joins first and wherever. The earlier one may be an earlier attempt of
+/// the same AiOrb (the same user id, e.g. a pod on a partitioned node) or an earlier AiOrb.
+async fn an_earlier_orbs_token_cannot_replace_the_live_orb(setup: Setup) {
+    let s = setup.start(&["--auth", "jwt"]).await;
+    let orb_token = |orb: &str, age: u64| {
+        let mut c = RoomClaims::new("room-o", &format!("ai-orb-{orb}"), Role::Ai, 600);
+        c.iat -= age;
+        c.orb = Some(format!("uid-of-{orb}"));
+        key().mint(&c)
+    };
+    let (old, new, earlier_orb) = (orb_token("o", 100), orb_token("o", 0), orb_token("before", 200));
+    let connect = |t: String| {
+        let url = format!("{}?token={t}", s.next_url("room-o"));
+        async move {
+            let mut c = Client::connect(&url, None).await;
+            c.send(json!({"type": "join"})).await;
+            c
+        }
+    };
+    let mut coach = connect(token("room-o", "coach-1", Role::Coach)).await;
+    coach.recv_type("peer-discovery").await;
+
+    // The old attempt first: the new one replaces it.
+    let mut first = connect(old.clone()).await;
+    first.recv_type("peer-discovery").await;
+    assert_eq!(coach.recv().await["type"], "user-joined");
+    let mut live = connect(new.clone()).await;
+    live.recv_type("peer-discovery").await;
+    assert_eq!(first.closed().await.0, 4409, "the earlier attempt is replaced");
+    assert_eq!(coach.recv().await["type"], "user-left");
+    assert_eq!(coach.recv().await["type"], "user-joined");
+
+    // The old attempt again, and an earlier AiOrb: refused as final, and the live orb stays.
+    for stale in [old, earlier_orb] {
+        let mut stale = connect(stale).await;
+        let refusal = stale.recv().await;
+        assert_eq!(refusal["code"], "unauthorized", "{refusal}");
+        assert!(refusal["message"].as_str().unwrap().contains("newer orb"), "{refusal}");
+        assert_eq!(stale.closed().await.0, 4409);
+    }
+    live.expect_nothing_pending().await;
+    coach.expect_nothing_pending().await;
+
+    // The live orb reconnecting with its own token is fine.
+    let mut again = connect(new).await;
+    again.recv_type("peer-discovery").await;
+    assert_eq!(live.closed().await.0, 4409);
+}
+
 async fn ping_pong_before_and_after_join(setup: Setup) {
     let s = setup.start(&[]).await;
     let mut c = s.connect("r").await;
@@ -426,6 +477,7 @@ suite!(
     leave_and_abrupt_close_both_notify_user_left,
     rejoin_with_the_same_user_id_replaces_the_old_socket,
     full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin,
+    an_earlier_orbs_token_cannot_replace_the_live_orb,
     ping_pong_before_and_after_join,
     ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it,
     orb_control_messages,

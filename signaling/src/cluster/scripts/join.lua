@@ -1,4 +1,7 @@
 -- Adds a member to a room, atomically with the checks a single process makes under its lock.
+-- The rules are those of `admit` in signaling/src/room.rs (stale orb, room full, replacement of
+-- the user's earlier socket, the orb request), in the same order: change them there and here
+-- together; the conformance tests run both.
 -- KEYS[1] the room hash, KEYS[2] the epoch key, KEYS[3] the joining replica's room set.
 -- ARGV: epoch, inbox channel prefix, room id, user id, member JSON, max participants,
 --       mode ("join" or "restore").
@@ -33,8 +36,10 @@ if old then
   end
 end
 local is_ai = me.participantType == 'ai'
+-- The orb with the newer token is the live one, whoever it is: the joiner's own earlier entry
+-- (an attempt of the same AiOrb has the same user id) counts too.
 if is_ai and me.issuedAt then
-  for _, m in ipairs(before) do
+  for _, m in ipairs(members) do
     if m.participantType == 'ai' and m.issuedAt and m.issuedAt > me.issuedAt then
       return redis.error_reply('STALE a newer orb serves the room')
     end
@@ -55,8 +60,8 @@ if not is_ai then
     meta.session = me.sessionId
     redis.call('HSET', room, 'session', me.sessionId)
   end
-  -- The same rule as a single process: the first human asks for an orb, and a human arriving
-  -- after the last attempt came to nothing asks again. A restore never asks (the orb exists).
+  -- The first human asks for an orb, and a human arriving after the last attempt came to
+  -- nothing asks again. A restore never asks (the orb exists).
   local retry = meta.ai == 'unavailable' or meta.ai == 'ended'
   if mode == 'join' and not has_ai and (meta.req ~= '1' or retry) then
     request = true
