@@ -362,6 +362,13 @@ impl RoomState {
         self.members.push(Member { identity, at });
     }
 
+    /// A join asked for an orb again: how the last attempt went is no news for anyone (the
+    /// joiner is not told it, and the next attempt's same status is news again).
+    fn forget_orb_attempt(&mut self) {
+        self.orb_requested = true;
+        self.ai_status = None;
+    }
+
     /// A member whose socket is elsewhere now (a rejoin, a restore): removed, and closed if it
     /// was a socket here.
     fn remove_user(&mut self, user_id: &str, metrics: &Metrics) {
@@ -630,6 +637,9 @@ impl Registry {
             if admitted.replaces {
                 st.remove_user(&identity.user_id, &self.metrics);
             }
+            if admitted.requests_orb {
+                st.forget_orb_attempt();
+            }
             st.welcome(conn, &identity);
             if !identity.is_ai() {
                 match identity.role {
@@ -642,15 +652,11 @@ impl Registry {
                 }
             }
             st.add(identity, Location::Local(conn.clone()), &self.metrics);
-            let request = admitted.requests_orb.then(|| {
-                st.orb_requested = true;
-                st.ai_status = None;
-                OrbRequest {
-                    room_id: room_id.to_owned(),
-                    coach_id: st.coach_id.clone(),
-                    client_id: st.client_id.clone(),
-                    session_id: st.session_id.clone(),
-                }
+            let request = admitted.requests_orb.then(|| OrbRequest {
+                room_id: room_id.to_owned(),
+                coach_id: st.coach_id.clone(),
+                client_id: st.client_id.clone(),
+                session_id: st.session_id.clone(),
             });
             let presence = st.presence();
             drop(st);
@@ -709,7 +715,9 @@ impl Registry {
                 self.sync_members(&room.id, &mut st, &outcome.members, true);
             }
             st.remove_user(&identity.user_id, &self.metrics);
-            if st.ai_status.is_none() {
+            if outcome.request {
+                st.forget_orb_attempt();
+            } else if st.ai_status.is_none() {
                 st.ai_status = outcome.ai_status;
             }
             st.welcome(conn, &identity);
@@ -931,7 +939,10 @@ impl Registry {
         st.seq = seq;
         let mine = self.cluster.as_ref().map(|c| c.replica().to_owned());
         match event {
-            Event::Joined { member, .. } => {
+            Event::Joined { member, request, .. } => {
+                if request {
+                    st.forget_orb_attempt();
+                }
                 let own = mine.as_deref() == Some(member.replica.as_str());
                 if own || st.members.iter().any(|m| m.is_record(&member)) {
                     // Our own join (applied when its script answered) or one this copy has.

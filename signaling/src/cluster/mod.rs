@@ -117,6 +117,9 @@ pub enum Event {
         member: MemberRecord,
         #[serde(default)]
         replaced: Option<MemberRecord>,
+        /// The join asked for an orb: the last attempt's status is over for every copy.
+        #[serde(default)]
+        request: bool,
     },
     /// Published by the leave and reap scripts.
     Left {
@@ -172,10 +175,18 @@ mod tests {
     fn script_written_events_decode() {
         let member = json!({"userId": "c", "role": "coach", "participantType": "human", "replica": "a", "conn": 3});
         let joined = json!({"k": "joined", "room": "r", "seq": 2, "member": member, "replaced": member});
-        let Event::Joined { seq, replaced, .. } = serde_json::from_value(joined).unwrap() else {
+        let Event::Joined {
+            seq, replaced, request, ..
+        } = serde_json::from_value(joined).unwrap()
+        else {
             panic!("not a join")
         };
-        assert_eq!((seq, replaced.unwrap().conn), (2, 3));
+        assert_eq!((seq, replaced.unwrap().conn, request), (2, 3, false));
+        let asking = json!({"k": "joined", "room": "r", "seq": 2, "member": member, "request": true});
+        assert!(matches!(
+            serde_json::from_value(asking).unwrap(),
+            Event::Joined { request: true, .. }
+        ));
         let left = json!({"k": "left", "room": "r", "seq": 3, "member": member});
         assert!(matches!(
             serde_json::from_value(left).unwrap(),

@@ -222,6 +222,46 @@ async fn full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin(setup: Setup
     assert_eq!(texts[0]["code"], "room_full", "{texts:?}");
 }
 
+/// The first human asks for an orb and later ones do not while it is on its way or there; a
+/// human arriving after the attempt came to nothing (unavailable, ended) asks again, and is not
+/// told how the last attempt ended (another is on its way, whose statuses are news again).
+async fn an_orb_is_asked_for_once_and_again_after_it_came_to_nothing(setup: Setup) {
+    let s = setup.start(&["--max-participants-per-room", "8"]).await;
+    // On the first replica, whose orb events the fixture sends.
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (_client, _) = s.join("r", "client", "client").await;
+    coach.recv_type("user-joined").await;
+    eventually("the first human's request", || s.runtime.requests().len() == 1).await;
+    let mut humans = vec![];
+    for (status, human) in [
+        (AiStatus::Unavailable, "friend"),
+        (AiStatus::Unavailable, "late"),
+        (AiStatus::Ended, "later"),
+    ] {
+        s.events.status("r", status);
+        // Seen by a member: the room's status is recorded (with Redis, in the same step).
+        assert_eq!(coach.recv_type("ai_status").await["status"], json!(status));
+        let asked = s.runtime.requests().len();
+        let (mut joiner, _) = s.join("r", human, "client").await;
+        eventually("a request after the orb came to nothing", || {
+            s.runtime.requests().len() == asked + 1
+        })
+        .await;
+        joiner.expect_nothing_pending().await;
+        // The first replica has the join (with Redis, from the join's event).
+        assert_eq!(coach.recv_type("user-joined").await["userId"], human);
+        humans.push(joiner);
+    }
+    let requests = s.runtime.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert_eq!(requests[3].coach_id.as_deref(), Some("coach"));
+    assert_eq!(requests[3].client_id.as_deref(), Some("later"), "the latest client");
+    // With the orb in the room, a human asks for none, whatever the last status said.
+    let (_orb, _) = s.join("r", "ai", "ai").await;
+    let (_after, _) = s.join("r", "after", "client").await;
+    assert_eq!(s.runtime.requests().len(), 4);
+}
+
 /// A token of an earlier orb of the room cannot replace the live orb: of two orb tokens the newer
 /// (`iat`) wins, whichever joins first and wherever. The earlier one may be an earlier attempt of
 /// the same AiOrb (the same user id, e.g. a pod on a partitioned node) or an earlier AiOrb.
@@ -477,6 +517,7 @@ suite!(
     leave_and_abrupt_close_both_notify_user_left,
     rejoin_with_the_same_user_id_replaces_the_old_socket,
     full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin,
+    an_orb_is_asked_for_once_and_again_after_it_came_to_nothing,
     an_earlier_orbs_token_cannot_replace_the_live_orb,
     ping_pong_before_and_after_join,
     ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it,

@@ -78,7 +78,8 @@ me_json = string.sub(me_json, 1, -2) .. ',"joinSeq":' .. seq .. '}'
 redis.call('HSET', room, field, me_json)
 redis.call('SADD', KEYS[3], ARGV[3])
 local event = '{"k":"joined","room":' .. cjson.encode(ARGV[3]) .. ',"seq":' .. seq ..
-  ',"member":' .. me_json .. (old and (',"replaced":' .. old._json) or '') .. '}'
+  ',"member":' .. me_json .. (old and (',"replaced":' .. old._json) or '') ..
+  (request and ',"request":true' or '') .. '}'
 local told = before
 if old then told = { old, unpack(before) } end
 tell_replicas(ARGV[2], told, event)
