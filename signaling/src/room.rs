@@ -362,6 +362,13 @@ impl RoomState {
         self.members.push(Member { identity, at });
     }
 
+    /// A join asked for an orb again: how the last attempt went is no news for anyone (the
+    /// joiner is not told it, and the next attempt's same status is news again).
+    fn forget_orb_attempt(&mut self) {
+        self.orb_requested = true;
+        self.ai_status = None;
+    }
+
     /// A member whose socket is elsewhere now (a rejoin, a restore): removed, and closed if it
     /// was a socket here.
     fn remove_user(&mut self, user_id: &str, metrics: &Metrics) {
@@ -445,6 +452,56 @@ pub enum JoinError {
     /// Rooms live in Redis and Redis does not answer: the client should retry shortly.
     #[error("rooms are unavailable right now ({0}); retry shortly")]
     Unavailable(String),
+}
+
+/// What the rules let a join do (see [`admit`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The joiner's user id is a member already: that entry (an earlier socket) gives way.
+    pub replaces: bool,
+    /// The joiner asks for the room's orb.
+    pub requests_orb: bool,
+}
+
+/// The rules of a join, decided from the room as it is before it: `members` (the joiner's own
+/// earlier entry included), whether an orb was asked for and the orb's last status.
+///
+/// These rules are stated once, here. A single process applies them under the room's lock
+/// ([`Registry::join`]); with Redis the join script (`cluster/scripts/join.lua`) must apply the
+/// same rules in one atomic step, and the conformance tests hold both modes to them.
+pub fn admit<'a>(
+    members: impl IntoIterator<Item = &'a Identity>,
+    joiner: &Identity,
+    max_participants: usize,
+    orb_requested: bool,
+    ai_status: Option<AiStatus>,
+) -> Result<Admitted, JoinError> {
+    let (mut count, mut replaces, mut other_ai) = (0, false, false);
+    for m in members {
+        // The orb with the newer token is the live one, whoever it is: an earlier attempt of the
+        // same AiOrb (the same user id) as much as an earlier AiOrb of the room.
+        if joiner.is_ai()
+            && m.is_ai()
+            && let (Some(mine), Some(theirs)) = (joiner.issued_at, m.issued_at)
+            && theirs > mine
+        {
+            return Err(JoinError::StaleOrb);
+        }
+        count += 1;
+        if m.user_id == joiner.user_id {
+            replaces = true;
+        } else if m.is_ai() {
+            other_ai = true;
+        }
+    }
+    if !replaces && count >= max_participants {
+        return Err(JoinError::RoomFull(max_participants));
+    }
+    // The first human asks for an orb, and a human arriving after the last attempt came to
+    // nothing asks again.
+    let retry = matches!(ai_status, Some(AiStatus::Unavailable | AiStatus::Ended));
+    let requests_orb = !joiner.is_ai() && !other_ai && (!orb_requested || retry);
+    Ok(Admitted { replaces, requests_orb })
 }
 
 /// The outcome of a relay attempt.
@@ -554,37 +611,37 @@ impl Registry {
         }
     }
 
-    /// Adds `identity` to the room: the joiner gets `peer-discovery`, the others `user-joined`.
-    /// A member with the same userId is replaced: its socket is closed and the others see it
-    /// leave before the new one joins, so their clients rebuild the peer connection.
+    /// Adds `identity` to the room, as [`admit`] allows: the joiner gets `peer-discovery`, the
+    /// others `user-joined`. A member with the same userId is replaced: its socket is closed and
+    /// the others see it leave before the new one joins, so their clients rebuild the peer
+    /// connection.
     pub fn join(&self, room_id: &str, conn: &ConnHandle, identity: Identity) -> Result<Arc<Room>, JoinError> {
-        let is_ai = identity.is_ai();
         let (room, request, presence) = {
             let mut rooms = self.rooms();
             let room = self.room_or_new(&mut rooms, room_id);
             let mut st = room.lock();
-            let newer_orb_present = |mine: u64| {
-                st.members
-                    .iter()
-                    .any(|m| m.identity.is_ai() && m.identity.issued_at.is_some_and(|theirs| theirs > mine))
+            let members = st.members.iter().map(|m| &m.identity);
+            let admitted = match admit(
+                members,
+                &identity,
+                self.max_participants,
+                st.orb_requested,
+                st.ai_status,
+            ) {
+                Ok(admitted) => admitted,
+                Err(e) => {
+                    self.forget_if_unused(&mut rooms, &room, &st);
+                    return Err(e);
+                }
             };
-            let refused = if is_ai && identity.issued_at.is_some_and(newer_orb_present) {
-                Some(JoinError::StaleOrb)
-            } else if !st.members.iter().any(|m| m.identity.user_id == identity.user_id)
-                && st.members.len() >= self.max_participants
-            {
-                Some(JoinError::RoomFull(self.max_participants))
-            } else {
-                None
-            };
-            if let Some(e) = refused {
-                self.forget_if_unused(&mut rooms, &room, &st);
-                return Err(e);
+            if admitted.replaces {
+                st.remove_user(&identity.user_id, &self.metrics);
             }
-            st.remove_user(&identity.user_id, &self.metrics);
+            if admitted.requests_orb {
+                st.forget_orb_attempt();
+            }
             st.welcome(conn, &identity);
-            let has_ai = st.has_ai();
-            if !is_ai {
+            if !identity.is_ai() {
                 match identity.role {
                     UserRole::Coach => st.coach_id = Some(identity.user_id.clone()),
                     UserRole::Client => st.client_id = Some(identity.user_id.clone()),
@@ -595,18 +652,11 @@ impl Registry {
                 }
             }
             st.add(identity, Location::Local(conn.clone()), &self.metrics);
-            // Ask for an orb on the first human, and again when a human arrives after the last
-            // attempt came to nothing. (With Redis the join script makes this decision.)
-            let retry = matches!(st.ai_status, Some(AiStatus::Unavailable | AiStatus::Ended));
-            let request = (!is_ai && !has_ai && (!st.orb_requested || retry)).then(|| {
-                st.orb_requested = true;
-                st.ai_status = None;
-                OrbRequest {
-                    room_id: room_id.to_owned(),
-                    coach_id: st.coach_id.clone(),
-                    client_id: st.client_id.clone(),
-                    session_id: st.session_id.clone(),
-                }
+            let request = admitted.requests_orb.then(|| OrbRequest {
+                room_id: room_id.to_owned(),
+                coach_id: st.coach_id.clone(),
+                client_id: st.client_id.clone(),
+                session_id: st.session_id.clone(),
             });
             let presence = st.presence();
             drop(st);
@@ -619,8 +669,8 @@ impl Registry {
         Ok(room)
     }
 
-    /// [`Registry::join`] across replicas: the join script decides (room full, stale orb,
-    /// replacement, orb request) for the whole room, then this replica's copy is brought up to
+    /// [`Registry::join`] across replicas: the join script decides by the rules of [`admit`]
+    /// (room full, stale orb, replacement, orb request) for the whole room, then this replica's copy is brought up to
     /// that point and the joiner is added. Without Redis, [`Registry::join`] itself.
     pub async fn join_shared(
         &self,
@@ -665,7 +715,9 @@ impl Registry {
                 self.sync_members(&room.id, &mut st, &outcome.members, true);
             }
             st.remove_user(&identity.user_id, &self.metrics);
-            if st.ai_status.is_none() {
+            if outcome.request {
+                st.forget_orb_attempt();
+            } else if st.ai_status.is_none() {
                 st.ai_status = outcome.ai_status;
             }
             st.welcome(conn, &identity);
@@ -887,7 +939,10 @@ impl Registry {
         st.seq = seq;
         let mine = self.cluster.as_ref().map(|c| c.replica().to_owned());
         match event {
-            Event::Joined { member, .. } => {
+            Event::Joined { member, request, .. } => {
+                if request {
+                    st.forget_orb_attempt();
+                }
                 let own = mine.as_deref() == Some(member.replica.as_str());
                 if own || st.members.iter().any(|m| m.is_record(&member)) {
                     // Our own join (applied when its script answered) or one this copy has.
@@ -1133,6 +1188,61 @@ mod tests {
     fn registry(max: usize) -> (Registry, Arc<RecordingRuntime>) {
         let runtime = Arc::new(RecordingRuntime::default());
         (Registry::new(max, runtime.clone(), Metrics::shared()), runtime)
+    }
+
+    /// The rules both join implementations follow (see [`admit`]).
+    #[test]
+    fn admit_stale_orbs_full_rooms_replacement_and_orb_requests() {
+        let orb = |id: &str, iat| Identity {
+            issued_at: Some(iat),
+            ..ai(id)
+        };
+        let admitted = |replaces, requests_orb| Ok(Admitted { replaces, requests_orb });
+        // An older token than an orb present is stale, whoever that orb is: itself included.
+        let live = [human("c", UserRole::Coach), orb("ai-orb-x", 200)];
+        assert_eq!(
+            admit(&live, &orb("ai-orb-x", 100), 2, true, None),
+            Err(JoinError::StaleOrb)
+        );
+        assert_eq!(
+            admit(&live, &orb("ai-orb-w", 100), 3, true, None),
+            Err(JoinError::StaleOrb)
+        );
+        assert_eq!(
+            admit(&live, &orb("ai-orb-x", 200), 2, true, None),
+            admitted(true, false)
+        );
+        assert_eq!(
+            admit(&live, &orb("ai-orb-x", 300), 2, true, None),
+            admitted(true, false)
+        );
+        // Full: a newcomer is refused, a member rejoining is not.
+        assert_eq!(
+            admit(&live, &human("k", UserRole::Client), 2, true, None),
+            Err(JoinError::RoomFull(2))
+        );
+        assert_eq!(
+            admit(&live, &human("c", UserRole::Coach), 2, true, None),
+            admitted(true, false)
+        );
+        // The orb request: the first human; again after the attempt came to nothing; never while
+        // an orb is there, and never by the orb.
+        let humans = [human("c", UserRole::Coach)];
+        let client = human("k", UserRole::Client);
+        assert_eq!(admit(&[], &client, 2, false, None), admitted(false, true));
+        assert_eq!(
+            admit(&humans, &client, 2, true, Some(AiStatus::Queued)),
+            admitted(false, false)
+        );
+        assert_eq!(
+            admit(&humans, &client, 2, true, Some(AiStatus::Ended)),
+            admitted(false, true)
+        );
+        assert_eq!(
+            admit(&live, &client, 3, true, Some(AiStatus::Unavailable)),
+            admitted(false, false)
+        );
+        assert_eq!(admit(&[], &ai("a"), 2, false, None), admitted(false, false));
     }
 
     #[test]

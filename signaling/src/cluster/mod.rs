@@ -6,8 +6,9 @@
 //! * **Membership** is a hash per room (`orb:room:<id>`, a field per member naming its replica
 //!   and connection, plus a sequence number and the room's orb request). Joins and leaves are
 //!   Lua scripts, so the checks a single process makes under its lock (room full, stale orb,
-//!   replacement of the same user, "the first human asks for an orb") are made once for the
-//!   whole room, and each change is published, numbered, to every replica with members there.
+//!   replacement of the same user, "the first human asks for an orb": [`crate::room::admit`])
+//!   are made once for the whole room, and each change is published, numbered, to every replica
+//!   with members there.
 //! * **Messages** go to a replica's inbox channel (`orb:inbox:<replica>`): a relay to a member on
 //!   another replica is one `PUBLISH`, sent in order from one connection, so messages of one
 //!   sender keep their order.
@@ -116,6 +117,9 @@ pub enum Event {
         member: MemberRecord,
         #[serde(default)]
         replaced: Option<MemberRecord>,
+        /// The join asked for an orb: the last attempt's status is over for every copy.
+        #[serde(default)]
+        request: bool,
     },
     /// Published by the leave and reap scripts.
     Left {
@@ -171,10 +175,18 @@ mod tests {
     fn script_written_events_decode() {
         let member = json!({"userId": "c", "role": "coach", "participantType": "human", "replica": "a", "conn": 3});
         let joined = json!({"k": "joined", "room": "r", "seq": 2, "member": member, "replaced": member});
-        let Event::Joined { seq, replaced, .. } = serde_json::from_value(joined).unwrap() else {
+        let Event::Joined {
+            seq, replaced, request, ..
+        } = serde_json::from_value(joined).unwrap()
+        else {
             panic!("not a join")
         };
-        assert_eq!((seq, replaced.unwrap().conn), (2, 3));
+        assert_eq!((seq, replaced.unwrap().conn, request), (2, 3, false));
+        let asking = json!({"k": "joined", "room": "r", "seq": 2, "member": member, "request": true});
+        assert!(matches!(
+            serde_json::from_value(asking).unwrap(),
+            Event::Joined { request: true, .. }
+        ));
         let left = json!({"k": "left", "room": "r", "seq": 3, "member": member});
         assert!(matches!(
             serde_json::from_value(left).unwrap(),

@@ -193,15 +193,16 @@ impl TestServer {
         Client::connect(&self.url(room), None).await
     }
 
-    /// The replicas in turn: each join lands on the next one.
-    fn next_addr(&self) -> SocketAddr {
-        self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()]
+    /// The replicas in turn: each connection made through it lands on the next one.
+    pub fn next_url(&self, room: &str) -> String {
+        let addr = self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()];
+        format!("ws://{addr}/ws-simple/{room}")
     }
 
-    /// Connects and joins without auth, returning the client and its peer-discovery.
+    /// Connects (to the next replica) and joins without auth, returning the client and its
+    /// peer-discovery.
     pub async fn join(&self, room: &str, user: &str, role: &str) -> (Client, Value) {
-        let addr = self.next_addr();
-        join_url(&format!("ws://{addr}/ws-simple/{room}"), room, user, role).await
+        join_url(&self.next_url(room), room, user, role).await
     }
 
     pub async fn http_get(&self, path: &str) -> (u16, String) {

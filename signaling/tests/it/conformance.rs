@@ -2,6 +2,7 @@
 //! against one replica and against three sharing rooms through Redis (each room's members spread
 //! over them), with the same expectations.
 
+use orb_api::auth::{Role, RoomClaims};
 use serde_json::json;
 
 use crate::common::*;
@@ -200,6 +201,115 @@ async fn rejoin_with_the_same_user_id_replaces_the_old_socket(setup: Setup) {
         .await;
     assert_eq!(new.recv().await["fromId"], "coach", "relay goes to the new socket");
     coach.expect_nothing_pending().await;
+}
+
+/// A full room refuses a newcomer, but not a member rejoining: that replaces, it does not add.
+async fn full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin(setup: Setup) {
+    let s = setup.start(&["--max-participants-per-room", "2"]).await;
+    let (mut a, _) = s.join("r", "a", "coach").await;
+    let (_b, _) = s.join("r", "b", "client").await;
+    let (_a2, discovery) = s.join("r", "a", "coach").await;
+    assert_eq!(
+        discovery["peers"],
+        json!([{"userId": "b", "userRole": "client", "participantType": "human"}])
+    );
+    assert_eq!(a.closed().await.0, 4409);
+    let mut c = Client::connect(&s.next_url("r"), None).await;
+    c.send(json!({"type": "join", "userId": "c", "userRole": "client"}))
+        .await;
+    let (code, _, texts) = c.closed().await;
+    assert_eq!(code, 4429);
+    assert_eq!(texts[0]["code"], "room_full", "{texts:?}");
+}
+
+/// The first human asks for an orb and later ones do not while it is on its way or there; a
+/// human arriving after the attempt came to nothing (unavailable, ended) asks again, and is not
+/// told how the last attempt ended (another is on its way, whose statuses are news again).
+async fn an_orb_is_asked_for_once_and_again_after_it_came_to_nothing(setup: Setup) {
+    let s = setup.start(&["--max-participants-per-room", "8"]).await;
+    // On the first replica, whose orb events the fixture sends.
+    let (mut coach, _) = s.join("r", "coach", "coach").await;
+    let (_client, _) = s.join("r", "client", "client").await;
+    coach.recv_type("user-joined").await;
+    eventually("the first human's request", || s.runtime.requests().len() == 1).await;
+    let mut humans = vec![];
+    for (status, human) in [
+        (AiStatus::Unavailable, "friend"),
+        (AiStatus::Unavailable, "late"),
+        (AiStatus::Ended, "later"),
+    ] {
+        s.events.status("r", status);
+        // Seen by a member: the room's status is recorded (with Redis, in the same step).
+        assert_eq!(coach.recv_type("ai_status").await["status"], json!(status));
+        let asked = s.runtime.requests().len();
+        let (mut joiner, _) = s.join("r", human, "client").await;
+        eventually("a request after the orb came to nothing", || {
+            s.runtime.requests().len() == asked + 1
+        })
+        .await;
+        joiner.expect_nothing_pending().await;
+        // The first replica has the join (with Redis, from the join's event).
+        assert_eq!(coach.recv_type("user-joined").await["userId"], human);
+        humans.push(joiner);
+    }
+    let requests = s.runtime.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert_eq!(requests[3].coach_id.as_deref(), Some("coach"));
+    assert_eq!(requests[3].client_id.as_deref(), Some("later"), "the latest client");
+    // With the orb in the room, a human asks for none, whatever the last status said.
+    let (_orb, _) = s.join("r", "ai", "ai").await;
+    let (_after, _) = s.join("r", "after", "client").await;
+    assert_eq!(s.runtime.requests().len(), 4);
+}
+
+/// A token of an earlier orb of the room cannot replace the live orb: of two orb tokens the newer
+/// (`iat`) wins, whichever joins first and wherever. The earlier one may be an earlier attempt of
+/// the same AiOrb (the same user id, e.g. a pod on a partitioned node) or an earlier AiOrb.
+async fn an_earlier_orbs_token_cannot_replace_the_live_orb(setup: Setup) {
+    let s = setup.start(&["--auth", "jwt"]).await;
+    let orb_token = |orb: &str, age: u64| {
+        let mut c = RoomClaims::new("room-o", &format!("ai-orb-{orb}"), Role::Ai, 600);
+        c.iat -= age;
+        c.orb = Some(format!("uid-of-{orb}"));
+        key().mint(&c)
+    };
+    let (old, new, earlier_orb) = (orb_token("o", 100), orb_token("o", 0), orb_token("before", 200));
+    let connect = |t: String| {
+        let url = format!("{}?token={t}", s.next_url("room-o"));
+        async move {
+            let mut c = Client::connect(&url, None).await;
+            c.send(json!({"type": "join"})).await;
+            c
+        }
+    };
+    let mut coach = connect(token("room-o", "coach-1", Role::Coach)).await;
+    coach.recv_type("peer-discovery").await;
+
+    // The old attempt first: the new one replaces it.
+    let mut first = connect(old.clone()).await;
+    first.recv_type("peer-discovery").await;
+    assert_eq!(coach.recv().await["type"], "user-joined");
+    let mut live = connect(new.clone()).await;
+    live.recv_type("peer-discovery").await;
+    assert_eq!(first.closed().await.0, 4409, "the earlier attempt is replaced");
+    assert_eq!(coach.recv().await["type"], "user-left");
+    assert_eq!(coach.recv().await["type"], "user-joined");
+
+    // The old attempt again, and an earlier AiOrb: refused as final, and the live orb stays.
+    for stale in [old, earlier_orb] {
+        let mut stale = connect(stale).await;
+        let refusal = stale.recv().await;
+        assert_eq!(refusal["code"], "unauthorized", "{refusal}");
+        assert!(refusal["message"].as_str().unwrap().contains("newer orb"), "{refusal}");
+        assert_eq!(stale.closed().await.0, 4409);
+    }
+    live.expect_nothing_pending().await;
+    coach.expect_nothing_pending().await;
+
+    // The live orb reconnecting with its own token is fine.
+    let mut again = connect(new).await;
+    again.recv_type("peer-discovery").await;
+    assert_eq!(live.closed().await.0, 4409);
 }
 
 async fn ping_pong_before_and_after_join(setup: Setup) {
@@ -406,6 +516,9 @@ suite!(
     relay_to_an_unknown_peer_is_an_error_for_the_sender_only,
     leave_and_abrupt_close_both_notify_user_left,
     rejoin_with_the_same_user_id_replaces_the_old_socket,
+    full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin,
+    an_orb_is_asked_for_once_and_again_after_it_came_to_nothing,
+    an_earlier_orbs_token_cannot_replace_the_live_orb,
     ping_pong_before_and_after_join,
     ai_status_from_the_orb_reaches_humans_and_humans_cannot_send_it,
     orb_control_messages,

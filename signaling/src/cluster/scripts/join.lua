@@ -1,11 +1,16 @@
 -- Adds a member to a room, atomically with the checks a single process makes under its lock.
+-- The rules are those of `admit` in signaling/src/room.rs (stale orb, room full, replacement of
+-- the user's earlier socket, the orb request), in the same order: change them there and here
+-- together; the conformance tests run both.
 -- KEYS[1] the room hash, KEYS[2] the epoch key, KEYS[3] the joining replica's room set.
 -- ARGV: epoch, inbox channel prefix, room id, user id, member JSON, max participants,
 --       mode ("join" or "restore").
 -- Room hash fields: "m:<userId>" member JSON; "seq" membership sequence; "req" an orb was
 -- requested; "ai" the orb's last status; "coach", "client", "session" for the orb request.
+-- A refusal is an error whose first word is its code (EPOCH, TAKEN, STALE, FULL). It needs words
+-- after it: Redis 7.0 turns an error of one word into "ERR <word>".
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('EPOCH')
+  return redis.error_reply('EPOCH Redis lost its data since this replica registered')
 end
 local room, me_json, max, mode = KEYS[1], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local me = cjson.decode(me_json)
@@ -27,19 +32,21 @@ if old then
   end
   -- Restoring after an outage must not take the place of a newer connection of the user.
   if mode == 'restore' then
-    return redis.error_reply('TAKEN')
+    return redis.error_reply('TAKEN the user joined again on another connection')
   end
 end
 local is_ai = me.participantType == 'ai'
+-- The orb with the newer token is the live one, whoever it is: the joiner's own earlier entry
+-- (an attempt of the same AiOrb has the same user id) counts too.
 if is_ai and me.issuedAt then
-  for _, m in ipairs(before) do
+  for _, m in ipairs(members) do
     if m.participantType == 'ai' and m.issuedAt and m.issuedAt > me.issuedAt then
-      return redis.error_reply('STALE')
+      return redis.error_reply('STALE a newer orb serves the room')
     end
   end
 end
 if not old and #before >= max then
-  return redis.error_reply('FULL')
+  return redis.error_reply('FULL the room is full')
 end
 local has_ai = false
 for _, m in ipairs(before) do
@@ -53,8 +60,8 @@ if not is_ai then
     meta.session = me.sessionId
     redis.call('HSET', room, 'session', me.sessionId)
   end
-  -- The same rule as a single process: the first human asks for an orb, and a human arriving
-  -- after the last attempt came to nothing asks again. A restore never asks (the orb exists).
+  -- The first human asks for an orb, and a human arriving after the last attempt came to
+  -- nothing asks again. A restore never asks (the orb exists).
   local retry = meta.ai == 'unavailable' or meta.ai == 'ended'
   if mode == 'join' and not has_ai and (meta.req ~= '1' or retry) then
     request = true
@@ -71,7 +78,8 @@ me_json = string.sub(me_json, 1, -2) .. ',"joinSeq":' .. seq .. '}'
 redis.call('HSET', room, field, me_json)
 redis.call('SADD', KEYS[3], ARGV[3])
 local event = '{"k":"joined","room":' .. cjson.encode(ARGV[3]) .. ',"seq":' .. seq ..
-  ',"member":' .. me_json .. (old and (',"replaced":' .. old._json) or '') .. '}'
+  ',"member":' .. me_json .. (old and (',"replaced":' .. old._json) or '') ..
+  (request and ',"request":true' or '') .. '}'
 local told = before
 if old then told = { old, unpack(before) } end
 tell_replicas(ARGV[2], told, event)
