@@ -16,3 +16,5 @@ mod lifecycle;
 mod operator;
 #[path = "apiserver/pool.rs"]
 mod pool;
+#[path = "apiserver/cap.rs"]
+mod cap;

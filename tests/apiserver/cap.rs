@@ -1,0 +1,142 @@
+//! The concurrency cap on a real API server, under what breaks caches: a thousand AiOrbs created at
+//! once, two operator processes competing for the lease, the leader killed in the middle and a new
+//! one started, admitted orbs deleted to free their slots. A watch follows every AiOrb and counts
+//! the admitted, unfinished ones after each change: never more than the cap.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use orb_api::AiOrb;
+
+use crate::envtest::{ControlPlane, ensure_namespace, wait_for, wait_until};
+use crate::operator::{OPERATOR_NS, Operator, create_orb, spec};
+
+const NS: &str = "calls";
+const CAP: usize = 5;
+const ORBS: usize = 1000;
+
+fn holds_a_slot(orb: &AiOrb) -> bool {
+    let status = orb.status.clone().unwrap_or_default();
+    status.admitted_at.is_some() && !status.phase.is_some_and(orb_api::OrbPhase::is_terminal)
+}
+
+/// The admitted, unfinished orbs after every change the watch delivers, and the most seen at once.
+#[derive(Default)]
+struct SlotWatch {
+    holding: BTreeSet<String>,
+    most: usize,
+}
+
+fn follow(orbs: Api<AiOrb>, state: Arc<Mutex<SlotWatch>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stream = watcher(orbs, watcher::Config::default()).boxed();
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue };
+            let mut s = state.lock().unwrap();
+            match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    if holds_a_slot(&o) {
+                        s.holding.insert(o.uid().unwrap());
+                    } else {
+                        s.holding.remove(&o.uid().unwrap());
+                    }
+                }
+                watcher::Event::Delete(o) => {
+                    s.holding.remove(&o.uid().unwrap());
+                }
+                _ => {}
+            }
+            s.most = s.most.max(s.holding.len());
+        }
+    })
+}
+
+async fn leader(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    leases
+        .get_opt("orb-operator-leader")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+async fn holding(orbs: &Api<AiOrb>) -> Vec<AiOrb> {
+    orbs.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(holds_a_slot)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cap_holds_for_a_thousand_orbs_created_at_once_across_a_killed_leader_and_a_standby() {
+    let Some(cp) = ControlPlane::start().await else { return };
+    let admin = cp.admin().await;
+    ensure_namespace(&admin, NS).await;
+    ensure_namespace(&admin, OPERATOR_NS).await;
+    let env = BTreeMap::from([
+        ("MAX_CONCURRENT_ORBS".to_owned(), CAP.to_string()),
+        ("WATCH_NAMESPACE".to_owned(), NS.to_owned()),
+    ]);
+    let kubeconfig = cp.admin_kubeconfig();
+    let mut operators = BTreeMap::from([
+        ("op-a".to_owned(), Operator::start(&cp, "op-a", &kubeconfig, &env)),
+        ("op-b".to_owned(), Operator::start(&cp, "op-b", &kubeconfig, &env)),
+    ]);
+    let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
+    let slots = Arc::new(Mutex::new(SlotWatch::default()));
+    let watch = follow(orbs.clone(), slots.clone());
+
+    // A thousand rooms ask for an orb at once; the leader dies a third of the way in.
+    let creating = futures::stream::iter(0..ORBS)
+        .map(|i| {
+            let admin = admin.clone();
+            async move {
+                let room = format!("room-{i:04}");
+                create_orb(&admin, NS, &room, spec(&room)).await;
+            }
+        })
+        .buffer_unordered(32);
+    tokio::pin!(creating);
+    let mut created = 0;
+    while creating.next().await.is_some() {
+        created += 1;
+        if created == ORBS / 3 {
+            let first = wait_for("an operator leads", || leader(&admin)).await;
+            operators.get_mut(&first).expect("a known operator leads").kill();
+            operators.insert(
+                format!("{first}-restarted"),
+                Operator::start(&cp, &format!("{first}-restarted"), &kubeconfig, &env),
+            );
+        }
+    }
+    wait_until("the cap is filled", || async { holding(&orbs).await.len() == CAP }).await;
+
+    // Calls end: their AiOrbs are deleted, and queued ones take the slots.
+    for _ in 0..3 {
+        let ending = holding(&orbs).await;
+        for orb in &ending {
+            orbs.delete(&orb.name_any(), &DeleteParams::default()).await.unwrap();
+        }
+        let ended: BTreeSet<String> = ending.iter().filter_map(|o| o.uid()).collect();
+        wait_until("the ended orbs are gone and queued ones hold their slots", || async {
+            let all = orbs.list(&ListParams::default()).await.unwrap().items;
+            let now: Vec<&AiOrb> = all.iter().filter(|o| holds_a_slot(o)).collect();
+            now.len() == CAP && all.iter().all(|o| !ended.contains(&o.uid().unwrap()))
+        })
+        .await;
+    }
+    watch.abort();
+    let most = slots.lock().unwrap().most;
+    assert_eq!(most, CAP, "admitted, unfinished orbs at once: at most the cap, and the cap was used");
+    let total = orbs.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(total, ORBS - 3 * CAP);
+}
