@@ -6,6 +6,8 @@
 mod envtest;
 mod support;
 
+#[path = "apiserver/cap.rs"]
+mod cap;
 #[path = "apiserver/chart.rs"]
 mod chart;
 #[path = "apiserver/kubelet.rs"]
@@ -16,5 +18,3 @@ mod lifecycle;
 mod operator;
 #[path = "apiserver/pool.rs"]
 mod pool;
-#[path = "apiserver/cap.rs"]
-mod cap;

@@ -11,5 +11,4 @@ pub mod metrics;
 pub mod pod;
 pub mod pool;
 pub use orb_policy as policy;
-pub mod rbac;
 pub mod status;

@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 use orb_api::AiOrb;
 
 use crate::envtest::{ControlPlane, ensure_namespace, wait_for, wait_until};
-use crate::operator::{OPERATOR_NS, Operator, create_orb, spec};
+use crate::operator::{OPERATOR_NS, Operator, chart_identity, create_orb, spec};
 
 const NS: &str = "calls";
 const CAP: usize = 5;
@@ -58,12 +58,7 @@ fn follow(orbs: Api<AiOrb>, state: Arc<Mutex<SlotWatch>>) -> tokio::task::JoinHa
 
 async fn leader(client: &Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
-    leases
-        .get_opt("orb-operator-leader")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
+    leases.get_opt("orb-operator-leader").await.ok()??.spec?.holder_identity
 }
 
 async fn holding(orbs: &Api<AiOrb>) -> Vec<AiOrb> {
@@ -86,7 +81,7 @@ async fn the_cap_holds_for_a_thousand_orbs_created_at_once_across_a_killed_leade
         ("MAX_CONCURRENT_ORBS".to_owned(), CAP.to_string()),
         ("WATCH_NAMESPACE".to_owned(), NS.to_owned()),
     ]);
-    let kubeconfig = cp.admin_kubeconfig();
+    let kubeconfig = chart_identity(&cp, NS).await;
     let mut operators = BTreeMap::from([
         ("op-a".to_owned(), Operator::start(&cp, "op-a", &kubeconfig, &env)),
         ("op-b".to_owned(), Operator::start(&cp, "op-b", &kubeconfig, &env)),
@@ -135,8 +130,14 @@ async fn the_cap_holds_for_a_thousand_orbs_created_at_once_across_a_killed_leade
         .await;
     }
     watch.abort();
+    for operator in operators.values() {
+        operator.assert_never_forbidden();
+    }
     let most = slots.lock().unwrap().most;
-    assert_eq!(most, CAP, "admitted, unfinished orbs at once: at most the cap, and the cap was used");
+    assert_eq!(
+        most, CAP,
+        "admitted, unfinished orbs at once: at most the cap, and the cap was used"
+    );
     let total = orbs.list(&ListParams::default()).await.unwrap().items.len();
     assert_eq!(total, ORBS - 3 * CAP);
 }

@@ -74,17 +74,6 @@ async fn wait_for_pod(client: &Client, ns: &str, name: &str) -> (AiOrb, Pod) {
     .await
 }
 
-/// The RBAC the chart grants is all the operator uses: a call it is not granted is answered 403,
-/// which the operator logs.
-fn assert_never_forbidden(operator: &Operator) {
-    let log = operator.log_text();
-    let lower = log.to_lowercase();
-    assert!(
-        !lower.contains("forbidden") && !lower.contains(" 403"),
-        "the operator made a call the chart's RBAC does not grant:\n{log}"
-    );
-}
-
 #[tokio::test]
 async fn the_default_chart_is_accepted_and_its_operator_reconciles_an_orb_under_the_charts_rbac() {
     let Some(cp) = ControlPlane::start().await else { return };
@@ -108,7 +97,7 @@ async fn the_default_chart_is_accepted_and_its_operator_reconciles_an_orb_under_
     .await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     assert!(pods.get_opt(&pod.name_any()).await.unwrap().is_none());
-    assert_never_forbidden(&operator);
+    operator.assert_never_forbidden();
 }
 
 #[tokio::test]
@@ -131,7 +120,7 @@ async fn a_cluster_wide_operator_reconciles_orbs_of_any_namespace_under_its_clus
     ensure_namespace(&admin, "team-b").await;
     create_orb(&admin, "team-b", "room-b", spec("room-b")).await;
     wait_for_pod(&admin, "team-b", "room-b").await;
-    assert_never_forbidden(&operator);
+    operator.assert_never_forbidden();
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! operator that was down meanwhile.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -13,20 +14,27 @@ use kube::{Client, ResourceExt};
 use orb_api::{AiOrb, AiOrbSpec, OrbPhase, TerminationReason};
 use serde_json::json;
 
-use crate::envtest::{ControlPlane, ensure_namespace, wait_for, wait_until};
+use crate::envtest::{ControlPlane, wait_for, wait_until};
 use crate::kubelet::{loopback_ip, run_pod};
-use crate::operator::{OPERATOR_NS, Operator, create_orb, pods_of, spec};
+use crate::operator::{Operator, chart_identity, create_orb, pods_of, spec};
 use crate::pool::report_presence;
 
 const NS: &str = "calls";
 
-async fn start(cp: &ControlPlane, name: &str, env: &[(&str, &str)]) -> (Client, Operator) {
+/// The operator under the chart's RBAC, watching [`NS`], with `env` on top; its env and identity
+/// for a restart.
+async fn start(cp: &ControlPlane, name: &str, env: &[(&str, &str)]) -> (Client, Operator, Restart) {
     let admin = cp.admin().await;
-    ensure_namespace(&admin, NS).await;
-    ensure_namespace(&admin, OPERATOR_NS).await;
-    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let operator = Operator::start(cp, name, &cp.admin_kubeconfig(), &env);
-    (admin, operator)
+    let mut env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    env.insert("WATCH_NAMESPACE".into(), NS.into());
+    let kubeconfig = chart_identity(cp, NS).await;
+    let operator = Operator::start(cp, name, &kubeconfig, &env);
+    (admin, operator, Restart { kubeconfig, env })
+}
+
+struct Restart {
+    kubeconfig: PathBuf,
+    env: BTreeMap<String, String>,
 }
 
 async fn wait_phase(orbs: &Api<AiOrb>, name: &str, phase: OrbPhase) -> AiOrb {
@@ -52,7 +60,7 @@ async fn apply_summary(orbs: &Api<AiOrb>, name: &str, summary: serde_json::Value
 #[tokio::test]
 async fn a_delivered_summary_drops_its_last_error_after_the_operator_wrote_the_status() {
     let Some(cp) = ControlPlane::start().await else { return };
-    let (admin, _operator) = start(&cp, "summary", &[]).await;
+    let (admin, operator, _) = start(&cp, "summary", &[]).await;
     let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
     create_orb(&admin, NS, "room-s", spec("room-s")).await;
     let orb = wait_phase(&orbs, "room-s", OrbPhase::Starting).await;
@@ -96,6 +104,7 @@ async fn a_delivered_summary_drops_its_last_error_after_the_operator_wrote_the_s
         .filter_map(|m| m.manager.clone())
         .collect();
     assert_eq!(managers, vec!["orb-signaling".to_owned()]);
+    operator.assert_never_forbidden();
 }
 
 fn jiff_hours(h: i64) -> k8s_openapi::jiff::SignedDuration {
@@ -104,7 +113,11 @@ fn jiff_hours(h: i64) -> k8s_openapi::jiff::SignedDuration {
 
 /// Signaling's end of a room's AiOrb and its next one: delete the finished orb, create anew.
 async fn recreate(orbs: &Api<AiOrb>, admin: &Client, name: &str, spec: AiOrbSpec) -> AiOrb {
-    orbs.delete(name, &DeleteParams::default()).await.unwrap();
+    match orbs.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("delete {name}: {e}"),
+    }
     wait_until(&format!("{name} is gone"), || async {
         orbs.get_opt(name).await.unwrap().is_none()
     })
@@ -129,7 +142,8 @@ fn budget_start(orb: &AiOrb) -> Timestamp {
 #[tokio::test]
 async fn a_rooms_next_call_starts_a_fresh_budget_and_a_call_past_its_lifetime_does_not() {
     let Some(cp) = ControlPlane::start().await else { return };
-    let (admin, _operator) = start(&cp, "budget", &[]).await;
+    // Finished orbs go a second after they end: the room's next AiOrb may find the last gone.
+    let (admin, operator, _) = start(&cp, "budget", &[("FINISHED_ORB_TTL", "1s")]).await;
     let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
 
     // A call that ends with everybody gone.
@@ -174,6 +188,11 @@ async fn a_rooms_next_call_starts_a_fresh_budget_and_a_call_past_its_lifetime_do
         ended.status.unwrap().termination_reason,
         Some(TerminationReason::MaxLifetime)
     );
+    wait_until("the finished orb is deleted after its TTL", || async {
+        orbs.get_opt("room-b").await.unwrap().is_none()
+    })
+    .await;
+    operator.assert_never_forbidden();
 }
 
 /// Deleting an AiOrb while the operator is down: the AiOrb waits on its finalizer; the restarted
@@ -185,7 +204,7 @@ async fn a_deleted_orb_is_finished_by_a_restarted_operator_and_its_objects_colle
         return;
     };
     cp.start_controller_manager();
-    let (admin, mut operator) = start(&cp, "gc", &[]).await;
+    let (admin, mut operator, restart) = start(&cp, "gc", &[]).await;
     let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
     create_orb(&admin, NS, "room-g", spec("room-g")).await;
     let orb = wait_phase(&orbs, "room-g", OrbPhase::Starting).await;
@@ -230,7 +249,7 @@ async fn a_deleted_orb_is_finished_by_a_restarted_operator_and_its_objects_colle
     orbs.delete("room-g", &DeleteParams::default()).await.unwrap();
     let waiting = orbs.get("room-g").await.unwrap();
     assert!(waiting.metadata.deletion_timestamp.is_some() && !waiting.finalizers().is_empty());
-    let _restarted = Operator::start(&cp, "gc-restarted", &cp.admin_kubeconfig(), &BTreeMap::new());
+    let restarted = Operator::start(&cp, "gc-restarted", &restart.kubeconfig, &restart.env);
     let states = seen.await.unwrap();
     let last = states.last().expect("the orb was seen");
     let status = last.status.clone().unwrap_or_default();
@@ -247,4 +266,6 @@ async fn a_deleted_orb_is_finished_by_a_restarted_operator_and_its_objects_colle
         secrets.get_opt(&token_secret).await.unwrap().is_none()
     })
     .await;
+    operator.assert_never_forbidden();
+    restarted.assert_never_forbidden();
 }

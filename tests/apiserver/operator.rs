@@ -10,11 +10,11 @@ use kube::{Client, ResourceExt};
 use orb_api::{AiOrb, AiOrbSpec};
 use serde_json::Value;
 
-use crate::envtest::ControlPlane;
-use crate::support::{Process, free_port, workspace_bin};
+use crate::envtest::{ControlPlane, apply_all, ensure_namespace};
+use crate::support::{Process, free_port, render, workspace_bin};
 
-/// The operator's own namespace (its Lease and admission ledger).
-pub const OPERATOR_NS: &str = "orb-system";
+/// The operator's own namespace (its Lease and admission ledger): the chart's release namespace.
+pub const OPERATOR_NS: &str = "orbs";
 
 /// A signing key for the tests' orb tokens (at least 32 bytes).
 pub const SIGNING_KEY: &str = "envtest-signing-key-0123456789abcdef0123456789";
@@ -23,14 +23,12 @@ pub const SIGNING_KEY: &str = "envtest-signing-key-0123456789abcdef0123456789";
 pub struct Operator {
     pub process: Process,
     pub log: PathBuf,
-    pub http: String,
 }
 
 impl Operator {
     /// Starts the operator with `env` (on top of a minimal environment) and the identity of
     /// `kubeconfig`.
     pub fn start(cp: &ControlPlane, name: &str, kubeconfig: &Path, env: &BTreeMap<String, String>) -> Operator {
-        let http = format!("127.0.0.1:{}", free_port());
         let log = cp.dir().join(format!("operator-{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -50,7 +48,7 @@ impl Operator {
         if !env.contains_key(orb_api::auth::SIGNING_KEY_FILE_ENV) {
             cmd.env(orb_api::auth::SIGNING_KEY_ENV, SIGNING_KEY);
         }
-        cmd.env("OPERATOR_HTTP_ADDR", &http)
+        cmd.env("OPERATOR_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file);
@@ -58,12 +56,23 @@ impl Operator {
         Operator {
             process: Process(child),
             log,
-            http,
         }
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The operator never made a call its identity is not granted (the server answers 403, which
+    /// the operator logs): run under the chart's RBAC, every call the code makes is one the chart
+    /// grants.
+    pub fn assert_never_forbidden(&self) {
+        let log = self.log_text();
+        let lower = log.to_lowercase();
+        assert!(
+            !lower.contains("forbidden") && !lower.contains(" 403"),
+            "the operator made a call its RBAC does not grant:\n{log}"
+        );
     }
 
     /// Kills the process at once, as a lost node or an OOM kill would.
@@ -102,6 +111,38 @@ pub async fn pods_of(client: &Client, orb: &AiOrb) -> Vec<Pod> {
                 .any(|r| r.controller == Some(true) && Some(&r.uid) == orb.metadata.uid.as_ref())
         })
         .collect()
+}
+
+/// The identity the chart gives the operator when it watches `watched`: its ServiceAccount, Roles
+/// and bindings as rendered, applied to the server, and a kubeconfig with the ServiceAccount's token.
+/// An operator started with it may make only the calls the chart grants.
+pub async fn chart_identity(cp: &ControlPlane, watched: &str) -> PathBuf {
+    let admin = cp.admin().await;
+    ensure_namespace(&admin, OPERATOR_NS).await;
+    ensure_namespace(&admin, watched).await;
+    let rbac: Vec<Value> = render(None, &["--set", &format!("operator.watchNamespace={watched}")])
+        .into_iter()
+        .filter(|o| {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let operators = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("orb-operator");
+            operators
+                && [
+                    "ServiceAccount",
+                    "Role",
+                    "RoleBinding",
+                    "ClusterRole",
+                    "ClusterRoleBinding",
+                ]
+                .contains(&kind)
+        })
+        .collect();
+    assert!(rbac.iter().any(|o| o["kind"] == "Role"));
+    let applied = apply_all(&admin, OPERATOR_NS, &rbac).await;
+    assert!(applied.values().all(Result::is_ok), "{applied:?}");
+    cp.service_account(OPERATOR_NS, "orb-operator").await.1
 }
 
 /// The env of the operator container as a rendered chart gives it, with the pod's own fields

@@ -14,9 +14,9 @@ use serde_json::json;
 
 use crate::envtest::{ControlPlane, ensure_namespace, wait_for, wait_until};
 use crate::kubelet::{FakeWarmOrb, OnAssign, loopback_ip, run_pod};
-use crate::operator::{OPERATOR_NS, Operator, create_orb, pods_of, spec};
+use crate::operator::{OPERATOR_NS, Operator, chart_identity, create_orb, pods_of, spec};
 
-const NS: &str = "orbs";
+const NS: &str = "calls";
 
 /// Signaling's presence write on an orb, as its runtime makes it (server-side apply of the status
 /// subresource with its own field manager).
@@ -53,7 +53,7 @@ async fn a_bind_racing_a_presence_write_binds_one_warm_pod_and_the_keeper_delete
         ("ORB_WARM_POOL_SIZE".to_owned(), "2".to_owned()),
         ("MAX_CONCURRENT_ORBS".to_owned(), "4".to_owned()),
     ]);
-    let _operator = Operator::start(&cp, "pool", &cp.admin_kubeconfig(), &env);
+    let operator = Operator::start(&cp, "pool", &chart_identity(&cp, NS).await, &env);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
 
     // Each warm orb reports the room's presence before it answers: the bind's status write then
@@ -107,6 +107,7 @@ async fn a_bind_racing_a_presence_write_binds_one_warm_pod_and_the_keeper_delete
         still.metadata.deletion_timestamp.is_none(),
         "the bound pod is being deleted"
     );
+    operator.assert_never_forbidden();
 }
 
 /// Item 2: the keeper deleted warm pods by name, so a pass that listed the pool before a claim
