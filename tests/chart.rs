@@ -983,8 +983,8 @@ fn the_admission_policy_lets_only_signaling_and_listed_creators_create_aiorbs() 
     let rules = &policy["spec"]["matchConstraints"]["resourceRules"];
     assert_eq!(rules.as_array().unwrap().len(), 1);
     assert_eq!(rules[0]["apiGroups"], serde_json::json!(["hybridcoach.io"]));
-    // The status subresource (the operator's and signaling's status writes) is not matched.
-    assert_eq!(rules[0]["resources"], serde_json::json!(["aiorbs"]));
+    // The status subresource too: its operator fields are the operator's alone.
+    assert_eq!(rules[0]["resources"], serde_json::json!(["aiorbs", "aiorbs/status"]));
     assert_eq!(rules[0]["operations"], serde_json::json!(["CREATE", "UPDATE"]));
     assert_eq!(
         policy["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
@@ -1042,6 +1042,41 @@ fn the_admission_policy_lets_only_signaling_and_listed_creators_create_aiorbs() 
         assert!(
             message.starts_with("the spec of an AiOrb is changed by signaling"),
             "{message}"
+        );
+    }
+
+    // The finished label and the operator's status fields: the operator's alone. Every status field
+    // is checked: each one of the CRD's but signaling's (presence, the summary) is the operator's.
+    let signaling = "system:serviceaccount:orbs:orb-signaling";
+    let message = admit(policy, request("UPDATE", signaling, &[]), labelled.clone(), orb.clone()).unwrap_err();
+    assert!(
+        message.contains("hybridcoach.io/finished of an AiOrb is set by the operator"),
+        "{message}"
+    );
+    let crd: Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("crds/generated/aiorbs.hybridcoach.io.yaml")).unwrap(),
+    )
+    .unwrap();
+    let fields = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+        .as_object()
+        .unwrap();
+    let mut queued = orb.clone();
+    queued["status"] = serde_json::json!({"phase": "Queued", "participants": 1});
+    for field in fields.keys() {
+        let mut forged = queued.clone();
+        forged["status"][field] = serde_json::json!("forged");
+        let verdict = admit(
+            policy,
+            request("UPDATE", signaling, &[]),
+            forged.clone(),
+            queued.clone(),
+        );
+        let signalings = ["participants", "lastActivityTime", "summary"].contains(&field.as_str());
+        assert_eq!(verdict.is_ok(), signalings, "{field}: {verdict:?}");
+        assert_eq!(
+            admit(policy, request("UPDATE", operator, &[]), forged, queued.clone()),
+            Ok(()),
+            "{field}"
         );
     }
 }

@@ -121,6 +121,13 @@ pub(crate) fn parse_ledger(cm: &ConfigMap) -> BTreeSet<String> {
     ledger_names(cm).into_keys().collect()
 }
 
+/// How a holder the pass frees ended: its reason, when its status says it finished.
+fn end_of(orb: Option<&AiOrb>) -> Option<(&AiOrb, TerminationReason)> {
+    let orb = orb?;
+    let reason = orb.status.as_ref()?.termination_reason.filter(|_| orb.is_finished())?;
+    Some((orb, reason))
+}
+
 /// The ledger's holders by uid, each with the `namespace/name` its line gives (none when the
 /// writer did not know it, `?`).
 fn ledger_names(cm: &ConfigMap) -> BTreeMap<String, Option<(String, String)>> {
@@ -187,6 +194,10 @@ pub struct Snapshot {
     pub ledger_cm: Option<ConfigMap>,
     pub ledger: BTreeSet<String>,
     pub orbs: Vec<AiOrb>,
+    /// Ledger holders the list did not return (labelled finished), as read by name: the finished
+    /// ones free their slots; one whose status is not terminal still holds it (the label is no
+    /// proof: it may have been set by someone else).
+    pub unlisted: BTreeMap<String, AiOrb>,
     pub plan: policy::AdmissionPlan,
 }
 
@@ -201,15 +212,42 @@ pub async fn snapshot(
 ) -> Result<Snapshot, kube::Error> {
     let ledger_cm = ledger.get_opt(LEDGER_NAME).await?;
     let held = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
-    let orbs = list_unfinished(orbs).await?;
-    let entries: Vec<AdmissionEntry> = orbs.iter().filter_map(|o| entry(o, prewarm_lead, now)).collect();
+    let mut listed = list_unfinished(orbs).await?;
+    let unlisted = read_unlisted(orbs, ledger_cm.as_ref(), &listed).await?;
+    // A holder labelled finished whose status is not: its slot is still held.
+    listed.extend(unlisted.values().filter(|o| !o.is_finished()).cloned());
+    let entries: Vec<AdmissionEntry> = listed.iter().filter_map(|o| entry(o, prewarm_lead, now)).collect();
     let plan = policy::plan_admission(&entries, &held, cap);
     Ok(Snapshot {
         ledger_cm,
         ledger: held,
-        orbs,
+        orbs: listed,
+        unlisted,
         plan,
     })
+}
+
+/// The ledger's holders missing from `listed`, read by the name their ledger line gives (the same
+/// uid only: a new AiOrb of that name is another orb). Normally the orbs finished since the last
+/// pass: one read each, once.
+async fn read_unlisted(
+    orbs: &Api<AiOrb>,
+    ledger_cm: Option<&ConfigMap>,
+    listed: &[AiOrb],
+) -> Result<BTreeMap<String, AiOrb>, kube::Error> {
+    let listed: BTreeSet<&str> = listed.iter().filter_map(|o| o.metadata.uid.as_deref()).collect();
+    let client: Client = orbs.clone().into();
+    let mut out = BTreeMap::new();
+    for (uid, name) in ledger_cm.map(ledger_names).unwrap_or_default() {
+        let Some((ns, name)) = name.filter(|_| !listed.contains(uid.as_str())) else {
+            continue;
+        };
+        let found = Api::<AiOrb>::namespaced(client.clone(), &ns).get_opt(&name).await?;
+        if let Some(orb) = found.filter(|o| o.metadata.uid.as_deref() == Some(uid.as_str())) {
+            out.insert(uid, orb);
+        }
+    }
+    Ok(out)
 }
 
 /// The whole queue, one line per place, as `orb-operator queue` prints it: the same plan a pass
@@ -337,6 +375,7 @@ impl Admitter {
             ledger_cm,
             ledger,
             orbs,
+            unlisted,
             plan,
         } = snapshot(&self.ledger, &self.orbs, self.cap, self.limits.prewarm_lead, now).await?;
         let sessions = ledger_cm.as_ref().map(parse_ledger_sessions).unwrap_or_default();
@@ -346,10 +385,9 @@ impl Admitter {
         let mut next_sessions = policy::prune_sessions(&sessions, now, &self.limits);
         // The orbs whose slots this pass frees: one that ended its room's call takes the call's
         // budget along, before anyone is admitted into the room again.
-        let names = ledger_cm.as_ref().map(ledger_names).unwrap_or_default();
         for uid in ledger.difference(&plan.ledger) {
-            let name = names.get(uid).and_then(Option::as_ref);
-            let Some((orb, reason)) = self.end_of(uid, by_uid.get(uid.as_str()).copied(), name).await? else {
+            let orb = by_uid.get(uid.as_str()).copied().or_else(|| unlisted.get(uid));
+            let Some((orb, reason)) = end_of(orb) else {
                 continue;
             };
             let ns = orb.namespace().unwrap_or_default();
@@ -429,27 +467,6 @@ impl Admitter {
     /// labelled, or being deleted), else as read by the name its ledger line gives — the same
     /// AiOrb only if the uid matches. `None` when it did not end (a slot over a lowered cap) or is
     /// gone: its session keeps its budget.
-    async fn end_of(
-        &self,
-        uid: &str,
-        listed: Option<&AiOrb>,
-        name: Option<&(String, String)>,
-    ) -> Result<Option<(AiOrb, TerminationReason)>, kube::Error> {
-        let orb = match (listed, name) {
-            (Some(orb), _) => Some(orb.clone()),
-            (None, Some((ns, name))) => Api::<AiOrb>::namespaced(self.client.clone(), ns)
-                .get_opt(name)
-                .await?
-                .filter(|o| o.metadata.uid.as_deref() == Some(uid)),
-            (None, None) => None,
-        };
-        Ok(orb.and_then(|o| {
-            let status = o.status.as_ref()?;
-            let reason = status.termination_reason.filter(|_| o.is_finished())?;
-            Some((o, reason))
-        }))
-    }
-
     async fn write_ledger(
         &self,
         existing: Option<ConfigMap>,
@@ -577,6 +594,7 @@ mod tests {
             ledger_cm: None,
             ledger: BTreeSet::new(),
             orbs: vec![orb("late", ago(5)), orb("first", ago(90)), orb("second", ago(60))],
+            unlisted: BTreeMap::new(),
             plan: policy::AdmissionPlan {
                 ledger: BTreeSet::from(["uid-first".to_owned()]),
                 admit: vec!["uid-first".into()],

@@ -141,3 +141,45 @@ async fn the_cap_holds_for_a_thousand_orbs_created_at_once_across_a_killed_leade
     let total = orbs.list(&ListParams::default()).await.unwrap().items.len();
     assert_eq!(total, ORBS - 3 * CAP);
 }
+
+/// The finished label takes an orb out of the admission passes' list; it is no proof that the orb
+/// finished. Set on a running orb by someone else (where the chart's admission policy is not
+/// installed to refuse it), the orb keeps its slot: the queue does not move past the cap.
+#[tokio::test]
+async fn a_running_orb_labelled_finished_by_someone_else_keeps_its_slot() {
+    let Some(cp) = ControlPlane::start().await else { return };
+    let admin = cp.admin().await;
+    let env = BTreeMap::from([
+        ("MAX_CONCURRENT_ORBS".to_owned(), "1".to_owned()),
+        ("WATCH_NAMESPACE".to_owned(), NS.to_owned()),
+    ]);
+    let operator = Operator::start(&cp, "label", &chart_identity(&cp, NS).await, &env);
+    let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
+    let position = |name: &'static str| {
+        let orbs = orbs.clone();
+        async move { orbs.get(name).await.unwrap().status.and_then(|s| s.queue_position) }
+    };
+    create_orb(&admin, NS, "room-1", spec("room-1")).await;
+    wait_until("room-1 holds the slot", || async { holding(&orbs).await.len() == 1 }).await;
+    create_orb(&admin, NS, "room-2", spec("room-2")).await;
+    wait_until("room-2 is first in the queue", || async {
+        position("room-2").await == Some(1)
+    })
+    .await;
+
+    let label = serde_json::json!({"metadata": {"labels": {"hybridcoach.io/finished": "true"}}});
+    orbs.patch(
+        "room-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&label),
+    )
+    .await
+    .unwrap();
+    // A pass after the label: the one that places a new arrival in the queue.
+    create_orb(&admin, NS, "room-3", spec("room-3")).await;
+    let third = wait_for("room-3 has a place", || position("room-3")).await;
+    assert_eq!(third, 2, "room-2 was admitted past the cap");
+    let holders: Vec<String> = holding(&orbs).await.iter().map(|o| o.name_any()).collect();
+    assert_eq!(holders, vec!["room-1".to_owned()]);
+    operator.assert_never_forbidden();
+}

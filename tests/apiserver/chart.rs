@@ -67,7 +67,9 @@ async fn wait_for_pod(client: &Client, ns: &str, name: &str) -> (AiOrb, Pod) {
     let orbs: Api<AiOrb> = Api::namespaced(client.clone(), ns);
     wait_for(&format!("AiOrb {ns}/{name} has a pod and is Starting"), || async {
         let orb = orbs.get(name).await.unwrap();
-        let starting = orb.status.as_ref().and_then(|s| s.phase) == Some(OrbPhase::Starting);
+        let status = orb.status.clone().unwrap_or_default();
+        // The pod is created before the status names it.
+        let starting = status.phase == Some(OrbPhase::Starting) && status.pod_name.is_some();
         let mut pods = pods_of(client, &orb).await;
         (starting && pods.len() == 1).then(|| (orb, pods.remove(0)))
     })
@@ -177,4 +179,32 @@ async fn the_charts_admission_policy_admits_signaling_and_refuses_another_creato
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 1);
+
+    // What admission relies on is the operator's: the finished label (it takes an orb out of the
+    // admission passes) and its status fields (`admittedAt` would start a pod past the cap).
+    let label = json!({"metadata": {"labels": {"hybridcoach.io/finished": "true"}}});
+    let err = orbs
+        .patch("room-c", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("hybridcoach.io/finished of an AiOrb is set by the operator"),
+        "{err}"
+    );
+    let signalings: Api<AiOrb> = Api::namespaced(signaling.clone(), NS);
+    for who in [&orbs, &signalings] {
+        let forged = json!({"status": {"admittedAt": "2026-01-01T00:00:00Z", "phase": "Starting"}});
+        let err = who
+            .patch_status("room-c", &PatchParams::default(), &Patch::Merge(&forged))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is written by the operator"), "{err}");
+    }
+    // Signaling's own fields pass, and another label too.
+    crate::pool::report_presence(&signaling, NS, "room-c", 2).await;
+    let team = json!({"metadata": {"labels": {"team": "blue"}}});
+    orbs.patch("room-c", &PatchParams::default(), &Patch::Merge(&team))
+        .await
+        .unwrap();
 }
