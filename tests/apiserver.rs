@@ -18,3 +18,5 @@ mod lifecycle;
 mod operator;
 #[path = "apiserver/pool.rs"]
 mod pool;
+#[path = "apiserver/summaries.rs"]
+mod summaries;

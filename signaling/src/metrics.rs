@@ -77,6 +77,7 @@ pub struct Metrics {
     summary_deliveries: Family<Labels, Counter>,
     summaries_stored: Family<Labels, Counter>,
     summary_oldest_pending: Gauge<f64, std::sync::atomic::AtomicU64>,
+    summary_store_errors: Counter,
     relay_handles: [Counter; 3],
     /// Frames for other replicas that could not be handed to Redis.
     pub cluster_dropped: Counter,
@@ -169,6 +170,12 @@ impl Metrics {
             "Age of the oldest stored summary the webhook has not acknowledged (0 when none)",
             summary_oldest_pending.clone(),
         );
+        let summary_store_errors = Counter::default();
+        registry.register(
+            "summaries_store_errors",
+            "Summary store calls of the delivery loop that failed (the summary is tried again later)",
+            summary_store_errors.clone(),
+        );
         let cluster_dropped = Counter::default();
         registry.register(
             "cluster_dropped_messages",
@@ -225,6 +232,7 @@ impl Metrics {
             summary_deliveries,
             summaries_stored,
             summary_oldest_pending,
+            summary_store_errors,
             relay_handles,
             cluster_dropped,
             redis_up,
@@ -289,6 +297,10 @@ impl Metrics {
 
     pub fn summary_stored(&self, result: &'static str) {
         self.summaries_stored.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    pub fn summary_store_error(&self) {
+        self.summary_store_errors.inc();
     }
 
     pub fn summary_oldest_pending(&self, seconds: f64) {

@@ -1,7 +1,9 @@
 //! Summaries as ConfigMaps in the AiOrbs' namespace, one per summary: `orb-summary-<hash of id>`,
 //! the record in an annotation, the body gzip-compressed in `binaryData` (a two-hour transcript of
-//! several MiB fits the 1 MiB object limit compressed). Updates carry the resourceVersion they
-//! read, so two replicas never both claim an attempt.
+//! several MiB fits the 1 MiB object limit compressed). A delivery pass lists the pending records
+//! as metadata only (the record is an annotation, the state a label) and reads a body only for a
+//! summary it has claimed. Updates patch the metadata with the resourceVersion they read, so two
+//! replicas never both claim an attempt, and never rewrite the body.
 //!
 //! A pending summary has no owner, so it outlives its AiOrb (which signaling replaces when the
 //! room is used again, and the operator deletes after its TTL). Once delivered, given up, or
@@ -21,6 +23,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::{Resource, ResourceExt};
 use orb_api::aiorb::{SummaryState, SummaryStatus};
 use orb_api::naming::orb_name_for_room;
@@ -29,7 +32,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::local_store::id_hash;
-use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryStore};
+use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryRecord, SummaryStore};
 use crate::orb_runtime::kubernetes::is_status;
 
 /// The field manager of `status.summary`.
@@ -37,12 +40,15 @@ pub const SUMMARY_FIELD_MANAGER: &str = "orb-signaling-summary";
 pub const STATE_LABEL: &str = "hybridcoach.io/summary-state";
 const RECORD_ANNOTATION: &str = "hybridcoach.io/summary-record";
 const BODY_KEY: &str = "summary.json.gz";
+/// Records per list request: a page of metadata stays small however many summaries wait.
+const LIST_PAGE: u32 = 500;
 /// Compressed bodies above this do not fit a ConfigMap with its metadata.
 pub const MAX_COMPRESSED_BYTES: usize = 900 * 1024;
 
 /// Every Kubernetes API call this store makes, as RBAC rules `(apiGroup, resource, verbs)`.
 pub const API_CALLS: &[(&str, &str, &[&str])] = &[
-    ("", "configmaps", &["list", "create", "update", "delete"]),
+    // List (metadata only), get (a claimed summary's body), patch (its record).
+    ("", "configmaps", &["list", "get", "create", "patch", "delete"]),
     // The owning AiOrb (get) and its status.summary (apply).
     ("hybridcoach.io", "aiorbs", &["get"]),
     ("hybridcoach.io", "aiorbs/status", &["patch"]),
@@ -104,21 +110,7 @@ impl KubeStore {
         }
     }
 
-    fn to_config_map(
-        s: &StoredSummary,
-        owner: Option<&AiOrb>,
-        body: Option<ByteString>,
-    ) -> Result<ConfigMap, StoreError> {
-        let record = serde_json::to_string(&s.meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let owner_references = owner.map(|o| {
-            vec![OwnerReference {
-                api_version: AiOrb::api_version(&()).into_owned(),
-                kind: AiOrb::kind(&()).into_owned(),
-                name: o.name_any(),
-                uid: o.uid().unwrap_or_default(),
-                ..Default::default()
-            }]
-        });
+    fn to_config_map(s: &StoredSummary, owner: Option<&AiOrb>, gz: ByteString) -> Result<ConfigMap, StoreError> {
         Ok(ConfigMap {
             metadata: ObjectMeta {
                 name: Some(config_map_name(&s.meta.id)),
@@ -127,34 +119,57 @@ impl KubeStore {
                     ("app.kubernetes.io/managed-by".into(), SIGNALING_FIELD_MANAGER.into()),
                     (STATE_LABEL.into(), state_label(s.meta.state)),
                 ])),
-                annotations: Some(BTreeMap::from([(RECORD_ANNOTATION.into(), record)])),
-                owner_references,
+                annotations: Some(BTreeMap::from([(RECORD_ANNOTATION.into(), record_json(&s.meta)?)])),
+                owner_references: owner.map(owner_references),
                 ..Default::default()
             },
-            binary_data: body.map(|b| BTreeMap::from([(BODY_KEY.into(), b)])),
+            binary_data: Some(BTreeMap::from([(BODY_KEY.into(), gz)])),
             ..Default::default()
         })
     }
+}
 
-    fn read(cm: &ConfigMap) -> Result<StoredSummary, StoreError> {
-        let name = cm.name_any();
-        let record = cm
-            .annotations()
-            .get(RECORD_ANNOTATION)
-            .ok_or_else(|| StoreError::Corrupt(format!("{name}: no record")))?;
-        let meta: SummaryMeta =
-            serde_json::from_str(record).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))?;
-        let gz = cm
-            .binary_data
-            .as_ref()
-            .and_then(|d| d.get(BODY_KEY))
-            .ok_or_else(|| StoreError::Corrupt(format!("{name}: no body")))?;
-        Ok(StoredSummary {
-            meta,
-            body: Bytes::from(gunzip(&gz.0)?),
-            version: cm.resource_version(),
-        })
+fn record_json(meta: &SummaryMeta) -> Result<String, StoreError> {
+    serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn owner_references(orb: &AiOrb) -> Vec<OwnerReference> {
+    vec![OwnerReference {
+        api_version: AiOrb::api_version(&()).into_owned(),
+        kind: AiOrb::kind(&()).into_owned(),
+        name: orb.name_any(),
+        uid: orb.uid().unwrap_or_default(),
+        ..Default::default()
+    }]
+}
+
+/// The record a ConfigMap's metadata holds.
+fn record_of(metadata: &ObjectMeta) -> Result<SummaryRecord, StoreError> {
+    let name = metadata.name.as_deref().unwrap_or_default();
+    let record = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RECORD_ANNOTATION))
+        .ok_or_else(|| StoreError::Corrupt(format!("{name}: no record")))?;
+    let meta: SummaryMeta = serde_json::from_str(record).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))?;
+    Ok(SummaryRecord {
+        meta,
+        version: metadata.resource_version.clone(),
+    })
+}
+
+/// The merge patch that writes `record` over the version it was read at (the server refuses it
+/// with 409 when that version is no longer current), with `owner` once the record is final.
+fn record_patch(record: &SummaryRecord, owner: Option<&AiOrb>) -> Result<serde_json::Value, StoreError> {
+    let mut metadata = json!({
+        "resourceVersion": record.version,
+        "labels": { STATE_LABEL: state_label(record.meta.state) },
+        "annotations": { RECORD_ANNOTATION: record_json(&record.meta)? },
+    });
+    if let Some(orb) = owner {
+        metadata["ownerReferences"] = json!(owner_references(orb));
     }
+    Ok(json!({ "metadata": metadata }))
 }
 
 pub fn gzip(body: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -180,7 +195,7 @@ impl SummaryStore for KubeStore {
             summary.meta.orb_uid = orb.as_ref().and_then(ResourceExt::uid);
             // Only a final record is owned: a pending one must outlive a replaced AiOrb.
             let final_state = summary.meta.state != SummaryState::Pending;
-            let cm = Self::to_config_map(&summary, orb.as_ref().filter(|_| final_state), Some(ByteString(gz)))?;
+            let cm = Self::to_config_map(&summary, orb.as_ref().filter(|_| final_state), ByteString(gz))?;
             match self.config_maps.create(&PostParams::default(), &cm).await {
                 Ok(_) => {
                     if let Some(orb) = &orb {
@@ -194,62 +209,83 @@ impl SummaryStore for KubeStore {
         })
     }
 
-    fn pending(&self) -> BoxFuture<'_, Result<Vec<StoredSummary>, StoreError>> {
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<SummaryRecord>, StoreError>> {
         Box::pin(async move {
             let selector = format!("{STATE_LABEL}={}", state_label(SummaryState::Pending));
-            let list = self.config_maps.list(&ListParams::default().labels(&selector)).await?;
-            Ok(list
-                .items
-                .iter()
-                .filter_map(|cm| {
-                    Self::read(cm)
+            let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
+            let mut records = Vec::new();
+            loop {
+                let page = self.config_maps.list_metadata(&params).await?;
+                records.extend(page.items.iter().filter_map(|cm: &PartialObjectMeta<ConfigMap>| {
+                    record_of(&cm.metadata)
                         .inspect_err(|e| warn!(error = %e, "skipping an unreadable stored summary"))
                         .ok()
-                })
-                .collect())
+                }));
+                match page.metadata.continue_ {
+                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                    _ => return Ok(records),
+                }
+            }
         })
     }
 
-    fn update(&self, summary: StoredSummary) -> BoxFuture<'_, Result<StoredSummary, StoreError>> {
+    fn body(&self, id: &str) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+        let name = config_map_name(id);
         Box::pin(async move {
-            let name = config_map_name(&summary.meta.id);
-            let final_state = summary.meta.state != SummaryState::Pending;
-            let orb = self.owner(&summary.meta).await?;
+            let cm = self.config_maps.get(&name).await?;
+            let gz = cm
+                .binary_data
+                .as_ref()
+                .and_then(|d| d.get(BODY_KEY))
+                .ok_or_else(|| StoreError::Corrupt(format!("{name}: no body")))?;
+            Ok(Bytes::from(gunzip(&gz.0)?))
+        })
+    }
+
+    fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>> {
+        Box::pin(async move {
+            let name = config_map_name(&record.meta.id);
+            // Without the version it was read at, a write could not be a compare-and-swap.
+            let Some(version) = record.version.clone() else {
+                return Err(StoreError::Conflict);
+            };
+            let final_state = record.meta.state != SummaryState::Pending;
+            let orb = self.owner(&record.meta).await?;
             if final_state && orb.is_none() {
                 // Nothing left to garbage-collect it with.
                 let params = DeleteParams {
-                    preconditions: summary.version.clone().map(|rv| kube::api::Preconditions {
-                        resource_version: Some(rv),
+                    preconditions: Some(kube::api::Preconditions {
+                        resource_version: Some(version),
                         uid: None,
                     }),
                     ..DeleteParams::default()
                 };
                 return match self.config_maps.delete(&name, &params).await {
-                    Ok(_) => Ok(StoredSummary {
+                    Ok(_) => Ok(SummaryRecord {
                         version: None,
-                        ..summary
+                        ..record
                     }),
-                    Err(e) if is_status(&e, 409) => Err(StoreError::Conflict),
-                    Err(e) if is_status(&e, 404) => Ok(StoredSummary {
-                        version: None,
-                        ..summary
-                    }),
+                    Err(e) if is_status(&e, 409) || is_status(&e, 404) => Err(StoreError::Conflict),
                     Err(e) => Err(e.into()),
                 };
             }
-            let gz = gzip(&summary.body)?;
-            let cm = Self::to_config_map(&summary, orb.as_ref().filter(|_| final_state), Some(ByteString(gz)))?;
-            match self.config_maps.replace(&name, &PostParams::default(), &cm).await {
+            let patch = record_patch(&record, orb.as_ref().filter(|_| final_state))?;
+            match self
+                .config_maps
+                .patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(written) => {
                     if let Some(orb) = &orb {
-                        self.mirror(orb, &summary.meta).await;
+                        self.mirror(orb, &record.meta).await;
                     }
-                    Ok(StoredSummary {
-                        version: written.resource_version(),
-                        ..summary
+                    Ok(SummaryRecord {
+                        version: written.metadata.resource_version,
+                        ..record
                     })
                 }
-                Err(e) if is_status(&e, 409) => Err(StoreError::Conflict),
+                // Changed, or finished and deleted, by another replica.
+                Err(e) if is_status(&e, 409) || is_status(&e, 404) => Err(StoreError::Conflict),
                 Err(e) => Err(e.into()),
             }
         })

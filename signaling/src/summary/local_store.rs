@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryStore};
+use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryRecord, SummaryStore};
 use orb_api::aiorb::SummaryState;
 
 /// One stored file: the record, a revision (the compare-and-swap token) and the body as sent.
@@ -111,29 +111,50 @@ impl SummaryStore for LocalStore {
         })
     }
 
-    fn pending(&self) -> BoxFuture<'_, Result<Vec<StoredSummary>, StoreError>> {
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<SummaryRecord>, StoreError>> {
         Box::pin(async move {
             Ok(self
                 .lock()
                 .values()
                 .filter(|s| s.meta.state == SummaryState::Pending)
-                .cloned()
+                .map(StoredSummary::record)
                 .collect())
         })
     }
 
-    fn update(&self, mut summary: StoredSummary) -> BoxFuture<'_, Result<StoredSummary, StoreError>> {
+    fn body(&self, id: &str) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+        let body = self
+            .lock()
+            .get(id)
+            .map(|s| s.body.clone())
+            .ok_or_else(|| StoreError::Corrupt(format!("no stored summary {id:?}")));
+        Box::pin(async move { body })
+    }
+
+    fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>> {
         Box::pin(async move {
             let mut all = self.lock();
-            let current = all.get(&summary.meta.id).and_then(|s| s.version.clone());
-            if current.is_none() || current != summary.version {
+            let Some(stored) = all.get(&record.meta.id) else {
+                return Err(StoreError::Conflict);
+            };
+            if stored.version.is_none() || stored.version != record.version {
                 return Err(StoreError::Conflict);
             }
-            let revision = current.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-            self.persist(&summary, revision)?;
-            summary.version = Some(revision.to_string());
-            all.insert(summary.meta.id.clone(), summary.clone());
-            Ok(summary)
+            let revision = stored
+                .version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            let updated = StoredSummary {
+                meta: record.meta,
+                body: stored.body.clone(),
+                version: Some(revision.to_string()),
+            };
+            self.persist(&updated, revision)?;
+            let record = updated.record();
+            all.insert(record.meta.id.clone(), updated);
+            Ok(record)
         })
     }
 }
@@ -171,6 +192,7 @@ mod tests {
         assert_eq!(store.put(summary("a")).await.unwrap(), PutOutcome::AlreadyStored);
         let pending = store.pending().await.unwrap();
         assert_eq!(pending.len(), 1);
+        assert_eq!(store.body("a").await.unwrap(), summary("a").body);
         let mut first = pending[0].clone();
         first.meta.attempts = 1;
         let updated = store.update(first.clone()).await.unwrap();
@@ -184,7 +206,7 @@ mod tests {
         let reopened = LocalStore::open(&dir).unwrap();
         let again = reopened.pending().await.unwrap();
         assert_eq!(again, vec![updated]);
-        assert_eq!(again[0].body, summary("a").body);
+        assert_eq!(reopened.body("a").await.unwrap(), summary("a").body);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

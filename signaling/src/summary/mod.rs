@@ -40,9 +40,15 @@ pub struct SummarySettings {
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// How long a replica's claim on a summary lasts: if it dies mid-attempt, another replica
-/// retries after this.
+/// Longest one attempt may take, from its claim: reading the stored body and the webhook's answer.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a replica's claim on a summary lasts, from the moment it is written: if the replica
+/// dies mid-attempt, another one retries after this. It outlasts the attempt it covers, with room
+/// for the store writes around it, so no other replica posts the summary while it is in flight.
 pub const CLAIM: Duration = Duration::from_secs(30);
+const _: () = assert!(CLAIM.as_secs() >= 2 * ATTEMPT_TIMEOUT.as_secs());
+/// When a summary whose step failed on a store error (or a pass whose list failed) is tried again.
+pub const ERROR_RETRY: Duration = Duration::from_secs(5);
 /// Longest accepted summary id (it is the idempotency key and names the stored record).
 pub const MAX_ID_LEN: usize = 128;
 
@@ -76,6 +82,23 @@ pub struct StoredSummary {
     pub version: Option<String>,
 }
 
+/// A stored summary without its body: what a delivery pass lists, claims and records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryRecord {
+    pub meta: SummaryMeta,
+    /// The store's version of the summary (a compare-and-swap token).
+    pub version: Option<String>,
+}
+
+impl StoredSummary {
+    pub fn record(&self) -> SummaryRecord {
+        SummaryRecord {
+            meta: self.meta.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("another replica updated the summary first")]
@@ -101,11 +124,16 @@ pub enum PutOutcome {
 pub trait SummaryStore: Send + Sync + 'static {
     /// Stores a new summary durably; idempotent on its id.
     fn put(&self, summary: StoredSummary) -> BoxFuture<'_, Result<PutOutcome, StoreError>>;
-    /// Every summary still `Pending`.
-    fn pending(&self) -> BoxFuture<'_, Result<Vec<StoredSummary>, StoreError>>;
-    /// Writes a changed record if the stored version is still `summary.version`; returns the
-    /// summary with its new version, or [`StoreError::Conflict`].
-    fn update(&self, summary: StoredSummary) -> BoxFuture<'_, Result<StoredSummary, StoreError>>;
+    /// The record of every summary still `Pending`, without the bodies: every replica lists them
+    /// on every pass, and a body (up to a two-hour transcript) is read only by the replica that
+    /// claimed it ([`SummaryStore::body`]).
+    fn pending(&self) -> BoxFuture<'_, Result<Vec<SummaryRecord>, StoreError>>;
+    /// The body of a stored summary.
+    fn body(&self, id: &str) -> BoxFuture<'_, Result<Bytes, StoreError>>;
+    /// Writes a changed record (the body stays as stored) if the stored version is still
+    /// `record.version`; returns the record with its new version, or [`StoreError::Conflict`]
+    /// (also when the summary is gone: another replica finished it).
+    fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>>;
 }
 
 /// Whether `id` may name a summary: it becomes a header value and part of a record's name.
@@ -149,7 +177,8 @@ pub fn is_due(meta: &SummaryMeta, now: Timestamp) -> bool {
 }
 
 /// The record a replica writes before it posts: one more attempt, and a claim that keeps the
-/// other replicas off it for [`CLAIM`].
+/// other replicas off it for [`CLAIM`] from `now`, which must be the time of this write (not the
+/// start of a pass that may have spent minutes on other summaries).
 pub fn claim(meta: &SummaryMeta, now: Timestamp) -> SummaryMeta {
     SummaryMeta {
         attempts: meta.attempts.saturating_add(1),
@@ -206,6 +235,32 @@ pub fn expire(meta: &SummaryMeta, now: Timestamp) -> Option<SummaryMeta> {
         ),
         ..meta.clone()
     })
+}
+
+/// What a pass learns for the next one: when the nearest pending summary is due, and how old the
+/// oldest one still pending is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    pub next_due: Option<Timestamp>,
+    pub oldest: Option<Timestamp>,
+}
+
+impl Schedule {
+    /// `meta` is still pending after this pass, due as its record says.
+    pub fn pending(&mut self, meta: &SummaryMeta) {
+        self.add(meta.stored_at, meta.next_attempt);
+    }
+
+    /// The store failed on `meta` at `now`: whatever its record says (it may be due already),
+    /// it is tried again after [`ERROR_RETRY`], not in a tight loop.
+    pub fn store_failed(&mut self, meta: &SummaryMeta, now: Timestamp) {
+        self.add(meta.stored_at, after(now, ERROR_RETRY));
+    }
+
+    fn add(&mut self, stored_at: Timestamp, due: Timestamp) {
+        self.next_due = Some(self.next_due.map_or(due, |n| n.min(due)));
+        self.oldest = Some(self.oldest.map_or(stored_at, |o| o.min(stored_at)));
+    }
 }
 
 /// The summaries of this server: the store, and the delivery loop it feeds.
@@ -319,6 +374,36 @@ mod tests {
             is_due(&c, t(1) + jiff::SignedDuration::from_secs(30)),
             "a dead claimant's claim runs out"
         );
+    }
+
+    #[test]
+    fn a_claim_runs_from_its_write_and_outlasts_the_attempt_it_covers() {
+        let m = new_meta("s".into(), "r".into(), t(0), &settings(true));
+        // Written 40 s into a pass that started at t(0): it counts from the write.
+        let c = claim(&m, t(40));
+        assert!(!is_due(&c, t(40)), "not due for the others when written");
+        assert!(
+            !is_due(&c, after(t(40), ATTEMPT_TIMEOUT)),
+            "still held when the longest attempt ends"
+        );
+        assert!(is_due(&c, after(t(40), CLAIM)));
+    }
+
+    #[test]
+    fn a_pass_wakes_at_the_nearest_due_summary_and_reports_the_oldest() {
+        let meta = |stored: i64, due: i64| SummaryMeta {
+            stored_at: t(stored),
+            next_attempt: t(due),
+            ..new_meta("s".into(), "r".into(), t(stored), &settings(true))
+        };
+        let mut schedule = Schedule::default();
+        assert_eq!((schedule.next_due, schedule.oldest), (None, None));
+        schedule.pending(&meta(10, 100));
+        schedule.pending(&meta(20, 50));
+        assert_eq!((schedule.next_due, schedule.oldest), (Some(t(50)), Some(t(10))));
+        // Due since t(5) by its record, but the store failed on it at t(30): not before t(35).
+        schedule.store_failed(&meta(5, 5), t(30));
+        assert_eq!((schedule.next_due, schedule.oldest), (Some(t(35)), Some(t(5))));
     }
 
     #[test]

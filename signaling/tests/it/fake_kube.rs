@@ -1,7 +1,7 @@
 //! An in-memory Kubernetes API for AiOrbs behind a `tower-test` mock service: get, list, watch
 //! (streamed), create, delete and status patches; and for ConfigMaps (the summary store): list by
-//! label, create, replace and delete with resourceVersion preconditions. A switch makes every
-//! call fail.
+//! label (whole or as metadata only), get, create, merge patch and delete with resourceVersion
+//! preconditions. A switch makes every call fail.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -114,7 +114,12 @@ impl FakeKube {
         }
         if let Some(rest) = path.strip_prefix(CONFIG_MAPS) {
             let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-            return st.config_map(parts.method, &segments, &query, &body);
+            let metadata_only = parts
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("as=PartialObjectMetadata"));
+            return st.config_map(parts.method, &segments, &query, &body, metadata_only);
         }
         let Some(rest) = path.strip_prefix(BASE) else {
             return status(404, "NotFound", "unknown path");
@@ -189,8 +194,23 @@ impl FakeKube {
 }
 
 impl FakeState {
-    fn config_map(&mut self, method: Method, segments: &[&str], query: &str, body: &[u8]) -> Response<RespBody> {
+    fn config_map(
+        &mut self,
+        method: Method,
+        segments: &[&str],
+        query: &str,
+        body: &[u8],
+        metadata_only: bool,
+    ) -> Response<RespBody> {
         let body: Value = serde_json::from_slice(body).unwrap_or_default();
+        // As the server answers a client that asks for `PartialObjectMetadata`: no data.
+        let shown = |cm: &Value| {
+            if metadata_only {
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": cm["metadata"]})
+            } else {
+                cm.clone()
+            }
+        };
         match (method, segments) {
             (Method::GET, []) => {
                 // `labelSelector=k%3Dv`: one equality, as the summary store asks.
@@ -207,13 +227,17 @@ impl FakeState {
                             cm["metadata"]["labels"][k] == v
                         })
                     })
-                    .cloned()
+                    .map(shown)
                     .collect();
                 ok(
                     200,
                     json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": self.version.to_string()}, "items": items}),
                 )
             }
+            (Method::GET, [name]) => match self.config_maps.get(*name) {
+                Some(cm) => ok(200, shown(cm)),
+                None => status(404, "NotFound", "configmap not found"),
+            },
             (Method::POST, []) => {
                 let name = body["metadata"]["name"].as_str().unwrap().to_owned();
                 if self.config_maps.contains_key(&name) {
@@ -223,16 +247,22 @@ impl FakeState {
                 self.config_maps.insert(name, cm.clone());
                 ok(201, cm)
             }
-            (Method::PUT, [name]) => {
+            (Method::PATCH, [name]) => {
                 let Some(current) = self.config_maps.get(*name) else {
                     return status(404, "NotFound", "configmap not found");
                 };
-                if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                // A resourceVersion in a merge patch is a precondition.
+                if let Some(rv) = body["metadata"].get("resourceVersion")
+                    && !rv.is_null()
+                    && *rv != current["metadata"]["resourceVersion"]
+                {
                     return status(409, "Conflict", "the object has been modified");
                 }
-                let cm = self.stamp(body);
+                let mut cm = current.clone();
+                merge_patch(&mut cm, &body);
+                let cm = self.stamp(cm);
                 self.config_maps.insert((*name).to_owned(), cm.clone());
-                ok(200, cm)
+                ok(200, shown(&cm))
             }
             (Method::DELETE, [name]) => {
                 let Some(current) = self.config_maps.get(*name).cloned() else {
@@ -299,6 +329,25 @@ fn granted(method: &Method, path: &str, query: &str) -> bool {
         .iter()
         .chain(orb_signaling::summary::kube_store::API_CALLS)
         .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb))
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 fn ok(code: u16, body: Value) -> Response<RespBody> {

@@ -324,7 +324,12 @@ async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
     let store = Arc::new(KubeStore::new(client, NS));
     let pending = store.pending().await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].body, body, "the body round-trips byte for byte");
+    assert_eq!(pending[0].meta.id, "sum-k");
+    assert_eq!(
+        store.body("sum-k").await.unwrap(),
+        body,
+        "the body round-trips byte for byte"
+    );
     let hook = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -334,7 +339,17 @@ async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
         ..settings
     };
     let deliverer = Deliverer::new(store.clone(), &settings, Metrics::shared()).unwrap();
+    let body_reads = || {
+        let path = format!("/api/v1/namespaces/{NS}/configmaps/{name}");
+        fake.state()
+            .requests
+            .iter()
+            .filter(|(m, p, _)| *m == Method::GET && *p == path)
+            .count()
+    };
+    let reads_before = body_reads();
     assert_eq!(deliverer.pass().await.unwrap(), None, "nothing left to do");
+    assert_eq!(body_reads(), reads_before + 1, "the body is read once, after the claim");
     let cm = fake.state().config_maps[&name].clone();
     assert_eq!(cm["metadata"]["labels"][STATE_LABEL], "delivered");
     let owner = &cm["metadata"]["ownerReferences"][0];
@@ -363,7 +378,9 @@ async fn summaries_are_configmaps_owned_by_their_aiorb_once_delivered() {
 #[tokio::test]
 async fn a_summary_of_a_replaced_aiorb_is_deleted_once_final() {
     use orb_signaling::summary::kube_store::{KubeStore, config_map_name};
-    use orb_signaling::summary::{Attempt, StoredSummary, SummarySettings, SummaryStore, after_attempt, new_meta};
+    use orb_signaling::summary::{
+        Attempt, StoredSummary, SummaryRecord, SummarySettings, SummaryStore, after_attempt, new_meta,
+    };
 
     let (client, fake) = FakeKube::start();
     fake.insert_orb("room-r", "room-r", "Succeeded");
@@ -388,7 +405,7 @@ async fn a_summary_of_a_replaced_aiorb_is_deleted_once_final() {
     let pending = store.pending().await.unwrap().remove(0);
     let delivered = after_attempt(&pending.meta, &Attempt::Delivered, jiff::Timestamp::now());
     store
-        .update(StoredSummary {
+        .update(SummaryRecord {
             meta: delivered,
             ..pending
         })

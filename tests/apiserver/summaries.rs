@@ -1,0 +1,176 @@
+//! Session summaries on a real API server: two signaling replicas share the pending summaries of a
+//! namespace and a slow webhook receives each of them exactly once, the replicas running under the
+//! chart's own RBAC for signaling.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Path as UrlPath;
+use axum::http::{HeaderMap, StatusCode};
+use orb_signaling::summary::kube_store::KubeStore;
+use orb_signaling::summary::signature::IDEMPOTENCY_HEADER;
+use orb_signaling::summary::{CLAIM, PutOutcome, StoredSummary, SummarySettings, SummaryStore, new_meta};
+use serde_json::json;
+
+use crate::envtest::{ControlPlane, apply_all, wait_until};
+use crate::operator::SIGNING_KEY;
+use crate::support::{Process, free_port, render, workspace_bin};
+
+const NS: &str = "orbs";
+/// The chart's ServiceAccount, Role and RoleBinding of signaling.
+const SIGNALING: &str = "orb-signaling";
+/// How long the webhook takes to answer each POST (well within the attempt timeout).
+const SLOW: Duration = Duration::from_secs(3);
+
+/// A webhook on loopback that answers 204 after [`SLOW`] and counts the POSTs per idempotency key
+/// and per replica (each replica posts to its own path).
+#[derive(Clone, Default)]
+struct SlowWebhook {
+    per_key: Arc<Mutex<BTreeMap<String, usize>>>,
+    per_replica: Arc<Mutex<BTreeMap<String, usize>>>,
+    received: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl SlowWebhook {
+    /// Serves on loopback; returns the base URL (a replica posts to `<base>/<replica>`).
+    async fn start(&self) -> String {
+        let hook = self.clone();
+        let app = axum::Router::new().route(
+            "/hook/{replica}",
+            axum::routing::post(move |UrlPath(replica): UrlPath<String>, headers: HeaderMap| {
+                let hook = hook.clone();
+                async move {
+                    hook.in_flight.fetch_add(1, Ordering::SeqCst);
+                    let key = headers
+                        .get(IDEMPOTENCY_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    *hook.per_key.lock().unwrap().entry(key).or_default() += 1;
+                    *hook.per_replica.lock().unwrap().entry(replica).or_default() += 1;
+                    hook.received.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(SLOW).await;
+                    hook.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+}
+
+/// One `orb-signaling` replica with the Kubernetes runtime, delivering to `webhook`.
+fn start_signaling(cp: &ControlPlane, name: &str, kubeconfig: &Path, webhook: &str) -> Process {
+    let log = std::fs::File::create(cp.dir().join(format!("signaling-{name}.log"))).unwrap();
+    let child = Command::new(workspace_bin("orb-signaling"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .env(orb_api::auth::SIGNING_KEY_ENV, SIGNING_KEY)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--orb-runtime", "kubernetes", "--orb-namespace", NS])
+        .args(["--summary-webhook-url", webhook])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start orb-signaling");
+    Process(child)
+}
+
+fn log_of(cp: &ControlPlane, name: &str) -> String {
+    std::fs::read_to_string(cp.dir().join(format!("signaling-{name}.log"))).unwrap_or_default()
+}
+
+/// Item 4 of issue 22: a pass took its clock once, so behind a slow webhook its later claims were
+/// written already run out, and another replica posted the same summary while the first one was
+/// still posting it. Replica `a` starts alone on the pending summaries; `b` starts once `a` has
+/// been at it for longer than a claim lasts (a count of slow answers, not a wall-clock guess), so
+/// `b` lists while `a` is mid-way; every summary must reach the webhook exactly once.
+#[tokio::test]
+async fn two_replicas_behind_a_slow_webhook_deliver_each_summary_once() {
+    let Some(cp) = ControlPlane::start().await else { return };
+    let admin = cp.admin().await;
+    let rbac: Vec<_> = render(None, &[])
+        .into_iter()
+        .filter(|o| {
+            o["metadata"]["name"] == SIGNALING
+                && ["ServiceAccount", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        rbac.len(),
+        3,
+        "the chart's ServiceAccount, Role and RoleBinding of signaling"
+    );
+    crate::envtest::ensure_namespace(&admin, NS).await;
+    let applied = apply_all(&admin, NS, &rbac).await;
+    assert!(applied.values().all(Result::is_ok), "{applied:?}");
+    let (_, kubeconfig) = cp.service_account(NS, SIGNALING).await;
+
+    let hook = SlowWebhook::default();
+    let base = hook.start().await;
+    // `a` must still be posting when `b` lists: it has received this many answers by then.
+    let before_b = (CLAIM.as_secs() / SLOW.as_secs()) as usize + 2;
+    let total = before_b + 8;
+    let settings = SummarySettings {
+        webhook_url: Some(base.parse().unwrap()),
+        retry_window: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    // Stored as signaling stores what an orb sends (no AiOrb: once final, each is deleted).
+    let store = KubeStore::new(admin.clone(), NS);
+    let ids: Vec<String> = (0..total).map(|i| format!("sum-{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let room = format!("room-{i:02}");
+        let body = json!({"type": "session_summary", "summaryId": id, "roomId": room,
+                          "summary": {"transcript": vec!["a line of the session"; 200]}});
+        let summary = StoredSummary {
+            meta: new_meta(id.clone(), room, jiff::Timestamp::now(), &settings),
+            body: serde_json::to_vec(&body).unwrap().into(),
+            version: None,
+        };
+        assert_eq!(store.put(summary).await.unwrap(), PutOutcome::Stored);
+    }
+
+    let _a = start_signaling(&cp, "a", &kubeconfig, &format!("{base}/a"));
+    // Each answer took SLOW, so `a`'s claim on the POST it is making now was written more than
+    // CLAIM after its pass began.
+    wait_until("replica a has been posting for longer than a claim lasts", || async {
+        hook.received.load(Ordering::SeqCst) >= before_b
+    })
+    .await;
+    let mut b = start_signaling(&cp, "b", &kubeconfig, &format!("{base}/b"));
+
+    wait_until("no summary is pending and no POST is in flight", || async {
+        store.pending().await.unwrap().is_empty() && hook.in_flight.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let per_key = hook.per_key.lock().unwrap().clone();
+    let expected: BTreeMap<String, usize> = ids.iter().map(|id| (id.clone(), 1)).collect();
+    let duplicates: BTreeMap<_, _> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "summaries posted more than once: {duplicates:?} (per replica: {:?})",
+        hook.per_replica.lock().unwrap()
+    );
+    assert_eq!(per_key, expected);
+    assert!(b.0.try_wait().unwrap().is_none(), "replica b is still running");
+    for name in ["a", "b"] {
+        let log = log_of(&cp, name);
+        assert!(
+            !log.contains("store error") && !log.contains("Forbidden") && !log.contains("cannot list"),
+            "replica {name} met store errors:\n{log}"
+        );
+    }
+    eprintln!("posts per replica: {:?}", hook.per_replica.lock().unwrap());
+}
