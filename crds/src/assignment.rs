@@ -85,6 +85,17 @@ pub fn assign_credential(key: &SigningKey, orb_name: &str) -> String {
     key.derive(&format!("warm-orb-assignment:{orb_name}"))
 }
 
+/// The seal of a warm orb pod the operator created: an HMAC of the pod's uid (assigned by the API
+/// server, never reused) under the signing key, written into the pod's annotation
+/// [`WARM_SEAL_ANNOTATION`] right after its creation. A pod anyone else creates or labels as warm
+/// cannot carry a valid seal, so the pool neither counts, stops nor binds it.
+pub fn warm_seal(key: &SigningKey, pod_uid: &str) -> String {
+    key.derive(&format!("warm-orb-pod:{pod_uid}"))
+}
+
+/// The annotation holding a warm pod's [`warm_seal`].
+pub const WARM_SEAL_ANNOTATION: &str = "hybridcoach.io/warm-seal";
+
 /// Compares a presented credential with the expected one in time independent of where they
 /// differ.
 pub fn credential_matches(presented: &str, expected: &str) -> bool {

@@ -23,7 +23,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
-use orb_api::assignment::{ASSIGN_PATH, assign_credential};
+use orb_api::assignment::{ASSIGN_PATH, WARM_SEAL_ANNOTATION, assign_credential, credential_matches, warm_seal};
+use orb_api::auth::SigningKey;
 use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER};
 use tracing::{debug, info, warn};
 
@@ -89,6 +90,25 @@ pub fn warm_view(pod: &Pod) -> WarmOrb {
         failed: matches!(phase, "Failed" | "Succeeded"),
         stopping: pod.metadata.deletion_timestamp.is_some(),
     }
+}
+
+/// Whether the operator created `pod` for the pool: its seal is the HMAC of its uid.
+pub fn sealed(pod: &Pod, key: &SigningKey) -> bool {
+    let (Some(uid), Some(seal)) = (pod.metadata.uid.as_deref(), pod.annotations().get(WARM_SEAL_ANNOTATION)) else {
+        return false;
+    };
+    credential_matches(seal, &warm_seal(key, uid))
+}
+
+/// The pool's pods: labelled warm and sealed. A pod someone else labelled warm is not the pool's:
+/// not counted, not stopped, never sent an assignment (and the room's token with it).
+async fn sealed_warm_pods(pods: &Api<Pod>, key: &SigningKey) -> Result<Vec<Pod>> {
+    let list = pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
+    let (sealed, planted): (Vec<Pod>, Vec<Pod>) = list.items.into_iter().partition(|p| sealed(p, key));
+    for pod in &planted {
+        debug!(pod = %pod.name_any(), "a pod labelled warm without the pool's seal is ignored");
+    }
+    Ok(sealed)
 }
 
 /// Deletes a pod only if it is still the version `pod` was read at (uid and resourceVersion as
@@ -181,10 +201,10 @@ impl PoolKeeper {
             .await?
             .map_or(0, |cm| parse_ledger(&cm).len());
         let target = policy::warm_target(self.settings.size, self.cap, serving);
-        let pods = self.pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
-        let views: Vec<WarmOrb> = pods.items.iter().map(warm_view).collect();
+        let pods = sealed_warm_pods(&self.pods, &self.signing_key).await?;
+        let views: Vec<WarmOrb> = pods.iter().map(warm_view).collect();
         let plan = policy::plan_pool(&views, target, now);
-        self.stop(&pods.items, &plan.stop).await?;
+        self.stop(&pods, &plan.stop).await?;
         for _ in 0..plan.start {
             self.start_warm().await?;
         }
@@ -228,6 +248,21 @@ impl PoolKeeper {
             ..Default::default()
         };
         let created = self.pods.create(&params, &pod).await?;
+        // The seal needs the uid the server gave the pod; the uid in the patch makes it a
+        // precondition (a pod of that name made by someone else in between is not sealed).
+        let seal = serde_json::json!({"metadata": {
+            "uid": created.metadata.uid,
+            "annotations": { WARM_SEAL_ANNOTATION: warm_seal(&self.signing_key, created.metadata.uid.as_deref().unwrap_or_default()) },
+        }});
+        let patch = PatchParams {
+            field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        if let Err(e) = self.pods.patch(&name, &patch, &Patch::Merge(&seal)).await {
+            // An unsealed pod is never the pool's: not stopped by it later either.
+            let _ = delete_pod(&self.pods, &name).await;
+            return Err(e.into());
+        }
         let secret = build_assign_secret(&created, &assign_credential(&self.signing_key, &name));
         self.secrets.create(&params, &secret).await?;
         info!(pod = %name, "started a warm orb");
@@ -257,19 +292,18 @@ pub async fn bind(
 ) -> Result<Bound> {
     let ns = orb.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(pod) = claimed_earlier(&pods, orb, attempt).await? {
+    if let Some(pod) = claimed_earlier(&pods, orb, attempt, &ctx.signing_key).await? {
         info!(pod = %pod.name_any(), "found the warm pod this attempt claimed before");
         return assign(&pods, &pod, orb, assignment, ctx, Resend::AlreadySentIsBound).await;
     }
     let result = |r: &'static str| ctx.metrics.assignments.get_or_create(&ResultLabels { result: r }).inc();
-    let list = pods.list(&ListParams::default().labels(WARM_SELECTOR)).await?;
-    let views: Vec<WarmOrb> = list.items.iter().map(warm_view).collect();
+    let list = sealed_warm_pods(&pods, &ctx.signing_key).await?;
+    let views: Vec<WarmOrb> = list.iter().map(warm_view).collect();
     let Some(pick) = policy::pick_warm(&views) else {
         result("empty");
         return Ok(Bound::Cold);
     };
     let pod = list
-        .items
         .iter()
         .find(|p| p.name_any() == pick.name)
         .expect("picked from the list");
@@ -308,15 +342,17 @@ pub async fn bind(
     assign(&pods, pod, orb, assignment, ctx, Resend::First).await
 }
 
-/// The pod the orb controls that was claimed for `attempt` and is not on its way out.
-async fn claimed_earlier(pods: &Api<Pod>, orb: &AiOrb, attempt: i32) -> Result<Option<Pod>> {
+/// The pod the orb controls that was claimed for `attempt` and is not on its way out: one of the
+/// pool's (sealed), since anyone may label a pod and point its owner at the AiOrb.
+async fn claimed_earlier(pods: &Api<Pod>, orb: &AiOrb, attempt: i32, key: &SigningKey) -> Result<Option<Pod>> {
     let selector = format!(
         "{LABEL_POOL}={POOL_BOUND},{LABEL_ORB}={},{LABEL_ATTEMPT}={attempt}",
         orb.name_any()
     );
     let list = pods.list(&ListParams::default().labels(&selector)).await?;
     Ok(list.items.into_iter().find(|p| {
-        p.metadata.deletion_timestamp.is_none()
+        sealed(p, key)
+            && p.metadata.deletion_timestamp.is_none()
             && p.owner_references()
                 .iter()
                 .any(|r| r.controller == Some(true) && Some(&r.uid) == orb.metadata.uid.as_ref())

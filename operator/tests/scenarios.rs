@@ -1028,11 +1028,15 @@ fn no_earlier_claim(attempt: i32) -> Exchange {
 }
 
 /// A warm pool pod, created `started_ago` seconds ago, running for as long.
+/// A pod of the pool (sealed by the operator under the scenarios' key).
 fn warm_pod(name: &str, started_ago: i64, ready: bool) -> Value {
+    let uid = format!("pod-{name}");
+    let seal = orb_api::assignment::warm_seal(&SigningKey::new(vec![7u8; 32]).unwrap(), &uid);
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "uid": format!("pod-{name}"), "resourceVersion": "77",
-            "creationTimestamp": ago(started_ago), "labels": {"hybridcoach.io/pool": "warm"}},
+        "metadata": {"name": name, "namespace": NS, "uid": uid, "resourceVersion": "77",
+            "creationTimestamp": ago(started_ago), "labels": {"hybridcoach.io/pool": "warm"},
+            "annotations": {"hybridcoach.io/warm-seal": seal}},
         "spec": {"containers": [{"name": "orb"}]},
         "status": {"phase": "Running", "podIP": "10.1.2.3", "startTime": ago(started_ago),
             "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
@@ -1351,6 +1355,11 @@ async fn the_keeper_fills_the_pool_each_pod_with_its_own_credential_secret() {
             expect("GET", WARM_PODS, pod_list(vec![warm_pod("orb-warm-a", 60, true)])),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), created_warm_pod()),
             expect(
+                "PATCH",
+                format!("{PODS}/orb-warm-new?&fieldManager=orb-operator"),
+                created_warm_pod(),
+            ),
+            expect(
                 "POST",
                 "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator",
                 None,
@@ -1375,14 +1384,21 @@ async fn the_keeper_fills_the_pool_each_pod_with_its_own_credential_secret() {
     let env = &pod["spec"]["containers"][0]["env"][0];
     assert_eq!(env["name"], "ORB_ASSIGN_TOKEN");
     assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], "orb-warm-new-assign");
-    let secret = &seen[3].body;
+    // Sealed with the uid the server gave it: only the operator can make that seal.
+    let seal = &seen[3].body["metadata"];
+    assert_eq!(seal["uid"], "pod-orb-warm-new");
+    let key = SigningKey::new(vec![7u8; 32]).unwrap();
+    assert_eq!(
+        seal["annotations"]["hybridcoach.io/warm-seal"],
+        orb_api::assignment::warm_seal(&key, "pod-orb-warm-new")
+    );
+    let secret = &seen[4].body;
     assert_eq!(secret["metadata"]["name"], "orb-warm-new-assign");
     assert_eq!(
         secret["metadata"]["ownerReferences"][0]["uid"], "pod-orb-warm-new",
         "goes with its pod"
     );
     let credential = String::from_utf8(k8s_openapi::ByteString::deserialize_from(&secret["data"]["token"]).0).unwrap();
-    let key = SigningKey::new(vec![7u8; 32]).unwrap();
     assert_eq!(credential, orb_api::assignment::assign_credential(&key, "orb-warm-new"));
     let text = metrics.encode();
     assert!(text.contains("orb_operator_warm_orbs_available 1"), "{text}");
@@ -1446,6 +1462,11 @@ async fn the_pool_shrinks_as_the_cap_fills_and_replaces_a_lost_warm_pod() {
             expect("GET", WARM_PODS, pod_list(vec![lost.clone()])),
             expect("DELETE", format!("{PODS}/orb-warm-a?"), Some(lost)),
             expect("POST", format!("{PODS}?&fieldManager=orb-operator"), created_warm_pod()),
+            expect(
+                "PATCH",
+                format!("{PODS}/orb-warm-new?&fieldManager=orb-operator"),
+                created_warm_pod(),
+            ),
             expect(
                 "POST",
                 "/api/v1/namespaces/calls/secrets?&fieldManager=orb-operator",

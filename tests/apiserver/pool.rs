@@ -163,3 +163,59 @@ async fn the_keeper_never_deletes_a_warm_pod_claimed_after_its_list() {
     keeper.stop(&[unclaimed], &["orb-warm-b".to_owned()]).await.unwrap();
     assert!(pods.get_opt("orb-warm-b").await.unwrap().is_none());
 }
+
+/// Hostile users, round two, item 1: a pod someone else labels warm (with an `/assign` endpoint
+/// of its own) was bound first when it was the oldest ready one, and received the room's token.
+/// The pool's pods carry the operator's seal of their uid: a planted one is neither counted,
+/// stopped nor sent anything.
+#[tokio::test]
+async fn a_pod_planted_with_the_warm_label_is_never_counted_stopped_or_sent_a_token() {
+    let Some(cp) = ControlPlane::start().await else { return };
+    let admin = cp.admin().await;
+    let kubeconfig = chart_identity(&cp, NS).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let nothing: OnAssign = Arc::new(|_| Box::pin(async {}));
+
+    // Planted before the operator starts: the oldest ready pod labelled warm.
+    let planted: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "planted", "labels": {"hybridcoach.io/pool": "warm"},
+            "annotations": {"hybridcoach.io/warm-seal": "forged"}},
+        "spec": {"containers": [{"name": "orb", "image": "evil:latest"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &planted).await.unwrap();
+    let evil = FakeWarmOrb::serve(loopback_ip(9), nothing.clone()).await;
+    run_pod(&pods, "planted", loopback_ip(9)).await;
+
+    let env = BTreeMap::from([
+        ("WATCH_NAMESPACE".to_owned(), NS.to_owned()),
+        ("ORB_WARM_POOL_SIZE".to_owned(), "1".to_owned()),
+        ("MAX_CONCURRENT_ORBS".to_owned(), "4".to_owned()),
+    ]);
+    let operator = Operator::start(&cp, "planted", &kubeconfig, &env);
+    let real = wait_for("the keeper starts a warm pod of its own", || async {
+        warm_pods(&pods)
+            .await
+            .into_iter()
+            .find(|p| p.name_any() != "planted")
+            .map(|p| p.name_any())
+    })
+    .await;
+    let honest = FakeWarmOrb::serve(loopback_ip(0), nothing).await;
+    run_pod(&pods, &real, loopback_ip(0)).await;
+
+    create_orb(&admin, NS, "room-h", spec("room-h")).await;
+    let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
+    let bound = wait_for("the orb is Ready in a warm pod", || async {
+        let status = orbs.get("room-h").await.unwrap().status.unwrap_or_default();
+        (status.phase == Some(OrbPhase::Ready)).then_some(status.pod_name)
+    })
+    .await;
+    assert_eq!(bound.as_deref(), Some(real.as_str()));
+    assert_eq!(evil.count(), 0, "the planted pod was sent an assignment");
+    assert_eq!(honest.count(), 1);
+    // Not the pool's: not stopped either (it is not the operator's to delete).
+    let still = pods.get("planted").await.unwrap();
+    assert!(still.metadata.deletion_timestamp.is_none());
+    operator.assert_never_forbidden();
+}

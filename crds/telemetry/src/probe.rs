@@ -37,12 +37,22 @@ pub async fn post_json(
     request(addr, &head, path, timeout).await
 }
 
+/// Longest answer read: the peer may be hostile (a warm pod someone planted), and an answer is a
+/// status line and a short JSON body.
+pub const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+
 async fn request(addr: impl ToSocketAddrs, raw: &str, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(raw.as_bytes()).await?;
         let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
+        (&mut stream).take(MAX_ANSWER_BYTES + 1).read_to_end(&mut buf).await?;
+        if buf.len() as u64 > MAX_ANSWER_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path} answered more than {MAX_ANSWER_BYTES} bytes"),
+            ));
+        }
         parse(&buf)
     };
     tokio::time::timeout(timeout, attempt)
@@ -67,6 +77,27 @@ fn parse(response: &[u8]) -> io::Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_off_not_buffered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            // Far more than any answer; stops when the client hangs up.
+            for _ in 0..1024 {
+                if socket.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let err = post_json(addr, "/assign", "c", "{}", Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
 
     #[test]
     fn status_and_body() {
