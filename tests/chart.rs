@@ -1192,3 +1192,66 @@ fn warm_pool_pods_start_the_orb_warm_and_the_operator_may_reach_them() {
         "{from:?}"
     );
 }
+
+/// Hostile users, round two, item 6: the orbs' port 9090 (`/assign`, `/metrics`) was open to every
+/// source by default, and any pod could reach signaling and forge the client-address header it
+/// trusts behind the chart's Ingress.
+#[test]
+fn no_port_is_open_to_every_pod() {
+    let peers_of = |policy: &Value| -> Vec<Value> {
+        let ingress = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(ingress.len(), 1, "{ingress:?}");
+        let from = ingress[0]["from"]
+            .as_array()
+            .expect("a rule without `from` admits every source");
+        assert!(!from.is_empty());
+        for peer in from {
+            assert!(
+                peer.get("ipBlock").is_none()
+                    && (peer.get("podSelector").is_some() || peer["namespaceSelector"] != serde_json::json!({})),
+                "a peer admitting every pod: {peer}"
+            );
+        }
+        from.clone()
+    };
+    let objects = render(None, &[]);
+    let orbs = peers_of(find(&objects, "NetworkPolicy", "-orbs"));
+    let names: Vec<&Value> = orbs
+        .iter()
+        .map(|p| &p["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+        .collect();
+    assert!(
+        names.contains(&&Value::from("orb-operator")) && names.contains(&&Value::from("prometheus")),
+        "{orbs:?}"
+    );
+    // No trusted header, no policy: signaling sees every client's own address.
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "orb-signaling")
+    );
+
+    let behind_ingress = render(
+        None,
+        &[
+            "--set",
+            "signaling.ingress.enabled=true",
+            "--set",
+            "signaling.ingress.host=calls.example",
+        ],
+    );
+    let signaling = find(&behind_ingress, "NetworkPolicy", "orb-signaling");
+    assert_eq!(
+        signaling["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "orb-signaling"
+    );
+    let peers = peers_of(signaling);
+    assert_eq!(
+        peers[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ingress-nginx"
+    );
+    assert_eq!(peers[1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "orb");
+    // A header set by hand (a Gateway, a load balancer) gets the same policy.
+    let header = render(None, &["--set", "signaling.limits.trustedProxyHeader=X-Real-IP"]);
+    find(&header, "NetworkPolicy", "orb-signaling");
+}

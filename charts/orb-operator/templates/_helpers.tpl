@@ -102,3 +102,17 @@ seccompProfile:
 {{- default .Release.Namespace .Values.operator.watchNamespace -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Prometheus that scrapes the pods, as a NetworkPolicy peer: its namespace when given, else its pods anywhere. */}}
+{{- define "orb.prometheusPeer" -}}
+{{- with .Values.networkPolicy.prometheusNamespaceSelector -}}
+- namespaceSelector:
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+{{- else -}}
+- namespaceSelector: {}
+  podSelector:
+    matchLabels:
+      {{- toYaml .Values.networkPolicy.prometheusPodSelector | nindent 6 }}
+{{- end }}
+{{- end -}}
