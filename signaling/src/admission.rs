@@ -248,7 +248,10 @@ mod tests {
         let a = admission(4, 2, 2);
         let x1 = a.admit(ip("10.0.0.1"), "r1", None).unwrap();
         let x2 = a.admit(ip("10.0.0.1"), "r1", None).unwrap();
-        assert_eq!(a.admit(ip("10.0.0.1"), "r1", None).unwrap_err(), Refusal::ClientConnections);
+        assert_eq!(
+            a.admit(ip("10.0.0.1"), "r1", None).unwrap_err(),
+            Refusal::ClientConnections
+        );
         let y = a.admit(ip("10.0.0.2"), "r2", None).unwrap();
         assert_eq!(a.admit(ip("10.0.0.3"), "r3", None).unwrap_err(), Refusal::Rooms);
         let z = a.admit(ip("10.0.0.3"), "r2", None).unwrap();

@@ -135,7 +135,10 @@ mod tests {
         let t0 = Instant::now();
         // Plenty of frames, 100 KB/s: a burst of 200 KB passes, the next 60 KB frame does not.
         let mut rl = RateLimiter::new(1000, 100_000, 1024, t0);
-        assert_eq!((0..3).map(|_| rl.check(60_000, t0)).collect::<Vec<_>>(), [Verdict::Pass; 3]);
+        assert_eq!(
+            (0..3).map(|_| rl.check(60_000, t0)).collect::<Vec<_>>(),
+            [Verdict::Pass; 3]
+        );
         let Verdict::Refuse(wait) = rl.check(60_000, t0) else {
             panic!("a fourth 60 KB frame at once is over 200 KB")
         };

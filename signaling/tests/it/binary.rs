@@ -293,7 +293,10 @@ async fn one_token_from_many_addresses_holds_few_sockets() {
     let deadline = tokio::time::Instant::now() + WAIT;
     while let Err(r) = connect(offer(&shared, "198.51.100.7")).await {
         assert_eq!(r.status, 429, "{r:?}");
-        assert!(tokio::time::Instant::now() < deadline, "the token's slot was never given back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token's slot was never given back"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
@@ -306,10 +309,14 @@ async fn slow_or_silent_clients_are_cut_off_after_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Binary::start_with_env(&["--auth", "none"], &[("SIGNALING_HEADER_READ_TIMEOUT", "1s")]);
     let mut slow = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     let silent = tokio::net::TcpStream::connect(b.addr).await.unwrap();
     let mut idle = tokio::net::TcpStream::connect(b.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     for (name, mut tcp) in [("slow", slow), ("silent", silent), ("idle", idle)] {
         let mut answer = Vec::new();
         tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
@@ -317,11 +324,7 @@ async fn slow_or_silent_clients_are_cut_off_after_the_header_read_timeout() {
             .unwrap_or_else(|_| panic!("the {name} connection is still open"))
             .unwrap_or_default();
         let answer = String::from_utf8_lossy(&answer);
-        assert_eq!(
-            name == "idle",
-            answer.starts_with("HTTP/1.1 200"),
-            "{name}: {answer}"
-        );
+        assert_eq!(name == "idle", answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
     }
     assert_eq!(http_get(b.addr, "/healthz").await.0, 200);
 }
@@ -368,7 +371,10 @@ async fn a_flood_of_fat_frames_is_ended_with_1008() {
         .await
         .expect("the server is still reading the flood");
     assert!(sent < FRAMES, "the server read all {FRAMES} frames");
-    let close = tokio::time::timeout(WAIT, reader).await.expect("the socket ended").unwrap();
+    let close = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the socket ended")
+        .unwrap();
     assert!(close.is_none_or(|code| code == 1008), "closed with {close:?}");
     assert_eq!(neighbour.recv_type("user-left").await["userId"], "f");
     neighbour.expect_nothing_pending().await;

@@ -529,7 +529,9 @@ async fn a_loop_of_upgrades_with_a_stale_orb_token_costs_the_api_few_reads() {
         let url = s.url("room-s");
         async move {
             let protocols = token_protocols(&token);
-            refused_with(&url, &[("Sec-WebSocket-Protocol", &protocols)]).await.status
+            refused_with(&url, &[("Sec-WebSocket-Protocol", &protocols)])
+                .await
+                .status
         }
     };
     let hammer = |token: String| async move {
