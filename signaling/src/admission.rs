@@ -1,5 +1,6 @@
 //! Connection caps, checked before the WebSocket upgrade: open connections in total, per client
-//! address, and rooms with open connections on this replica. An admitted connection holds an
+//! address, per token user (a room token's room and user id, from any number of addresses), and
+//! rooms with open connections on this replica. An admitted connection holds an
 //! [`Admitted`] guard until its task ends, whichever way it ends (a close, a dropped TCP
 //! connection, a failed upgrade): dropping the guard gives its slots back, so the counts are
 //! exact.
@@ -23,6 +24,8 @@ use axum::http::{HeaderMap, HeaderName};
 pub struct AdmissionLimits {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    /// Per room and user id of a room token (`--max-connections-per-token`).
+    pub max_connections_per_token: usize,
     pub max_rooms: usize,
     pub trusted_proxy_header: Option<HeaderName>,
 }
@@ -34,18 +37,26 @@ pub enum Refusal {
     Connections,
     /// `--max-connections-per-client` reached for this client address (HTTP 429).
     ClientConnections,
+    /// `--max-connections-per-token` reached for this token's room and user (HTTP 429).
+    TokenConnections,
     /// `--max-rooms` reached and the connection is for another room (HTTP 503).
     Rooms,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 3] = [Refusal::Connections, Refusal::ClientConnections, Refusal::Rooms];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Connections,
+        Refusal::ClientConnections,
+        Refusal::TokenConnections,
+        Refusal::Rooms,
+    ];
 
     /// The metric label (`connections_refused_total{reason}`).
     pub fn label(self) -> &'static str {
         match self {
             Refusal::Connections => "max_connections",
             Refusal::ClientConnections => "max_connections_per_client",
+            Refusal::TokenConnections => "max_connections_per_token",
             Refusal::Rooms => "max_rooms",
         }
     }
@@ -54,6 +65,9 @@ impl Refusal {
         match self {
             Refusal::Connections => "the server has as many connections as it accepts; try again later",
             Refusal::ClientConnections => "too many connections from this address; close some or try again later",
+            Refusal::TokenConnections => {
+                "too many connections with this token's user in this room; close some or try again later"
+            }
             Refusal::Rooms => "the server has as many rooms as it accepts; try again later",
         }
     }
@@ -64,6 +78,8 @@ impl Refusal {
 struct Counts {
     total: usize,
     clients: HashMap<IpAddr, usize>,
+    /// By room and user id of the token.
+    users: HashMap<(String, String), usize>,
     rooms: HashMap<String, usize>,
 }
 
@@ -93,9 +109,11 @@ impl Admission {
         &self.limits
     }
 
-    /// Takes a slot for a connection from `client` to `room`, or says which cap refuses it.
-    pub fn admit(self: &Arc<Self>, client: IpAddr, room: &str) -> Result<Admitted, Refusal> {
+    /// Takes a slot for a connection from `client` to `room`, as the token's `user` (none with
+    /// auth off), or says which cap refuses it.
+    pub fn admit(self: &Arc<Self>, client: IpAddr, room: &str, user: Option<&str>) -> Result<Admitted, Refusal> {
         let client = client_key(client);
+        let user = user.map(|user| (room.to_owned(), user.to_owned()));
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.total >= self.limits.max_connections {
             return Err(Refusal::Connections);
@@ -103,16 +121,25 @@ impl Admission {
         if counts.clients.get(&client).copied().unwrap_or(0) >= self.limits.max_connections_per_client {
             return Err(Refusal::ClientConnections);
         }
+        if let Some(user) = &user
+            && counts.users.get(user).copied().unwrap_or(0) >= self.limits.max_connections_per_token
+        {
+            return Err(Refusal::TokenConnections);
+        }
         if !counts.rooms.contains_key(room) && counts.rooms.len() >= self.limits.max_rooms {
             return Err(Refusal::Rooms);
         }
         counts.total += 1;
         *counts.clients.entry(client).or_default() += 1;
         *counts.rooms.entry(room.to_owned()).or_default() += 1;
+        if let Some(user) = &user {
+            *counts.users.entry(user.clone()).or_default() += 1;
+        }
         Ok(Admitted {
             admission: Arc::clone(self),
             client,
             room: room.to_owned(),
+            user,
         })
     }
 
@@ -125,11 +152,14 @@ impl Admission {
         }
     }
 
-    fn release(&self, client: IpAddr, room: &str) {
+    fn release(&self, admitted: &Admitted) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts.total = counts.total.saturating_sub(1);
-        decrement(&mut counts.clients, &client);
-        decrement(&mut counts.rooms, room);
+        decrement(&mut counts.clients, &admitted.client);
+        decrement(&mut counts.rooms, admitted.room.as_str());
+        if let Some(user) = &admitted.user {
+            decrement(&mut counts.users, user);
+        }
     }
 
     /// The address a connection counts against: see the module documentation.
@@ -161,11 +191,12 @@ pub struct Admitted {
     admission: Arc<Admission>,
     client: IpAddr,
     room: String,
+    user: Option<(String, String)>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.admission.release(self.client, &self.room);
+        self.admission.release(self);
     }
 }
 
@@ -202,6 +233,7 @@ mod tests {
         Admission::new(AdmissionLimits {
             max_connections,
             max_connections_per_client: per_client,
+            max_connections_per_token: usize::MAX,
             max_rooms: rooms,
             trusted_proxy_header: None,
         })
@@ -214,13 +246,16 @@ mod tests {
     #[test]
     fn each_cap_refuses_and_drops_give_slots_back() {
         let a = admission(4, 2, 2);
-        let x1 = a.admit(ip("10.0.0.1"), "r1").unwrap();
-        let x2 = a.admit(ip("10.0.0.1"), "r1").unwrap();
-        assert_eq!(a.admit(ip("10.0.0.1"), "r1").unwrap_err(), Refusal::ClientConnections);
-        let y = a.admit(ip("10.0.0.2"), "r2").unwrap();
-        assert_eq!(a.admit(ip("10.0.0.3"), "r3").unwrap_err(), Refusal::Rooms);
-        let z = a.admit(ip("10.0.0.3"), "r2").unwrap();
-        assert_eq!(a.admit(ip("10.0.0.4"), "r2").unwrap_err(), Refusal::Connections);
+        let x1 = a.admit(ip("10.0.0.1"), "r1", None).unwrap();
+        let x2 = a.admit(ip("10.0.0.1"), "r1", None).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.1"), "r1", None).unwrap_err(),
+            Refusal::ClientConnections
+        );
+        let y = a.admit(ip("10.0.0.2"), "r2", None).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.3"), "r3", None).unwrap_err(), Refusal::Rooms);
+        let z = a.admit(ip("10.0.0.3"), "r2", None).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.4"), "r2", None).unwrap_err(), Refusal::Connections);
         assert_eq!(
             a.counts(),
             AdmissionCounts {
@@ -238,23 +273,42 @@ mod tests {
                 rooms: 1
             }
         );
-        let r3 = a.admit(ip("10.0.0.3"), "r3").unwrap();
+        let r3 = a.admit(ip("10.0.0.3"), "r3", None).unwrap();
         drop((x2, r3));
         assert_eq!(a.counts(), AdmissionCounts::default());
     }
 
     #[test]
+    fn a_token_user_counts_across_addresses_and_rooms_apart() {
+        let a = Admission::new(AdmissionLimits {
+            max_connections_per_token: 2,
+            ..admission(100, 100, 100).limits().clone()
+        });
+        let one = a.admit(ip("10.0.0.1"), "r", Some("u")).unwrap();
+        let _two = a.admit(ip("10.0.0.2"), "r", Some("u")).unwrap();
+        assert_eq!(
+            a.admit(ip("10.0.0.3"), "r", Some("u")).unwrap_err(),
+            Refusal::TokenConnections
+        );
+        let _other_user = a.admit(ip("10.0.0.3"), "r", Some("v")).unwrap();
+        let _other_room = a.admit(ip("10.0.0.3"), "s", Some("u")).unwrap();
+        let _no_token = a.admit(ip("10.0.0.3"), "r", None).unwrap();
+        drop(one);
+        let _three = a.admit(ip("10.0.0.3"), "r", Some("u")).unwrap();
+    }
+
+    #[test]
     fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
         let a = admission(100, 1, 100);
-        let _one = a.admit(ip("2001:db8:1:2::1"), "r").unwrap();
+        let _one = a.admit(ip("2001:db8:1:2::1"), "r", None).unwrap();
         assert_eq!(
-            a.admit(ip("2001:db8:1:2:ffff::9"), "r").unwrap_err(),
+            a.admit(ip("2001:db8:1:2:ffff::9"), "r", None).unwrap_err(),
             Refusal::ClientConnections
         );
-        let _other = a.admit(ip("2001:db8:1:3::1"), "r").unwrap();
-        let _v4 = a.admit(ip("192.0.2.1"), "r").unwrap();
+        let _other = a.admit(ip("2001:db8:1:3::1"), "r", None).unwrap();
+        let _v4 = a.admit(ip("192.0.2.1"), "r", None).unwrap();
         assert_eq!(
-            a.admit(ip("::ffff:192.0.2.1"), "r").unwrap_err(),
+            a.admit(ip("::ffff:192.0.2.1"), "r", None).unwrap_err(),
             Refusal::ClientConnections
         );
     }

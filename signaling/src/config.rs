@@ -77,6 +77,10 @@ pub struct Args {
     /// Sustained inbound messages per second per connection (bursts of twice this pass).
     #[arg(long, env = "SIGNALING_MAX_MESSAGES_PER_SECOND", default_value_t = 50)]
     pub max_messages_per_second: u32,
+    /// Sustained inbound bytes per second per connection (bursts of twice this pass, and always
+    /// one frame of the socket's largest size).
+    #[arg(long, env = "SIGNALING_MAX_BYTES_PER_SECOND", default_value_t = 65536)]
+    pub max_bytes_per_second: u64,
     /// Close a socket that sends nothing (not even a pong) for this long, or does not join in it.
     #[arg(long, env = "SIGNALING_IDLE_SOCKET_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub idle_socket_timeout: Duration,
@@ -91,10 +95,18 @@ pub struct Args {
     /// are refused before the upgrade (HTTP 429).
     #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 50)]
     pub max_connections_per_client: usize,
+    /// Open WebSocket connections per token user (room and user id of a room token) at most; more
+    /// are refused before the upgrade (HTTP 429).
+    #[arg(long, env = "SIGNALING_MAX_CONNECTIONS_PER_TOKEN", default_value_t = 4)]
+    pub max_connections_per_token: usize,
     /// Rooms with open connections on this replica at most; a connection to another room is
     /// refused before the upgrade (HTTP 503), connections to those rooms are not.
     #[arg(long, env = "SIGNALING_MAX_ROOMS", default_value_t = 5000)]
     pub max_rooms: usize,
+    /// A client must send a request's whole header within this time, or its TCP connection is
+    /// closed (idle keep-alive connections included).
+    #[arg(long, env = "SIGNALING_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
     /// The request header a trusted proxy appends the client address to (e.g. X-Forwarded-For);
     /// its right-most entry is the client. Unset: the TCP peer address is the client.
     #[arg(long, env = "SIGNALING_TRUSTED_PROXY_HEADER")]
@@ -164,6 +176,7 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_participants_per_room: usize,
     pub max_messages_per_second: u32,
+    pub max_bytes_per_second: u64,
     pub idle_socket_timeout: Duration,
     pub send_queue: usize,
     /// The text-frame cap of the orb's socket (see `--max-orb-frame-bytes`).
@@ -178,6 +191,16 @@ impl Limits {
     /// is dropped.
     pub fn transport_max_bytes(&self) -> usize {
         self.max_frame_bytes.saturating_mul(4)
+    }
+
+    /// The largest frame the WebSocket layer reads on a socket: the orb's may carry its summary.
+    /// Without auth (`None`) anyone may be the orb.
+    pub fn socket_max_bytes(&self, identity: Option<&crate::room::Identity>) -> usize {
+        if identity.is_none_or(|id| id.is_ai()) {
+            self.transport_max_bytes().max(self.max_orb_frame_bytes)
+        } else {
+            self.transport_max_bytes()
+        }
     }
 
     /// The text-frame cap of a socket: the orb's (its summary carries the whole transcript) or
@@ -205,6 +228,8 @@ pub struct Config {
     pub orb_test_mode: bool,
     pub presence_debounce: Duration,
     pub drain_timeout: Duration,
+    /// How long a client may take to send a request header (`--header-read-timeout`).
+    pub header_read_timeout: Duration,
     pub limits: Limits,
     pub summary: crate::summary::SummarySettings,
     pub log_format: LogFormat,
@@ -310,6 +335,16 @@ impl Config {
             "must be at least 1",
         )?;
         range(
+            args.max_bytes_per_second >= 1024,
+            "max-bytes-per-second",
+            "must be at least 1024",
+        )?;
+        range(
+            args.header_read_timeout >= Duration::from_millis(100),
+            "header-read-timeout",
+            "must be at least 100ms",
+        )?;
+        range(
             args.idle_socket_timeout >= Duration::from_secs(1),
             "idle-socket-timeout",
             "must be at least 1s",
@@ -323,6 +358,11 @@ impl Config {
         range(
             args.max_connections_per_client >= 1,
             "max-connections-per-client",
+            "must be at least 1",
+        )?;
+        range(
+            args.max_connections_per_token >= 1,
+            "max-connections-per-token",
             "must be at least 1",
         )?;
         range(args.max_rooms >= 1, "max-rooms", "must be at least 1")?;
@@ -411,16 +451,19 @@ impl Config {
             orb_test_mode: args.orb_test_mode,
             presence_debounce: args.presence_debounce,
             drain_timeout: args.drain_timeout,
+            header_read_timeout: args.header_read_timeout,
             limits: Limits {
                 max_frame_bytes: args.max_frame_bytes,
                 max_participants_per_room: args.max_participants_per_room,
                 max_messages_per_second: args.max_messages_per_second,
+                max_bytes_per_second: args.max_bytes_per_second,
                 idle_socket_timeout: args.idle_socket_timeout,
                 send_queue: args.send_queue,
                 max_orb_frame_bytes: args.max_orb_frame_bytes,
                 admission: crate::admission::AdmissionLimits {
                     max_connections: args.max_connections,
                     max_connections_per_client: args.max_connections_per_client,
+                    max_connections_per_token: args.max_connections_per_token,
                     max_rooms: args.max_rooms,
                     trusted_proxy_header,
                 },
@@ -470,10 +513,13 @@ mod tests {
             (
                 c.limits.admission.max_connections,
                 c.limits.admission.max_connections_per_client,
+                c.limits.admission.max_connections_per_token,
                 c.limits.admission.max_rooms
             ),
-            (10000, 50, 5000)
+            (10000, 50, 4, 5000)
         );
+        assert_eq!(c.limits.max_bytes_per_second, 65536);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.admission.trusted_proxy_header, None);
     }
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::admission::Admitted;
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimiter, Verdict};
 use crate::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, ServerMessage, UserRole};
 use crate::room::{CloseReason, ConnHandle, ConnReceivers, Identity, JoinError, Outbound, Relayed, Room};
 use crate::server::AppState;
@@ -53,9 +53,14 @@ pub async fn serve(
             state: &state,
             room_id: &room_id,
             handle: &handle,
-            token_identity,
             joined: None,
-            limiter: RateLimiter::new(state.limits.max_messages_per_second, Instant::now()),
+            limiter: RateLimiter::new(
+                state.limits.max_messages_per_second,
+                state.limits.max_bytes_per_second,
+                state.limits.socket_max_bytes(token_identity.as_ref()),
+                Instant::now(),
+            ),
+            token_identity,
         };
         conn.read_loop(&mut stream).await;
         if let Some((room, _)) = conn.joined.take() {
@@ -65,11 +70,16 @@ pub async fn serve(
         if let Some(reason) = reason {
             // Only a drain is worth waiting the full drain timeout for; otherwise a client that
             // never answers would hold its socket (and its slots) open that long.
+            // A flood is not read any further: the flooder would keep the server unmasking its
+            // frames until the close reply.
             let wait = match reason {
-                CloseReason::Shutdown => state.close_handshake_timeout,
-                _ => state.close_handshake_timeout.min(WRITER_GRACE),
+                CloseReason::Shutdown => Some(state.close_handshake_timeout),
+                CloseReason::Flood => None,
+                _ => Some(state.close_handshake_timeout.min(WRITER_GRACE)),
             };
-            await_close_reply(&mut stream, wait).await;
+            if let Some(wait) = wait {
+                await_close_reply(&mut stream, wait).await;
+            }
         }
         // Dropping the last sender ends the writer after it flushed what is queued.
         drop(handle);
@@ -132,19 +142,31 @@ impl Conn<'_> {
                 frame = stream.next() => {
                     let Some(Ok(frame)) = frame else { return };
                     last_seen = Instant::now();
-                    // Every frame costs: text, binary, ping, pong, oversized. A flood of any kind
-                    // gets refusals, and a client that does not read them is a slow consumer.
-                    if !matches!(frame, Message::Close(_)) && !self.limiter.try_acquire(last_seen) {
-                        let limits = &self.state.limits;
-                        self.reject(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "more than {} messages per second; retry in {} ms",
-                                limits.max_messages_per_second,
-                                self.limiter.retry_after().as_millis().max(1)
-                            ),
-                        );
-                        continue;
+                    // Every frame costs, in frames and in bytes: text, binary, ping, pong,
+                    // oversized. A flood of any kind gets refusals, and a socket that keeps
+                    // flooding after them is closed (1008) instead of being read to its end.
+                    if !matches!(frame, Message::Close(_)) {
+                        match self.limiter.check(frame_len(&frame), last_seen) {
+                            Verdict::Pass => {}
+                            Verdict::Refuse(wait) => {
+                                let limits = &self.state.limits;
+                                self.reject(
+                                    ErrorCode::RateLimited,
+                                    format!(
+                                        "more than {} messages or {} bytes per second; retry in {} ms",
+                                        limits.max_messages_per_second,
+                                        limits.max_bytes_per_second,
+                                        wait.as_millis().max(1)
+                                    ),
+                                );
+                                continue;
+                            }
+                            Verdict::Close => {
+                                warn!("closing a socket that keeps sending past its rate limits");
+                                self.handle.close(CloseReason::Flood);
+                                return;
+                            }
+                        }
                     }
                     match frame {
                         Message::Text(text) => {
@@ -480,6 +502,15 @@ fn claimed_identity(
         issued_at: None,
         orb_uid: None,
     })
+}
+
+/// The payload size of an inbound frame, what the byte budget counts.
+fn frame_len(frame: &Message) -> usize {
+    match frame {
+        Message::Text(text) => text.len(),
+        Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
+        Message::Close(_) => 0,
+    }
 }
 
 fn error(code: ErrorCode, message: String) -> ServerMessage {

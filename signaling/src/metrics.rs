@@ -204,6 +204,8 @@ impl Metrics {
         for reason in crate::auth::FAILURE_LABELS {
             let _ = auth_failures.get_or_create(&vec![("reason", reason)]);
         }
+        // Present from the start, so that an alert on floods has a series to watch.
+        let _ = disconnects.get_or_create(&vec![("reason", CloseReason::Flood.label())]);
         for refusal in crate::admission::Refusal::ALL {
             let _ = connections_refused.get_or_create(&vec![("reason", refusal.label())]);
         }

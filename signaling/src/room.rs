@@ -70,6 +70,8 @@ pub enum CloseReason {
     RoomFull,
     Unauthorized,
     Unavailable,
+    /// Kept sending past its rate limits (`limits::RATE_STRIKES` refusals).
+    Flood,
 }
 
 impl CloseReason {
@@ -82,6 +84,7 @@ impl CloseReason {
             CloseReason::RoomFull => close_code::ROOM_FULL,
             CloseReason::Unauthorized => close_code::UNAUTHORIZED,
             CloseReason::Unavailable => close_code::TRY_AGAIN_LATER,
+            CloseReason::Flood => close_code::POLICY_VIOLATION,
         }
     }
 
@@ -95,6 +98,7 @@ impl CloseReason {
             CloseReason::RoomFull => "room full",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::Unavailable => "rooms unavailable; try again later",
+            CloseReason::Flood => "kept sending past the rate limits",
         }
     }
 
@@ -108,6 +112,7 @@ impl CloseReason {
             CloseReason::RoomFull => "room_full",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::Unavailable => "unavailable",
+            CloseReason::Flood => "flood",
         }
     }
 

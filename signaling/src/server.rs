@@ -15,7 +15,6 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -38,6 +37,8 @@ use crate::summary::{Summaries, SummaryStore};
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 /// How long the orb runtime may take to flush presence once connections are gone.
 const RUNTIME_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the accept loop pauses after a failed accept (out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// `Retry-After` of a connection refused by a cap, in seconds.
 const CAP_RETRY_AFTER_SECONDS: u32 = 10;
 
@@ -110,7 +111,7 @@ fn auth_refusal(e: &orb_api::auth::AuthError) -> Response {
 /// `Retry-After`.
 fn cap_refusal(refusal_reason: Refusal) -> Response {
     let status = match refusal_reason {
-        Refusal::ClientConnections => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::ClientConnections | Refusal::TokenConnections => StatusCode::TOO_MANY_REQUESTS,
         Refusal::Connections | Refusal::Rooms => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut response = refusal(status, refusal_reason.label(), refusal_reason.text());
@@ -134,7 +135,7 @@ fn request_token(
 
 /// The upgrade of `/ws-simple/{room}`. Everything that can refuse a connection is decided here,
 /// before the upgrade, as a plain HTTP answer: the room id (400), the token transport (400), the
-/// token (401/403), the caps (429/503). Only then does the request become a WebSocket, holding its
+/// token (401/403), the caps (429/503), an orb token's AiOrb (403/503). Only then does the request become a WebSocket, holding its
 /// slots until the connection ends.
 async fn ws_upgrade(
     State(state): State<Arc<AppState>>,
@@ -171,11 +172,9 @@ async fn ws_upgrade(
             return auth_refusal(&e);
         }
     };
-    if let Some(refused) = check_orb_token(&state, &room_id, token_identity.as_ref()).await {
-        return refused;
-    }
     let client = state.admission.client_address(peer, &headers);
-    let admitted = match state.admission.admit(client, &room_id) {
+    let user = token_identity.as_ref().map(|id| id.user_id.as_str());
+    let admitted = match state.admission.admit(client, &room_id, user) {
         Ok(admitted) => admitted,
         Err(refused) => {
             state.metrics.connection_refused(refused);
@@ -183,14 +182,14 @@ async fn ws_upgrade(
             return cap_refusal(refused);
         }
     };
-    let limits = &state.limits;
-    // The orb's socket carries its summary (the whole transcript); without auth anyone may be it.
-    let orb = token_identity.as_ref().is_none_or(|id| id.is_ai());
-    let max = if orb {
-        limits.transport_max_bytes().max(limits.max_orb_frame_bytes)
-    } else {
-        limits.transport_max_bytes()
-    };
+    // After the caps: the check may ask the API server, and a loop of upgrades must not turn into
+    // a loop of API calls. The slots taken above bound how many checks one client has in flight
+    // (the runtime coalesces and caches the answers); a refusal drops them.
+    if let Some(refused) = check_orb_token(&state, &room_id, token_identity.as_ref()).await {
+        return refused;
+    }
+    // The orb's socket carries its summary (the whole transcript).
+    let max = state.limits.socket_max_bytes(token_identity.as_ref());
     let tracker = state.connections.clone();
     // tungstenite's 128 KiB default buffers would dominate memory with many small-message sockets.
     // The answered subprotocol is `orb-signaling` when offered, never a token entry.
@@ -272,6 +271,60 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// Serves HTTP/1.1 (and its WebSocket upgrades) on `listener` until `stop` is cancelled, then
+/// lets the requests in progress finish. axum's own `serve` sets no header read timeout: a client
+/// sending its header byte by byte (slowloris), or an idle keep-alive connection, would hold its
+/// buffers for ever without counting against any cap. hyper's timeout covers both: it runs from
+/// the moment the server waits for a request's header until the header is complete.
+async fn serve_http(listener: TcpListener, app: Router, header_read_timeout: Duration, stop: CancellationToken) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: retrying at once would spin.
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        // Signaling frames are small and latency-bound: Nagle's algorithm (with delayed ACKs on
+        // the peer) would hold them back for tens of milliseconds.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            tower_service::Service::call(&mut app.clone(), request)
+        });
+        let connection = http
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
@@ -347,18 +400,12 @@ impl Server {
             }
         });
         let stop_http = CancellationToken::new();
-        // Signaling frames are small and latency-bound: Nagle's algorithm (with delayed ACKs on
-        // the peer) would hold them back for tens of milliseconds.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let app = router(state.clone()).merge(crate::web::router(config));
-        let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let serve = serve_http(listener, app, config.header_read_timeout, stop_http.clone());
         let drain_timeout = config.drain_timeout;
         let task_state = state.clone();
         let task = tokio::spawn(async move {
-            let http = tokio::spawn(async move { serve.await });
+            let http = tokio::spawn(serve);
             task_state.shutdown.cancelled().await;
             task_state.draining.store(true, Ordering::Relaxed);
             info!("draining: closing connections");

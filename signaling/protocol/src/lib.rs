@@ -240,6 +240,9 @@ pub mod close_code {
     /// The server cannot serve joins right now; reconnect after a short backoff (RFC 6455's
     /// "try again later").
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The socket kept sending past its rate limits (frames or bytes per second) after being
+    /// refused; the server stopped reading it. Reconnect only after backing off.
+    pub const POLICY_VIOLATION: u16 = 1008;
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! order; consecutive publishes are pipelined.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,11 @@ const PREFIX: &str = "orb:";
 /// Commands queued for Redis before relays to other replicas are dropped (counted): a replica
 /// cut off from Redis must not grow without bound.
 const QUEUE: usize = 16_384;
+/// The same bound in bytes: 16,384 relays of a 64 KiB frame would be a gigabyte.
+const QUEUE_BYTES: usize = 64 << 20;
+/// What a command without a payload counts against [`QUEUE_BYTES`] (its member record, the
+/// channel's slot).
+const OP_BYTES: usize = 256;
 /// Publishes sent in one pipeline.
 const PIPELINE: usize = 256;
 /// A command that takes longer fails: joins get `unavailable` rather than waiting on a dead link.
@@ -132,6 +137,18 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Its share of [`QUEUE_BYTES`] while queued.
+    fn bytes(&self) -> usize {
+        OP_BYTES
+            + match self {
+                Op::Publish { replica, payload } => replica.len() + payload.len(),
+                Op::SetStatus { room, event, .. } => room.len() + event.len(),
+                Op::Join { room, .. } | Op::Leave { room, .. } | Op::Snapshot { room, .. } => room.len(),
+            }
+    }
+}
+
 struct Scripts {
     join: Script,
     leave: Script,
@@ -161,6 +178,8 @@ pub struct Cluster {
     client: redis::Client,
     ops: mpsc::Sender<Op>,
     ops_rx: Mutex<Option<mpsc::Receiver<Op>>>,
+    /// Bytes of the commands in `ops` ([`Op::bytes`]), at most [`QUEUE_BYTES`].
+    queued_bytes: AtomicUsize,
     /// The Redis data lifetime this replica registered under (`None` before the first contact).
     epoch: Mutex<Option<String>>,
     /// The last command and the inbox subscription both worked.
@@ -187,6 +206,7 @@ impl Cluster {
             client,
             ops,
             ops_rx: Mutex::new(Some(ops_rx)),
+            queued_bytes: AtomicUsize::new(0),
             epoch: Mutex::new(None),
             commands_ok: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
@@ -247,13 +267,20 @@ impl Cluster {
     }
 
     fn queue(&self, op: Op) -> bool {
-        match self.ops.try_send(op) {
-            Ok(()) => true,
-            Err(_) => {
-                self.metrics.cluster_dropped.inc();
-                false
-            }
+        let bytes = op.bytes();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes <= QUEUE_BYTES;
+        if queued && self.ops.try_send(op).is_ok() {
+            return true;
         }
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.metrics.cluster_dropped.inc();
+        false
+    }
+
+    /// `op` left the queue: its bytes are free again.
+    fn dequeued(&self, op: Op) -> Op {
+        self.queued_bytes.fetch_sub(op.bytes(), Ordering::Relaxed);
+        op
     }
 
     /// Runs the join script for `member`: the room's checks, the orb request decision, and the
@@ -368,7 +395,7 @@ impl Cluster {
             let op = match carry.take() {
                 Some(op) => op,
                 None => match rx.recv().await {
-                    Some(op) => op,
+                    Some(op) => self.dequeued(op),
                     None => return,
                 },
             };
@@ -389,7 +416,7 @@ impl Cluster {
                         }
                         n += 1;
                         if n < PIPELINE {
-                            next = rx.try_recv().ok();
+                            next = rx.try_recv().ok().map(|op| self.dequeued(op));
                         }
                     }
                     let result: redis::RedisResult<()> = pipe.query_async(&mut con).await;
@@ -713,5 +740,41 @@ fn status_name(status: AiStatus) -> String {
     match serde_json::to_value(status) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With nothing taking commands off the queue (Redis away), relays of fat frames are dropped
+    /// once their bytes reach QUEUE_BYTES, long before the count bound, and counted.
+    #[tokio::test]
+    async fn the_command_queue_is_bounded_in_bytes() {
+        let metrics = Metrics::shared();
+        let settings = RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            replica_id: "r".into(),
+        };
+        let cluster = Cluster::new(&settings, metrics.clone()).unwrap();
+        let payload = "x".repeat(64 << 10);
+        let publish = || Op::Publish {
+            replica: "other".into(),
+            payload: payload.clone(),
+        };
+        let fits = QUEUE_BYTES / publish().bytes();
+        assert!(fits < QUEUE / 2);
+        assert!((0..fits).all(|_| cluster.queue(publish())));
+        assert!(!cluster.queue(publish()), "over the byte bound");
+        assert_eq!(metrics.cluster_dropped.get(), 1);
+        assert!(cluster.queued_bytes.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        // Small commands still fit in what is left; taking one off frees its bytes.
+        assert!(cluster.queue(Op::Snapshot {
+            room: "room".into(),
+            reply: oneshot::channel().0,
+        }));
+        let mut rx = cluster.ops_rx.lock().unwrap().take().unwrap();
+        cluster.dequeued(rx.try_recv().unwrap());
+        assert!(cluster.queue(publish()));
     }
 }

@@ -16,8 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -29,9 +29,21 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::check_cache::CheckCache;
 use super::{OrbCheck, OrbEvents, OrbRequest, OrbRuntime, Presence};
 use crate::metrics::{Metrics, OrbRequestResult};
 use crate::protocol::AiStatus;
+
+/// How long the answers of orb-token checks are reused (see [`super::check_cache`]): a live orb's
+/// briefly (it may end any moment), an ended orb's long (an AiOrb never comes back with the same
+/// uid), any other refusal (the room's AiOrb is another or none) in between, and an API error
+/// only long enough to coalesce a burst.
+pub const LIVE_CHECK_TTL: Duration = Duration::from_secs(1);
+pub const ENDED_CHECK_TTL: Duration = Duration::from_secs(600);
+pub const STALE_CHECK_TTL: Duration = Duration::from_secs(10);
+pub const UNAVAILABLE_CHECK_TTL: Duration = Duration::from_secs(1);
+/// (room, uid) answers kept at most.
+const CHECK_CACHE_ENTRIES: usize = 4096;
 
 /// How many times a request re-reads the orb while an old one is being deleted.
 const ENSURE_ATTEMPTS: u32 = 30;
@@ -69,6 +81,7 @@ enum Command {
 pub struct KubernetesRuntime {
     tx: mpsc::UnboundedSender<Command>,
     api: Api<AiOrb>,
+    checks: Arc<CheckCache>,
 }
 
 impl KubernetesRuntime {
@@ -92,7 +105,11 @@ impl KubernetesRuntime {
             settled: HashMap::new(),
         };
         tokio::spawn(actor.run(rx));
-        Self { tx, api }
+        Self {
+            tx,
+            api,
+            checks: CheckCache::new(CHECK_CACHE_ENTRIES),
+        }
     }
 }
 
@@ -107,23 +124,17 @@ impl OrbRuntime for KubernetesRuntime {
 
     /// Reads the room's AiOrb from the API (the one truth every replica shares): the token's uid
     /// must be it, and it must not have ended or be going.
+    /// Answers are shared and reused per (room, uid) for the `*_CHECK_TTL`s, so a loop of upgrades
+    /// with one token costs the API server a bounded number of reads.
     fn check_orb(&self, room_id: &str, orb_uid: &str) -> BoxFuture<'static, OrbCheck> {
-        let (api, name, uid) = (self.api.clone(), orb_name_for_room(room_id), orb_uid.to_owned());
+        let (api, checks) = (self.api.clone(), self.checks.clone());
+        let (room_id, uid) = (room_id.to_owned(), orb_uid.to_owned());
         Box::pin(async move {
-            match api.get_opt(&name).await {
-                Ok(Some(orb))
-                    if orb.metadata.uid.as_deref() == Some(uid.as_str())
-                        && !orb.is_finished()
-                        && orb.metadata.deletion_timestamp.is_none() =>
-                {
-                    OrbCheck::Live
-                }
-                Ok(_) => OrbCheck::Stale,
-                Err(e) => {
-                    warn!(orb = %name, error = %e, "cannot read the room's AiOrb to check an orb token");
-                    OrbCheck::Unavailable
-                }
-            }
+            let lookup = {
+                let (name, uid) = (orb_name_for_room(&room_id), uid.clone());
+                move || read_orb_check(api, name, uid).boxed()
+            };
+            checks.check(&room_id, &uid, lookup).await
         })
     }
 
@@ -133,6 +144,24 @@ impl OrbRuntime for KubernetesRuntime {
         Box::pin(async move {
             let _ = wait.await;
         })
+    }
+}
+
+/// One read of the room's AiOrb for an orb token's `uid`, and how long the answer holds.
+async fn read_orb_check(api: Api<AiOrb>, name: String, uid: String) -> (OrbCheck, Duration) {
+    match api.get_opt(&name).await {
+        Ok(Some(orb)) if orb.metadata.uid.as_deref() == Some(uid.as_str()) => {
+            if orb.is_finished() || orb.metadata.deletion_timestamp.is_some() {
+                (OrbCheck::Stale, ENDED_CHECK_TTL)
+            } else {
+                (OrbCheck::Live, LIVE_CHECK_TTL)
+            }
+        }
+        Ok(_) => (OrbCheck::Stale, STALE_CHECK_TTL),
+        Err(e) => {
+            warn!(orb = %name, error = %e, "cannot read the room's AiOrb to check an orb token");
+            (OrbCheck::Unavailable, UNAVAILABLE_CHECK_TTL)
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! the room. Every method is non-blocking, so an orb that cannot be had never delays the humans'
 //! call: they get `ai_status` `unavailable` and carry on (seed 001: "continue without AI").
 
+pub mod check_cache;
 pub mod kubernetes;
 pub mod local;
 

@@ -1,6 +1,8 @@
 //! The real `orb-signaling` binary over loopback: what it logs never contains a room token,
-//! whichever transport carried it and whether it was accepted or refused, and a flood of sockets
-//! from one address is refused before the upgrade while another address connects.
+//! whichever transport carried it and whether it was accepted or refused; a flood of sockets
+//! from one address, or with one token from many, is refused before the upgrade while others
+//! connect; a client that sends its request header slowly (or not at all) is cut off; and a
+//! socket flooding fat frames is closed (1008) instead of being read to its end.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -24,6 +26,13 @@ impl Binary {
     /// Starts the binary with JSON logs at the most verbose level for every crate (the HTTP and
     /// WebSocket libraries included) and waits for its `listening` line.
     fn start(args: &[&str]) -> Binary {
+        Binary::start_with_env(args, &[])
+    }
+
+    /// [`Binary::start`] with extra environment variables (settings have an env variable each;
+    /// an older binary ignores one it does not know, so a test of a new setting fails on its
+    /// behaviour rather than on an unknown flag).
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_orb-signaling"))
             .args([
                 "--listen",
@@ -37,6 +46,7 @@ impl Binary {
             .env("ORB_SIGNING_KEY", String::from_utf8(KEY.to_vec()).unwrap())
             .env("RUST_LOG", "trace")
             .env_remove("ORB_SIGNING_KEY_FILE")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -214,5 +224,162 @@ async fn the_binary_refuses_a_flood_from_one_address() {
     assert!(
         metrics.contains("orb_signaling_connections_refused_total{reason=\"max_connections_per_client\"} 5"),
         "{metrics}"
+    );
+}
+
+/// Reads `metric`'s value (a full series name with labels) from the binary's `/metrics`.
+async fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// One token from many addresses (a leaked or shared one) holds at most
+/// `--max-connections-per-token` sockets of its room: past it, 429 with the reason before the
+/// upgrade, counted as a refusal; another user of the room, and the same address with another
+/// user's token, still connect.
+#[tokio::test]
+async fn one_token_from_many_addresses_holds_few_sockets() {
+    let b = Binary::start_with_env(
+        &["--auth", "jwt", "--trusted-proxy-header", "X-Forwarded-For"],
+        &[("SIGNALING_MAX_CONNECTIONS_PER_TOKEN", "2")],
+    );
+    let shared = token("room-t", "coach-1", Role::Coach);
+    let offer = |token: &str, from: &str| {
+        vec![
+            ("sec-websocket-protocol".to_owned(), token_protocols(token)),
+            ("x-forwarded-for".to_owned(), from.to_owned()),
+        ]
+    };
+    let connect = |headers: Vec<(String, String)>| {
+        let url = b.url("room-t");
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            handshake(&url, &h).await
+        }
+    };
+    let mut held = vec![];
+    for i in 1..=2 {
+        let (c, _) = connect(offer(&shared, &format!("198.51.100.{i}")))
+            .await
+            .expect("within the token's cap");
+        held.push(c);
+    }
+    for i in 3..=6 {
+        let r = match connect(offer(&shared, &format!("198.51.100.{i}"))).await {
+            Ok(_) => panic!("socket {i} of one token was upgraded"),
+            Err(r) => r,
+        };
+        assert_eq!(r.status, 429, "{r:?}");
+        assert_eq!(r.body["error"], "max_connections_per_token", "{r:?}");
+        assert!(r.body["reason"].as_str().is_some_and(|t| t.contains("token")), "{r:?}");
+        assert!(r.headers.contains_key("retry-after"), "{r:?}");
+    }
+    let other = token("room-t", "client-1", Role::Client);
+    connect(offer(&other, "198.51.100.3"))
+        .await
+        .expect("another user of the room");
+    assert_eq!(
+        metric(
+            b.addr,
+            "orb_signaling_connections_refused_total{reason=\"max_connections_per_token\"}"
+        )
+        .await,
+        Some(4)
+    );
+    // A closed socket gives its slot back (its bookkeeping ends a moment after the close reply).
+    held.pop().unwrap().close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(r) = connect(offer(&shared, "198.51.100.7")).await {
+        assert_eq!(r.status, 429, "{r:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the token's slot was never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A client that sends its request header slowly (slowloris), one that connects and sends
+/// nothing, and an idle keep-alive connection after a request are all closed after
+/// `--header-read-timeout`, while requests go on being answered.
+#[tokio::test]
+async fn slow_or_silent_clients_are_cut_off_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Binary::start_with_env(&["--auth", "none"], &[("SIGNALING_HEADER_READ_TIMEOUT", "1s")]);
+    let mut slow = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let silent = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for (name, mut tcp) in [("slow", slow), ("silent", silent), ("idle", idle)] {
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("the {name} connection is still open"))
+            .unwrap_or_default();
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(name == "idle", answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+    }
+    assert_eq!(http_get(b.addr, "/healthz").await.0, 200);
+}
+
+/// One joined socket floods 60 KB binary frames as fast as it can: the server refuses a few
+/// (`rate_limited`), then closes it with 1008 and stops reading, long before the flood is sent;
+/// the close is counted, and a neighbour in the room only sees the flooder leave.
+#[tokio::test]
+async fn a_flood_of_fat_frames_is_ended_with_1008() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const FRAMES: usize = 20_000;
+    let b = Binary::start(&["--auth", "none"]);
+    let (mut neighbour, _) = handshake(&b.url("room-b"), &[]).await.expect("upgraded");
+    neighbour
+        .send(json!({"type": "join", "userId": "n", "userRole": "coach"}))
+        .await;
+    neighbour.recv_type("peer-discovery").await;
+
+    let (ws, _) = tokio_tungstenite::connect_async(b.url("room-b")).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let join = json!({"type": "join", "userId": "f", "userRole": "client"});
+    sink.send(Message::text(join.to_string())).await.unwrap();
+    neighbour.recv_type("user-joined").await;
+    // Read concurrently, as a browser would: the close frame, if it arrives before the reset.
+    let reader = tokio::spawn(async move {
+        let mut close = None;
+        while let Some(Ok(m)) = stream.next().await {
+            if let Message::Close(frame) = m {
+                close = frame.map(|f| u16::from(f.code));
+            }
+        }
+        close
+    });
+    let frame = bytes::Bytes::from(vec![0u8; 60_000]);
+    let flood = async {
+        let mut sent = 0;
+        while sent < FRAMES && sink.send(Message::Binary(frame.clone())).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    };
+    let sent = tokio::time::timeout(WAIT, flood)
+        .await
+        .expect("the server is still reading the flood");
+    assert!(sent < FRAMES, "the server read all {FRAMES} frames");
+    let close = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("the socket ended")
+        .unwrap();
+    assert!(close.is_none_or(|code| code == 1008), "closed with {close:?}");
+    assert_eq!(neighbour.recv_type("user-left").await["userId"], "f");
+    neighbour.expect_nothing_pending().await;
+    assert_eq!(
+        metric(b.addr, "orb_signaling_disconnects_total{reason=\"flood\"}").await,
+        Some(1)
     );
 }

@@ -321,6 +321,24 @@ impl Client {
         }
     }
 
+    /// The next text message, or the close code and reason if the server closes first.
+    pub async fn recv_or_close(&mut self) -> Result<Value, (u16, String)> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("stream ended")
+                .expect("socket error");
+            match m {
+                Message::Text(t) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Close(f) => {
+                    return Err(f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string())));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Skips messages of other types until one of type `t` arrives.
     pub async fn recv_type(&mut self, t: &str) -> serde_json::Value {
         loop {

@@ -7,7 +7,9 @@ use http::Method;
 use kube::Api;
 use orb_api::AiOrb;
 use orb_signaling::metrics::{Metrics, OrbRequestResult};
-use orb_signaling::orb_runtime::kubernetes::{KubernetesRuntime, KubernetesSettings, ensure_orb};
+use orb_signaling::orb_runtime::kubernetes::{
+    KubernetesRuntime, KubernetesSettings, LIVE_CHECK_TTL, STALE_CHECK_TTL, ensure_orb,
+};
 use orb_signaling::orb_runtime::testing::RecordingRuntime;
 use orb_signaling::orb_runtime::{OrbEvents, OrbRequest, OrbRuntime, Presence};
 use serde_json::json;
@@ -483,8 +485,10 @@ async fn only_the_live_aiorbs_token_lets_an_orb_in() {
     orb.send(json!({"type": "join", "roomId": "room-x"})).await;
     let discovery = orb.recv().await;
     assert_eq!(discovery["type"], "peer-discovery", "{discovery}");
-    // Once the AiOrb ended, its own token no longer gets in.
+    // Once the AiOrb ended, its own token no longer gets in (once the live answer, reused for
+    // LIVE_CHECK_TTL, is gone).
     fake.set_phase("room-x", "Succeeded");
+    tokio::time::sleep(LIVE_CHECK_TTL).await;
     let refused = refused_with(
         &s.url("room-x"),
         &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", &live)))],
@@ -495,7 +499,7 @@ async fn only_the_live_aiorbs_token_lets_an_orb_in() {
     fake.state().fail = true;
     let refused = refused_with(
         &s.url("room-x"),
-        &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", &live)))],
+        &[("Sec-WebSocket-Protocol", &offer(&orb_token("room-x", "not-asked-yet")))],
     )
     .await;
     assert_eq!(refused.status, 503);
@@ -515,4 +519,73 @@ async fn only_the_live_aiorbs_token_lets_an_orb_in() {
         text.contains("orb_signaling_auth_failures_total{reason=\"stale_orb\"} 3"),
         "{text}"
     );
+}
+
+/// Reads of the room's AiOrb so far (the orb-token check's GET).
+fn orb_reads(fake: &FakeKube, name: &str) -> usize {
+    let path = format!("/aiorbs/{name}");
+    fake.state()
+        .requests
+        .iter()
+        .filter(|(method, p, _)| *method == Method::GET && p.ends_with(&path))
+        .count()
+}
+
+/// A stale orb token in a loop of upgrade requests, one after the other and many at once, costs
+/// the API server one read per token (the answer is shared and cached), and none at all once the
+/// client's connection cap refuses it first.
+#[tokio::test]
+async fn a_loop_of_upgrades_with_a_stale_orb_token_costs_the_api_few_reads() {
+    let (s, fake) = server_on_fake_api_with(&["--auth", "jwt", "--max-connections-per-client", "20"]).await;
+    fake.insert_orb("room-s", "room-s", "Succeeded");
+    let ended = fake.state().orbs["room-s"]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let attempt = |token: String| {
+        let url = s.url("room-s");
+        async move {
+            let protocols = token_protocols(&token);
+            refused_with(&url, &[("Sec-WebSocket-Protocol", &protocols)])
+                .await
+                .status
+        }
+    };
+    let hammer = |token: String| async move {
+        for _ in 0..30 {
+            assert_eq!(attempt(token.clone()).await, 403);
+        }
+        // Beyond the token's connection cap (4 by default) they are refused before the check.
+        let at_once = futures::future::join_all((0..20).map(|_| attempt(token.clone()))).await;
+        assert!(at_once.iter().all(|status| [403, 429].contains(status)), "{at_once:?}");
+    };
+
+    // The ended AiOrb's own token: its answer holds for minutes.
+    hammer(orb_token("room-s", &ended)).await;
+    assert_eq!(orb_reads(&fake, "room-s"), 1, "one read for 50 upgrades");
+
+    // An earlier orb's token (another uid): its answer holds for STALE_CHECK_TTL.
+    let started = tokio::time::Instant::now();
+    hammer(orb_token("room-s", "earlier")).await;
+    let periods = started.elapsed().as_secs() / STALE_CHECK_TTL.as_secs();
+    let reads = orb_reads(&fake, "room-s") - 1;
+    assert!(
+        (1..=1 + periods as usize).contains(&reads),
+        "{reads} reads for 50 upgrades"
+    );
+
+    // With the client's cap taken, the check is not even reached.
+    let mut held = vec![];
+    for i in 0..20 {
+        let protocols = token_protocols(&token("room-s", &format!("c{i}"), orb_api::auth::Role::Coach));
+        let (c, _) = handshake(&s.url("room-s"), &[("Sec-WebSocket-Protocol", &protocols)])
+            .await
+            .expect("within the cap");
+        held.push(c);
+    }
+    let before = orb_reads(&fake, "room-s");
+    for _ in 0..10 {
+        assert_eq!(attempt(orb_token("room-s", "never-read")).await, 429);
+    }
+    assert_eq!(orb_reads(&fake, "room-s"), before);
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use orb_signaling::limits::RATE_STRIKES;
 use serde_json::json;
 
 use crate::common::*;
@@ -24,13 +25,13 @@ async fn oversized_frames_get_an_error_and_the_socket_stays_usable() {
 async fn floods_are_rate_limited() {
     let s = start(&["--max-messages-per-second", "1"]).await;
     let mut c = s.connect("r").await;
-    // A burst of 2 passes; 20 back-to-back messages cannot all pass unless sending them took
-    // 18 seconds.
-    for _ in 0..20 {
+    // A burst of 2 passes; 10 back-to-back messages cannot all pass unless sending them took
+    // 8 seconds. Fewer refusals than RATE_STRIKES: the socket stays open.
+    for _ in 0..10 {
         c.send(json!({"type": "ping"})).await;
     }
     let mut limited = 0;
-    for _ in 0..20 {
+    for _ in 0..10 {
         let m = c.recv().await;
         if m["code"] == "rate_limited" {
             limited += 1;
@@ -39,6 +40,33 @@ async fn floods_are_rate_limited() {
         }
     }
     assert!(limited >= 1);
+}
+
+/// A socket that goes on flooding after its refusals is closed with 1008 once it collected
+/// RATE_STRIKES of them (one forgiven per second), having been told why first; the closes are
+/// counted.
+#[tokio::test]
+async fn a_socket_that_keeps_flooding_is_closed_with_1008() {
+    let s = start(&["--max-messages-per-second", "1"]).await;
+    let (mut neighbour, _) = s.join("r", "n", "coach").await;
+    let (mut c, _) = s.join("r", "f", "client").await;
+    neighbour.recv_type("user-joined").await;
+    // One ping at a time, each answered (pong or refusal) before the next, until the close: the
+    // server has read everything when it closes.
+    let mut limited = 0;
+    let (code, reason) = loop {
+        c.send(json!({"type": "ping"})).await;
+        match c.recv_or_close().await {
+            Ok(m) if m["code"] == "rate_limited" => limited += 1,
+            Ok(m) => assert_eq!(m, json!({"type": "pong"})),
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(code, 1008, "{reason}");
+    assert!(limited >= RATE_STRIKES as usize, "closed after {limited} refusals");
+    assert_eq!(neighbour.recv_type("user-left").await["userId"], "f");
+    let flood = "orb_signaling_disconnects_total{reason=\"flood\"} 1";
+    eventually("the close counted", || s.metrics.render().contains(flood)).await;
 }
 
 /// Binary frames, pings and oversized frames count against the same limit as messages: a flood
@@ -56,7 +84,7 @@ async fn floods_of_any_frame_kind_are_rate_limited() {
     ];
     for (kind, frame) in floods {
         let mut c = s.connect("r").await;
-        for _ in 0..20 {
+        for _ in 0..10 {
             c.send_raw(frame()).await;
         }
         // Other refusals (binary, too large) may come first; a rate refusal must come (recv fails
