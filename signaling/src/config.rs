@@ -128,6 +128,10 @@ pub struct Args {
     /// How long an undelivered summary is retried before it is given up.
     #[arg(long, env = "ORB_SUMMARY_RETRY_WINDOW", default_value = "24h", value_parser = duration)]
     pub summary_retry_window: Duration,
+    /// Largest session summary stored, in bytes of its JSON; a larger one is refused
+    /// (`summary_refused`). At most --max-orb-frame-bytes.
+    #[arg(long, env = "ORB_SUMMARY_MAX_BYTES", default_value_t = crate::summary::DEFAULT_MAX_BYTES)]
+    pub max_summary_bytes: usize,
     /// Directory of stored summaries for the local and none runtimes (the Kubernetes runtime keeps
     /// them in ConfigMaps). Unset: kept in memory only, lost on restart.
     #[arg(long, env = "ORB_SUMMARY_DIR")]
@@ -315,6 +319,11 @@ impl Config {
             "must be between --max-frame-bytes and 67108864",
         )?;
         range(
+            (1024..=args.max_orb_frame_bytes).contains(&args.max_summary_bytes),
+            "max-summary-bytes",
+            "must be between 1024 and --max-orb-frame-bytes",
+        )?;
+        range(
             (Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&args.max_token_ttl),
             "max-token-ttl",
             "must be between 1m and 30 days",
@@ -476,6 +485,7 @@ impl Config {
                 )?,
                 retry_window: args.summary_retry_window,
                 dir: args.summary_dir,
+                max_bytes: args.max_summary_bytes,
             },
             log_format: args.log_format,
         })

@@ -20,6 +20,7 @@ use crate::limits::{RateLimiter, Verdict};
 use crate::protocol::{AiStatus, ClientMessage, ErrorCode, ParticipantType, ServerMessage, UserRole};
 use crate::room::{CloseReason, ConnHandle, ConnReceivers, Identity, JoinError, Outbound, Relayed, Room};
 use crate::server::AppState;
+use crate::summary::{self, PutOutcome, Refusal, StoreError};
 use crate::wire::{self, Inbound};
 
 /// Longest user id accepted from a join message (the AiOrb spec allows 256 for coach/client ids).
@@ -61,6 +62,7 @@ pub async fn serve(
                 Instant::now(),
             ),
             token_identity,
+            summary_ids: Vec::new(),
         };
         conn.read_loop(&mut stream).await;
         if let Some((room, _)) = conn.joined.take() {
@@ -107,6 +109,9 @@ struct Conn<'a> {
     token_identity: Option<Identity>,
     joined: Option<(Arc<Room>, Identity)>,
     limiter: RateLimiter,
+    /// The summary ids this socket asked to store: at most [`crate::summary::MAX_PER_ORB`], so a
+    /// flood is refused here before a copy waits in memory for the store.
+    summary_ids: Vec<String>,
 }
 
 impl Conn<'_> {
@@ -420,8 +425,9 @@ impl Conn<'_> {
     }
 
     /// The orb's summary: to the coaches connected now, and into the durable store, after which
-    /// (and only then) the orb gets `session_summary_ack` and may forget it.
-    fn session_summary(&self, room: &Room, body: Value) {
+    /// (and only then) the orb gets `session_summary_ack` and may forget it. One too large, or one
+    /// more than an orb may store, is refused (`summary_refused`) and reaches no one.
+    fn session_summary(&mut self, room: &Room, body: Value) {
         let mut body = match body {
             Value::Object(map) => map,
             other => {
@@ -432,11 +438,13 @@ impl Conn<'_> {
         };
         // The room is the one the orb is in, whatever the orb wrote.
         body.insert("roomId".into(), Value::String(self.room_id.to_owned()));
-        if let Some((_, me)) = &self.joined {
+        let me = self.joined.as_ref().map(|(_, me)| me);
+        if let Some(me) = me {
             body.insert("fromId".into(), Value::String(me.user_id.clone()));
         }
+        let orb_uid = me.and_then(|me| me.orb_uid.clone());
         let id = match body.get("summaryId").and_then(Value::as_str) {
-            Some(id) if crate::summary::valid_id(id) => Some(id.to_owned()),
+            Some(id) if summary::valid_id(id) => Some(id.to_owned()),
             Some(_) => {
                 self.reject(
                     ErrorCode::InvalidMessage,
@@ -450,22 +458,35 @@ impl Conn<'_> {
         let id = id.unwrap_or_else(|| format!("sig-{}-{:x}", jiff::Timestamp::now().as_millisecond(), self.handle.id));
         body.insert("summaryId".into(), Value::String(id.clone()));
         let msg = ServerMessage::SessionSummary(Value::Object(body));
+        let Ok(text) = serde_json::to_vec(&msg) else { return };
+        let summaries = &self.state.summaries;
+        let checked = summaries.check_size(text.len()).and_then(|()| {
+            summary::admit(&id, self.summary_ids.iter().map(String::as_str)).inspect_err(|r| summaries.refused(r))
+        });
+        match checked {
+            Err(refusal) => {
+                refuse_summary(self.state, self.handle, &id, &refusal);
+                return;
+            }
+            Ok(PutOutcome::Stored) => self.summary_ids.push(id.clone()),
+            Ok(PutOutcome::AlreadyStored) => {}
+        }
         let coaches = self.state.registry.to_coaches(room, &msg);
         self.state.metrics.relayed_other("session_summary");
         info!(coaches, summary = %id, "session summary received");
-        let Ok(text) = serde_json::to_vec(&msg) else { return };
         let (state, handle, room_id) = (Arc::clone(self.state), self.handle.clone(), self.room_id.to_owned());
         tokio::spawn(
             async move {
                 match state
                     .summaries
-                    .accept(id.clone(), room_id, bytes::Bytes::from(text))
+                    .accept(id.clone(), room_id, orb_uid, bytes::Bytes::from(text))
                     .await
                 {
                     Ok(outcome) => {
                         debug!(summary = %id, ?outcome, "summary stored");
                         handle.send_message(&ServerMessage::SessionSummaryAck { summary_id: id });
                     }
+                    Err(StoreError::Refused(refusal)) => refuse_summary(&state, &handle, &id, &refusal),
                     // No ack: the orb sends it again (after a reconnect, or to another replica).
                     Err(e) => warn!(summary = %id, error = %e, "could not store the session summary"),
                 }
@@ -473,6 +494,16 @@ impl Conn<'_> {
             .in_current_span(),
         );
     }
+}
+
+/// Tells the orb its summary `id` will not be stored (no ack follows); counted as a rejection.
+fn refuse_summary(state: &AppState, handle: &ConnHandle, id: &str, refusal: &Refusal) {
+    state.metrics.rejected(ErrorCode::SummaryRefused);
+    warn!(summary = %id, reason = refusal.label(), "session summary refused: {refusal}");
+    handle.send_message(&error(
+        ErrorCode::SummaryRefused,
+        format!("session summary {id} not stored: {refusal}"),
+    ));
 }
 
 /// The identity a join message claims, used only with auth off (seed 001 behaviour).

@@ -21,7 +21,8 @@ pub const OTHER_RELAYED: [&str; 3] = ["ai_status", "session_summary", "orb_error
 /// Values of `summaries_delivery_attempts_total{result}`.
 pub const SUMMARY_DELIVERY_RESULTS: [&str; 3] = ["delivered", "retry", "failed"];
 /// Values of `summaries_stored_total{result}`.
-pub const SUMMARY_STORE_RESULTS: [&str; 3] = ["stored", "duplicate", "error"];
+/// The refusals are [`crate::summary::Refusal::label`]'s.
+pub const SUMMARY_STORE_RESULTS: [&str; 6] = ["stored", "duplicate", "error", "too_large", "too_many", "no_owner"];
 /// Values of the `participant_type` label.
 pub const PARTICIPANT_TYPES: [&str; 2] = ["human", "ai"];
 
@@ -161,7 +162,7 @@ impl Metrics {
         let summaries_stored = Family::<Labels, Counter>::default();
         registry.register(
             "summaries_stored",
-            "Session summaries received from orbs, by result (stored, duplicate, error)",
+            "Session summaries received from orbs, by result (stored, duplicate, error, or refused: too_large, too_many, no_owner)",
             summaries_stored.clone(),
         );
         let summary_oldest_pending = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -329,6 +330,7 @@ fn error_code_label(code: ErrorCode) -> &'static str {
         ErrorCode::UnknownPeer => "unknown_peer",
         ErrorCode::BinaryNotSupported => "binary_not_supported",
         ErrorCode::Unavailable => "unavailable",
+        ErrorCode::SummaryRefused => "summary_refused",
     }
 }
 

@@ -188,10 +188,14 @@ pub enum ErrorCode {
     BinaryNotSupported,
     /// The server cannot serve joins right now (its room store is unreachable); retry shortly.
     Unavailable,
+    /// A `session_summary` is not stored, for good: too large (`--max-summary-bytes`), one more
+    /// than its orb may store, or its AiOrb is gone. The message names the summary and says
+    /// which; sending it again gets the same answer. No `session_summary_ack` follows.
+    SummaryRefused,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::MalformedJson,
         ErrorCode::UnknownType,
         ErrorCode::InvalidMessage,
@@ -204,6 +208,7 @@ impl ErrorCode {
         ErrorCode::UnknownPeer,
         ErrorCode::BinaryNotSupported,
         ErrorCode::Unavailable,
+        ErrorCode::SummaryRefused,
     ];
 }
 

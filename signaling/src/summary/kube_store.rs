@@ -8,7 +8,9 @@
 //! A pending summary has no owner, so it outlives its AiOrb (which signaling replaces when the
 //! room is used again, and the operator deletes after its TTL). Once delivered, given up, or
 //! stored without a webhook, it gets the AiOrb as owner and goes with it; if the AiOrb is already
-//! gone, it is deleted. The AiOrb's `status.summary` mirrors the record (field manager
+//! gone, it is deleted, and a summary that would be final at once (no webhook) is not stored
+//! without its AiOrb. Each record is labelled with its orb attempt, which stores at most
+//! [`super::MAX_PER_ORB`]. The AiOrb's `status.summary` mirrors the record (field manager
 //! [`SUMMARY_FIELD_MANAGER`]; presence has its own, so neither apply drops the other's fields).
 
 use std::collections::BTreeMap;
@@ -32,12 +34,14 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::local_store::id_hash;
-use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryRecord, SummaryStore};
+use super::{PutOutcome, Refusal, StoreError, StoredSummary, SummaryMeta, SummaryRecord, SummaryStore, admit, orb_key};
 use crate::orb_runtime::kubernetes::is_status;
 
 /// The field manager of `status.summary`.
 pub const SUMMARY_FIELD_MANAGER: &str = "orb-signaling-summary";
 pub const STATE_LABEL: &str = "hybridcoach.io/summary-state";
+/// The orb attempt a summary counts against ([`orb_key`]): its AiOrb's uid, else `room-<hash>`.
+pub const ORB_LABEL: &str = "hybridcoach.io/summary-orb";
 const RECORD_ANNOTATION: &str = "hybridcoach.io/summary-record";
 const BODY_KEY: &str = "summary.json.gz";
 /// Records per list request: a page of metadata stays small however many summaries wait.
@@ -110,7 +114,12 @@ impl KubeStore {
         }
     }
 
-    fn to_config_map(s: &StoredSummary, owner: Option<&AiOrb>, gz: ByteString) -> Result<ConfigMap, StoreError> {
+    fn to_config_map(
+        s: &StoredSummary,
+        orb_key: &str,
+        owner: Option<&AiOrb>,
+        gz: ByteString,
+    ) -> Result<ConfigMap, StoreError> {
         Ok(ConfigMap {
             metadata: ObjectMeta {
                 name: Some(config_map_name(&s.meta.id)),
@@ -118,6 +127,7 @@ impl KubeStore {
                 labels: Some(BTreeMap::from([
                     ("app.kubernetes.io/managed-by".into(), SIGNALING_FIELD_MANAGER.into()),
                     (STATE_LABEL.into(), state_label(s.meta.state)),
+                    (ORB_LABEL.into(), orb_key.into()),
                 ])),
                 annotations: Some(BTreeMap::from([(RECORD_ANNOTATION.into(), record_json(&s.meta)?)])),
                 owner_references: owner.map(owner_references),
@@ -189,13 +199,34 @@ impl SummaryStore for KubeStore {
         Box::pin(async move {
             let gz = gzip(&summary.body)?;
             if gz.len() > MAX_COMPRESSED_BYTES {
-                return Err(StoreError::TooLarge(gz.len()));
+                return Err(Refusal::TooLargeCompressed(gz.len()).into());
             }
             let orb = self.owner(&summary.meta).await?;
-            summary.meta.orb_uid = orb.as_ref().and_then(ResourceExt::uid);
-            // Only a final record is owned: a pending one must outlive a replaced AiOrb.
+            // Only a final record is owned: a pending one must outlive a replaced AiOrb, and is
+            // removed by the delivery pass at the end of its retry window if it has no owner by
+            // then. A final one without its AiOrb would never be removed.
             let final_state = summary.meta.state != SummaryState::Pending;
-            let cm = Self::to_config_map(&summary, orb.as_ref().filter(|_| final_state), ByteString(gz))?;
+            if final_state && orb.is_none() {
+                return Err(Refusal::NoOwner.into());
+            }
+            if summary.meta.orb_uid.is_none() {
+                summary.meta.orb_uid = orb.as_ref().and_then(ResourceExt::uid);
+            }
+            let name = config_map_name(&summary.meta.id);
+            let key = orb_key(&summary.meta);
+            // Counted across replicas and restarts: the records of this orb attempt, as metadata.
+            // Two replicas storing for the same orb at once may both pass (the orb has one socket
+            // at a time, so at most one over the cap per socket being replaced).
+            let params = ListParams::default()
+                .labels(&format!("{ORB_LABEL}={key}"))
+                .limit(LIST_PAGE);
+            let stored = self.config_maps.list_metadata(&params).await?;
+            if admit(&name, stored.items.iter().filter_map(|cm| cm.metadata.name.as_deref()))?
+                == PutOutcome::AlreadyStored
+            {
+                return Ok(PutOutcome::AlreadyStored);
+            }
+            let cm = Self::to_config_map(&summary, &key, orb.as_ref().filter(|_| final_state), ByteString(gz))?;
             match self.config_maps.create(&PostParams::default(), &cm).await {
                 Ok(_) => {
                     if let Some(orb) = &orb {

@@ -1,6 +1,9 @@
 //! Summaries kept by one process: in a directory (`--summary-dir`; dev mode uses its state
 //! directory), one JSON file per summary written atomically (temporary file, fsync, rename), so a
 //! crash leaves either the old or the new record; or in memory only, when no directory is set.
+//! An orb attempt ([`super::orb_key`]: its AiOrb's uid from the orb's token, else the room) stores
+//! at most [`super::MAX_PER_ORB`] summaries, counted over what the store holds (so across
+//! restarts with a directory). Nothing here is removed: the local runtime is for development.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryRecord, SummaryStore};
+use super::{PutOutcome, StoreError, StoredSummary, SummaryMeta, SummaryRecord, SummaryStore, admit, orb_key};
 use orb_api::aiorb::SummaryState;
 
 /// One stored file: the record, a revision (the compare-and-swap token) and the body as sent.
@@ -104,6 +107,14 @@ impl SummaryStore for LocalStore {
             if all.contains_key(&summary.meta.id) {
                 return Ok(PutOutcome::AlreadyStored);
             }
+            // Counted and stored under one lock: no copy in flight slips past the count.
+            let key = orb_key(&summary.meta);
+            admit(
+                &summary.meta.id,
+                all.values()
+                    .filter(|s| orb_key(&s.meta) == key)
+                    .map(|s| s.meta.id.as_str()),
+            )?;
             self.persist(&summary, 1)?;
             summary.version = Some("1".into());
             all.insert(summary.meta.id.clone(), summary);
@@ -166,18 +177,25 @@ mod tests {
     use jiff::Timestamp;
 
     fn summary(id: &str) -> StoredSummary {
+        summary_of(id, "room", None)
+    }
+
+    fn summary_of(id: &str, room: &str, orb_uid: Option<&str>) -> StoredSummary {
         let settings = SummarySettings {
             webhook_url: Some("http://h/".parse().unwrap()),
             retry_window: std::time::Duration::from_secs(60),
             ..Default::default()
         };
         StoredSummary {
-            meta: new_meta(
-                id.into(),
-                "room".into(),
-                Timestamp::from_second(1_700_000_000).unwrap(),
-                &settings,
-            ),
+            meta: SummaryMeta {
+                orb_uid: orb_uid.map(str::to_owned),
+                ..new_meta(
+                    id.into(),
+                    room.into(),
+                    Timestamp::from_second(1_700_000_000).unwrap(),
+                    &settings,
+                )
+            },
             body: Bytes::from_static(br#"{"roomId":"room","summary":{"transcript":["x"]}}"#),
             version: None,
         }
@@ -207,6 +225,43 @@ mod tests {
         let again = reopened.pending().await.unwrap();
         assert_eq!(again, vec![updated]);
         assert_eq!(reopened.body("a").await.unwrap(), summary("a").body);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_orb_attempt_stores_a_few_summaries_also_after_a_reopen() {
+        use crate::summary::{MAX_PER_ORB, Refusal};
+        let dir = std::env::temp_dir().join(format!("orb-summaries-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = LocalStore::open(&dir).unwrap();
+        for i in 0..MAX_PER_ORB {
+            let s = summary_of(&format!("a{i}"), "room", Some("uid-a"));
+            assert_eq!(store.put(s).await.unwrap(), PutOutcome::Stored);
+        }
+        let refused = store.put(summary_of("a-more", "room", Some("uid-a"))).await;
+        assert!(
+            matches!(refused, Err(StoreError::Refused(Refusal::TooMany))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store.put(summary_of("a0", "room", Some("uid-a"))).await.unwrap(),
+            PutOutcome::AlreadyStored
+        );
+        // The room's next orb, and an orb without a uid (no auth: the room is its key), count apart.
+        assert_eq!(
+            store.put(summary_of("b0", "room", Some("uid-b"))).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.put(summary_of("n0", "room", None)).await.unwrap(),
+            PutOutcome::Stored
+        );
+
+        drop(store);
+        let reopened = LocalStore::open(&dir).unwrap();
+        let refused = reopened.put(summary_of("a-later", "room", Some("uid-a"))).await;
+        assert!(matches!(refused, Err(StoreError::Refused(Refusal::TooMany))));
+        assert_eq!(reopened.all().len(), MAX_PER_ORB + 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

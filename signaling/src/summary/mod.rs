@@ -15,8 +15,9 @@ pub mod kube_store;
 pub mod local_store;
 pub mod signature;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use orb_api::duration::after;
 use serde::{Deserialize, Serialize};
 
 /// How a summary is stored and delivered.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SummarySettings {
     pub webhook_url: Option<http::Uri>,
     /// HMAC-SHA256 key of `X-Orb-Signature`; unsigned without it.
@@ -35,7 +36,27 @@ pub struct SummarySettings {
     pub retry_window: Duration,
     /// Local and none runtimes: where summaries are kept (memory only when unset).
     pub dir: Option<PathBuf>,
+    /// Largest summary stored, in bytes of its JSON (`--max-summary-bytes`).
+    pub max_bytes: usize,
 }
+
+impl Default for SummarySettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            webhook_secret: None,
+            retry_window: Duration::ZERO,
+            dir: None,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// Default of `--max-summary-bytes`: a two-hour session's transcript is a few hundred KiB of JSON.
+pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+/// Distinct summaries one orb attempt may store: its final one and a few re-sends under new ids.
+/// A re-send of an id already stored does not count and is acknowledged again.
+pub const MAX_PER_ORB: usize = 4;
 
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
@@ -99,12 +120,36 @@ impl StoredSummary {
     }
 }
 
+/// Why a summary is not stored, for good: sending it again gets the same answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the summary is {bytes} bytes of JSON, more than the {limit} a stored summary may have")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("the summary is {0} bytes compressed, more than a stored record can hold")]
+    TooLargeCompressed(usize),
+    #[error("this orb has stored {MAX_PER_ORB} session summaries, as many as it may")]
+    TooMany,
+    #[error("the room's AiOrb is gone: a summary stored now would have no owner")]
+    NoOwner,
+}
+
+impl Refusal {
+    /// Its value of `summaries_stored_total{result}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::TooLarge { .. } | Refusal::TooLargeCompressed(_) => "too_large",
+            Refusal::TooMany => "too_many",
+            Refusal::NoOwner => "no_owner",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("another replica updated the summary first")]
     Conflict,
-    #[error("the summary is {0} bytes compressed, more than a stored record can hold")]
-    TooLarge(usize),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("summary store I/O: {0}")]
@@ -122,7 +167,9 @@ pub enum PutOutcome {
 
 /// Where summaries wait for the webhook.
 pub trait SummaryStore: Send + Sync + 'static {
-    /// Stores a new summary durably; idempotent on its id.
+    /// Stores a new summary durably; idempotent on its id. Refuses a new one when its orb attempt
+    /// ([`orb_key`]) has stored [`MAX_PER_ORB`] already ([`admit`]), and one that would outlive
+    /// everything that could remove it.
     fn put(&self, summary: StoredSummary) -> BoxFuture<'_, Result<PutOutcome, StoreError>>;
     /// The record of every summary still `Pending`, without the bodies: every replica lists them
     /// on every pass, and a body (up to a two-hour transcript) is read only by the replica that
@@ -134,6 +181,44 @@ pub trait SummaryStore: Send + Sync + 'static {
     /// `record.version`; returns the record with its new version, or [`StoreError::Conflict`]
     /// (also when the summary is gone: another replica finished it).
     fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>>;
+}
+
+/// The orb attempt a summary counts against: the AiOrb's uid (from the orb's token, or the
+/// room's AiOrb when the store knows it), else the room. A label value and a file-name part.
+pub fn orb_key(meta: &SummaryMeta) -> String {
+    match &meta.orb_uid {
+        Some(uid) => uid.clone(),
+        None => format!("room-{}", local_store::id_hash(&meta.room_id)),
+    }
+}
+
+/// What a store does with a new summary `candidate`, given what the same orb attempt has stored
+/// (`stored`; compared as the store names them).
+pub fn admit<'a>(candidate: &str, stored: impl IntoIterator<Item = &'a str>) -> Result<PutOutcome, Refusal> {
+    let mut count = 0;
+    for name in stored {
+        if name == candidate {
+            return Ok(PutOutcome::AlreadyStored);
+        }
+        count += 1;
+    }
+    if count >= MAX_PER_ORB {
+        Err(Refusal::TooMany)
+    } else {
+        Ok(PutOutcome::Stored)
+    }
+}
+
+/// Whether a summary of `bytes` of JSON may be stored under `settings`.
+pub fn check_size(bytes: usize, settings: &SummarySettings) -> Result<(), Refusal> {
+    if bytes > settings.max_bytes {
+        Err(Refusal::TooLarge {
+            bytes,
+            limit: settings.max_bytes,
+        })
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether `id` may name a summary: it becomes a header value and part of a record's name.
@@ -269,6 +354,9 @@ pub struct Summaries {
     settings: SummarySettings,
     deliverer: Arc<delivery::Deliverer>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// One store at a time per room on this replica, so that two copies in flight cannot both
+    /// pass the count of [`admit`] before either is stored.
+    room_locks: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl Summaries {
@@ -283,6 +371,7 @@ impl Summaries {
             settings,
             deliverer,
             metrics,
+            room_locks: std::sync::Mutex::default(),
         })
     }
 
@@ -299,26 +388,65 @@ impl Summaries {
         tokio::spawn(self.deliverer.clone().run(shutdown));
     }
 
+    /// Whether a summary of `bytes` of JSON may be stored; a refusal is counted.
+    pub fn check_size(&self, bytes: usize) -> Result<(), Refusal> {
+        check_size(bytes, &self.settings).inspect_err(|r| self.refused(r))
+    }
+
+    /// Counts a summary refused before it reached [`Summaries::accept`].
+    pub fn refused(&self, refusal: &Refusal) {
+        self.metrics.summary_stored(refusal.label());
+    }
+
     /// Stores a summary the orb sent; `Ok` means it is durable and the orb may forget it.
-    pub async fn accept(&self, id: String, room_id: String, body: Bytes) -> Result<PutOutcome, StoreError> {
-        let meta = new_meta(id, room_id, Timestamp::now(), &self.settings);
-        let result = self
-            .store
-            .put(StoredSummary {
-                meta,
-                body,
-                version: None,
-            })
-            .await;
+    /// `orb_uid` is the orb's AiOrb as its token names it, if it does.
+    pub async fn accept(
+        &self,
+        id: String,
+        room_id: String,
+        orb_uid: Option<String>,
+        body: Bytes,
+    ) -> Result<PutOutcome, StoreError> {
+        let result = match check_size(body.len(), &self.settings) {
+            Err(refusal) => Err(refusal.into()),
+            Ok(()) => {
+                let lock = self.room_lock(&room_id);
+                let _one_at_a_time = lock.lock().await;
+                let meta = SummaryMeta {
+                    orb_uid,
+                    ..new_meta(id, room_id, Timestamp::now(), &self.settings)
+                };
+                self.store
+                    .put(StoredSummary {
+                        meta,
+                        body,
+                        version: None,
+                    })
+                    .await
+            }
+        };
         self.metrics.summary_stored(match &result {
             Ok(PutOutcome::Stored) => "stored",
             Ok(PutOutcome::AlreadyStored) => "duplicate",
+            Err(StoreError::Refused(refusal)) => refusal.label(),
             Err(_) => "error",
         });
         if matches!(result, Ok(PutOutcome::Stored)) {
             self.deliverer.wake.notify_one();
         }
         result
+    }
+
+    fn room_lock(&self, room_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.room_locks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = locks.get(room_id).and_then(Weak::upgrade) {
+            return lock;
+        }
+        // Forget the rooms nobody is storing for, so the map holds only stores in flight.
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(room_id.to_owned(), Arc::downgrade(&lock));
+        lock
     }
 }
 
@@ -421,5 +549,53 @@ mod tests {
         assert_eq!(late.state, SummaryState::Failed);
         assert_eq!(expire(&m, t(601)).unwrap().state, SummaryState::Failed);
         assert_eq!(expire(&m, t(600)), None);
+    }
+
+    #[test]
+    fn an_orb_stores_a_few_distinct_summaries_and_a_resend_stays_idempotent() {
+        let mut stored: Vec<String> = Vec::new();
+        for i in 0..MAX_PER_ORB {
+            let id = format!("s{i}");
+            assert_eq!(admit(&id, stored.iter().map(String::as_str)), Ok(PutOutcome::Stored));
+            stored.push(id);
+        }
+        assert_eq!(
+            admit("one-more", stored.iter().map(String::as_str)),
+            Err(Refusal::TooMany)
+        );
+        assert_eq!(
+            admit("s1", stored.iter().map(String::as_str)),
+            Ok(PutOutcome::AlreadyStored),
+            "a re-send is acknowledged again however many are stored"
+        );
+    }
+
+    #[test]
+    fn summaries_count_against_their_aiorb_else_their_room() {
+        let meta = |room: &str, uid: Option<&str>| SummaryMeta {
+            orb_uid: uid.map(str::to_owned),
+            ..new_meta("s".into(), room.into(), t(0), &settings(false))
+        };
+        assert_eq!(orb_key(&meta("r", Some("uid-1"))), "uid-1");
+        assert_ne!(orb_key(&meta("r", Some("uid-2"))), orb_key(&meta("r", Some("uid-1"))));
+        assert_eq!(orb_key(&meta("r", None)), orb_key(&meta("r", None)));
+        assert_ne!(orb_key(&meta("r", None)), orb_key(&meta("r2", None)));
+        // A label value: at most 63 characters of [A-Za-z0-9-_.].
+        let key = orb_key(&meta(&"r".repeat(128), None));
+        assert!(key.len() <= 63 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    }
+
+    #[test]
+    fn a_summary_above_the_size_cap_is_refused() {
+        let settings = SummarySettings::default();
+        assert_eq!(settings.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!(check_size(DEFAULT_MAX_BYTES, &settings), Ok(()));
+        assert_eq!(
+            check_size(DEFAULT_MAX_BYTES + 1, &settings),
+            Err(Refusal::TooLarge {
+                bytes: DEFAULT_MAX_BYTES + 1,
+                limit: DEFAULT_MAX_BYTES
+            })
+        );
     }
 }

@@ -420,6 +420,86 @@ async fn a_summary_of_a_replaced_aiorb_is_deleted_once_final() {
     );
 }
 
+/// Each AiOrb stores at most `MAX_PER_ORB` summaries, counted from the ConfigMaps labelled with
+/// its uid (so across replicas and restarts: a second store over the same API refuses too); a
+/// re-send is still `AlreadyStored`; the room's next AiOrb counts apart. A summary that would be
+/// final at once (no webhook) is not stored once its AiOrb is gone: it would have no owner.
+#[tokio::test]
+async fn an_aiorb_stores_a_few_summaries_and_none_without_an_owner() {
+    use orb_signaling::summary::kube_store::{KubeStore, ORB_LABEL};
+    use orb_signaling::summary::{
+        MAX_PER_ORB, PutOutcome, Refusal, StoreError, StoredSummary, SummaryMeta, SummarySettings, SummaryStore,
+        new_meta,
+    };
+
+    let (client, fake) = FakeKube::start();
+    fake.insert_orb("room-c", "room-c", "Ready");
+    let uid = fake.state().orbs["room-c"]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Without a webhook: stored final, owned by the AiOrb.
+    let settings = SummarySettings::default();
+    let summary = |id: &str, orb_uid: Option<&str>| StoredSummary {
+        meta: SummaryMeta {
+            orb_uid: orb_uid.map(str::to_owned),
+            ..new_meta(id.into(), "room-c".into(), jiff::Timestamp::now(), &settings)
+        },
+        body: bytes::Bytes::from_static(br#"{"summary":{}}"#),
+        version: None,
+    };
+    let store = KubeStore::new(client.clone(), NS);
+    for i in 0..MAX_PER_ORB {
+        // As the orb's token names it, or found from the room's AiOrb: the same count.
+        let claimed = (i % 2 == 0).then_some(uid.as_str());
+        let outcome = store.put(summary(&format!("c{i}"), claimed)).await.unwrap();
+        assert_eq!(outcome, PutOutcome::Stored);
+    }
+    let refused = store.put(summary("c-more", None)).await;
+    assert!(
+        matches!(refused, Err(StoreError::Refused(Refusal::TooMany))),
+        "{refused:?}"
+    );
+    assert_eq!(store.put(summary("c1", None)).await.unwrap(), PutOutcome::AlreadyStored);
+    let another_replica = KubeStore::new(fake.client(), NS);
+    let refused = another_replica.put(summary("c-elsewhere", Some(&uid))).await;
+    assert!(
+        matches!(refused, Err(StoreError::Refused(Refusal::TooMany))),
+        "{refused:?}"
+    );
+    {
+        let st = fake.state();
+        assert_eq!(st.config_maps.len(), MAX_PER_ORB);
+        for cm in st.config_maps.values() {
+            assert_eq!(cm["metadata"]["labels"][ORB_LABEL], uid.as_str());
+            assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], uid.as_str());
+        }
+        let counted_as_metadata = st.requests.iter().any(|(m, p, q)| {
+            *m == Method::GET && p.ends_with("/configmaps") && q.contains("labelSelector=hybridcoach.io%2Fsummary-orb")
+        });
+        assert!(counted_as_metadata, "{:?}", st.requests);
+    }
+
+    // The room's next AiOrb has its own count.
+    fake.state().orbs.remove("room-c");
+    fake.insert_orb("room-c", "room-c", "Ready");
+    assert_eq!(store.put(summary("d0", None)).await.unwrap(), PutOutcome::Stored);
+
+    // Its AiOrb gone, a final summary would have no owner: refused, nothing stored.
+    fake.state().orbs.remove("room-c");
+    let refused = store.put(summary("d1", None)).await;
+    assert!(
+        matches!(refused, Err(StoreError::Refused(Refusal::NoOwner))),
+        "{refused:?}"
+    );
+    let refused = store.put(summary("d2", Some(&uid))).await;
+    assert!(
+        matches!(refused, Err(StoreError::Refused(Refusal::NoOwner))),
+        "{refused:?}"
+    );
+    assert_eq!(fake.state().config_maps.len(), MAX_PER_ORB + 1);
+}
+
 /// A join/leave storm on one room (a reload loop, a hostile client) costs the API server almost
 /// nothing: one request per room at a time, and a repeat within the cooldown reuses the live orb.
 #[tokio::test]

@@ -119,7 +119,7 @@ fn verify(r: &Received) {
     assert!(signature::verify(b"another key", header, &r.body, now, 300).is_err());
 }
 
-/// In process: a 1 MiB transcript is acknowledged once stored, reaches the coach live, and the
+/// In process: a transcript of nearly `--max-summary-bytes` (1 MiB of JSON) is acknowledged once stored, reaches the coach live, and the
 /// webhook, down at first, receives it whole when it comes back — one key, verifiable.
 #[tokio::test]
 async fn a_large_summary_survives_a_webhook_outage() {
@@ -140,9 +140,9 @@ async fn a_large_summary_survives_a_webhook_outage() {
     let (mut orb, _) = s.join("r", "ai", "ai").await;
     coach.recv().await;
 
-    let summary = long_summary("sum-large", 1 << 20);
+    let summary = long_summary("sum-large", 512 << 10);
     let text = summary.to_string();
-    assert!(text.len() > (1 << 20) && text.len() > 65536);
+    assert!(text.len() > 900 << 10 && text.len() <= orb_signaling::summary::DEFAULT_MAX_BYTES);
     orb.send_text(&text).await;
     assert_eq!(
         orb.recv().await,
@@ -216,6 +216,11 @@ struct Signaling {
 impl Signaling {
     /// The real binary: no orb runtime, summaries in `store`, the webhook at `hook`.
     async fn start(store: &std::path::Path, secret: &std::path::Path, hook: &str) -> Self {
+        Self::start_with(store, secret, hook, &[]).await
+    }
+
+    /// [`Signaling::start`] with more flags.
+    async fn start_with(store: &std::path::Path, secret: &std::path::Path, hook: &str, args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -229,6 +234,7 @@ impl Signaling {
             .arg(secret)
             .arg("--summary-dir")
             .arg(store)
+            .args(args)
             .env_remove("ORB_SUMMARY_WEBHOOK_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -240,6 +246,15 @@ impl Signaling {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Signaling { child, addr }
+    }
+
+    /// Joins `room` as its orb (no auth: the join says so).
+    async fn join_orb(&self, room: &str) -> Client {
+        let mut orb = Client::connect(&format!("ws://{}/ws-simple/{room}", self.addr), None).await;
+        orb.send(json!({"type": "join", "roomId": room, "userId": "ai", "userRole": "ai", "participantType": "ai"}))
+            .await;
+        orb.recv_type("peer-discovery").await;
+        orb
     }
 
     fn kill(mut self) {
@@ -290,5 +305,121 @@ async fn a_summary_survives_sigkill_of_signaling() {
     let body: Value = serde_json::from_slice(&delivered[0].body).unwrap();
     assert_eq!(body["summary"]["transcript"], summary["summary"]["transcript"]);
     verify(&delivered[0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What the server answered a summary: acknowledged, or refused with the reason.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Ack(String),
+    Refused(String),
+}
+
+/// The next answer to a summary (acks arrive when stored, refusals at once; in any order).
+async fn answer(orb: &mut Client) -> Answer {
+    loop {
+        let m = orb.recv().await;
+        match m["type"].as_str() {
+            Some("session_summary_ack") => return Answer::Ack(m["summaryId"].as_str().unwrap().to_owned()),
+            Some("error") => {
+                assert_eq!(m["code"], "summary_refused", "{m}");
+                return Answer::Refused(m["message"].as_str().unwrap().to_owned());
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn send_summary(orb: &mut Client, id: &str) -> Answer {
+    orb.send(json!({"type": "session_summary", "summaryId": id, "summary": {"reason": "SessionComplete"}}))
+        .await;
+    answer(orb).await
+}
+
+/// A hostile orb floods the real binary with summaries under new ids. Its orb attempt (without
+/// auth, the room) stores `MAX_PER_ORB` of them and the rest are refused (`summary_refused`): on
+/// the same socket, on a new socket and after a restart of signaling, since the count is the
+/// store's. A re-send of a stored one is still acknowledged, and a summary above
+/// `--max-summary-bytes` is refused without counting.
+#[tokio::test]
+async fn a_summary_flood_stores_a_few_and_refuses_the_rest() {
+    use orb_signaling::summary::MAX_PER_ORB;
+
+    let hook = Webhook::start(true).await;
+    let dir = temp_dir("flood");
+    let secret = secret_file(&dir);
+    let store = dir.join("summaries");
+    let args = ["--max-summary-bytes", "65536"];
+    let first = Signaling::start_with(&store, &secret, &hook.url, &args).await;
+
+    let mut orb = first.join_orb("r").await;
+    for i in 0..20 {
+        orb.send(json!({"type": "session_summary", "summaryId": format!("flood-{i:02}"), "summary": {}}))
+            .await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(answer(&mut orb).await);
+    }
+    let acked: Vec<&Answer> = answers.iter().filter(|a| matches!(a, Answer::Ack(_))).collect();
+    assert_eq!(acked.len(), MAX_PER_ORB, "{answers:?}");
+    let refused = answers.iter().find(|a| matches!(a, Answer::Refused(_))).unwrap();
+    assert!(
+        matches!(refused, Answer::Refused(m) if m.contains("as many as it may")),
+        "{refused:?}"
+    );
+    let Answer::Ack(stored) = acked[0] else { unreachable!() };
+    let stored = stored.clone();
+    orb.close().await;
+
+    // A new socket of the same orb: the store counts what it holds.
+    let mut orb = first.join_orb("r").await;
+    assert!(matches!(send_summary(&mut orb, "flood-new").await, Answer::Refused(_)));
+    assert_eq!(send_summary(&mut orb, &stored).await, Answer::Ack(stored.clone()));
+    first.kill();
+    orb.abort();
+
+    // A restarted signaling over the same store still counts them.
+    let second = Signaling::start_with(&store, &secret, &hook.url, &args).await;
+    let mut orb = second.join_orb("r").await;
+    assert!(matches!(
+        send_summary(&mut orb, "flood-after-restart").await,
+        Answer::Refused(_)
+    ));
+    assert_eq!(send_summary(&mut orb, &stored).await, Answer::Ack(stored.clone()));
+
+    // Another room's orb: one above the size cap is refused and does not count.
+    let mut other = second.join_orb("r2").await;
+    other.send(long_summary("too-big", 100_000)).await;
+    match answer(&mut other).await {
+        Answer::Refused(m) => assert!(m.contains("too-big") && m.contains("65536"), "{m}"),
+        a => panic!("an oversized summary was stored: {a:?}"),
+    }
+    for i in 0..MAX_PER_ORB {
+        let id = format!("r2-{i}");
+        assert_eq!(send_summary(&mut other, &id).await, Answer::Ack(id));
+    }
+
+    let (_, metrics) = http_get(second.addr, "/metrics").await;
+    for needle in [
+        "orb_signaling_summaries_stored_total{result=\"too_many\"} 1",
+        "orb_signaling_summaries_stored_total{result=\"too_large\"} 1",
+        "orb_signaling_summaries_stored_total{result=\"duplicate\"} 1",
+        "orb_signaling_messages_rejected_total{reason=\"summary_refused\"} 2",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in\n{metrics}");
+    }
+    second.kill();
+    // Records only: a SIGKILL mid-write may leave a temporary file next to them.
+    let stored_files: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(
+        stored_files.len(),
+        2 * MAX_PER_ORB,
+        "only the accepted summaries are stored: {stored_files:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
