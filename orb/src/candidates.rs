@@ -13,6 +13,8 @@
 use std::net::IpAddr;
 
 use orb_api::cidr::CidrList;
+use rtc::sdp::description::common::Attribute;
+use rtc::sdp::description::session::SessionDescription;
 use serde_json::Value;
 
 /// Why a remote candidate was dropped; the `reason` label of `orb_ice_candidates_dropped_total`.
@@ -54,15 +56,25 @@ pub enum Verdict {
 /// The connection address of a candidate line: `Some(Ok(ip))`, `Some(Err(hostname))`, or `None`
 /// when the line is not a candidate.
 fn address(line: &str) -> Option<Result<IpAddr, &str>> {
-    let line = line.trim();
-    let line = line.strip_prefix("a=").unwrap_or(line);
-    let rest = line.strip_prefix("candidate:")?;
+    let trimmed = line.trim();
+    let trimmed = trimmed.strip_prefix("a=").unwrap_or(trimmed);
+    let rest = trimmed.strip_prefix("candidate:")?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // foundation component transport priority address port "typ" type
     if fields.len() < 8 || fields[6] != "typ" || fields[5].parse::<u16>().is_err() {
         return None;
     }
     let addr = fields[4];
+    // The address checked must be the one the WebRTC stack will use: its own parser reads the line
+    // as `addIceCandidate` hands it over (only a leading `candidate:` removed; fields split on any
+    // Unicode whitespace). A line the two read differently (say, with U+3000 between fields) is
+    // not passed on; one the stack cannot read at all it refuses itself.
+    let as_the_stack_sees = line.strip_prefix("candidate:").unwrap_or(line);
+    if let Ok(c) = rtc::ice::candidate::unmarshal_candidate(as_the_stack_sees)
+        && c.address() != addr
+    {
+        return None;
+    }
     // A zone index (`fe80::1%eth0`) does not change which range the address is in.
     let bare = addr.split_once('%').map_or(addr, |(a, _)| a);
     let bare = bare.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(bare);
@@ -133,7 +145,11 @@ pub fn filter_sdp(sdp: &str, denied: &CidrList) -> (String, Vec<(DropReason, Str
     let mut dropped = Vec::new();
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
-        let content = line.trim_end_matches(['\r', '\n']);
+        // A line may hide behind leading white space or control characters (`\r`) the stack's
+        // lexer skips.
+        let content = line
+            .trim_end_matches(['\r', '\n'])
+            .trim_start_matches(|c: char| c.is_whitespace() || c.is_control());
         if content.starts_with("a=candidate:")
             && let Verdict::Drop { reason, detail } = check_line(content, denied)
         {
@@ -141,6 +157,34 @@ pub fn filter_sdp(sdp: &str, denied: &CidrList) -> (String, Vec<(DropReason, Str
             continue;
         }
         out.push_str(line);
+    }
+    // Then what the stack will read: the candidates its own SDP parser finds in what is left,
+    // checked again; any this line filter missed are taken out of the parsed description.
+    if let Ok(mut parsed) = SessionDescription::unmarshal(&mut std::io::Cursor::new(out.as_bytes())) {
+        let mut missed = Vec::new();
+        let mut keep = |attributes: &mut Vec<Attribute>| {
+            attributes.retain(|a| {
+                if !a.is_ice_candidate() {
+                    return true;
+                }
+                let line = format!("candidate:{}", a.value.as_deref().unwrap_or_default());
+                match check_line(&line, denied) {
+                    Verdict::Drop { reason, detail } => {
+                        missed.push((reason, detail));
+                        false
+                    }
+                    _ => true,
+                }
+            })
+        };
+        keep(&mut parsed.attributes);
+        for media in &mut parsed.media_descriptions {
+            keep(&mut media.attributes);
+        }
+        if !missed.is_empty() {
+            dropped.extend(missed);
+            out = parsed.marshal();
+        }
     }
     (out, dropped)
 }
@@ -254,6 +298,41 @@ mod tests {
             reason(check(&json!({"candidate": cand("127.0.0.1"), "sdpMid": "0"}), &denied)),
             Some(DropReason::DeniedAddress)
         );
+    }
+
+    /// Hostile users, round two, item 2: a filter that split fields on ASCII white space only saw a
+    /// public address where the stack (any Unicode white space) read the metadata address; an SDP
+    /// line behind a `\r` skipped the filter but reached the stack.
+    #[test]
+    fn lines_the_stack_reads_differently_never_pass() {
+        let denied = cluster();
+        // ASCII fields: … 203.0.113.7 5 typ host; the stack's: … 169.254.169.254 80 typ host.
+        let ideographic =
+            "candidate:1 1 udp 2\u{3000}169.254.169.254\u{3000}80\u{3000}typ\u{3000}host 203.0.113.7 5 typ host";
+        assert_eq!(reason(check_line(ideographic, &denied)), Some(DropReason::Malformed));
+        assert_eq!(
+            reason(check(&json!({"candidate": ideographic}), &denied)),
+            Some(DropReason::Malformed)
+        );
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\ra={}\r\na={}\r\na=mid:0\r\n",
+            cand("169.254.169.254"),
+            cand("203.0.113.7"),
+        );
+        let (kept, dropped) = filter_sdp(&sdp, &denied);
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        assert!(
+            !kept.contains("169.254.169.254") && kept.contains("203.0.113.7"),
+            "{kept}"
+        );
+        // Whatever the stack's own parser finds in what is kept passes the check.
+        let parsed = SessionDescription::unmarshal(&mut std::io::Cursor::new(kept.as_bytes())).unwrap();
+        for a in parsed.media_descriptions.iter().flat_map(|m| &m.attributes) {
+            if a.is_ice_candidate() {
+                let line = format!("candidate:{}", a.value.as_deref().unwrap());
+                assert_eq!(check_line(&line, &denied), Verdict::Accept, "{line}");
+            }
+        }
     }
 
     #[test]
