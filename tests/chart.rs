@@ -1255,3 +1255,20 @@ fn no_port_is_open_to_every_pod() {
     let header = render(None, &["--set", "signaling.limits.trustedProxyHeader=X-Real-IP"]);
     find(&header, "NetworkPolicy", "orb-signaling");
 }
+
+/// Hostile users, round two, item 4: the ServiceAccount the admission policy lets create AiOrbs for
+/// `helm test` (and its Role) outlived a failed test; it goes whatever the outcome.
+#[test]
+fn the_helm_test_identity_does_not_outlive_the_test() {
+    let objects = render(None, &[]);
+    for kind in ["ServiceAccount", "Role", "RoleBinding"] {
+        let object = find(&objects, kind, "-test");
+        let policy = object["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+            .as_str()
+            .unwrap();
+        assert!(
+            policy.split(',').any(|p| p == "hook-succeeded") && policy.split(',').any(|p| p == "hook-failed"),
+            "{kind}: {policy}"
+        );
+    }
+}

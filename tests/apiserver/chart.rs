@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
-use orb_api::{AiOrb, OrbPhase};
+use orb_api::AiOrb;
 use serde_json::{Value, json};
 
 use crate::envtest::{ControlPlane, apply_all, ensure_namespace, wait_for, wait_until};
-use crate::operator::{Operator, chart_env, create_orb, pods_of, spec};
+use crate::operator::{Operator, chart_env, create_orb, spec, wait_for_pod};
 use crate::support::render;
 
 const NS: &str = "orbs";
@@ -61,19 +61,6 @@ async fn start_chart_operator(cp: &ControlPlane, objects: &[Value]) -> Operator 
     let (_, kubeconfig) = cp.service_account(NS, "orb-operator").await;
     let env = chart_env(objects, "orb-operator-0", NS);
     Operator::start(cp, "chart", &kubeconfig, &env)
-}
-
-async fn wait_for_pod(client: &Client, ns: &str, name: &str) -> (AiOrb, Pod) {
-    let orbs: Api<AiOrb> = Api::namespaced(client.clone(), ns);
-    wait_for(&format!("AiOrb {ns}/{name} has a pod and is Starting"), || async {
-        let orb = orbs.get(name).await.unwrap();
-        let status = orb.status.clone().unwrap_or_default();
-        // The pod is created before the status names it.
-        let starting = status.phase == Some(OrbPhase::Starting) && status.pod_name.is_some();
-        let mut pods = pods_of(client, &orb).await;
-        (starting && pods.len() == 1).then(|| (orb, pods.remove(0)))
-    })
-    .await
 }
 
 #[tokio::test]

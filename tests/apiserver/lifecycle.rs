@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::envtest::{ControlPlane, wait_for, wait_until};
 use crate::kubelet::{loopback_ip, run_pod};
-use crate::operator::{Operator, chart_identity, create_orb, pods_of, spec};
+use crate::operator::{Operator, chart_identity, create_orb, spec, wait_for_pod};
 use crate::pool::report_presence;
 
 const NS: &str = "calls";
@@ -63,7 +63,7 @@ async fn a_delivered_summary_drops_its_last_error_after_the_operator_wrote_the_s
     let (admin, operator, _) = start(&cp, "summary", &[]).await;
     let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
     create_orb(&admin, NS, "room-s", spec("room-s")).await;
-    let orb = wait_phase(&orbs, "room-s", OrbPhase::Starting).await;
+    let (_, pod) = wait_for_pod(&admin, NS, "room-s").await;
     let retry_until = Timestamp::now().checked_add(jiff_hours(1)).unwrap().to_string();
     apply_summary(
         &orbs,
@@ -72,7 +72,6 @@ async fn a_delivered_summary_drops_its_last_error_after_the_operator_wrote_the_s
     )
     .await;
     // The pod becomes ready: the operator writes the status (Ready) after the summary's write.
-    let pod = pods_of(&admin, &orb).await.remove(0);
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     run_pod(&pods, &pod.name_any(), loopback_ip(0)).await;
     wait_phase(&orbs, "room-s", OrbPhase::Ready).await;
@@ -207,8 +206,7 @@ async fn a_deleted_orb_is_finished_by_a_restarted_operator_and_its_objects_colle
     let (admin, mut operator, restart) = start(&cp, "gc", &[]).await;
     let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
     create_orb(&admin, NS, "room-g", spec("room-g")).await;
-    let orb = wait_phase(&orbs, "room-g", OrbPhase::Starting).await;
-    let pod = pods_of(&admin, &orb).await.remove(0);
+    let (_, pod) = wait_for_pod(&admin, NS, "room-g").await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
     let token_secret = pod
         .spec

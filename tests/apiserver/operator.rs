@@ -7,10 +7,10 @@ use std::process::{Command, Stdio};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
-use orb_api::{AiOrb, AiOrbSpec};
+use orb_api::{AiOrb, AiOrbSpec, OrbPhase};
 use serde_json::Value;
 
-use crate::envtest::{ControlPlane, apply_all, ensure_namespace};
+use crate::envtest::{ControlPlane, apply_all, ensure_namespace, wait_for};
 use crate::support::{Process, free_port, render, workspace_bin};
 
 /// The operator's own namespace (its Lease and admission ledger): the chart's release namespace.
@@ -111,6 +111,21 @@ pub async fn pods_of(client: &Client, orb: &AiOrb) -> Vec<Pod> {
                 .any(|r| r.controller == Some(true) && Some(&r.uid) == orb.metadata.uid.as_ref())
         })
         .collect()
+}
+
+/// Waits until the orb is Starting in its one pod, the status naming it (the admitter sets
+/// Starting before the reconciler creates the pod).
+pub async fn wait_for_pod(client: &Client, ns: &str, name: &str) -> (AiOrb, Pod) {
+    let orbs: Api<AiOrb> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("AiOrb {ns}/{name} has a pod and is Starting"), || async {
+        let orb = orbs.get(name).await.unwrap();
+        let status = orb.status.clone().unwrap_or_default();
+        // The pod is created before the status names it.
+        let starting = status.phase == Some(OrbPhase::Starting) && status.pod_name.is_some();
+        let mut pods = pods_of(client, &orb).await;
+        (starting && pods.len() == 1).then(|| (orb, pods.remove(0)))
+    })
+    .await
 }
 
 /// The identity the chart gives the operator when it watches `watched`: its ServiceAccount, Roles
