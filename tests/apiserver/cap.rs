@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use orb_api::AiOrb;
 
-use crate::envtest::{ControlPlane, ensure_namespace, wait_for, wait_until};
+use crate::envtest::{ControlPlane, wait_for, wait_until};
 use crate::operator::{OPERATOR_NS, Operator, chart_identity, create_orb, spec};
 
 const NS: &str = "calls";
@@ -75,8 +75,6 @@ async fn holding(orbs: &Api<AiOrb>) -> Vec<AiOrb> {
 async fn the_cap_holds_for_a_thousand_orbs_created_at_once_across_a_killed_leader_and_a_standby() {
     let Some(cp) = ControlPlane::start().await else { return };
     let admin = cp.admin().await;
-    ensure_namespace(&admin, NS).await;
-    ensure_namespace(&admin, OPERATOR_NS).await;
     let env = BTreeMap::from([
         ("MAX_CONCURRENT_ORBS".to_owned(), CAP.to_string()),
         ("WATCH_NAMESPACE".to_owned(), NS.to_owned()),

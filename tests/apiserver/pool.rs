@@ -46,8 +46,6 @@ async fn warm_pods(pods: &Api<Pod>) -> Vec<Pod> {
 async fn a_bind_racing_a_presence_write_binds_one_warm_pod_and_the_keeper_deletes_no_bound_pod() {
     let Some(cp) = ControlPlane::start().await else { return };
     let admin = cp.admin().await;
-    ensure_namespace(&admin, NS).await;
-    ensure_namespace(&admin, OPERATOR_NS).await;
     let env = BTreeMap::from([
         ("WATCH_NAMESPACE".to_owned(), NS.to_owned()),
         ("ORB_WARM_POOL_SIZE".to_owned(), "2".to_owned()),
