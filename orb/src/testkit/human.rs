@@ -22,6 +22,8 @@ use webrtc::peer_connection::{
     configure_rtcp_reports,
 };
 
+pub use webrtc::peer_connection::RTCIceServer;
+
 use crate::audio::{Decoder, Encoder, FRAME_DURATION, FRAME_SAMPLES, tone, tone_power};
 use crate::media::webrtc_stack::{opus_media_engine, opus_packet, opus_track};
 
@@ -104,10 +106,39 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Where a human's media goes from: its addresses and ICE servers.
+#[derive(Clone, Debug)]
+pub struct HumanNet {
+    /// Local UDP addresses (`ip:0`); loopback ones also gather loopback candidates.
+    pub udp_addrs: Vec<String>,
+    pub ice_servers: Vec<RTCIceServer>,
+}
+
+impl Default for HumanNet {
+    /// Loopback only, no ICE servers: the orb on the same machine.
+    fn default() -> Self {
+        Self {
+            udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            ice_servers: vec![],
+        }
+    }
+}
+
 impl Human {
     /// Joins `room` at `signaling_url` (base `ws://host:port`) and offers to the AI participant
     /// as soon as it is in the room.
     pub async fn join(signaling_url: &str, room: &str, user_id: &str, role: UserRole) -> Result<Self, BoxError> {
+        Self::join_from(signaling_url, room, user_id, role, HumanNet::default()).await
+    }
+
+    /// [`Human::join`] from the addresses and with the ICE servers of `net`.
+    pub async fn join_from(
+        signaling_url: &str,
+        room: &str,
+        user_id: &str,
+        role: UserRole,
+        net: HumanNet,
+    ) -> Result<Self, BoxError> {
         let (ws, _) = tokio_tungstenite::connect_async(format!("{signaling_url}/ws-simple/{room}")).await?;
         let (mut ws_sink, mut ws_stream) = ws.split();
         let (ws_tx, mut ws_rx) = mpsc::unbounded_channel::<String>();
@@ -134,16 +165,16 @@ impl Human {
         });
         let pc: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
-                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(net.ice_servers).build())
                 .with_setting_engine(
                     SettingEngineBuilder::new()
-                        .with_include_loopback_candidate(true)
+                        .with_include_loopback_candidate(net.udp_addrs.iter().any(|a| a.starts_with("127.")))
                         .build(),
                 )
                 .with_media_engine(media_engine)
                 .with_interceptor_registry(configure_rtcp_reports(Registry::new()))
                 .with_handler(handler)
-                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .with_udp_addrs(net.udp_addrs)
                 .build()
                 .await?,
         );
