@@ -11,6 +11,8 @@ use orb_api::cidr::CidrList;
 use orb_api::duration::parse_duration;
 use thiserror::Error;
 
+use crate::media::IceServer;
+
 /// Which brain drives the orb's speech.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BrainKind {
@@ -96,7 +98,8 @@ pub struct Cli {
         default_value = "You are a supportive AI assistant taking part in a coaching session between a coach and a client. Speak briefly and only when it helps."
     )]
     pub openai_instructions: String,
-    /// STUN/TURN server URLs, comma-separated.
+    /// STUN/TURN server URLs, comma-separated, besides those signaling hands out with the join
+    /// (with a TURN credential minted for this orb: the usual way, no static password needed).
     #[arg(long, env = "ORB_ICE_SERVERS", value_delimiter = ',')]
     pub ice_servers: Vec<String>,
     /// Username for the TURN servers.
@@ -105,6 +108,10 @@ pub struct Cli {
     /// Credential for the TURN servers.
     #[arg(long, env = "ORB_TURN_CREDENTIAL", default_value = "", hide_env_values = true)]
     pub turn_credential: String,
+    /// `relay`: media only ever goes through a TURN relay (the orb's address is never revealed
+    /// to peers and it sends to no address but the relay's); `all`: any path ICE finds.
+    #[arg(long, env = "ORB_ICE_TRANSPORT_POLICY", value_enum, default_value = "all")]
+    pub ice_transport_policy: IceTransportPolicy,
     /// Public address advertised in host candidates (NAT 1:1).
     #[arg(long, env = "ORB_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
@@ -118,6 +125,13 @@ pub struct Cli {
     /// Log output format.
     #[arg(long, env = "ORB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Which candidates the orb's peer connections may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IceTransportPolicy {
+    All,
+    Relay,
 }
 
 #[derive(Debug, Error)]
@@ -207,9 +221,10 @@ impl std::fmt::Debug for OpenAiConfig {
 /// WebRTC transport settings.
 #[derive(Clone, Debug)]
 pub struct RtcConfig {
-    pub ice_servers: Vec<String>,
-    pub turn_username: String,
-    pub turn_credential: String,
+    /// Configured servers; signaling's are added per join.
+    pub ice_servers: Vec<IceServer>,
+    /// Relay candidates only.
+    pub relay_only: bool,
     pub public_ip: Option<IpAddr>,
     pub udp_addrs: Vec<SocketAddr>,
     /// Remote candidates in these ranges never reach the WebRTC stack.
@@ -329,9 +344,8 @@ impl Config {
             termination_log: cli.termination_log,
             brain,
             rtc: RtcConfig {
-                ice_servers: cli.ice_servers.into_iter().filter(|s| !s.trim().is_empty()).collect(),
-                turn_username: cli.turn_username,
-                turn_credential: cli.turn_credential,
+                ice_servers: static_ice_servers(cli.ice_servers, cli.turn_username, cli.turn_credential),
+                relay_only: cli.ice_transport_policy == IceTransportPolicy::Relay,
                 public_ip: cli.public_ip,
                 udp_addrs: cli.udp_addrs,
                 denied_candidates,
@@ -364,6 +378,19 @@ impl Config {
             ..self.clone()
         })
     }
+}
+
+/// The configured URLs as one server with the configured credential (none when no URL is set).
+fn static_ice_servers(urls: Vec<String>, username: String, credential: String) -> Vec<IceServer> {
+    let urls: Vec<String> = urls.into_iter().filter(|s| !s.trim().is_empty()).collect();
+    if urls.is_empty() {
+        return vec![];
+    }
+    vec![IceServer {
+        urls,
+        username,
+        credential,
+    }]
 }
 
 fn default_user_id(room: &str) -> String {
@@ -493,7 +520,9 @@ mod tests {
             "--public-ip=203.0.113.7",
         ]);
         let cfg = Config::from_cli(c, Secrets::default()).unwrap();
-        assert_eq!(cfg.rtc.ice_servers, ["stun:a:3478", "turn:b:3478"]);
+        assert_eq!(cfg.rtc.ice_servers.len(), 1);
+        assert_eq!(cfg.rtc.ice_servers[0].urls, ["stun:a:3478", "turn:b:3478"]);
+        assert!(!cfg.rtc.relay_only);
         assert_eq!(cfg.rtc.udp_addrs.len(), 2);
         assert_eq!(cfg.rtc.public_ip, Some("203.0.113.7".parse().unwrap()));
     }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::candidates::DropReason;
-use crate::media::PeerState;
+use crate::media::{ConnectFailure, MediaPath, PeerState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -27,6 +27,16 @@ pub struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
 }
 
 /// Why input from a peer (or about it) was refused; the `kind` label of `orb_peer_errors_total`
@@ -63,6 +73,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub peer_connections: Family<StateLabel, Gauge>,
     pub ice_connect_seconds: Histogram,
+    pub peer_connect_failures: Family<StageLabel, Counter>,
+    pub peer_media_paths: Family<PathLabel, Counter>,
     pub audio_packets_received: Counter,
     pub audio_packets_sent: Counter,
     pub audio_frames_dropped: Counter,
@@ -100,6 +112,18 @@ impl Metrics {
             "ice_connect_seconds",
             "Time from a human's offer to the peer connection being connected",
             ice_connect_seconds.clone(),
+        );
+        let peer_connect_failures = Family::<StageLabel, Counter>::default();
+        registry.register(
+            "peer_connect_failures",
+            "Peer connections that failed: before ICE found a path (ice), in the DTLS handshake (dtls), or after carrying media (lost)",
+            peer_connect_failures.clone(),
+        );
+        let peer_media_paths = Family::<PathLabel, Counter>::default();
+        registry.register(
+            "peer_media_paths",
+            "Peer connections that connected, by the selected candidate pair's type (relay when either end is a relay)",
+            peer_media_paths.clone(),
         );
         let audio_packets_received = Counter::default();
         registry.register(
@@ -175,6 +199,12 @@ impl Metrics {
         for state in PeerState::ALL {
             let _ = peer_connections.get_or_create(&StateLabel { state: state.as_str() });
         }
+        for stage in ConnectFailure::ALL {
+            let _ = peer_connect_failures.get_or_create(&StageLabel { stage: stage.as_str() });
+        }
+        for path in MediaPath::ALL {
+            let _ = peer_media_paths.get_or_create(&PathLabel { path: path.as_str() });
+        }
         for kind in PeerErrorKind::ALL {
             let _ = peer_errors.get_or_create(&KindLabel { kind: kind.as_str() });
         }
@@ -187,6 +217,8 @@ impl Metrics {
             registry: Arc::new(registry),
             peer_connections,
             ice_connect_seconds,
+            peer_connect_failures,
+            peer_media_paths,
             audio_packets_received,
             audio_packets_sent,
             audio_frames_dropped,
@@ -247,6 +279,10 @@ mod tests {
             "orb_peer_errors_total{kind=\"unauthorized\"} 0",
             "orb_ice_candidates_dropped_total{reason=\"denied_address\"} 0",
             "orb_ice_candidates_dropped_total{reason=\"hostname\"} 0",
+            "orb_peer_connect_failures_total{stage=\"ice\"} 0",
+            "orb_peer_connect_failures_total{stage=\"lost\"} 0",
+            "orb_peer_media_paths_total{path=\"relay\"} 0",
+            "orb_peer_media_paths_total{path=\"host\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -19,8 +19,8 @@ use crate::candidates::{self, DropReason, Verdict};
 use crate::config::Config;
 use crate::health::Health;
 use crate::lifecycle::{Deadlines, Ending, write_termination_message};
-use crate::media::{MediaStack, Peer, PeerEvent, PeerKey, PeerState};
-use crate::metrics::{Metrics, PeerErrorKind, StateLabel};
+use crate::media::{ConnectFailure, MediaStack, Peer, PeerEvent, PeerKey, PeerState};
+use crate::metrics::{Metrics, PathLabel, PeerErrorKind, StageLabel, StateLabel};
 use crate::playout::{self, PacerCmd};
 use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
 use crate::summary::{SessionRecord, SummaryIds, TranscriptLine, session_summary};
@@ -607,11 +607,36 @@ impl Session {
                     self.metrics
                         .ice_connect_seconds
                         .observe(entry.offered_at.elapsed().as_secs_f64());
+                    match entry.peer.media_path().await {
+                        Some(path) => {
+                            info!(peer = %key.user, path = path.as_str(), "media path");
+                            self.metrics
+                                .peer_media_paths
+                                .get_or_create(&PathLabel { path: path.as_str() })
+                                .inc();
+                        }
+                        None => warn!(peer = %key.user, "connected without a selected candidate pair"),
+                    }
                     let role = self.role_of(&key.user);
                     let _ = self.brain_tx.try_send(BrainInput::Connected {
                         speaker: key.user.clone(),
                         role,
                     });
+                }
+                if state == PeerState::Failed {
+                    let entry = self.peers.get(&key.user).expect("present");
+                    let stage = if entry.connected {
+                        ConnectFailure::Lost
+                    } else if entry.peer.ice_connected() {
+                        ConnectFailure::Dtls
+                    } else {
+                        ConnectFailure::Ice
+                    };
+                    warn!(peer = %key.user, stage = stage.as_str(), "peer connection failed");
+                    self.metrics
+                        .peer_connect_failures
+                        .get_or_create(&StageLabel { stage: stage.as_str() })
+                        .inc();
                 }
                 if matches!(state, PeerState::Failed | PeerState::Closed) {
                     self.close_peer(&key.user).await;

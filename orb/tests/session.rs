@@ -27,6 +27,8 @@ struct Log {
     candidates: Vec<(PeerKey, Value)>,
     /// The SDP of every offer the stack was given.
     offers: Vec<String>,
+    /// Every ICE server list signaling handed to the stack.
+    ice_servers: Vec<Vec<orb::media::IceServer>>,
 }
 
 #[derive(Clone, Default)]
@@ -50,6 +52,10 @@ impl MediaStack for FakeStack {
             events,
             sink,
         }))
+    }
+
+    fn set_signaled_ice_servers(&self, servers: Vec<orb::media::IceServer>) {
+        self.0.lock().unwrap().ice_servers.push(servers);
     }
 }
 
@@ -91,6 +97,14 @@ impl Peer for FakePeer {
                 .await;
         }
         Ok(json!({"type": "answer", "sdp": format!("v=0 answer {}", self.key.generation)}))
+    }
+
+    async fn media_path(&self) -> Option<orb::media::MediaPath> {
+        Some(orb::media::MediaPath::Host)
+    }
+
+    fn ice_connected(&self) -> bool {
+        false
     }
 
     async fn add_remote_candidate(&self, candidate: &Value) -> Result<(), MediaError> {

@@ -52,6 +52,83 @@ impl PeerState {
     }
 }
 
+/// How a connected peer's media travels: the "most indirect" end of the selected ICE candidate
+/// pair (a relay on either side means the media goes through the relay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MediaPath {
+    Host,
+    ServerReflexive,
+    PeerReflexive,
+    Relay,
+}
+
+impl MediaPath {
+    pub const ALL: [MediaPath; 4] = [
+        MediaPath::Host,
+        MediaPath::ServerReflexive,
+        MediaPath::PeerReflexive,
+        MediaPath::Relay,
+    ];
+
+    /// The candidate type names of RFC 8445 (and of browsers' `getStats`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaPath::Host => "host",
+            MediaPath::ServerReflexive => "srflx",
+            MediaPath::PeerReflexive => "prflx",
+            MediaPath::Relay => "relay",
+        }
+    }
+
+    /// The path of a pair whose ends are `local` and `remote`.
+    pub fn of_pair(local: MediaPath, remote: MediaPath) -> MediaPath {
+        local.max(remote)
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            MediaPath::Host => 0,
+            MediaPath::ServerReflexive => 1,
+            MediaPath::PeerReflexive => 2,
+            MediaPath::Relay => 3,
+        }
+    }
+
+    fn max(self, other: MediaPath) -> MediaPath {
+        if other.rank() > self.rank() { other } else { self }
+    }
+}
+
+/// Where a peer connection that never carried media gave up: before ICE found a path, or after
+/// (the DTLS handshake over a working path failed). A connection lost after it carried media is
+/// [`ConnectFailure::Lost`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectFailure {
+    Ice,
+    Dtls,
+    Lost,
+}
+
+impl ConnectFailure {
+    pub const ALL: [ConnectFailure; 3] = [ConnectFailure::Ice, ConnectFailure::Dtls, ConnectFailure::Lost];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Ice => "ice",
+            ConnectFailure::Dtls => "dtls",
+            ConnectFailure::Lost => "lost",
+        }
+    }
+}
+
+/// One STUN or TURN server for new peer connections (TURN ones with their credential).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
 #[derive(Debug)]
 pub enum PeerEvent {
     /// A local ICE candidate to trickle to the human (`RTCIceCandidateInit` JSON).
@@ -102,11 +179,18 @@ pub trait Peer: Send + Sync {
     fn audio_sink(&self) -> AudioSink;
     /// Closes the connection and stops its tasks.
     async fn close(&self);
+    /// The path of the selected candidate pair, once ICE selected one.
+    async fn media_path(&self) -> Option<MediaPath>;
+    /// Whether ICE ever found a working path (tells a DTLS failure from an ICE one).
+    fn ice_connected(&self) -> bool;
 }
 
 #[async_trait]
 pub trait MediaStack: Send + Sync {
     async fn create_peer(&self, key: PeerKey, events: mpsc::Sender<PeerEvent>) -> Result<Box<dyn Peer>, MediaError>;
+    /// The ICE servers signaling handed out (with this orb's own TURN credential), used with the
+    /// configured ones by peer connections created from now on.
+    fn set_signaled_ice_servers(&self, servers: Vec<IceServer>);
 }
 
 /// `true` for a trickle message that only says "no more candidates".

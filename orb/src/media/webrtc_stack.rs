@@ -3,6 +3,7 @@
 //! the pacer's encoded frames into RTP (timestamp +960 per 20 ms frame).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 #[cfg(test)]
 use std::time::Duration;
@@ -23,11 +24,12 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceCandidateType, RTCIceServer, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, configure_rtcp_reports,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, Registry,
+    SettingEngineBuilder, StatsSelector, configure_rtcp_reports,
 };
 
-use super::{AudioSink, MediaError, MediaStack, OutFrame, Peer, PeerEvent, PeerKey, PeerState};
+use super::{AudioSink, IceServer, MediaError, MediaPath, MediaStack, OutFrame, Peer, PeerEvent, PeerKey, PeerState};
 use crate::audio::{Decoder, SAMPLE_RATE};
 use crate::config::RtcConfig;
 use crate::metrics::Metrics;
@@ -39,11 +41,42 @@ const SINK_CAPACITY: usize = 8;
 pub struct WebrtcStack {
     config: RtcConfig,
     metrics: Metrics,
+    /// What signaling handed out with the join (replaced on every rejoin).
+    signaled_ice_servers: Mutex<Vec<IceServer>>,
 }
 
 impl WebrtcStack {
     pub fn new(config: RtcConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+        Self {
+            config,
+            metrics,
+            signaled_ice_servers: Mutex::default(),
+        }
+    }
+
+    /// The configured servers, then the signaled ones.
+    fn ice_servers(&self) -> Vec<RTCIceServer> {
+        let signaled = self.signaled_ice_servers.lock().expect("ice servers lock").clone();
+        self.config
+            .ice_servers
+            .iter()
+            .chain(signaled.iter())
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A candidate type as the path it stands for.
+fn path_of(typ: RTCIceCandidateType) -> MediaPath {
+    match typ {
+        RTCIceCandidateType::Relay => MediaPath::Relay,
+        RTCIceCandidateType::Prflx => MediaPath::PeerReflexive,
+        RTCIceCandidateType::Srflx => MediaPath::ServerReflexive,
+        _ => MediaPath::Host,
     }
 }
 
@@ -129,29 +162,33 @@ impl MediaStack for WebrtcStack {
         if self.config.udp_addrs.iter().any(|a| a.ip().is_loopback()) {
             settings = settings.with_include_loopback_candidate(true);
         }
-        let ice_servers = if self.config.ice_servers.is_empty() {
-            vec![]
+        let ice_servers = self.ice_servers();
+        let policy = if self.config.relay_only {
+            RTCIceTransportPolicy::Relay
         } else {
-            vec![RTCIceServer {
-                urls: self.config.ice_servers.clone(),
-                username: self.config.turn_username.clone(),
-                credential: self.config.turn_credential.clone(),
-            }]
+            RTCIceTransportPolicy::All
         };
 
         let mid = Arc::new(Mutex::new(None));
         let tasks = Arc::new(Mutex::new(Vec::new()));
+        let ice_connected = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(Handler {
             key: key.clone(),
             events: events.clone(),
             mid: mid.clone(),
             tasks: tasks.clone(),
             metrics: self.metrics.clone(),
+            ice_connected: ice_connected.clone(),
         });
         let udp_addrs: Vec<SocketAddr> = self.config.udp_addrs.clone();
         let pc: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
-                .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(ice_servers).build())
+                .with_configuration(
+                    RTCConfigurationBuilder::new()
+                        .with_ice_servers(ice_servers)
+                        .with_ice_transport_policy(policy)
+                        .build(),
+                )
                 .with_setting_engine(settings.build())
                 .with_media_engine(media_engine)
                 .with_interceptor_registry(registry)
@@ -183,7 +220,12 @@ impl MediaStack for WebrtcStack {
             sink_rx: Mutex::new(Some(sink_rx)),
             tasks,
             metrics: self.metrics.clone(),
+            ice_connected,
         }))
+    }
+
+    fn set_signaled_ice_servers(&self, servers: Vec<IceServer>) {
+        *self.signaled_ice_servers.lock().expect("ice servers lock") = servers;
     }
 }
 
@@ -194,10 +236,20 @@ struct Handler {
     mid: Arc<Mutex<Option<String>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Metrics,
+    ice_connected: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if matches!(
+            state,
+            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+        ) {
+            self.ice_connected.store(true, Ordering::Relaxed);
+        }
+    }
+
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         let Ok(mut init) = event.candidate.to_json() else {
             return;
@@ -294,6 +346,7 @@ struct WebrtcPeer {
     sink_rx: Mutex<Option<mpsc::Receiver<OutFrame>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     metrics: Metrics,
+    ice_connected: Arc<AtomicBool>,
 }
 
 fn first_mid(sdp: &str) -> Option<String> {
@@ -379,6 +432,26 @@ impl Peer for WebrtcPeer {
             task.abort();
         }
     }
+
+    async fn media_path(&self) -> Option<MediaPath> {
+        let report = self.pc.get_stats(std::time::Instant::now(), StatsSelector::None).await;
+        let pair_id = report.transport()?.selected_candidate_pair_id.clone();
+        let pair = report.candidate_pairs().find(|p| p.stats.id == pair_id)?;
+        let typ = |id: &str| match report.get(id) {
+            Some(RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c)) => {
+                Some(path_of(c.candidate_type))
+            }
+            _ => None,
+        };
+        Some(MediaPath::of_pair(
+            typ(&pair.local_candidate_id)?,
+            typ(&pair.remote_candidate_id)?,
+        ))
+    }
+
+    fn ice_connected(&self) -> bool {
+        self.ice_connected.load(Ordering::Relaxed)
+    }
 }
 
 async fn send_loop(
@@ -459,8 +532,7 @@ mod tests {
     fn stack() -> WebrtcStack {
         let config = RtcConfig {
             ice_servers: vec![],
-            turn_username: String::new(),
-            turn_credential: String::new(),
+            relay_only: false,
             public_ip: None,
             udp_addrs: vec!["127.0.0.1:0".parse().unwrap()],
             denied_candidates: Default::default(),
