@@ -26,6 +26,20 @@ pub fn tool(name: &str, installer: &str) -> PathBuf {
     on_path.unwrap_or_else(|| panic!("{name} is not installed: run {installer}"))
 }
 
+/// Whether this run is CI's (`CI` set, and not to `false`): there a test's missing prerequisite is
+/// a failure, not a reason to skip.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Says why a test is skipped, or fails it under CI, where `what` must run.
+pub fn skip_unless_ci(what: &str, why: &str) {
+    if in_ci() {
+        panic!("{what} must run in CI: {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
