@@ -1705,6 +1705,7 @@ fn the_relay_refuses_peers_in_every_cluster_range_ipv4_and_ipv6() {
         "fd00::/129",
         "10.0.0.0",
         "::/128",
+        "::/64",
         "0.0.0.0/32",
     ] {
         let message = render_error(&[

@@ -167,13 +167,15 @@ Addresses the relay never relays to: the cluster's ranges, loopback, link-local 
 metadata address), "this network", unique-local and IPv4-mapped IPv6, CGNAT and multicast. A relay
 that forwards to pod, service or node addresses is the classic TURN hole into a cluster.
 Not `::/128`: coturn refuses the all-zero addresses itself (since 4.5.2), and its range check
-takes a range from `::` to `::` for "every address".
+reads a range starting at the all-zero address as "from anything": `::` to `::` matches every
+address, and an IPv6 range from `::` every IPv4 address too. Such cluster ranges are refused.
 */}}
 {{- define "orb.turnDeniedPeerCIDRs" -}}
 {{- $fixed := list "0.0.0.0/8" "127.0.0.0/8" "169.254.0.0/16" "100.64.0.0/10" "224.0.0.0/4" "240.0.0.0/4" "::1/128" "::ffff:0:0/96" "fe80::/10" "fc00::/7" "ff00::/8" -}}
 {{- range .Values.networkPolicy.clusterCIDRs -}}
-{{- if has (include "orb.cidrRange" .) (list "0.0.0.0-0.0.0.0" "0:0:0:0:0:0:0:0-0:0:0:0:0:0:0:0") -}}
-{{- fail (printf "networkPolicy.clusterCIDRs: %q is the all-zero address alone, which coturn's range check takes for every address" .) -}}
+{{- $range := include "orb.cidrRange" . -}}
+{{- if or (eq $range "0.0.0.0-0.0.0.0") (hasPrefix "0:0:0:0:0:0:0:0-" $range) -}}
+{{- fail (printf "networkPolicy.clusterCIDRs: coturn would read %q, a range from the all-zero address, as more than it is (every address, or every IPv4 address too)" .) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson (concat $fixed .Values.networkPolicy.clusterCIDRs | uniq) -}}
