@@ -1957,3 +1957,60 @@ fn orbs_read_the_ice_transport_policy_the_operator_passes() {
     let known = env_names(orb::config::Cli::command());
     assert!(known.contains(orb_api::ice::ICE_TRANSPORT_POLICY_ENV));
 }
+
+/// The relay's start script, run by `sh` with the container's paths moved into a directory and a
+/// stand-in `turnserver` that prints its arguments: it hands coturn the rendered configuration
+/// plus the secret from the mounted Secret, in a file only its user reads, and refuses a secret
+/// that could add lines or options to the configuration.
+#[test]
+fn the_relay_starts_with_the_rendered_configuration_and_the_mounted_secret() {
+    let objects = render(Some(TURN_VALUES), &[]);
+    let dir = support::target_dir().join(format!("chart-relay-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let stand_in = bin.join("turnserver");
+    std::fs::write(&stand_in, "#!/bin/sh\necho \"$@\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let start = |secret: &str| {
+        let script = support::relay_start(&objects, &dir, secret);
+        let _ = std::fs::remove_file(dir.join("scratch/turnserver.conf"));
+        std::process::Command::new("sh")
+            .args(["-c", &script, "coturn", "--relay-ip=192.0.2.1"])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap()
+    };
+
+    // A trailing line break (a Secret made with `echo`) is no part of the secret.
+    let out = start("s3cret-A+b/c=._~\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let assembled = dir.join("scratch/turnserver.conf");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("-c {} --relay-ip=192.0.2.1", assembled.display())
+    );
+    let conf = find(&objects, "ConfigMap", "-turn")["data"]["turnserver.conf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        std::fs::read_to_string(&assembled).unwrap(),
+        format!("{conf}static-auth-secret=s3cret-A+b/c=._~\n")
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&assembled).unwrap().mode() & 0o777, 0o600);
+
+    for bad in ["", "two words", "secret\nallow-loopback-peers", "a#comment", "x\"y"] {
+        let out = start(bad);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("the TURN secret must be"),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty() && !assembled.exists(), "{bad:?}: coturn started");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -114,3 +114,42 @@ pub fn render(values: Option<&str>, extra: &[&str]) -> Vec<Value> {
         .filter(|v| !v.is_null())
         .collect()
 }
+
+/// The TURN relay's container paths (the secret's mount, the ConfigMap's, the emptyDir) and where
+/// [`relay_start`] moves them: under one directory, so the chart's start script runs outside a pod.
+pub const RELAY_PATHS: [(&str, &str); 3] = [
+    ("/var/run/orb-turn-secret", "secret"),
+    ("/etc/coturn", "config"),
+    ("/var/tmp", "scratch"),
+];
+
+/// The chart's relay: its start script (`sh -c` text) with [`RELAY_PATHS`] moved under `dir`,
+/// the rendered `turnserver.conf` written where the script reads it and `secret` where it reads
+/// that. Run it as `sh -c <script> coturn <turnserver arguments>`.
+pub fn relay_start(objects: &[Value], dir: &Path, secret: &str) -> String {
+    let named = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == "orb-turn")
+            .unwrap_or_else(|| panic!("no {kind} orb-turn"))
+    };
+    let container = &named("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "/bin/sh");
+    assert_eq!(container["command"][1], "-c");
+    let mut script = container["command"][2].as_str().unwrap().to_owned();
+    for (path, moved) in RELAY_PATHS {
+        let mounted = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == path);
+        assert!(mounted, "the relay's container mounts nothing at {path}");
+        let moved = dir.join(moved);
+        std::fs::create_dir_all(&moved).unwrap();
+        script = script.replace(path, moved.to_str().unwrap());
+    }
+    let conf = named("ConfigMap")["data"]["turnserver.conf"].as_str().unwrap();
+    std::fs::write(dir.join("config/turnserver.conf"), conf).unwrap();
+    std::fs::write(dir.join("secret/secret"), secret).unwrap();
+    script
+}

@@ -69,7 +69,7 @@ fn the_chart_s_coturn_relays_for_minted_credentials_only_and_never_into_the_clus
             );
             return;
         }
-        in_own_network(&tools, &conf, relay_ports, &Scratch::new());
+        in_own_network(&tools, &objects, relay_ports, &Scratch::new());
     })
     .join();
     if let Err(panic) = outcome {
@@ -78,7 +78,7 @@ fn the_chart_s_coturn_relays_for_minted_credentials_only_and_never_into_the_clus
 }
 
 /// The scenario, in a fresh network namespace.
-fn in_own_network(tools: &Tools, conf: &str, relay_ports: (u16, u16), scratch: &Scratch) {
+fn in_own_network(tools: &Tools, objects: &[Value], relay_ports: (u16, u16), scratch: &Scratch) {
     ip(tools, &["link", "set", "lo", "up"]);
     for address in [format!("{SERVER_V4}/32"), format!("{PEER_V4}/32")] {
         ip(tools, &["addr", "add", &address, "dev", "lo"]);
@@ -88,15 +88,21 @@ fn in_own_network(tools: &Tools, conf: &str, relay_ports: (u16, u16), scratch: &
         &["-6", "addr", "add", &format!("{SERVER_V6}/128"), "dev", "lo", "nodad"],
     );
 
-    // The chart's configuration, plus the secret as the relay's container appends it.
-    let conf_file = scratch.dir.join("turnserver.conf");
-    std::fs::write(&conf_file, format!("{conf}static-auth-secret={SECRET}\n")).unwrap();
+    // The relay's container as the chart renders it: its start script (which appends the secret
+    // to the configuration) with the container's paths moved into the test's directory.
+    let script = support::relay_start(objects, &scratch.dir, SECRET);
     let log = scratch.dir.join("turnserver.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.turnserver.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     // Listening and relay addresses are the namespace's; pid file and database the test's.
     let _relay = Process(
-        Command::new(&tools.turnserver)
-            .arg("-c")
-            .arg(&conf_file)
+        Command::new("sh")
+            .args(["-c", &script, "coturn"])
+            .env("PATH", path)
             .args([
                 format!("--listening-ip={SERVER_V4}"),
                 format!("--listening-ip={SERVER_V6}"),
@@ -106,8 +112,8 @@ fn in_own_network(tools: &Tools, conf: &str, relay_ports: (u16, u16), scratch: &
             .arg(format!("--pidfile={}", scratch.dir.join("turnserver.pid").display()))
             .arg(format!("--userdb={}", scratch.dir.join("turndb").display()))
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
             .spawn()
             .unwrap(),
     );
