@@ -1,8 +1,9 @@
-//! The chart's TURN relay configuration on a real coturn (Debian's `turnserver`): the
-//! `turnserver.conf` the chart renders, its `denied-peer-ip` lines untouched, started in a network
-//! namespace of the test's own (addresses from the documentation ranges on its loopback, nothing
-//! on the host's network), with credentials minted per the TURN REST convention as signaling
-//! mints them. A valid credential allocates and relays to an allowed peer (coturn's own test
+//! The chart's TURN relay on a real coturn (Debian's `turnserver`): the `turnserver.conf` the chart
+//! renders, its `denied-peer-ip` lines untouched, started through the relay container's own start
+//! script (which appends the secret), in a network namespace of the test's own (addresses from the
+//! documentation ranges on its loopback, nothing on the host's network); only the listening and
+//! relay addresses, the pid file and the database are the test's. Credentials are minted per the
+//! TURN REST convention, as signaling mints them. A valid credential allocates and relays to an allowed peer (coturn's own test
 //! client and echo peer); permissions to cluster, metadata, loopback and other denied addresses,
 //! IPv4 and IPv6, are refused with 403; an expired credential and one made with another secret
 //! are refused with 401.
