@@ -26,6 +26,20 @@ pub fn tool(name: &str, installer: &str) -> PathBuf {
     on_path.unwrap_or_else(|| panic!("{name} is not installed: run {installer}"))
 }
 
+/// Whether this run is CI's (`CI` set, and not to `false`): there a test's missing prerequisite is
+/// a failure, not a reason to skip.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Says why a test is skipped, or fails it under CI, where `what` must run.
+pub fn skip_unless_ci(what: &str, why: &str) {
+    if in_ci() {
+        panic!("{what} must run in CI: {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
@@ -99,4 +113,43 @@ pub fn render(values: Option<&str>, extra: &[&str]) -> Vec<Value> {
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
+}
+
+/// The TURN relay's container paths (the secret's mount, the ConfigMap's, the emptyDir) and where
+/// [`relay_start`] moves them: under one directory, so the chart's start script runs outside a pod.
+pub const RELAY_PATHS: [(&str, &str); 3] = [
+    ("/var/run/orb-turn-secret", "secret"),
+    ("/etc/coturn", "config"),
+    ("/var/tmp", "scratch"),
+];
+
+/// The chart's relay: its start script (`sh -c` text) with [`RELAY_PATHS`] moved under `dir`,
+/// the rendered `turnserver.conf` written where the script reads it and `secret` where it reads
+/// that. Run it as `sh -c <script> coturn <turnserver arguments>`.
+pub fn relay_start(objects: &[Value], dir: &Path, secret: &str) -> String {
+    let named = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == "orb-turn")
+            .unwrap_or_else(|| panic!("no {kind} orb-turn"))
+    };
+    let container = &named("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "/bin/sh");
+    assert_eq!(container["command"][1], "-c");
+    let mut script = container["command"][2].as_str().unwrap().to_owned();
+    for (path, moved) in RELAY_PATHS {
+        let mounted = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == path);
+        assert!(mounted, "the relay's container mounts nothing at {path}");
+        let moved = dir.join(moved);
+        std::fs::create_dir_all(&moved).unwrap();
+        script = script.replace(path, moved.to_str().unwrap());
+    }
+    let conf = named("ConfigMap")["data"]["turnserver.conf"].as_str().unwrap();
+    std::fs::write(dir.join("config/turnserver.conf"), conf).unwrap();
+    std::fs::write(dir.join("secret/secret"), secret).unwrap();
+    script
 }

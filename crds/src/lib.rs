@@ -6,6 +6,7 @@ pub mod assignment;
 pub mod auth;
 pub mod cidr;
 pub mod duration;
+pub mod ice;
 pub mod naming;
 
 pub use aiorb::{

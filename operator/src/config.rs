@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
 use orb_api::auth::SigningKey;
 use orb_api::cidr::CidrList;
 use orb_api::duration::parse_duration;
+use orb_api::ice::IceTransportPolicy;
 use thiserror::Error;
 
 use crate::policy::Limits;
@@ -129,6 +130,11 @@ pub struct RunArgs {
     /// every orb pod as `ORB_DENIED_CANDIDATE_CIDRS`; unset, the orbs keep their defaults.
     #[arg(long, env = "ORB_DENIED_CANDIDATE_CIDRS")]
     pub orb_denied_candidate_cidrs: Option<String>,
+    /// The orbs' ICE transport policy: `all` (any candidate pair) or `relay` (media only through
+    /// the TURN relay signaling names). Passed to every orb pod as `ORB_ICE_TRANSPORT_POLICY`;
+    /// unset, the orbs keep their default (`all`).
+    #[arg(long, env = "ORB_ICE_TRANSPORT_POLICY")]
+    pub orb_ice_transport_policy: Option<IceTransportPolicy>,
     /// File with the key that signs orb room tokens (shared with signaling).
     #[arg(long, env = "ORB_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<std::path::PathBuf>,
@@ -163,6 +169,8 @@ pub struct PodSettings {
     pub resources: ResourceRequirements,
     /// `ORB_DENIED_CANDIDATE_CIDRS` of the orb pods; `None` leaves the orb's default.
     pub denied_candidate_cidrs: Option<CidrList>,
+    /// `ORB_ICE_TRANSPORT_POLICY` of the orb pods; `None` leaves the orb's default.
+    pub ice_transport_policy: Option<IceTransportPolicy>,
 }
 
 /// The warm pool: its size and the namespace its pods run in.
@@ -309,6 +317,7 @@ impl RunArgs {
                     .map(str::parse)
                     .transpose()
                     .map_err(|e: orb_api::cidr::CidrError| invalid("--orb-denied-candidate-cidrs", e.to_string()))?,
+                ice_transport_policy: self.orb_ice_transport_policy,
             },
             signing_key,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),
@@ -416,6 +425,7 @@ mod tests {
         assert_eq!(c.pod.tolerations[0].key.as_deref(), Some("nvidia.com/gpu"));
         assert_eq!(c.pod.env_from_secrets, vec!["ai-keys"]);
         assert_eq!(c.pod.denied_candidate_cidrs, None, "unset: the orb's own default");
+        assert_eq!(c.pod.ice_transport_policy, None, "unset: the orb's own default");
         assert!(c.pod.resources.limits.unwrap().contains_key("memory"));
     }
 
@@ -438,6 +448,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--orb-denied-candidate-cidrs: "), "{e}");
+    }
+
+    #[test]
+    fn the_ice_transport_policy_is_all_or_relay() {
+        let c = config(&["--orb-image", "x", "--orb-ice-transport-policy", "relay"]).unwrap();
+        assert_eq!(c.pod.ice_transport_policy, Some(IceTransportPolicy::Relay));
+        let e = parse(&["--orb-image", "x", "--orb-ice-transport-policy", "none"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`all` or `relay`"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use orb_api::AiOrb;
 use orb_api::assignment::ASSIGN_TOKEN_ENV;
+use orb_api::ice::ICE_TRANSPORT_POLICY_ENV;
 use orb_api::naming::{pod_name, token_secret_name};
 
 use crate::config::PodSettings;
@@ -201,6 +202,11 @@ fn orb_pod(
 ) -> Pod {
     let mut env_vars = vec![secret, env("ORB_HTTP_ADDR", format!("0.0.0.0:{ORB_HTTP_PORT}"))];
     env_vars.extend(denied_candidates_env(settings));
+    env_vars.extend(
+        settings
+            .ice_transport_policy
+            .map(|policy| env(ICE_TRANSPORT_POLICY_ENV, policy.to_string())),
+    );
     env_vars.extend(settings.extra_env.iter().cloned());
     let mut resources: ResourceRequirements = settings.resources.clone();
     if settings.gpu_count > 0 {
@@ -360,6 +366,7 @@ mod tests {
             env_from_secrets: vec!["ai-keys".into()],
             resources: Default::default(),
             denied_candidate_cidrs: Some("169.254.0.0/16,10.96.0.0/12".parse().unwrap()),
+            ice_transport_policy: Some(orb_api::ice::IceTransportPolicy::Relay),
         }
     }
 
@@ -407,6 +414,8 @@ mod tests {
         assert!(env.iter().any(|e| e.name == "RUST_LOG"));
         let denied = env.iter().find(|e| e.name == "ORB_DENIED_CANDIDATE_CIDRS").unwrap();
         assert_eq!(denied.value.as_deref(), Some("169.254.0.0/16,10.96.0.0/12"));
+        let policy = env.iter().find(|e| e.name == ICE_TRANSPORT_POLICY_ENV).unwrap();
+        assert_eq!(policy.value.as_deref(), Some("relay"));
         assert_eq!(
             c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name,
             "ai-keys"
@@ -458,6 +467,10 @@ mod tests {
         assert!(
             !env.iter().any(|e| e.name == "ORB_DENIED_CANDIDATE_CIDRS"),
             "the orb's own default deny list"
+        );
+        assert!(
+            !env.iter().any(|e| e.name == ICE_TRANSPORT_POLICY_ENV),
+            "the orb's own default ICE transport policy"
         );
     }
 
