@@ -1950,9 +1950,7 @@ fn the_signaling_deployment_s_turn_settings_are_ones_signaling_reads() {
     }
 }
 
-/// Needs the orb's ORB_ICE_TRANSPORT_POLICY (issue 19). Un-ignore when it lands.
 #[test]
-#[ignore = "needs the orb's ORB_ICE_TRANSPORT_POLICY"]
 fn orbs_read_the_ice_transport_policy_the_operator_passes() {
     let known = env_names(orb::config::Cli::command());
     assert!(known.contains(orb_api::ice::ICE_TRANSPORT_POLICY_ENV));

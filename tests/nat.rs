@@ -4,6 +4,7 @@
 mod netlab;
 mod support;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,7 +22,10 @@ const TURN_SECRET: &str = "nat-lab-turn-secret";
 
 fn lab_or_skip(name: &str) -> Option<Lab> {
     if let Some(why) = Lab::unavailable() {
-        assert!(std::env::var_os("CI").is_none(), "the network lab is required in CI: {why}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the network lab is required in CI: {why}"
+        );
         eprintln!("skipped: {why}");
         return None;
     }
@@ -60,12 +64,24 @@ fn coturn(inet: &Host, dir: &std::path::Path) -> Process {
     let log = log_file(dir, "coturn.log");
     let p = Process(
         inet.command("turnserver")
-            .args(["-n", "--no-cli", "--fingerprint", "--realm=orb.test", "--use-auth-secret"])
+            .args([
+                "-n",
+                "--no-cli",
+                "--fingerprint",
+                "--realm=orb.test",
+                "--use-auth-secret",
+            ])
             .arg(format!("--static-auth-secret={TURN_SECRET}"))
             .arg(format!("--listening-ip={INTERNET}"))
             .arg(format!("--relay-ip={INTERNET}"))
             .arg(format!("--listening-port={TURN_PORT}"))
-            .args(["--min-port=49152", "--max-port=49999", "--log-file=stdout", "--simple-log", "--verbose"])
+            .args([
+                "--min-port=49152",
+                "--max-port=49999",
+                "--log-file=stdout",
+                "--simple-log",
+                "--verbose",
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -123,10 +139,13 @@ fn orb(pod: &Host, dir: &std::path::Path, room: &str, env: &[(&str, String)]) ->
                 &format!("--signaling-url=ws://{INTERNET}:{SIGNALING_PORT}"),
                 "--http-addr=127.0.0.1:9090",
             ])
-            .arg(format!("--termination-log={}", dir.join("orb.termination-log").display()))
+            .arg(format!(
+                "--termination-log={}",
+                dir.join("orb.termination-log").display()
+            ))
             .env("ORB_BRAIN", "test")
             .env("ORB_DENIED_CANDIDATE_CIDRS", "")
-            .env("RUST_LOG", "info,webrtc=debug,rtc=debug,rtc_ice=trace,rtc_turn=debug")
+            .env("RUST_LOG", "info,rtc_ice=debug,rtc_turn=debug")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -145,7 +164,10 @@ fn human_in(host: &Host, room: &str, user: &str, role: UserRole, ice_servers: Ve
     };
     let (room, user) = (room.to_owned(), user.to_owned());
     netlab::in_namespace(&host.ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let url = format!("ws://{INTERNET}:{SIGNALING_PORT}");
             let mut human = Human::join_from(&url, &room, &user, role, net).await.expect("join");
@@ -196,5 +218,10 @@ fn an_orb_behind_a_symmetric_nat_reaches_a_home_through_the_relay() {
         human_in(&home, "room-nat", "coach-1", UserRole::Coach, servers),
         "the coach connected to the orb and heard it; logs in {}",
         dir.display()
+    );
+    let metrics = pod.http_get(Ipv4Addr::LOCALHOST, 9090, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("orb_peer_media_paths_total{path=\"relay\"} 1"),
+        "the orb counted its media path as relayed:\n{metrics}"
     );
 }

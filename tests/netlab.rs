@@ -104,10 +104,7 @@ impl Lab {
             return Some("network namespaces need root".into());
         }
         for tool in ["ip", "nft"] {
-            let found = Command::new(tool)
-                .arg("-V")
-                .output()
-                .is_ok_and(|o| o.status.success());
+            let found = Command::new(tool).arg("-V").output().is_ok_and(|o| o.status.success());
             if !found {
                 return Some(format!("`{tool}` is not installed (./scripts/install-deps.sh)"));
             }
@@ -129,7 +126,9 @@ impl Lab {
         // Private addresses are not routed on the internet: packets to them vanish (a sender
         // sees no error, as on a real network) instead of failing with "network unreachable".
         let void = lab.namespace("void");
-        ip(&["-n", &inet, "link", "add", "void", "type", "veth", "peer", "name", "sink", "netns", &void]);
+        ip(&[
+            "-n", &inet, "link", "add", "void", "type", "veth", "peer", "name", "sink", "netns", &void,
+        ]);
         ip(&["-n", &void, "link", "set", "sink", "up"]);
         ip(&["-n", &inet, "link", "set", "void", "up"]);
         ip(&["-n", &inet, "route", "add", "default", "dev", "void"]);
@@ -165,7 +164,18 @@ impl Lab {
         let bridge_port = format!("w{n}");
         // Created inside the namespaces, so names never meet another lab's in the root namespace.
         ip(&[
-            "-n", &router, "link", "add", "wan", "type", "veth", "peer", "name", &bridge_port, "netns", &inet,
+            "-n",
+            &router,
+            "link",
+            "add",
+            "wan",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &bridge_port,
+            "netns",
+            &inet,
         ]);
         ip(&["-n", &inet, "link", "set", &bridge_port, "master", "br0"]);
         ip(&["-n", &inet, "link", "set", &bridge_port, "up"]);
@@ -180,15 +190,7 @@ impl Lab {
         ip(&["-n", &host, "addr", "add", &format!("{host_addr}/24"), "dev", "eth0"]);
         ip(&["-n", &host, "link", "set", "eth0", "up"]);
         ip(&["-n", &host, "route", "add", "default", "via", &format!("{lan}.1")]);
-        sh(Command::new("ip").args([
-            "netns",
-            "exec",
-            &router,
-            "sysctl",
-            "-q",
-            "-w",
-            "net.ipv4.ip_forward=1",
-        ]));
+        sh(Command::new("ip").args(["netns", "exec", &router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]));
         let masquerade = match spec.nat {
             Nat::Cone => "masquerade",
             Nat::Symmetric => "masquerade fully-random",
@@ -204,7 +206,10 @@ impl Lab {
                 "table ip nat {{\n  chain postrouting {{\n    type nat hook postrouting priority 100;\n    oifname \"wan\" {masquerade}\n  }}\n}}\n{block_udp}"
             ),
         );
-        Host { ns: host, addr: host_addr }
+        Host {
+            ns: host,
+            addr: host_addr,
+        }
     }
 }
 

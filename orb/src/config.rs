@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use orb_api::assignment::Assignment;
 use orb_api::cidr::CidrList;
 use orb_api::duration::parse_duration;
+use orb_api::ice::IceTransportPolicy;
 use thiserror::Error;
 
 use crate::media::IceServer;
@@ -110,7 +111,7 @@ pub struct Cli {
     pub turn_credential: String,
     /// `relay`: media only ever goes through a TURN relay (the orb's address is never revealed
     /// to peers and it sends to no address but the relay's); `all`: any path ICE finds.
-    #[arg(long, env = "ORB_ICE_TRANSPORT_POLICY", value_enum, default_value = "all")]
+    #[arg(long, env = "ORB_ICE_TRANSPORT_POLICY", default_value_t = IceTransportPolicy::All)]
     pub ice_transport_policy: IceTransportPolicy,
     /// Public address advertised in host candidates (NAT 1:1).
     #[arg(long, env = "ORB_PUBLIC_IP")]
@@ -125,13 +126,6 @@ pub struct Cli {
     /// Log output format.
     #[arg(long, env = "ORB_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-}
-
-/// Which candidates the orb's peer connections may use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum IceTransportPolicy {
-    All,
-    Relay,
 }
 
 #[derive(Debug, Error)]
@@ -596,6 +590,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().starts_with("--denied-candidate-cidrs: "), "{err}");
+    }
+
+    #[test]
+    fn the_ice_transport_policy_is_the_operator_s() {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("ice-transport-policy"))
+            .unwrap();
+        assert_eq!(arg.get_env().unwrap(), orb_api::ice::ICE_TRANSPORT_POLICY_ENV);
+        let relay = Config::from_cli(
+            cli(&["--room=r", "--test-mode", "--ice-transport-policy=relay"]),
+            Secrets::default(),
+        )
+        .unwrap();
+        assert!(relay.rtc.relay_only);
+        let err = Cli::try_parse_from(["orb", "--room=r", "--ice-transport-policy=none"]).unwrap_err();
+        assert!(err.to_string().contains("not an ICE transport policy"), "{err}");
     }
 
     /// The local runtime and the test harnesses turn the list off through the environment: an

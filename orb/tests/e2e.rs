@@ -60,6 +60,15 @@ async fn tri_party_call(url: &str, room: &str) -> Vec<String> {
         orb.wait_metric("orb_peer_connections{state=\"connected\"} 2", WAIT)
             .await
     );
+    // Loopback: both connections run over host candidates, and none failed.
+    assert!(
+        orb.wait_metric("orb_peer_media_paths_total{path=\"host\"} 2", WAIT)
+            .await
+    );
+    assert!(
+        orb.wait_metric("orb_peer_connect_failures_total{stage=\"ice\"} 0", WAIT)
+            .await
+    );
 
     // The coach speaks a known tone; the orb echoes it to both humans.
     coach.drain_audio();

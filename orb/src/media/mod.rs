@@ -202,3 +202,20 @@ pub fn is_end_of_candidates(candidate: &Value) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_on_either_end_makes_the_path_relayed() {
+        use MediaPath::*;
+        assert_eq!(MediaPath::of_pair(Host, Host), Host);
+        assert_eq!(MediaPath::of_pair(Host, ServerReflexive), ServerReflexive);
+        assert_eq!(MediaPath::of_pair(PeerReflexive, ServerReflexive), PeerReflexive);
+        assert_eq!(MediaPath::of_pair(Relay, Host), Relay);
+        assert_eq!(MediaPath::of_pair(ServerReflexive, Relay), Relay);
+        let names: Vec<_> = MediaPath::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["host", "srflx", "prflx", "relay"]);
+    }
+}

@@ -437,16 +437,18 @@ impl Peer for WebrtcPeer {
         let report = self.pc.get_stats(std::time::Instant::now(), StatsSelector::None).await;
         let pair_id = report.transport()?.selected_candidate_pair_id.clone();
         let pair = report.candidate_pairs().find(|p| p.stats.id == pair_id)?;
-        let typ = |id: &str| match report.get(id) {
+        // Candidate entries are keyed by the candidate's id with a side prefix (webrtc-rs 0.21).
+        let typ = |prefix: &str, id: &str| match report.get(&format!("{prefix}{id}")).or_else(|| report.get(id)) {
             Some(RTCStatsReportEntry::LocalCandidate(c) | RTCStatsReportEntry::RemoteCandidate(c)) => {
                 Some(path_of(c.candidate_type))
             }
             _ => None,
         };
-        Some(MediaPath::of_pair(
-            typ(&pair.local_candidate_id)?,
-            typ(&pair.remote_candidate_id)?,
-        ))
+        let local = typ("RTCLocalIceCandidate_", &pair.local_candidate_id)?;
+        // A remote candidate learnt from a connectivity check was never signaled, so it has no
+        // entry of its own: peer reflexive by definition.
+        let remote = typ("RTCRemoteIceCandidate_", &pair.remote_candidate_id).unwrap_or(MediaPath::PeerReflexive);
+        Some(MediaPath::of_pair(local, remote))
     }
 
     fn ice_connected(&self) -> bool {
