@@ -7,23 +7,24 @@
 //! a generous limit that only guards against a hang; nothing asserts on how fast things happen.
 //! A failing test saves a screenshot of each page to `target/browser-failures/`.
 
+mod pages;
 mod support;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use futures::{FutureExt, SinkExt, StreamExt};
+use fantoccini::Locator;
+use futures::{SinkExt, StreamExt};
 use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
-use serde_json::{Value, json};
+use serde_json::json;
+use pages::{
+    PATIENCE, Page, Pages, chromium, peer_state, scenario, wait_connected, wait_for, wait_orb_audio, webdriver_session,
+};
 use support::{Process, free_port, root, tool, workspace_bin};
 
 const SIGNING_KEY: &str = "browser-tests-signing-key-0123456789abcdef";
-/// Only guards against a hang: a busy 2-core machine starts browsers and debug orbs slowly.
-const PATIENCE: Duration = Duration::from_secs(120);
 /// The empty-room grace of these tests.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -170,30 +171,7 @@ impl Stack {
     /// [`Stack::browser`] with extra Chromium flags (say, a file as the microphone).
     async fn browser_with(&self, name: &str, extra: &[String]) -> Page {
         let profile = self.dir.join(format!("profile-{name}"));
-        let chromium = tool("chromium", "./scripts/install-deps.sh");
-        let mut args = vec![
-            "--headless=new".to_owned(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--disable-dev-shm-usage".into(),
-            "--use-fake-device-for-media-stream".into(),
-            "--use-fake-ui-for-media-stream".into(),
-            "--autoplay-policy=no-user-gesture-required".into(),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            "--no-first-run".into(),
-            "--disable-background-timer-throttling".into(),
-            "--disable-renderer-backgrounding".into(),
-            // Host candidates with real addresses, not mDNS names: the orb is on this machine.
-            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
-            "--window-size=1280,800".into(),
-            format!("--user-data-dir={}", profile.display()),
-        ];
-        args.extend(extra.iter().cloned());
-        let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium, "args": args }));
-        Self::session(name, "chromium", self.driver_port, caps).await
+        chromium(name, self.driver_port, &profile, extra).await
     }
 
     /// Firefox (headless) with fake media devices, through geckodriver.
@@ -221,117 +199,13 @@ impl Stack {
             "moz:firefoxOptions".into(),
             json!({ "binary": firefox, "args": ["-headless", "-width=1280", "-height=800"], "prefs": prefs }),
         );
-        Self::session(name, "firefox", port, caps).await
-    }
-
-    /// A WebDriver session; a browser that starts too slowly on a loaded machine is retried, not
-    /// failed.
-    async fn session(name: &str, browser: &str, driver_port: u16, caps: serde_json::Map<String, Value>) -> Page {
-        let mut attempt = 0;
-        let client = loop {
-            attempt += 1;
-            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector)
-                .capabilities(caps.clone())
-                .connect(&format!("http://127.0.0.1:{driver_port}"))
-                .await
-            {
-                Ok(client) => break client,
-                Err(e) if attempt < 3 => eprintln!("{name}: {browser} did not start ({e}); retrying"),
-                Err(e) => panic!("{name}: no WebDriver session with {browser}: {e}"),
-            }
-        };
-        Page {
-            name: name.to_owned(),
-            client,
-        }
+        webdriver_session(name, "firefox", port, caps).await
     }
 }
 
 fn room_url_at(port: u16, room: &str, role: &str) -> String {
     let name = if role == "coach" { "Coach" } else { "Client" };
     format!("http://127.0.0.1:{port}/rooms/{room}?role={role}&name={name}")
-}
-
-/// One participant's browser.
-struct Page {
-    name: String,
-    client: Client,
-}
-
-impl Page {
-    async fn js(&self, script: &str) -> Value {
-        self.client
-            .execute(script, vec![])
-            .await
-            .unwrap_or_else(|e| panic!("{}: script failed: {e}\n{script}", self.name))
-    }
-
-    async fn call(&self) -> Value {
-        self.js("return window.orbCall ? JSON.parse(JSON.stringify(window.orbCall)) : null")
-            .await
-    }
-
-    async fn stats(&self) -> Value {
-        self.js("return window.orbCall.stats()").await
-    }
-
-    async fn screenshot(&self, path: &Path) {
-        if let Ok(png) = self.client.screenshot().await {
-            let _ = std::fs::create_dir_all(path.parent().unwrap());
-            let _ = std::fs::write(path, png);
-        }
-    }
-}
-
-/// Polls `f` until it returns `Some`; panics with `what` after [`PATIENCE`].
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(started.elapsed() < PATIENCE, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn peer_state(call: &Value, peer: &str) -> Option<String> {
-    call["peers"][peer]["connectionState"].as_str().map(str::to_owned)
-}
-
-/// Waits until the page's peer connections to everyone in `peers` (its AI peer for `"ai"`) are
-/// connected; returns the page's state then.
-async fn wait_connected(page: &Page, peers: &[&str]) -> Value {
-    wait_for(&format!("{}: peers {peers:?} connected", page.name), || async {
-        let call = page.call().await;
-        let all = peers.iter().all(|p| {
-            let id = if *p == "ai" {
-                call["aiPeerId"].as_str().unwrap_or("-")
-            } else {
-                p
-            };
-            peer_state(&call, id).as_deref() == Some("connected")
-        });
-        all.then_some(call)
-    })
-    .await
-}
-
-/// Waits until the audio received from the orb grows on the page.
-async fn wait_orb_audio(page: &Page, ai: &str) {
-    let first = wait_for(&format!("{}: audio bytes from the orb", page.name), || async {
-        page.stats().await[ai].as_u64().filter(|b| *b > 0)
-    })
-    .await;
-    wait_for(&format!("{}: growing audio bytes from the orb", page.name), || async {
-        page.stats().await[ai].as_u64().filter(|b| *b > first + 1000)
-    })
-    .await;
 }
 
 /// Waits until the page heard, as the loudest sound from the orb, the test brain's greeting
@@ -393,45 +267,6 @@ async fn meet(stack: &Stack, pages: &Pages, coach_url: &str, client_url: &str) -
     }
 }
 
-/// The pages a scenario opened, for the screenshots of a failure.
-#[derive(Default)]
-struct Pages(std::sync::Mutex<Vec<Arc<Page>>>);
-
-impl Pages {
-    fn add(&self, page: Page) -> Arc<Page> {
-        let page = Arc::new(page);
-        self.0.lock().unwrap().push(page.clone());
-        page
-    }
-
-    fn all(&self) -> Vec<Arc<Page>> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// Runs a scenario; on failure saves a screenshot of every page, then fails with the logs' place.
-async fn scenario(name: &str, pages: &Pages, body: impl Future<Output = ()>) {
-    let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
-    if let Err(panic) = outcome {
-        let dir = root().join("target/browser-failures");
-        for page in pages.all() {
-            page.screenshot(&dir.join(format!("{name}-{}.png", page.name))).await;
-        }
-        eprintln!(
-            "screenshots in {}; signaling and orb logs in {}",
-            dir.display(),
-            root().join("target/browser-tests").join(name).display()
-        );
-        for page in pages.all() {
-            let _ = page.client.clone().close().await;
-        }
-        std::panic::resume_unwind(panic);
-    }
-    for page in pages.all() {
-        let _ = page.client.clone().close().await;
-    }
-}
-
 fn orb_pid(log: &str) -> Option<u32> {
     let line = log.lines().find(|l| l.contains("[orb-runtime] started"))?;
     let rest = &line[line.find("(pid ")? + 5..];
@@ -444,7 +279,7 @@ async fn coach_and_client_meet_the_orb_hear_it_and_leave() {
     let stack = Stack::start(name, &[]);
     let pages = Pages::default();
     let stack_ref = &stack;
-    scenario(name, &pages, async {
+    scenario(name, &stack.dir, &pages, async {
         let room = "browser-meet";
         let Meeting {
             coach,
@@ -523,7 +358,7 @@ async fn a_firefox_coach_and_a_chromium_client_share_the_call() {
     let stack = Stack::start_with(name, &[], true);
     let pages = Pages::default();
     let stack_ref = &stack;
-    scenario(name, &pages, async {
+    scenario(name, &stack.dir, &pages, async {
         let room = "browser-firefox";
         let coach = pages.add(stack_ref.firefox("coach-firefox").await);
         coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
@@ -594,7 +429,7 @@ async fn a_ninth_room_queues_until_another_room_ends() {
     let stack = Stack::start(name, &["--max-concurrent-orbs", "8"]);
     let pages = Pages::default();
     let stack_ref = &stack;
-    scenario(name, &pages, async {
+    scenario(name, &stack.dir, &pages, async {
         let mut stand_ins = Vec::new();
         for i in 1..=8 {
             stand_ins.push(stand_in(stack_ref.port, &format!("busy-{i}")).await);
@@ -675,7 +510,7 @@ async fn people_talking_keep_their_orb_and_silence_ends_it() {
     let mic = format!("--use-file-for-fake-audio-capture={}", speech_wav(&stack.dir).display());
     let pages = Pages::default();
     let stack_ref = &stack;
-    scenario(name, &pages, async {
+    scenario(name, &stack.dir, &pages, async {
         let room = "browser-speech";
         let coach = pages.add(stack_ref.browser_with("coach", std::slice::from_ref(&mic)).await);
         coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
@@ -747,8 +582,9 @@ async fn a_call_across_three_replicas_survives_losing_one() {
     let mut stack = Stack::start_replicas(name, &ports, &redis.url(), &orb_url);
     let coach_entry = failover_proxy(vec![ports[0], ports[1]]).await;
     let pages = Pages::default();
+    let logs = stack.dir.clone();
     let stack_ref = &mut stack;
-    scenario(name, &pages, async {
+    scenario(name, &logs, &pages, async {
         let room = "browser-replicas";
         let Meeting {
             coach,
@@ -814,7 +650,7 @@ async fn a_refused_token_stops_the_page_with_the_reason() {
     let stack = Stack::start(name, &[]);
     let pages = Pages::default();
     let stack_ref = &stack;
-    scenario(name, &pages, async {
+    scenario(name, &stack.dir, &pages, async {
         let key = SigningKey::new(SIGNING_KEY.as_bytes().to_vec()).unwrap();
         let token = key.mint(&RoomClaims::new("browser-elsewhere", "coach-refused", Role::Coach, 600));
         let coach = pages.add(stack_ref.browser("coach").await);
