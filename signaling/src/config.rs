@@ -660,7 +660,11 @@ mod tests {
 
         let err = with(&["--cors-allowed-origins", "https://app.example.com/"]).unwrap_err();
         assert!(err.contains("--cors-allowed-origins"), "{err}");
-        let c = with(&["--cors-allowed-origins", "https://app.example.com,http://localhost:3000"]).unwrap();
+        let c = with(&[
+            "--cors-allowed-origins",
+            "https://app.example.com,http://localhost:3000",
+        ])
+        .unwrap();
         assert!(!c.cors.is_empty());
     }
 

@@ -333,12 +333,11 @@ impl Conn<'_> {
 
     async fn join(&mut self, identity: Identity) -> ControlFlow<()> {
         // The joiner's ICE servers come with the acceptance, for clients without an HTTP path.
-        let greeting = self.state.ice.is_configured().then(|| {
-            ServerMessage::IceServers(
-                self.state
-                    .ice_servers_for(&identity.user_id, identity.expires_at),
-            )
-        });
+        let greeting = self
+            .state
+            .ice
+            .is_configured()
+            .then(|| ServerMessage::IceServers(self.state.ice_servers_for(&identity.user_id, identity.expires_at)));
         let joined = self
             .state
             .registry

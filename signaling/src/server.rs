@@ -315,7 +315,11 @@ async fn ice_servers(State(state): State<Arc<AppState>>, RawQuery(query): RawQue
     response
 }
 
-async fn ice_servers_answer(state: &AppState, query: Option<&str>, headers: &HeaderMap) -> Result<IceServerList, Response> {
+async fn ice_servers_answer(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<IceServerList, Response> {
     let room = room_param(query)?;
     let identity = authenticate_request(state, &room, query, headers)?;
     if let Some(refused) = check_orb_token(state, &room, identity.as_ref()).await {

@@ -264,7 +264,11 @@ pub fn check_ice_url(url: &str) -> Result<IceScheme, IceUrlError> {
                 "" => (ip, None),
                 _ => (
                     ip,
-                    Some(after.strip_prefix(':').ok_or_else(|| IceUrlError::Host(url.to_owned()))?),
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| IceUrlError::Host(url.to_owned()))?,
+                    ),
                 ),
             }
         }

@@ -198,7 +198,14 @@ async fn no_token_ever_reaches_the_log() {
     let log = b.stop();
     assert!(log.contains("room token refused"), "the refusals are logged:\n{log}");
     assert!(log.contains("room token transport refused"), "{log}");
-    for token in [&by_protocol, &by_header, &by_query, &expired, &elsewhere, &by_ice_request] {
+    for token in [
+        &by_protocol,
+        &by_header,
+        &by_query,
+        &expired,
+        &elsewhere,
+        &by_ice_request,
+    ] {
         let signature = token.rsplit('.').next().unwrap();
         assert!(!log.contains(signature), "a token reached the log:\n{log}");
     }

@@ -169,10 +169,7 @@ async fn a_token_is_refused_exactly_as_the_socket_refuses_it() {
         assert_eq!(http.json(), socket.body, "{reason}");
         assert_eq!(
             http.header("www-authenticate"),
-            socket
-                .headers
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap()),
+            socket.headers.get("www-authenticate").map(|v| v.to_str().unwrap()),
             "{reason}"
         );
         assert_eq!(http.header("cache-control"), Some("no-store"), "{reason}");
@@ -209,7 +206,11 @@ async fn get_from(s: &TestServer, origin: &str, auth: Option<&str>) -> HttpAnswe
 
 #[tokio::test]
 async fn cors_headers_go_to_the_configured_origins_only() {
-    let s = turn_server(&["--cors-allowed-origins", "https://app.example.com,http://localhost:3000"]).await;
+    let s = turn_server(&[
+        "--cors-allowed-origins",
+        "https://app.example.com,http://localhost:3000",
+    ])
+    .await;
     let allowed = preflight(&s, "https://app.example.com").await;
     assert_eq!(allowed.status, 204, "{allowed:?}");
     assert_eq!(
@@ -253,7 +254,10 @@ async fn cors_headers_go_to_the_configured_origins_only() {
         plain.addr,
         "OPTIONS",
         "/ice-servers?room=room-a",
-        &[("Origin", "https://app.example.com"), ("Access-Control-Request-Method", "GET")],
+        &[
+            ("Origin", "https://app.example.com"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
     )
     .await;
     assert!(
@@ -317,7 +321,10 @@ async fn the_socket_message_expires_with_the_token_and_is_counted() {
     assert_eq!(message["type"], "ice-servers");
     assert_eq!(message["iceServers"][0], json!({"urls": [STUN]}));
     let (urls, expiry, user) = turn_entry(&message);
-    assert_eq!((urls, expiry, user.as_str()), (json!([TURN_UDP, TURNS]), exp, "coach-1"));
+    assert_eq!(
+        (urls, expiry, user.as_str()),
+        (json!([TURN_UDP, TURNS]), exp, "coach-1")
+    );
     assert!(message["ttl"].as_u64().unwrap() <= 300);
     assert_eq!(c.recv().await["type"], "peer-discovery");
     assert_eq!(counter(&s, ISSUED), 1);

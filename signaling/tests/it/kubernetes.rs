@@ -630,16 +630,17 @@ async fn ice_servers_check_an_orb_token_as_the_socket_does() {
     };
     let answer = ask(orb_token("room-i", &live)).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    let username = answer.json()["iceServers"][0]["username"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let username = answer.json()["iceServers"][0]["username"].as_str().unwrap().to_owned();
     assert!(username.ends_with(":ai-orb-room-i"), "{username}");
 
     let earlier = orb_token("room-i", "earlier");
     let reads = orb_reads(&fake, "room-i");
     let started = tokio::time::Instant::now();
-    let socket = refused_with(&s.url("room-i"), &[("Sec-WebSocket-Protocol", &token_protocols(&earlier))]).await;
+    let socket = refused_with(
+        &s.url("room-i"),
+        &[("Sec-WebSocket-Protocol", &token_protocols(&earlier))],
+    )
+    .await;
     assert_eq!(socket.status, 403);
     for _ in 0..20 {
         let answer = ask(earlier.clone()).await;
