@@ -94,6 +94,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The answer to a request refused before it is served (boxed: a `Response` is large, and most
+/// requests are not refused).
+type Refused = Box<Response>;
+
 /// A refusal before the upgrade: a JSON body `{"error", "reason"}` a client can show.
 fn refusal(status: StatusCode, error: &str, reason: &str) -> Response {
     let body = serde_json::json!({ "error": error, "reason": reason });
@@ -172,7 +176,7 @@ async fn ws_upgrade(
     };
     let token_identity = match authenticate_request(&state, &room_id, query.as_deref(), &headers) {
         Ok(identity) => identity,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let client = state.admission.client_address(peer, &headers);
     let user = token_identity.as_ref().map(|id| id.user_id.as_str());
@@ -214,16 +218,16 @@ fn authenticate_request(
     room_id: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Option<Identity>, Response> {
+) -> Result<Option<Identity>, Refused> {
     let token = request_token(&state.auth, query, headers).map_err(|e| {
         state.metrics.auth_failure(auth::BAD_REQUEST_LABEL);
         warn!(room = %room_id, reason = %e, "room token transport refused");
-        refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+        Box::new(refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
     })?;
     state.auth.authenticate(room_id, token.as_deref()).map_err(|e| {
         state.metrics.auth_failure(auth::failure_label(&e));
         warn!(room = %room_id, reason = %e, "room token refused");
-        auth_refusal(&e)
+        Box::new(auth_refusal(&e))
     })
 }
 
@@ -260,7 +264,7 @@ async fn check_orb_token(state: &AppState, room_id: &str, identity: Option<&Iden
 async fn auth_check(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     let room = match room_param(query.as_deref()) {
         Ok(room) => room,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let token = match request_token(&state.auth, query.as_deref(), &headers) {
         Ok(token) => token,
@@ -273,21 +277,21 @@ async fn auth_check(State(state): State<Arc<AppState>>, RawQuery(query): RawQuer
 }
 
 /// The `room` query parameter of the HTTP endpoints that check a room token, or their 400.
-fn room_param(query: Option<&str>) -> Result<String, Response> {
+fn room_param(query: Option<&str>) -> Result<String, Refused> {
     let room = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(name, _)| name == "room")
             .map(|(_, value)| value.into_owned())
     });
     let Some(room) = room else {
-        return Err(refusal(
+        return Err(Box::new(refusal(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the room parameter is required",
-        ));
+        )));
     };
     orb_api::naming::validate_room_id(&room)
-        .map_err(|e| refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
+        .map_err(|e| Box::new(refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())))?;
     Ok(room)
 }
 
@@ -306,7 +310,7 @@ async fn ice_servers(State(state): State<Arc<AppState>>, RawQuery(query): RawQue
             state.metrics.ice_servers_issued(&list);
             axum::Json(list).into_response()
         }
-        Err(refused) => refused,
+        Err(refused) => *refused,
     };
     response
         .headers_mut()
@@ -319,11 +323,11 @@ async fn ice_servers_answer(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<IceServerList, Response> {
+) -> Result<IceServerList, Refused> {
     let room = room_param(query)?;
     let identity = authenticate_request(state, &room, query, headers)?;
     if let Some(refused) = check_orb_token(state, &room, identity.as_ref()).await {
-        return Err(refused);
+        return Err(Box::new(refused));
     }
     Ok(match &identity {
         Some(id) => state.ice_servers_for(&id.user_id, id.expires_at),

@@ -148,7 +148,7 @@ async fn a_token_is_refused_exactly_as_the_socket_refuses_it() {
         .mint(&claims("room-a", unix_now() + 600));
     let good = token("room-a", "coach-1", Role::Coach);
     let bearer_good = format!("Bearer {good}");
-    let cases: Vec<(&str, Option<&str>, Vec<(&str, &str)>, u16)> = vec![
+    let cases = [
         ("missing", None, vec![], 401),
         ("expired", Some(expired.as_str()), vec![], 401),
         ("wrong_room", Some(foreign.as_str()), vec![], 403),
