@@ -388,12 +388,16 @@ struct StandIn {
 }
 
 async fn stand_in(port: u16, room: &str) -> StandIn {
+    stand_in_as(port, room, &format!("client-{room}"), Role::Client).await
+}
+
+/// [`stand_in`] as `user` in `role`; as the AI it joins as the orb does, and answers nothing.
+async fn stand_in_as(port: u16, room: &str, user: &str, role: Role) -> StandIn {
     let key = SigningKey::new(SIGNING_KEY.as_bytes().to_vec()).unwrap();
-    let user = format!("client-{room}");
     let token = key.mint(&RoomClaims {
         room: room.to_owned(),
-        sub: user.clone(),
-        role: Role::Client,
+        sub: user.to_owned(),
+        role,
         exp: unix_now() + 3600,
         session: None,
         iat: orb_api::auth::unix_now(),
@@ -402,8 +406,9 @@ async fn stand_in(port: u16, room: &str) -> StandIn {
     });
     let url = format!("ws://127.0.0.1:{port}/ws-simple/{room}?token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("stand-in connects");
-    let join = json!({"type": "join", "roomId": room, "userId": user, "userRole": "client",
-        "userName": "stand-in", "participantType": "human"});
+    let participant_type = if role == Role::Ai { "ai" } else { "human" };
+    let join = json!({"type": "join", "roomId": room, "userId": user, "userRole": role.as_str(),
+        "userName": "stand-in", "participantType": participant_type});
     ws.send(join.to_string().into()).await.unwrap();
     let (close, mut closed) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -680,4 +685,115 @@ async fn a_refused_token_stops_the_page_with_the_reason() {
         assert!(!log.contains(&token), "the token reached the log");
     })
     .await;
+}
+
+/// The page takes its ICE servers from `/ice-servers` before any peer connection (a TURN server
+/// among them, which the browser accepts only with the minted credentials), shows their URLs and
+/// never the credentials, and reports each peer's selected candidate pair; the orb connects as
+/// ever. In a second room, whose orb waits in the queue (the cap is 1), an AI that never answers
+/// the offers joins: both pages say the AI's media could not connect, and the humans' call goes
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_uses_signalings_ice_servers_and_says_when_the_ai_cannot_connect() {
+    let name = "ice";
+    // Nothing answers there: STUN and TURN gather nothing, host candidates still connect.
+    let closed = free_port();
+    let stun = format!("stun:127.0.0.1:{closed}");
+    let turn = format!("turn:127.0.0.1:{closed}?transport=udp");
+    let secret = std::env::temp_dir().join(format!("orb-browser-turn-secret-{}", std::process::id()));
+    std::fs::write(&secret, "browser-turn-secret").unwrap();
+    let stack = Stack::start(
+        name,
+        &[
+            "--ice-servers",
+            &format!("{stun},{turn}"),
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+            "--max-concurrent-orbs",
+            "1",
+        ],
+    );
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    let (stun_ref, turn_ref) = (&stun, &turn);
+    scenario(name, &pages, async {
+        let uses_signalings_servers = |call: &Value| {
+            assert_eq!(call["iceSource"], "http", "{call}");
+            assert_eq!(call["iceServers"], json!([{"urls": [stun_ref]}, {"urls": [turn_ref]}]));
+            let shown = call.to_string();
+            assert!(!shown.contains("credential") && !shown.contains("username"), "{shown}");
+            assert!(
+                !shown.contains("refused the ICE servers"),
+                "the browser took the TURN entry with its credentials: {shown}"
+            );
+            assert_eq!(call["errors"], json!([]), "{call}");
+        };
+        let direct = |pairs: &Value, peer: &str| {
+            assert_eq!(pairs[peer]["local"], "host", "{pairs}");
+            let remote = pairs[peer]["remote"].as_str().unwrap_or_default();
+            assert!(["host", "prflx"].contains(&remote), "{pairs}");
+        };
+
+        // The orb's room: its media connects with these servers configured.
+        let first = pages.add(stack_ref.browser("coach-orb").await);
+        first
+            .client
+            .goto(&stack_ref.room_url("browser-ice-orb", "coach"))
+            .await
+            .unwrap();
+        let call = wait_connected(&first, &["ai"]).await;
+        let ai = call["aiPeerId"].as_str().unwrap().to_owned();
+        wait_orb_audio(&first, &ai).await;
+        let call = first.call().await;
+        uses_signalings_servers(&call);
+        assert_eq!(
+            (call["aiMedia"].as_str(), call["aiMediaFailed"].as_bool()),
+            (Some("connected"), Some(false))
+        );
+        direct(&first.js("return window.orbCall.selectedPairTypes()").await, &ai);
+
+        // The second room: its orb queued, an AI that never answers.
+        let room = "browser-ice-silent";
+        let coach = pages.add(stack_ref.browser("coach").await);
+        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
+        let client = pages.add(stack_ref.browser("client").await);
+        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
+        let coach_id = wait_for("the coach's user id", || async {
+            coach.call().await["userId"].as_str().map(str::to_owned)
+        })
+        .await;
+        let client_call = wait_connected(&client, &[coach_id.as_str()]).await;
+        let client_id = client_call["userId"].as_str().unwrap().to_owned();
+        wait_connected(&coach, &[client_id.as_str()]).await;
+        let silent = stand_in_as(stack_ref.port, room, "ai-silent", Role::Ai).await;
+        for (page, other) in [(&coach, &client_id), (&client, &coach_id)] {
+            let call = wait_for(&format!("{}: the AI's media reported failed", page.name), || async {
+                let call = page.call().await;
+                (call["aiMediaFailed"] == true).then_some(call)
+            })
+            .await;
+            assert_eq!(call["aiPeerId"], "ai-silent", "{call}");
+            uses_signalings_servers(&call);
+            let notice = page
+                .js("const n = document.getElementById('ai-media-notice'); return n.hidden ? null : n.textContent")
+                .await;
+            assert!(
+                notice.as_str().unwrap_or_default().contains("could not connect"),
+                "{notice}"
+            );
+            assert!(call["log"].to_string().contains("could not connect"), "{call}");
+            assert_eq!(peer_state(&call, other).as_deref(), Some("connected"), "{call}");
+            direct(&page.js("return window.orbCall.selectedPairTypes()").await, other);
+        }
+        // The humans still hear each other.
+        let heard = client.stats().await[coach_id.as_str()].as_u64().unwrap_or(0);
+        wait_for("the client to keep hearing the coach", || async {
+            (client.stats().await[coach_id.as_str()].as_u64().unwrap_or(0) > heard + 1000).then_some(())
+        })
+        .await;
+        let _ = silent.close.send(());
+        let _ = silent.task.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&secret);
 }

@@ -448,7 +448,8 @@ impl Session {
             | ServerMessage::AiStatus { .. }
             | ServerMessage::SessionSummary(_)
             | ServerMessage::SessionSummaryAck { .. }
-            | ServerMessage::OrbError(_) => {}
+            | ServerMessage::OrbError(_)
+            | ServerMessage::IceServers(_) => {}
         }
     }
 

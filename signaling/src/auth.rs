@@ -43,6 +43,7 @@ impl Authenticator {
             session_id: claims.session,
             issued_at: Some(claims.iat),
             orb_uid: claims.orb,
+            expires_at: Some(claims.exp),
         }))
     }
 }

@@ -143,6 +143,22 @@ pub struct Args {
     /// This replica's name in Redis (default: host name, process id and start time).
     #[arg(long, env = "SIGNALING_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// STUN and TURN servers for the participants' peer connections, comma-separated
+    /// (`stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]`, `turns:…`); served at
+    /// `/ice-servers` and sent after each join. TURN URLs need --turn-secret-file.
+    #[arg(long, env = "SIGNALING_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+    /// File holding the TURN relay's shared secret (coturn's `static-auth-secret`): TURN
+    /// credentials are minted from it per the TURN REST convention.
+    #[arg(long, env = "SIGNALING_TURN_SECRET_FILE")]
+    pub turn_secret_file: Option<PathBuf>,
+    /// How long a minted TURN credential is valid at most (never longer than the room token).
+    #[arg(long, env = "SIGNALING_TURN_CREDENTIAL_TTL", default_value = "12h", value_parser = duration)]
+    pub turn_credential_ttl: Duration,
+    /// Origins whose pages may read `/ice-servers` (CORS), comma-separated, exact
+    /// (`https://app.example.com`). Unset: no CORS headers.
+    #[arg(long, env = "SIGNALING_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// Log output format.
     #[arg(long, env = "SIGNALING_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -241,6 +257,11 @@ pub struct Config {
     pub redis: Option<crate::cluster::RedisSettings>,
     /// How `--orb-runtime=local` starts orbs (its signing key is set from `auth`).
     pub local: crate::orb_runtime::local::LocalSettings,
+    /// The ICE servers participants get (`--ice-servers`, `--turn-secret-file`,
+    /// `--turn-credential-ttl`).
+    pub ice: crate::ice::IceSettings,
+    /// Origins allowed to read `/ice-servers` across origins (`--cors-allowed-origins`).
+    pub cors: crate::cors::AllowedOrigins,
 }
 
 #[derive(Debug, Error)]
@@ -265,6 +286,26 @@ pub enum ConfigError {
     WebhookSecretFile { path: PathBuf, source: std::io::Error },
     #[error("the summary webhook secret is empty; set ORB_SUMMARY_WEBHOOK_SECRET or the file to a non-empty key")]
     EmptyWebhookSecret,
+    #[error(transparent)]
+    Ice(#[from] crate::ice::IceConfigError),
+    #[error("cannot read --turn-secret-file {path}: {source}")]
+    TurnSecretFile { path: PathBuf, source: std::io::Error },
+    #[error("--turn-secret-file {0} is empty (white space only); write the TURN server's static-auth-secret into it")]
+    EmptyTurnSecret(PathBuf),
+    #[error(transparent)]
+    Cors(#[from] crate::cors::OriginError),
+}
+
+/// The TURN secret from `--turn-secret-file`, white space around it dropped.
+fn turn_secret(file: Option<&std::path::Path>) -> Result<Option<crate::ice::TurnSecret>, ConfigError> {
+    let Some(path) = file else { return Ok(None) };
+    let content = std::fs::read(path).map_err(|source| ConfigError::TurnSecretFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    crate::ice::TurnSecret::from_file_content(&content)
+        .map(Some)
+        .ok_or_else(|| ConfigError::EmptyTurnSecret(path.to_owned()))
 }
 
 /// The webhook's signing key: the env value, else the file (a trailing line break dropped).
@@ -375,6 +416,17 @@ impl Config {
             "must be at least 1",
         )?;
         range(args.max_rooms >= 1, "max-rooms", "must be at least 1")?;
+        range(
+            (Duration::from_secs(60)..=Duration::from_secs(30 * 86_400)).contains(&args.turn_credential_ttl),
+            "turn-credential-ttl",
+            "must be between 1m and 30 days",
+        )?;
+        let ice = crate::ice::IceSettings::new(
+            &args.ice_servers,
+            turn_secret(args.turn_secret_file.as_deref())?,
+            args.turn_credential_ttl,
+        )?;
+        let cors = crate::cors::AllowedOrigins::new(&args.cors_allowed_origins)?;
         let trusted_proxy_header = args
             .trusted_proxy_header
             .as_deref()
@@ -453,6 +505,8 @@ impl Config {
         Ok(Self {
             redis,
             local,
+            ice,
+            cors,
             listen: args.listen,
             orb_runtime: args.orb_runtime,
             auth,
@@ -547,6 +601,73 @@ mod tests {
         ));
     }
 
+    /// A file with `content` in a fresh temporary directory.
+    fn secret_file(name: &str, content: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("orb-signaling-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("turn-secret");
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    #[test]
+    fn ice_servers_are_checked_and_turn_needs_a_secret() {
+        let dev = ["--auth=none", "--orb-runtime=none"];
+        let with = |extra: &[&str]| parse(&[&dev[..], extra].concat(), None);
+        let c = with(&[]).unwrap();
+        assert!(!c.ice.is_configured());
+        assert!(c.cors.is_empty());
+        let c = with(&["--ice-servers", "stun:stun.example.org:3478, stun:192.0.2.1"]).unwrap();
+        assert!(c.ice.is_configured() && !c.ice.issues_credentials());
+
+        let err = with(&["--ice-servers", "stun:a.example.org,turn:t.example.org"]).unwrap_err();
+        assert!(
+            err.contains("--turn-secret-file") && err.contains("turn:t.example.org"),
+            "{err}"
+        );
+        let err = with(&["--ice-servers", "https://t.example.org"]).unwrap_err();
+        assert!(err.contains("--ice-servers") && err.contains("scheme"), "{err}");
+        let err = with(&["--ice-servers", "turn://t.example.org:3478"]).unwrap_err();
+        assert!(err.contains("--ice-servers") && err.contains("without //"), "{err}");
+
+        let empty = secret_file("empty", " \n");
+        let err = with(&[
+            "--ice-servers",
+            "turns:t.example.org:443?transport=tcp",
+            "--turn-secret-file",
+            empty.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(err.contains("--turn-secret-file") && err.contains("is empty"), "{err}");
+        let err = with(&["--turn-secret-file", "/nonexistent/turn-secret"]).unwrap_err();
+        assert!(
+            err.contains("cannot read --turn-secret-file /nonexistent/turn-secret"),
+            "{err}"
+        );
+        let good = secret_file("good", "north\n");
+        let c = with(&[
+            "--ice-servers",
+            "turn:t.example.org",
+            "--turn-secret-file",
+            good.to_str().unwrap(),
+            "--turn-credential-ttl",
+            "1h",
+        ])
+        .unwrap();
+        assert!(c.ice.issues_credentials());
+        assert!(!format!("{c:?}").contains("north"), "the secret is never printed");
+        assert_eq!(c.ice.list_for("u", None, 0).ttl, 3600);
+
+        let err = with(&["--cors-allowed-origins", "https://app.example.com/"]).unwrap_err();
+        assert!(err.contains("--cors-allowed-origins"), "{err}");
+        let c = with(&[
+            "--cors-allowed-origins",
+            "https://app.example.com,http://localhost:3000",
+        ])
+        .unwrap();
+        assert!(!c.cors.is_empty());
+    }
+
     #[test]
     fn bad_values_are_named() {
         let err = parse(
@@ -580,6 +701,12 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("--summary-webhook-url"), "{err}");
+        let err = parse(
+            &["--auth=none", "--orb-runtime=none", "--turn-credential-ttl", "10s"],
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("--turn-credential-ttl"), "{err}");
         let err = parse(&["--auth=none", "--orb-runtime", "docker"], None).unwrap_err();
         assert!(err.contains("docker"), "{err}");
         // No tokens with cluster orbs: anyone could create GPU pods and claim any role.

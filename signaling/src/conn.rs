@@ -332,13 +332,22 @@ impl Conn<'_> {
     }
 
     async fn join(&mut self, identity: Identity) -> ControlFlow<()> {
+        // The joiner's ICE servers come with the acceptance, for clients without an HTTP path.
+        let greeting = self
+            .state
+            .ice
+            .is_configured()
+            .then(|| ServerMessage::IceServers(self.state.ice_servers_for(&identity.user_id, identity.expires_at)));
         let joined = self
             .state
             .registry
-            .join_shared(self.room_id, self.handle, identity.clone())
+            .join_shared(self.room_id, self.handle, identity.clone(), greeting.as_ref())
             .await;
         match joined {
             Ok(room) => {
+                if let Some(ServerMessage::IceServers(list)) = &greeting {
+                    self.state.metrics.ice_servers_issued(list);
+                }
                 tracing::Span::current().record("user", identity.user_id.as_str());
                 info!(role = ?identity.role, "joined");
                 self.joined = Some((room, identity));
@@ -532,6 +541,7 @@ fn claimed_identity(
         session_id: None,
         issued_at: None,
         orb_uid: None,
+        expires_at: None,
     })
 }
 

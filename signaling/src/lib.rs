@@ -4,7 +4,8 @@
 //! Modules by concern: [`protocol`] (the wire types, the `orb-protocol` crate shared with the orb)
 //! and [`wire`] (decoding), [`room`] (the registry state machine), [`conn`] (one socket),
 //! [`auth`], [`admission`] (connection caps), [`limits`], [`orb_runtime`] (where orbs come from), [`metrics`], [`summary`] (durable
-//! summaries and their webhook), [`server`] (HTTP, drain) and [`config`].
+//! summaries and their webhook), [`ice`] (the STUN/TURN servers and TURN credentials participants
+//! get) and [`cors`], [`server`] (HTTP, drain) and [`config`].
 
 pub use orb_protocol as protocol;
 
@@ -13,6 +14,8 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod cors;
+pub mod ice;
 pub mod limits;
 pub mod metrics;
 pub mod orb_runtime;

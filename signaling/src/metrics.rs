@@ -84,6 +84,7 @@ pub struct Metrics {
     pub cluster_dropped: Counter,
     /// 1 while Redis answers and this replica hears its inbox (only with `--redis-url`).
     pub redis_up: Gauge,
+    turn_credentials_issued: Counter,
 }
 
 impl Default for Metrics {
@@ -190,6 +191,12 @@ impl Metrics {
             redis_up.clone(),
         );
         redis_up.set(1);
+        let turn_credentials_issued = Counter::default();
+        registry.register(
+            "turn_credentials_issued",
+            "TURN credentials handed out (GET /ice-servers answers and ice-servers messages with a TURN server)",
+            turn_credentials_issued.clone(),
+        );
         let relay_handles = RelayKind::ALL.map(|k| relayed.get_or_create(&vec![("type", k.as_str())]).clone());
         // Every series of a closed label set exists from the start, so dashboards and alerts see
         // zeros rather than no data before the first event.
@@ -239,6 +246,7 @@ impl Metrics {
             relay_handles,
             cluster_dropped,
             redis_up,
+            turn_credentials_issued,
         }
     }
 
@@ -310,6 +318,13 @@ impl Metrics {
         self.summary_oldest_pending.set(seconds);
     }
 
+    /// An ICE server list was handed out: counted when it carries a TURN credential.
+    pub fn ice_servers_issued(&self, list: &crate::protocol::IceServerList) {
+        if list.ice_servers.iter().any(|server| server.credential.is_some()) {
+            self.turn_credentials_issued.inc();
+        }
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
         orb_telemetry::encode_metrics(&self.registry)
@@ -355,6 +370,7 @@ mod tests {
             "orb_signaling_messages_rejected_total{reason=\"malformed_json\"} 0",
             "orb_signaling_participants{participant_type=\"ai\"} 0",
             "orb_signaling_connections_refused_total{reason=\"max_connections_per_client\"} 0",
+            "orb_signaling_turn_credentials_issued_total 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -43,6 +43,9 @@ pub struct Identity {
     pub issued_at: Option<u64>,
     /// An orb's token: the AiOrb uid it was minted for (checked before the upgrade only).
     pub orb_uid: Option<String>,
+    /// When the room token expires (`exp`, Unix seconds); `None` without tokens. No TURN
+    /// credential minted for this participant outlives it.
+    pub expires_at: Option<u64>,
 }
 
 impl Identity {
@@ -385,8 +388,13 @@ impl RoomState {
         }
     }
 
-    /// The joiner's side of a join: `peer-discovery` and the orb's last status.
-    fn welcome(&self, conn: &ConnHandle, identity: &Identity) {
+    /// The joiner's side of a join: the `greeting` (its ICE servers), `peer-discovery` and the
+    /// orb's last status. The greeting comes first so that a client creating its peer connections
+    /// on `peer-discovery` has its ICE servers by then.
+    fn welcome(&self, conn: &ConnHandle, identity: &Identity, greeting: Option<&ServerMessage>) {
+        if let Some(greeting) = greeting {
+            conn.send_message(greeting);
+        }
         let peers = self.members.iter().map(|m| m.identity.peer_info()).collect();
         conn.send_message(&ServerMessage::PeerDiscovery { peers });
         if !identity.is_ai()
@@ -621,6 +629,17 @@ impl Registry {
     /// the others see it leave before the new one joins, so their clients rebuild the peer
     /// connection.
     pub fn join(&self, room_id: &str, conn: &ConnHandle, identity: Identity) -> Result<Arc<Room>, JoinError> {
+        self.join_greeted(room_id, conn, identity, None)
+    }
+
+    /// [`Registry::join`] with a `greeting` the joiner gets first, only if the room takes it.
+    pub fn join_greeted(
+        &self,
+        room_id: &str,
+        conn: &ConnHandle,
+        identity: Identity,
+        greeting: Option<&ServerMessage>,
+    ) -> Result<Arc<Room>, JoinError> {
         let (room, request, presence) = {
             let mut rooms = self.rooms();
             let room = self.room_or_new(&mut rooms, room_id);
@@ -645,7 +664,7 @@ impl Registry {
             if admitted.requests_orb {
                 st.forget_orb_attempt();
             }
-            st.welcome(conn, &identity);
+            st.welcome(conn, &identity, greeting);
             if !identity.is_ai() {
                 match identity.role {
                     UserRole::Coach => st.coach_id = Some(identity.user_id.clone()),
@@ -676,15 +695,17 @@ impl Registry {
 
     /// [`Registry::join`] across replicas: the join script decides by the rules of [`admit`]
     /// (room full, stale orb, replacement, orb request) for the whole room, then this replica's copy is brought up to
-    /// that point and the joiner is added. Without Redis, [`Registry::join`] itself.
+    /// that point and the joiner is added. Without Redis, [`Registry::join_greeted`] itself.
+    /// The joiner gets `greeting` first, only if the room takes it.
     pub async fn join_shared(
         &self,
         room_id: &str,
         conn: &ConnHandle,
         identity: Identity,
+        greeting: Option<&ServerMessage>,
     ) -> Result<Arc<Room>, JoinError> {
         let Some(cluster) = &self.cluster else {
-            return self.join(room_id, conn, identity);
+            return self.join_greeted(room_id, conn, identity, greeting);
         };
         let room = {
             let mut rooms = self.rooms();
@@ -725,7 +746,7 @@ impl Registry {
             } else if st.ai_status.is_none() {
                 st.ai_status = outcome.ai_status;
             }
-            st.welcome(conn, &identity);
+            st.welcome(conn, &identity, greeting);
             st.add(identity, Location::Local(conn.clone()), &self.metrics);
             st.seq = outcome.seq;
             let gap = self.replay(&room.id, &mut st);
@@ -1175,6 +1196,7 @@ mod tests {
             session_id: None,
             issued_at: None,
             orb_uid: None,
+            expires_at: None,
         }
     }
 
@@ -1187,6 +1209,7 @@ mod tests {
             session_id: None,
             issued_at: None,
             orb_uid: None,
+            expires_at: None,
         }
     }
 

@@ -15,6 +15,7 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use orb_api::auth::unix_now;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,8 +28,11 @@ use crate::auth::{self, Authenticator};
 use crate::cluster::Cluster;
 use crate::config::{Config, Limits};
 use crate::conn;
+use crate::cors::AllowedOrigins;
+use crate::ice::{ANONYMOUS_USER, IceSettings};
 use crate::metrics::Metrics;
 use crate::orb_runtime::{OrbCheck, OrbEvent, OrbRuntime};
+use crate::protocol::IceServerList;
 use crate::room::{Identity, Registry};
 use crate::summary::{Summaries, SummaryStore};
 
@@ -54,6 +58,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// How long a closed connection waits for the client's close reply (the drain timeout).
     pub close_handshake_timeout: Duration,
+    /// The ICE servers participants get (`/ice-servers` and the `ice-servers` message).
+    pub ice: IceSettings,
+    /// Origins whose pages may read `/ice-servers`.
+    pub cors: AllowedOrigins,
     draining: AtomicBool,
     connections: TaskTracker,
     next_conn: AtomicU64,
@@ -67,17 +75,28 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// The ICE servers of `user_id`, whose room token expires at `token_expiry`, minted now;
+    /// counted in `turn_credentials_issued_total` by whoever hands them out.
+    pub fn ice_servers_for(&self, user_id: &str, token_expiry: Option<u64>) -> IceServerList {
+        self.ice.list_for(user_id, token_expiry, unix_now())
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/ws-simple/{room_id}", get(ws_upgrade))
         .route("/auth/check", get(auth_check))
+        .route("/ice-servers", get(ice_servers).options(ice_servers_preflight))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
+
+/// The answer to a request refused before it is served (boxed: a `Response` is large, and most
+/// requests are not refused).
+type Refused = Box<Response>;
 
 /// A refusal before the upgrade: a JSON body `{"error", "reason"}` a client can show.
 fn refusal(status: StatusCode, error: &str, reason: &str) -> Response {
@@ -155,22 +174,9 @@ async fn ws_upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    // With auth off (dev mode) nothing about tokens is looked at, as before.
-    let token = match request_token(&state.auth, query.as_deref(), &headers) {
-        Ok(token) => token,
-        Err(e) => {
-            state.metrics.auth_failure(auth::BAD_REQUEST_LABEL);
-            warn!(room = %room_id, reason = %e, "room token transport refused");
-            return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
-        }
-    };
-    let token_identity = match state.auth.authenticate(&room_id, token.as_deref()) {
+    let token_identity = match authenticate_request(&state, &room_id, query.as_deref(), &headers) {
         Ok(identity) => identity,
-        Err(e) => {
-            state.metrics.auth_failure(auth::failure_label(&e));
-            warn!(room = %room_id, reason = %e, "room token refused");
-            return auth_refusal(&e);
-        }
+        Err(refused) => return *refused,
     };
     let client = state.admission.client_address(peer, &headers);
     let user = token_identity.as_ref().map(|id| id.user_id.as_str());
@@ -201,6 +207,28 @@ async fn ws_upgrade(
         .on_failed_upgrade(|e| debug!(error = %e, "WebSocket upgrade failed"))
         // A failed upgrade drops this closure, and with it the admitted slots.
         .on_upgrade(move |socket| tracker.track_future(conn::serve(socket, state, room_id, token_identity, admitted)))
+}
+
+/// Who the request's token says it is in `room_id` (`Ok(None)` with auth off: then nothing about
+/// tokens is looked at), or the refusal of the socket's handshake: 400 for a transport that
+/// cannot be read, 401/403 for the token; counted in `auth_failures_total` and logged with the
+/// rule, never the token.
+fn authenticate_request(
+    state: &AppState,
+    room_id: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Option<Identity>, Refused> {
+    let token = request_token(&state.auth, query, headers).map_err(|e| {
+        state.metrics.auth_failure(auth::BAD_REQUEST_LABEL);
+        warn!(room = %room_id, reason = %e, "room token transport refused");
+        Box::new(refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
+    })?;
+    state.auth.authenticate(room_id, token.as_deref()).map_err(|e| {
+        state.metrics.auth_failure(auth::failure_label(&e));
+        warn!(room = %room_id, reason = %e, "room token refused");
+        Box::new(auth_refusal(&e))
+    })
 }
 
 /// An orb's token names its AiOrb: only the room's live orb gets in (403 for an earlier orb's
@@ -234,17 +262,10 @@ async fn check_orb_token(state: &AppState, room_id: &str, identity: Option<&Iden
 /// handshake; the web client asks here after a socket that never opened, to tell a refused token
 /// (stop, say why) from a server that is busy or gone (retry).
 async fn auth_check(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    let room = query.as_deref().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(name, _)| name == "room")
-            .map(|(_, value)| value.into_owned())
-    });
-    let Some(room) = room else {
-        return refusal(StatusCode::BAD_REQUEST, "bad_request", "the room parameter is required");
+    let room = match room_param(query.as_deref()) {
+        Ok(room) => room,
+        Err(refused) => return *refused,
     };
-    if let Err(e) = orb_api::naming::validate_room_id(&room) {
-        return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
-    }
     let token = match request_token(&state.auth, query.as_deref(), &headers) {
         Ok(token) => token,
         Err(e) => return refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
@@ -253,6 +274,73 @@ async fn auth_check(State(state): State<Arc<AppState>>, RawQuery(query): RawQuer
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => auth_refusal(&e),
     }
+}
+
+/// The `room` query parameter of the HTTP endpoints that check a room token, or their 400.
+fn room_param(query: Option<&str>) -> Result<String, Refused> {
+    let room = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(name, _)| name == "room")
+            .map(|(_, value)| value.into_owned())
+    });
+    let Some(room) = room else {
+        return Err(Box::new(refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the room parameter is required",
+        )));
+    };
+    orb_api::naming::validate_room_id(&room)
+        .map_err(|e| Box::new(refusal(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())))?;
+    Ok(room)
+}
+
+/// `GET /ice-servers?room=…` with the room token as for the socket: `{"iceServers": [...],
+/// "ttl": s}` for the token's user (with `--auth none`, [`ANONYMOUS_USER`]), TURN credentials
+/// minted for it; refused exactly as the socket's handshake would be (400/401/403, a stale orb's
+/// 403/503), counted alike. Never cached (the credentials are personal and expire), readable
+/// across origins only from `--cors-allowed-origins`.
+///
+/// Its cost is a refused handshake's (one token check, one HMAC) and it holds nothing, so the
+/// connection caps, which count open sockets, do not apply; an orb token's AiOrb check is the
+/// socket's, shared and cached by the runtime.
+async fn ice_servers(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let mut response = match ice_servers_answer(&state, query.as_deref(), &headers).await {
+        Ok(list) => {
+            state.metrics.ice_servers_issued(&list);
+            axum::Json(list).into_response()
+        }
+        Err(refused) => *refused,
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    state.cors.decorate(&headers, response.headers_mut());
+    response
+}
+
+async fn ice_servers_answer(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<IceServerList, Refused> {
+    let room = room_param(query)?;
+    let identity = authenticate_request(state, &room, query, headers)?;
+    if let Some(refused) = check_orb_token(state, &room, identity.as_ref()).await {
+        return Err(Box::new(refused));
+    }
+    Ok(match &identity {
+        Some(id) => state.ice_servers_for(&id.user_id, id.expires_at),
+        None => state.ice_servers_for(ANONYMOUS_USER, None),
+    })
+}
+
+/// The CORS preflight of `/ice-servers` (a GET with `Authorization`): 204, with the CORS headers
+/// only for an allowed origin.
+async fn ice_servers_preflight(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    state.cors.decorate_preflight(&headers, response.headers_mut());
+    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -385,6 +473,8 @@ impl Server {
             metrics,
             shutdown: CancellationToken::new(),
             close_handshake_timeout: config.drain_timeout,
+            ice: config.ice.clone(),
+            cors: config.cors.clone(),
             draining: AtomicBool::new(false),
             connections: TaskTracker::new(),
             next_conn: AtomicU64::new(0),

@@ -29,7 +29,21 @@
     audioLevel: 0,
     summary: null,
     muted: false,
+    // The ICE servers the peer connections use (URLs only, never credentials) and where they came
+    // from: 'http' (GET /ice-servers), 'socket' (the ice-servers message), 'none' (host
+    // candidates only) while neither answered.
+    iceServers: [],
+    iceSource: 'none',
+    // The media path to the AI: null (no AI peer), 'connecting', 'connected' or 'failed'. When it
+    // fails (or does not connect in time) the page says so and the humans' call goes on.
+    aiMedia: null,
+    aiMediaFailed: false,
+    // What the page did and why, oldest first (also in the console).
+    log: [],
     stats: inboundAudioBytes,
+    // Per peer id, the candidate types of the selected pair ({local, remote, protocol,
+    // relayProtocol}; null before one is selected): host, srflx, prflx or relay.
+    selectedPairTypes,
     setMuted,
     // For tests and diagnostics: the loudest frequency heard so far (peak hold), in Hz, from the
     // orb and from this page's own microphone; null before any sound.
@@ -38,6 +52,12 @@
   });
 
   const peers = new Map(); // peerId -> { pc, pending: [], role, type }
+  // The RTCIceServer list with its credentials (state.iceServers shows the URLs only).
+  let iceServers = [];
+  let iceRefresh = null;
+  // How long the AI's media may take to connect before the page says it could not.
+  const AI_MEDIA_PATIENCE_MS = 20000;
+  let aiMediaTimer = null;
   let ws = null;
   let localStream = null;
   let queue = Promise.resolve();
@@ -59,6 +79,11 @@
     console.error('[orb-call]', err);
     state.errors.push(text);
     note(text);
+  }
+
+  function log(text) {
+    console.info('[orb-call]', text);
+    state.log.push(`${new Date().toISOString()} ${text}`);
   }
 
   function send(msg) {
@@ -109,6 +134,95 @@
     }
   }
 
+  // ---- ICE servers: from signaling, with TURN credentials minted for this user --------------
+
+  const iceUrls = (list) => list.flatMap((server) => [].concat(server.urls || []));
+
+  function useIceServers(list, source) {
+    iceServers = Array.isArray(list) ? list : [];
+    state.iceServers = iceServers.map((server) => ({ urls: [].concat(server.urls || []) }));
+    state.iceSource = source;
+    // Peer connections made before keep working; new credentials serve their next gathering.
+    for (const { pc } of peers.values()) {
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
+      } catch (err) {
+        log(`could not update a peer connection's ICE servers: ${err.message || err}`);
+      }
+    }
+  }
+
+  // GET /ice-servers with the page's token, before any peer connection exists; asked again before
+  // the credentials expire. Resolves to whether it answered.
+  async function fetchIceServers(token) {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 5000);
+    try {
+      const res = await fetch(`/ice-servers?room=${encodeURIComponent(roomId)}`, {
+        headers,
+        cache: 'no-store',
+        signal: abort.signal,
+      });
+      const body = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(body.reason || `HTTP ${res.status}`);
+      useIceServers(body.iceServers, 'http');
+      const urls = iceUrls(state.iceServers);
+      log(urls.length ? `ICE servers from /ice-servers: ${urls.join(', ')}` : 'no ICE servers configured: direct connections only');
+      clearTimeout(iceRefresh);
+      if (body.ttl > 0) iceRefresh = setTimeout(() => state.left || fetchIceServers(token), body.ttl * 800);
+      return true;
+    } catch (err) {
+      const fallback = state.iceSource === 'http' ? 'keeping the ones from before' : "using the signaling socket's list if it sends one, else none";
+      log(`could not fetch the ICE servers (${err.message || err}); ${fallback}`);
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // A browser refuses a malformed list when the connection is made; the call goes on without it.
+  function newPeerConnection() {
+    try {
+      return new RTCPeerConnection({ iceServers });
+    } catch (err) {
+      log(`the browser refused the ICE servers (${err.message || err}); connecting without them`);
+      return new RTCPeerConnection({ iceServers: [] });
+    }
+  }
+
+  // ---- the AI's media path: say so when it cannot connect ------------------------------------
+
+  function setAiMedia(status, why) {
+    state.aiMedia = status;
+    if (status === 'failed' && !state.aiMediaFailed) log(`the AI's media could not connect: ${why}`);
+    state.aiMediaFailed = status === 'failed';
+    const notice = $('ai-media-notice');
+    notice.hidden = !state.aiMediaFailed;
+    notice.textContent = state.aiMediaFailed ? "The AI's audio could not connect; the call goes on without it." : '';
+    $('tile-orb').dataset.media = status || 'none';
+  }
+
+  function watchAiMedia(peerId, pc) {
+    clearTimeout(aiMediaTimer);
+    setAiMedia('connecting');
+    aiMediaTimer = setTimeout(() => {
+      if (state.aiPeerId === peerId && peers.get(peerId)?.pc === pc && pc.connectionState !== 'connected') {
+        setAiMedia('failed', `not connected after ${AI_MEDIA_PATIENCE_MS / 1000} s (${pc.connectionState})`);
+      }
+    }, AI_MEDIA_PATIENCE_MS);
+  }
+
+  function onAiConnectionState(pc) {
+    if (pc.connectionState === 'connected') {
+      clearTimeout(aiMediaTimer);
+      setAiMedia('connected');
+    } else if (pc.connectionState === 'failed') {
+      clearTimeout(aiMediaTimer);
+      setAiMedia('failed', 'the connection failed');
+    }
+  }
+
   // ---- peers -------------------------------------------------------------------------------
 
   function setPeerState(peerId, connectionState) {
@@ -121,7 +235,7 @@
 
   function createPeer(peerId, peerRole, type) {
     closePeer(peerId);
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = newPeerConnection();
     const entry = { pc, pending: [], role: peerRole, type };
     peers.set(peerId, entry);
     state.peers[peerId] = { role: peerRole, type, connectionState: pc.connectionState };
@@ -129,6 +243,7 @@
     if (isAi) {
       state.aiPeerId = peerId;
       $('tile-orb').dataset.peer = peerId;
+      watchAiMedia(peerId, pc);
     } else {
       addHumanTile(peerId, peerRole);
     }
@@ -152,7 +267,9 @@
       if (event.candidate) send({ type: 'ice-candidate', candidate: event.candidate.toJSON(), toId: peerId });
     };
     pc.onconnectionstatechange = () => {
-      if (peers.get(peerId) === entry) setPeerState(peerId, pc.connectionState);
+      if (peers.get(peerId) !== entry) return;
+      setPeerState(peerId, pc.connectionState);
+      if (isAi) onAiConnectionState(pc);
     };
     return entry;
   }
@@ -161,6 +278,7 @@
     const entry = peers.get(peerId);
     if (!entry) return;
     peers.delete(peerId);
+    if (peerId === state.aiPeerId) clearTimeout(aiMediaTimer);
     entry.pc.close();
     setPeerState(peerId, 'closed');
     const tile = $(`tile-${peerId}`);
@@ -324,6 +442,14 @@
       case 'ai_status':
         setOrbStatus(msg.status);
         break;
+      case 'ice-servers':
+        // For clients without HTTP; this page uses it only when /ice-servers did not answer. It
+        // comes before peer-discovery, so the peer connections made then have it.
+        if (state.iceSource !== 'http') {
+          useIceServers(msg.iceServers, 'socket');
+          log(`ICE servers from the signaling socket: ${iceUrls(state.iceServers).join(', ') || 'none'}`);
+        }
+        break;
       case 'session_summary':
         state.summary = msg;
         $('summary').hidden = false;
@@ -337,6 +463,7 @@
       case 'orb_error':
         // The orb refused this page's input (an offer or candidate); its connection is gone.
         console.warn('orb refused our input', msg.code, msg.error);
+        if (msg.fromId === state.aiPeerId) setAiMedia('failed', `the orb refused our input (${msg.error || msg.code})`);
         if (msg.fromId) closePeer(msg.fromId);
         break;
       default:
@@ -432,6 +559,7 @@
     send({ type: 'leave' });
     for (const peerId of [...peers.keys()]) closePeer(peerId);
     if (ws) ws.close(1000, 'left');
+    clearTimeout(iceRefresh);
     if (localStream) localStream.getTracks().forEach((t) => t.stop());
     document.body.dataset.left = 'true';
     $('leave').disabled = true;
@@ -452,6 +580,34 @@
     return out;
   }
 
+  // For tests and diagnostics: the selected candidate pair of each peer connection (getStats), so
+  // a test can tell a relayed path from a direct one.
+  async function selectedPairTypes() {
+    const out = {};
+    for (const [peerId, entry] of peers) {
+      const report = await entry.pc.getStats();
+      let pair = null;
+      report.forEach((s) => {
+        // Chrome names the pair on the transport; Firefox flags it.
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) || pair;
+      });
+      report.forEach((s) => {
+        if (!pair && s.type === 'candidate-pair' && s.selected) pair = s;
+      });
+      const local = pair && report.get(pair.localCandidateId);
+      const remote = pair && report.get(pair.remoteCandidateId);
+      out[peerId] = pair
+        ? {
+            local: local ? local.candidateType : null,
+            remote: remote ? remote.candidateType : null,
+            protocol: local ? local.protocol : null,
+            relayProtocol: (local && local.relayProtocol) || null,
+          }
+        : null;
+    }
+    return out;
+  }
+
   async function main() {
     $('room-id').textContent = roomId;
     $('leave').addEventListener('click', leave);
@@ -465,6 +621,8 @@
     const id = await identity();
     state.userId = id.userId;
     $('me').textContent = `${userName} (${role}, ${id.userId})`;
+    // Before the socket: the peer connections made on peer-discovery use them.
+    await fetchIceServers(id.token);
     connect(id.token);
   }
 

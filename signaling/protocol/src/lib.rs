@@ -164,11 +164,137 @@ pub enum ServerMessage {
     /// The orb refused this peer's input (say, a malformed offer); sent to that peer only.
     #[serde(rename = "orb_error")]
     OrbError(Value),
+    /// The STUN/TURN servers this participant's peer connections should use, with TURN
+    /// credentials minted for it: sent to the joiner with the join's acceptance (before
+    /// `peer-discovery`), only when signaling has ICE servers configured. The same body as
+    /// `GET /ice-servers`, for clients without an HTTP path.
+    IceServers(IceServerList),
     /// Bad input from this socket; sent to that socket only.
     Error {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// The ICE servers of a participant: the body of `GET /ice-servers` and of the `ice-servers`
+/// message. `iceServers` is what `RTCPeerConnection`'s `iceServers` takes as it is.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServerList {
+    pub ice_servers: Vec<IceServer>,
+    /// Seconds the credentials in the list stay valid (0 when the list is empty); ask again
+    /// before then for new peer connections.
+    pub ttl: u64,
+}
+
+/// One `RTCIceServer`: STUN URLs without credentials, or TURN URLs with a time-limited
+/// username and credential (the TURN REST convention).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The scheme of an ICE server URL: RFC 7064 (`stun:`) and RFC 7065 (`turn:`, `turns:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IceScheme {
+    Stun,
+    Turn,
+    Turns,
+}
+
+impl IceScheme {
+    /// TURN relays need credentials; STUN servers do not.
+    pub fn is_turn(self) -> bool {
+        matches!(self, IceScheme::Turn | IceScheme::Turns)
+    }
+}
+
+/// Why a string is not an ICE server URL a browser accepts.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IceUrlError {
+    #[error("{0:?}: the scheme must be stun:, turn: or turns:")]
+    Scheme(String),
+    #[error("{0:?}: write scheme:host[:port], without // (RFC 7064/7065)")]
+    Slashes(String),
+    #[error("{0:?}: the host must be a DNS name, an IPv4 address or [an IPv6 address]")]
+    Host(String),
+    #[error("{0:?}: the port must be a number from 1 to 65535")]
+    Port(String),
+    #[error("{0:?}: only turn: and turns: URLs take a query, and only ?transport=udp or ?transport=tcp")]
+    Query(String),
+}
+
+/// Checks `url` against the URI syntax of RFC 7064/7065 (`stun:host[:port]`,
+/// `turn[s]:host[:port][?transport=udp|tcp]`) and returns its scheme. A browser throws on any
+/// other form when the peer connection is created, so a bad URL must be refused at start-up, not
+/// in every call.
+pub fn check_ice_url(url: &str) -> Result<IceScheme, IceUrlError> {
+    let (scheme, rest) = url.split_once(':').ok_or_else(|| IceUrlError::Scheme(url.to_owned()))?;
+    let scheme = match scheme {
+        "stun" => IceScheme::Stun,
+        "turn" => IceScheme::Turn,
+        "turns" => IceScheme::Turns,
+        _ => return Err(IceUrlError::Scheme(url.to_owned())),
+    };
+    if rest.starts_with("//") {
+        return Err(IceUrlError::Slashes(url.to_owned()));
+    }
+    let (host_port, query) = match rest.split_once('?') {
+        Some((host_port, query)) => (host_port, Some(query)),
+        None => (rest, None),
+    };
+    if let Some(query) = query
+        && (!scheme.is_turn() || !matches!(query, "transport=udp" | "transport=tcp"))
+    {
+        return Err(IceUrlError::Query(url.to_owned()));
+    }
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => {
+            let (ip, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| IceUrlError::Host(url.to_owned()))?;
+            if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(IceUrlError::Host(url.to_owned()));
+            }
+            match after {
+                "" => (ip, None),
+                _ => (
+                    ip,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| IceUrlError::Host(url.to_owned()))?,
+                    ),
+                ),
+            }
+        }
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    let dns_name = |h: &str| {
+        (1..=253).contains(&h.len())
+            && h.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    };
+    if !host_port.starts_with('[') && !dns_name(host) {
+        return Err(IceUrlError::Host(url.to_owned()));
+    }
+    if let Some(port) = port
+        && !(port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err(IceUrlError::Port(url.to_owned()));
+    }
+    Ok(scheme)
 }
 
 /// Machine-readable reason of an `error` message.
@@ -310,6 +436,77 @@ mod tests {
             serde_json::to_value(ServerMessage::PeerDiscovery { peers: vec![] }).unwrap(),
             json!({"type": "peer-discovery", "peers": []})
         );
+    }
+
+    #[test]
+    fn ice_servers_message_is_the_http_body_with_a_type() {
+        let list = IceServerList {
+            ice_servers: vec![
+                IceServer {
+                    urls: vec!["stun:stun.example.org".into()],
+                    username: None,
+                    credential: None,
+                },
+                IceServer {
+                    urls: vec!["turn:turn.example.org:3478?transport=udp".into()],
+                    username: Some("1700000000:coach-1".into()),
+                    credential: Some("c2VjcmV0".into()),
+                },
+            ],
+            ttl: 600,
+        };
+        let body = json!({"iceServers": [
+            {"urls": ["stun:stun.example.org"]},
+            {"urls": ["turn:turn.example.org:3478?transport=udp"], "username": "1700000000:coach-1", "credential": "c2VjcmV0"}
+        ], "ttl": 600});
+        assert_eq!(serde_json::to_value(&list).unwrap(), body);
+        let mut message = body.clone();
+        message["type"] = json!("ice-servers");
+        assert_eq!(
+            serde_json::to_value(ServerMessage::IceServers(list.clone())).unwrap(),
+            message
+        );
+        assert_eq!(
+            serde_json::from_value::<ServerMessage>(message).unwrap(),
+            ServerMessage::IceServers(list)
+        );
+    }
+
+    #[test]
+    fn ice_urls_follow_rfc_7064_and_7065() {
+        for (url, scheme) in [
+            ("stun:stun.l.google.com:19302", IceScheme::Stun),
+            ("stun:192.0.2.1", IceScheme::Stun),
+            ("stun:[2001:db8::1]:3478", IceScheme::Stun),
+            ("turn:turn.example.org", IceScheme::Turn),
+            ("turn:turn.example.org:3478?transport=tcp", IceScheme::Turn),
+            ("turns:turn.example.org:443?transport=tcp", IceScheme::Turns),
+            ("turn:[::1]?transport=udp", IceScheme::Turn),
+        ] {
+            assert_eq!(check_ice_url(url), Ok(scheme), "{url}");
+        }
+        for (url, why) in [
+            ("http://turn.example.org", "scheme"),
+            ("stuns:stun.example.org", "scheme"),
+            ("turn.example.org:3478", "scheme"),
+            ("STUN:stun.example.org", "scheme"),
+            ("turn://turn.example.org:3478", "//"),
+            ("stun:", "host"),
+            ("stun:exa mple.org", "host"),
+            ("stun:-bad.example.org", "host"),
+            ("turn:user@turn.example.org", "host"),
+            ("turn:[2001:db8::1", "host"),
+            ("turn:[not-ip]:3478", "host"),
+            ("turn:turn.example.org:0", "port"),
+            ("turn:turn.example.org:65536", "port"),
+            ("turn:turn.example.org:34x8", "port"),
+            ("turn:turn.example.org:", "port"),
+            ("stun:stun.example.org?transport=udp", "query"),
+            ("turn:turn.example.org?transport=sctp", "query"),
+        ] {
+            let err = check_ice_url(url).unwrap_err().to_string();
+            assert!(err.contains(why), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl MemberRecord {
             session_id: self.session_id.clone(),
             issued_at: self.issued_at,
             orb_uid: None,
+            expires_at: None,
         }
     }
 }

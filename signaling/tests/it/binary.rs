@@ -109,7 +109,16 @@ impl Drop for Binary {
 /// binary's log at trace level, while the log does record the refusals.
 #[tokio::test]
 async fn no_token_ever_reaches_the_log() {
-    let b = Binary::start(&["--auth", "jwt"]);
+    let turn_secret = "turn-secret-never-logged";
+    let secret_path = secret_file(turn_secret);
+    let b = Binary::start(&[
+        "--auth",
+        "jwt",
+        "--ice-servers",
+        "turn:turn.example.org",
+        "--turn-secret-file",
+        secret_path.to_str().unwrap(),
+    ]);
     let mint = |room: &str, sub: &str, exp: u64| {
         key().mint(&RoomClaims {
             room: room.into(),
@@ -172,17 +181,81 @@ async fn no_token_ever_reaches_the_log() {
     }
     let check = format!("GET /auth/check?room=room-l&token={expired} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(raw_http(b.addr, &check).await.0, 401);
+    // A TURN credential over HTTP is not logged, nor is the secret. (Those in the sockets'
+    // `ice-servers` messages are, like every frame, in the WebSocket library's trace of frames.)
+    let by_ice_request = mint("room-l", "i", unix_now() + 600);
+    let bearer = format!("Bearer {by_ice_request}");
+    let ice = http_request(b.addr, "GET", "/ice-servers?room=room-l", &[("Authorization", &bearer)]).await;
+    let credential = ice.json()["iceServers"][0]["credential"]
+        .as_str()
+        .expect("a TURN credential")
+        .to_owned();
+    let refused = http_request(b.addr, "GET", &format!("/ice-servers?room=room-l&token={expired}"), &[]).await;
+    assert_eq!(refused.status, 401);
     for c in open {
         c.close().await;
     }
     let log = b.stop();
     assert!(log.contains("room token refused"), "the refusals are logged:\n{log}");
     assert!(log.contains("room token transport refused"), "{log}");
-    for token in [&by_protocol, &by_header, &by_query, &expired, &elsewhere] {
+    for token in [
+        &by_protocol,
+        &by_header,
+        &by_query,
+        &expired,
+        &elsewhere,
+        &by_ice_request,
+    ] {
         let signature = token.rsplit('.').next().unwrap();
         assert!(!log.contains(signature), "a token reached the log:\n{log}");
     }
     assert!(!log.contains(garbage), "a token reached the log:\n{log}");
+    assert!(!log.contains(turn_secret), "the TURN secret reached the log:\n{log}");
+    assert!(!log.contains(&credential), "a TURN credential reached the log:\n{log}");
+}
+
+/// Bad ICE settings stop the binary at start-up with the usage exit code and a message naming the
+/// flag and what is wrong, before it listens.
+#[test]
+fn bad_ice_settings_stop_the_binary_with_a_clear_error() {
+    let empty = secret_file(" \n");
+    let empty = empty.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--ice-servers", "turn:turn.example.org"],
+            "lists TURN URLs (turn:turn.example.org) but no --turn-secret-file",
+        ),
+        (
+            vec!["--ice-servers", "stun:s.example.org,https://turn.example.org"],
+            "--ice-servers: \"https://turn.example.org\": the scheme must be stun:, turn: or turns:",
+        ),
+        (
+            vec!["--ice-servers", "turns:turn.example.org", "--turn-secret-file", empty],
+            "is empty",
+        ),
+        (
+            vec!["--turn-secret-file", "/nonexistent/turn-secret"],
+            "cannot read --turn-secret-file /nonexistent/turn-secret",
+        ),
+        (
+            vec!["--cors-allowed-origins", "*"],
+            "--cors-allowed-origins: \"*\" is not an origin",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orb-signaling"))
+            .args(["--listen", "127.0.0.1:0", "--orb-runtime", "none", "--auth", "jwt"])
+            .args(&args)
+            .env("ORB_SIGNING_KEY", String::from_utf8(KEY.to_vec()).unwrap())
+            .env_remove("ORB_SIGNING_KEY_FILE")
+            .output()
+            .expect("orb-signaling runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("invalid configuration") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 /// The binary's per-client cap: sockets past it are refused with 429 before the upgrade, while a

@@ -401,6 +401,33 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// Sends `request` as it is over a fresh TCP connection and reads the answer to the end: the
 /// status and the body.
 pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let answer = raw_http_answer(addr, request).await;
+    (answer.status, answer.body)
+}
+
+/// An HTTP answer read off the wire.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (lower case), if sent once or more (the first).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// [`raw_http`] with the answer's headers.
+pub async fn raw_http_answer(addr: SocketAddr, request: &str) -> HttpAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -410,12 +437,55 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
         .expect("no answer in time")
         .unwrap();
     let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// `method path` with `headers`, on a connection of its own.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: signaling\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    raw_http_answer(addr, &request).await
+}
+
+/// A file holding `secret` (a TURN shared secret, say), in a directory of its own.
+pub fn secret_file(secret: &str) -> std::path::PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "orb-signaling-secret-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, secret).unwrap();
+    path
+}
+
+/// base64(HMAC-SHA1(secret, username)): the TURN REST credential, computed here on its own.
+pub fn turn_rest_credential(secret: &str, username: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// Waits until `cond` holds, polling; for effects that have no message to wait on.

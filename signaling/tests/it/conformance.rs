@@ -222,6 +222,53 @@ async fn full_rooms_refuse_newcomers_with_a_reason_but_not_a_rejoin(setup: Setup
     assert_eq!(texts[0]["code"], "room_full", "{texts:?}");
 }
 
+/// Configured ICE servers reach each joiner with the join's acceptance, first (a client creating
+/// its peer connections on `peer-discovery` has them by then): STUN URLs bare, TURN URLs with a
+/// credential for the user id (the claimed one with auth off) expiring after
+/// `--turn-credential-ttl`. A join the room refuses gets none.
+async fn ice_servers_come_first_with_an_accepted_join(setup: Setup) {
+    let secret = secret_file("north\n");
+    let s = setup
+        .start(&[
+            "--ice-servers",
+            "stun:stun.example.org,turn:turn.example.org?transport=udp",
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+            "--max-participants-per-room",
+            "2",
+        ])
+        .await;
+    let mut members = vec![];
+    for user in ["a", "b"] {
+        let before = orb_api::auth::unix_now();
+        let mut c = Client::connect(&s.next_url("r"), None).await;
+        c.send(json!({"type": "join", "userId": user, "userRole": "coach"}))
+            .await;
+        let ice = c.recv().await;
+        let after = orb_api::auth::unix_now();
+        assert_eq!(ice["type"], "ice-servers", "{ice}");
+        assert_eq!(ice["iceServers"][0], json!({"urls": ["stun:stun.example.org"]}));
+        let turn = &ice["iceServers"][1];
+        assert_eq!(turn["urls"], json!(["turn:turn.example.org?transport=udp"]));
+        let username = turn["username"].as_str().unwrap();
+        let (expiry, id) = username.split_once(':').unwrap();
+        assert_eq!(id, user);
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!((before + 12 * 3600..=after + 12 * 3600).contains(&expiry), "{ice}");
+        assert_eq!(turn["credential"], turn_rest_credential("north", username));
+        assert!(ice["ttl"].as_u64().unwrap() <= 12 * 3600, "{ice}");
+        assert_eq!(c.recv().await["type"], "peer-discovery");
+        members.push(c);
+    }
+    let mut full = Client::connect(&s.next_url("r"), None).await;
+    full.send(json!({"type": "join", "userId": "c", "userRole": "client"}))
+        .await;
+    let (code, _, texts) = full.closed().await;
+    assert_eq!(code, 4429);
+    assert_eq!(texts.len(), 1, "only the refusal: {texts:?}");
+    assert_eq!(texts[0]["code"], "room_full");
+}
+
 /// The first human asks for an orb and later ones do not while it is on its way or there; a
 /// human arriving after the attempt came to nothing (unavailable, ended) asks again, and is not
 /// told how the last attempt ended (another is on its way, whose statuses are news again).
@@ -525,4 +572,5 @@ suite!(
     runtime_status_reaches_the_room_and_late_joiners,
     bad_input_gets_an_error_for_that_socket_only,
     invalid_room_ids_are_refused_before_the_upgrade,
+    ice_servers_come_first_with_an_accepted_join,
 );

@@ -601,6 +601,61 @@ async fn only_the_live_aiorbs_token_lets_an_orb_in() {
     );
 }
 
+/// `/ice-servers` checks an orb's token as the socket does: the live AiOrb's token gets its
+/// credentials, an earlier orb's is refused with the socket's 403 and reason, and a loop of such
+/// requests costs the API server one read (the runtime's shared, cached answer).
+#[tokio::test]
+async fn ice_servers_check_an_orb_token_as_the_socket_does() {
+    let secret = secret_file("north");
+    let (s, fake) = server_on_fake_api_with(&[
+        "--auth",
+        "jwt",
+        "--ice-servers",
+        "turn:turn.example.org",
+        "--turn-secret-file",
+        secret.to_str().unwrap(),
+    ])
+    .await;
+    fake.insert_orb("room-i", "room-i", "Ready");
+    let live = fake.state().orbs["room-i"]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ask = |token: String| {
+        let addr = s.addr;
+        async move {
+            let bearer = format!("Bearer {token}");
+            http_request(addr, "GET", "/ice-servers?room=room-i", &[("Authorization", &bearer)]).await
+        }
+    };
+    let answer = ask(orb_token("room-i", &live)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let username = answer.json()["iceServers"][0]["username"].as_str().unwrap().to_owned();
+    assert!(username.ends_with(":ai-orb-room-i"), "{username}");
+
+    let earlier = orb_token("room-i", "earlier");
+    let reads = orb_reads(&fake, "room-i");
+    let started = tokio::time::Instant::now();
+    let socket = refused_with(
+        &s.url("room-i"),
+        &[("Sec-WebSocket-Protocol", &token_protocols(&earlier))],
+    )
+    .await;
+    assert_eq!(socket.status, 403);
+    for _ in 0..20 {
+        let answer = ask(earlier.clone()).await;
+        assert_eq!((answer.status, answer.json()), (socket.status, socket.body.clone()));
+    }
+    let periods = (started.elapsed().as_secs() / STALE_CHECK_TTL.as_secs()) as usize;
+    let reads = orb_reads(&fake, "room-i") - reads;
+    assert!((1..=1 + periods).contains(&reads), "{reads} reads for 21 checks");
+    let text = s.http_get("/metrics").await.1;
+    assert!(
+        text.contains("orb_signaling_auth_failures_total{reason=\"stale_orb\"} 21"),
+        "{text}"
+    );
+}
+
 /// Reads of the room's AiOrb so far (the orb-token check's GET).
 fn orb_reads(fake: &FakeKube, name: &str) -> usize {
     let path = format!("/aiorbs/{name}");

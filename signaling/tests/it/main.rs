@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod conformance;
 mod fake_kube;
+mod ice;
 mod kubernetes;
 mod limits;
 mod prop;

@@ -217,6 +217,7 @@ impl Harness {
                     session_id: None,
                     issued_at: None,
                     orb_uid: None,
+                    expires_at: None,
                 };
                 if let Ok(r) = self
                     .registry
