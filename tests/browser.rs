@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use fantoccini::Locator;
 use futures::{SinkExt, StreamExt};
 use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
-use serde_json::json;
 use pages::{
     PATIENCE, Page, Pages, chromium, peer_state, scenario, wait_connected, wait_for, wait_orb_audio, webdriver_session,
 };
+use serde_json::{Value, json};
 use support::{Process, free_port, root, tool, workspace_bin};
 
 const SIGNING_KEY: &str = "browser-tests-signing-key-0123456789abcdef";
@@ -716,7 +716,7 @@ async fn the_page_uses_signalings_ice_servers_and_says_when_the_ai_cannot_connec
     let pages = Pages::default();
     let stack_ref = &stack;
     let (stun_ref, turn_ref) = (&stun, &turn);
-    scenario(name, &pages, async {
+    scenario(name, &stack.dir, &pages, async {
         let uses_signalings_servers = |call: &Value| {
             assert_eq!(call["iceSource"], "http", "{call}");
             assert_eq!(call["iceServers"], json!([{"urls": [stun_ref]}, {"urls": [turn_ref]}]));

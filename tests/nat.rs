@@ -71,7 +71,6 @@ fn turn_credential(user: &str, valid_for: Duration) -> (String, String) {
 /// the lab last.
 struct World {
     dir: PathBuf,
-    inet: Host,
     pod: Host,
     drivers: Vec<(Host, u16)>,
     _processes: Vec<Process>,
@@ -93,7 +92,11 @@ impl World {
             processes.push(coturn(&inet, &dir));
             let secret = dir.join("turn-secret");
             std::fs::write(&secret, TURN_SECRET).unwrap();
-            ice = vec!["--ice-servers".to_owned(), relay_urls(), "--turn-secret-file".to_owned()];
+            ice = vec![
+                "--ice-servers".to_owned(),
+                relay_urls(),
+                "--turn-secret-file".to_owned(),
+            ];
             ice.push(secret.display().to_string());
         }
         // The local runtime starts each orb through this script: the same process, in the pod.
@@ -132,7 +135,6 @@ impl World {
         inet.wait_for_port(INTERNET, SIGNALING_PORT, PATIENCE);
         Some(World {
             dir,
-            inet,
             pod,
             drivers: Vec::new(),
             _processes: processes,
@@ -180,7 +182,9 @@ impl World {
         else {
             return String::new();
         };
-        self.pod.http_get(Ipv4Addr::LOCALHOST, port, "/metrics").unwrap_or_default()
+        self.pod
+            .http_get(Ipv4Addr::LOCALHOST, port, "/metrics")
+            .unwrap_or_default()
     }
 
     /// Waits until the room's orb reports `needle` among its metrics.
@@ -298,8 +302,14 @@ async fn without_a_relay_the_page_says_the_ai_cannot_be_heard_and_the_humans_tal
                 page.name
             );
         }
-        world.wait_orb_metric(room, "orb_peer_connect_failures_total{stage=\"ice\"} 2").await;
-        assert!(world.orb_metrics(room).contains("orb_peer_media_paths_total{path=\"relay\"} 0"));
+        world
+            .wait_orb_metric(room, "orb_peer_connect_failures_total{stage=\"ice\"} 2")
+            .await;
+        assert!(
+            world
+                .orb_metrics(room)
+                .contains("orb_peer_media_paths_total{path=\"relay\"} 0")
+        );
         // The humans' own connection carried on: still up, directly on their network.
         let coach_call = coach.call().await;
         let client_id = client.call().await["userId"].as_str().unwrap().to_owned();
@@ -321,7 +331,10 @@ async fn both_humans_hear_an_orb_behind_a_symmetric_nat_through_the_chart_s_rela
         return;
     };
     let home = world.browser_site("home", "192.168.1", SiteSpec::HOME);
-    let runs: usize = std::env::var("NAT_LAB_RUNS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let runs: usize = std::env::var("NAT_LAB_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let pages = Pages::default();
     let world = &world;
     scenario(name, &world.dir, &pages, async {
@@ -348,9 +361,15 @@ async fn both_humans_hear_an_orb_behind_a_symmetric_nat_through_the_chart_s_rela
                     page.name
                 );
                 let servers = page.call().await["iceServers"].to_string();
-                assert!(servers.contains("turn:"), "{}: ICE servers from signaling: {servers}", page.name);
+                assert!(
+                    servers.contains("turn:"),
+                    "{}: ICE servers from signaling: {servers}",
+                    page.name
+                );
             }
-            world.wait_orb_metric(&room, "orb_peer_media_paths_total{path=\"relay\"} 2").await;
+            world
+                .wait_orb_metric(&room, "orb_peer_media_paths_total{path=\"relay\"} 2")
+                .await;
             let orb_log = std::fs::read_to_string(world.dir.join("orbs").join(format!("orb-{room}.log"))).unwrap();
             assert!(orb_log.contains("ICE servers from signaling"), "{orb_log}");
         }
@@ -441,7 +460,10 @@ fn an_orb_behind_a_symmetric_nat_reaches_a_home_through_the_relay() {
                 &format!("--signaling-url=ws://{INTERNET}:{SIGNALING_PORT}"),
                 "--http-addr=127.0.0.1:9090",
             ])
-            .arg(format!("--termination-log={}", dir.join("orb.termination-log").display()))
+            .arg(format!(
+                "--termination-log={}",
+                dir.join("orb.termination-log").display()
+            ))
             .env("ORB_BRAIN", "test")
             .env("ORB_DENIED_CANDIDATE_CIDRS", "")
             .env("RUST_LOG", "info,rtc_ice=debug,rtc_turn=debug")
@@ -466,7 +488,10 @@ fn an_orb_behind_a_symmetric_nat_reaches_a_home_through_the_relay() {
     };
     // The human's sockets are the home's: its runtime lives on a thread inside that namespace.
     let heard = netlab::in_namespace(&home.ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let url = format!("ws://{INTERNET}:{SIGNALING_PORT}");
             let mut human = Human::join_from(&url, "room-nat", "coach-1", UserRole::Coach, net)

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use fantoccini::{Client, ClientBuilder};
 use futures::FutureExt;
 use serde_json::{Value, json};
@@ -48,7 +47,12 @@ pub async fn chromium(name: &str, driver_port: u16, profile: &Path, extra: &[Str
 
 /// A WebDriver session; a browser that starts too slowly on a loaded machine is retried, not
 /// failed.
-pub async fn webdriver_session(name: &str, browser: &str, driver_port: u16, caps: serde_json::Map<String, Value>) -> Page {
+pub async fn webdriver_session(
+    name: &str,
+    browser: &str,
+    driver_port: u16,
+    caps: serde_json::Map<String, Value>,
+) -> Page {
     let mut attempt = 0;
     let client = loop {
         attempt += 1;
@@ -189,4 +193,3 @@ pub async fn scenario(name: &str, logs: &Path, pages: &Pages, body: impl Future<
         let _ = page.client.clone().close().await;
     }
 }
-

@@ -19,7 +19,7 @@ use crate::candidates::{self, DropReason, Verdict};
 use crate::config::Config;
 use crate::health::Health;
 use crate::lifecycle::{Deadlines, Ending, write_termination_message};
-use crate::media::{ConnectFailure, MediaStack, Peer, PeerEvent, PeerKey, PeerState};
+use crate::media::{ConnectFailure, IceServer, MediaStack, Peer, PeerEvent, PeerKey, PeerState};
 use crate::metrics::{Metrics, PathLabel, PeerErrorKind, StageLabel, StateLabel};
 use crate::playout::{self, PacerCmd};
 use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
@@ -444,12 +444,25 @@ impl Session {
                     self.metrics.peer_error(PeerErrorKind::Unauthorized);
                 }
             }
+            ServerMessage::IceServers(list) => {
+                let servers: Vec<IceServer> = list
+                    .ice_servers
+                    .into_iter()
+                    .map(|s| IceServer {
+                        urls: s.urls,
+                        username: s.username.unwrap_or_default(),
+                        credential: s.credential.unwrap_or_default(),
+                    })
+                    .collect();
+                let urls: Vec<&str> = servers.iter().flat_map(|s| s.urls.iter().map(String::as_str)).collect();
+                info!(?urls, ttl = list.ttl, "ICE servers from signaling");
+                self.media.set_signaled_ice_servers(servers);
+            }
             ServerMessage::Pong
             | ServerMessage::AiStatus { .. }
             | ServerMessage::SessionSummary(_)
             | ServerMessage::SessionSummaryAck { .. }
-            | ServerMessage::OrbError(_)
-            | ServerMessage::IceServers(_) => {}
+            | ServerMessage::OrbError(_) => {}
         }
     }
 
