@@ -23,8 +23,9 @@ if [ "$MODE" = test ]; then
     etcd-server    # the real-API-server tier (with kube-apiserver, see below)
     openssl        # that tier's service-account signing keys
     xz-utils       # unpacking that tier's control-plane binaries
-    coturn         # the chart's TURN configuration on a real coturn (tests/turn.rs)
-    iproute2       # that test's own network namespace
+    coturn         # the chart's TURN configuration on a real coturn (tests/turn.rs, tests/nat.rs)
+    iproute2       # network namespaces: the relay test's, and the NAT lab's hosts and routers
+    nftables       # the NAT lab's routers (masquerade)
   )
 fi
 

@@ -1933,10 +1933,9 @@ fn orb_pods_get_the_ice_transport_policy_the_chart_sets() {
     }
 }
 
-/// Needs signaling's TURN settings (issue 19): SIGNALING_ICE_SERVERS, SIGNALING_TURN_SECRET_FILE,
-/// SIGNALING_TURN_CREDENTIAL_TTL and SIGNALING_CORS_ALLOWED_ORIGINS. Un-ignore when they land.
+/// Signaling's TURN settings (SIGNALING_ICE_SERVERS, SIGNALING_TURN_SECRET_FILE,
+/// SIGNALING_TURN_CREDENTIAL_TTL, SIGNALING_CORS_ALLOWED_ORIGINS) as the chart passes them.
 #[test]
-#[ignore = "needs signaling's --ice-servers, --turn-secret-file, --turn-credential-ttl, --cors-allowed-origins"]
 fn the_signaling_deployment_s_turn_settings_are_ones_signaling_reads() {
     let known = env_names(orb_signaling::config::Args::command());
     let objects = render(Some(TURN_VALUES), &[]);
