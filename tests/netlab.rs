@@ -114,6 +114,7 @@ impl Lab {
 
     /// An empty internet: a bridge at [`INTERNET`] in its own namespace.
     pub fn new(name: &str) -> Lab {
+        remove_abandoned_labs();
         let lab = Lab {
             prefix: format!("orblab-{}-{name}", std::process::id()),
             namespaces: Default::default(),
@@ -209,6 +210,22 @@ impl Lab {
         Host {
             ns: host,
             addr: host_addr,
+        }
+    }
+}
+
+/// Namespaces of labs whose test process is gone (killed before it could clean up).
+fn remove_abandoned_labs() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let ns = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = ns.strip_prefix("orblab-").and_then(|rest| rest.split('-').next()) else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
 }
