@@ -418,6 +418,41 @@ async fn humans_behind_two_nats_one_without_udp_reach_each_other_and_the_orb() {
     .await;
 }
 
+/// A path that dies mid-call (the home network loses everything but its signaling connection
+/// until the browser gives the connection up): when the network comes back, the page connects to
+/// the orb again by itself, without a rejoin, and hears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_media_path_dies_reconnects_to_the_orb_by_itself() {
+    let name = "path-dies";
+    let Some(mut world) = World::start(name, SiteSpec::SYMMETRIC, true) else {
+        return;
+    };
+    let home = world.browser_site("home", "192.168.1", SiteSpec::HOME);
+    let pages = Pages::default();
+    let world = &world;
+    scenario(name, &world.dir, &pages, async {
+        let room = "nat-path-dies";
+        let coach = pages.add(world.page(home, "coach").await);
+        coach.client.goto(&world.room_url(room, "coach")).await.unwrap();
+        let call = wait_connected(&coach, &["ai"]).await;
+        let ai = call["aiPeerId"].as_str().unwrap().to_owned();
+        wait_orb_audio(&coach, &ai).await;
+        let site = &world.drivers[home].0;
+        world.lab.cut_off(site, SIGNALING_PORT);
+        wait_for("coach: the connection to the orb given up", || async {
+            (peer_state(&coach.call().await, &ai).as_deref() == Some("failed")).then_some(())
+        })
+        .await;
+        world.lab.restore(site);
+        let call = wait_connected(&coach, &["ai"]).await;
+        assert!(call["aiReconnects"].as_u64() >= Some(1), "{call}");
+        assert_eq!(call["aiPeerId"].as_str(), Some(ai.as_str()), "the same orb, no rejoin");
+        wait_orb_audio(&coach, &ai).await;
+        assert_eq!(coach.call().await["aiMediaFailed"], false);
+    })
+    .await;
+}
+
 /// The orb alone against a scripted human (webrtc-rs, like the orb) at home: the orb takes its
 /// ICE servers and TURN credential from signaling's `ice-servers` message; the human's credential
 /// is minted by the test. Quick, and it pins the orb's own relay handling.

@@ -214,6 +214,25 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The site's network dies for everything but the TCP connections to `keep` on the internet
+    /// (signaling's socket): its router forwards nothing else, as when the path of a call's
+    /// media breaks. [`Lab::restore`] ends it.
+    pub fn cut_off(&self, site: &Host, keep: u16) {
+        nft(
+            &format!("{}-router", site.ns),
+            &format!(
+                "table inet cut {{\n  chain forward {{\n    type filter hook forward priority -10;\n    ip daddr {INTERNET} tcp dport {keep} accept\n    ip saddr {INTERNET} tcp sport {keep} accept\n    drop\n  }}\n}}\n"
+            ),
+        );
+    }
+
+    /// Undoes [`Lab::cut_off`].
+    pub fn restore(&self, site: &Host) {
+        nft(&format!("{}-router", site.ns), "delete table inet cut\n");
+    }
+}
+
 /// Namespaces of labs whose test process is gone (killed before it could clean up).
 fn remove_abandoned_labs() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {

@@ -38,6 +38,8 @@
     // fails (or does not connect in time) the page says so and the humans' call goes on.
     aiMedia: null,
     aiMediaFailed: false,
+    // New connections to the AI made after its media path died mid-call.
+    aiReconnects: 0,
     // What the page did and why, oldest first (also in the console).
     log: [],
     stats: inboundAudioBytes,
@@ -209,17 +211,44 @@
     aiMediaTimer = setTimeout(() => {
       if (state.aiPeerId === peerId && peers.get(peerId)?.pc === pc && pc.connectionState !== 'connected') {
         setAiMedia('failed', `not connected after ${AI_MEDIA_PATIENCE_MS / 1000} s (${pc.connectionState})`);
+        if (aiEverConnected.has(peerId)) recoverAi(peerId);
       }
     }, AI_MEDIA_PATIENCE_MS);
   }
 
-  function onAiConnectionState(pc) {
+  // A path to the AI that worked and died (the network changed, a NAT forgot its mapping, the
+  // relay restarted) is not retried by the browser once the connection failed: offer again on a
+  // new connection, with backoff, for as long as the AI is in the room. A path that never worked
+  // is not retried: nothing would change.
+  const aiEverConnected = new Set();
+  let aiRecovery = null;
+  let aiRecoveryDelayMs = 1000;
+
+  function recoverAi(peerId) {
+    clearTimeout(aiRecovery);
+    const delay = aiRecoveryDelayMs;
+    aiRecoveryDelayMs = Math.min(aiRecoveryDelayMs * 2, 30000);
+    aiRecovery = setTimeout(async () => {
+      const entry = peers.get(peerId);
+      if (state.left || state.aiPeerId !== peerId || !entry || entry.pc.connectionState === 'connected') return;
+      state.aiReconnects += 1;
+      log(`the AI's media path died; connecting again (attempt ${state.aiReconnects})`);
+      createPeer(peerId, entry.role, 'ai');
+      await offerTo(peerId).catch(fail);
+    }, delay);
+  }
+
+  function onAiConnectionState(peerId, pc) {
     if (pc.connectionState === 'connected') {
       clearTimeout(aiMediaTimer);
+      clearTimeout(aiRecovery);
+      aiEverConnected.add(peerId);
+      aiRecoveryDelayMs = 1000;
       setAiMedia('connected');
     } else if (pc.connectionState === 'failed') {
       clearTimeout(aiMediaTimer);
       setAiMedia('failed', 'the connection failed');
+      if (aiEverConnected.has(peerId)) recoverAi(peerId);
     }
   }
 
@@ -269,7 +298,7 @@
     pc.onconnectionstatechange = () => {
       if (peers.get(peerId) !== entry) return;
       setPeerState(peerId, pc.connectionState);
-      if (isAi) onAiConnectionState(pc);
+      if (isAi) onAiConnectionState(peerId, pc);
     };
     return entry;
   }
@@ -560,6 +589,7 @@
     for (const peerId of [...peers.keys()]) closePeer(peerId);
     if (ws) ws.close(1000, 'left');
     clearTimeout(iceRefresh);
+    clearTimeout(aiRecovery);
     if (localStream) localStream.getTracks().forEach((t) => t.stop());
     document.body.dataset.left = 'true';
     $('leave').disabled = true;
