@@ -302,6 +302,7 @@ fn the_signaling_deployment_sets_only_settings_signaling_reads() {
             "the chart sets {name}, which orb-signaling does not read"
         );
     }
+    signaling_config(signaling).unwrap_or_else(|e| panic!("orb-signaling refuses the chart's settings: {e}"));
 }
 
 #[test]
@@ -395,21 +396,122 @@ fn env_of<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|e| e["name"] == name)
 }
 
-/// The connection caps reach signaling; the client address comes from X-Forwarded-For behind the
-/// chart's Ingress (the ingress controller sets it), from the TCP peer without one, and from the
-/// header named when one is.
+/// A `$(NAME)` reference (Kubernetes splices another variable, a Secret's value, there) replaced
+/// by a stand-in value.
+fn spliced(value: &str) -> String {
+    let mut out = value.to_owned();
+    while let Some(start) = out.find("$(") {
+        let end = start + out[start..].find(')').expect("a closed $(NAME)");
+        out.replace_range(start..=end, "stand-in");
+    }
+    out
+}
+
+/// The configuration orb-signaling starts with from the rendered Deployment's env: each literal
+/// value passed as the flag that reads that variable, the signing key as its env value. Variables
+/// set from a Secret or the pod's fields are left out (a `$(NAME)` splice of one gets a stand-in).
+fn signaling_config(deployment: &Value) -> Result<orb_signaling::config::Config, String> {
+    let command = orb_signaling::config::Args::command();
+    let mut argv = vec!["orb-signaling".to_owned()];
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    for var in env {
+        let name = var["name"].as_str().unwrap();
+        // The key file is the Secret's mount; the key itself is given below (both are refused).
+        let Some(value) = var["value"].as_str().filter(|_| name != "ORB_SIGNING_KEY_FILE") else {
+            continue;
+        };
+        // Not a flag's: a variable only spliced into another one.
+        let Some(arg) = command.get_arguments().find(|a| a.get_env().is_some_and(|e| e == name)) else {
+            continue;
+        };
+        let flag = arg.get_long().unwrap();
+        let value = spliced(value);
+        if arg.get_action().takes_values() {
+            argv.push(format!("--{flag}={value}"));
+        } else {
+            match value.as_str() {
+                "true" => argv.push(format!("--{flag}")),
+                "false" => {}
+                other => return Err(format!("{name}={other:?} is not a boolean")),
+            }
+        }
+    }
+    orb_signaling::config::Config::parse_from(&argv, Some("k".repeat(32))).map_err(|e| format!("{argv:?}: {e:#}"))
+}
+
+/// The limits signaling applies, as `(name, value)` pairs to compare.
+fn signaling_limits(config: &orb_signaling::config::Config) -> Vec<(&'static str, String)> {
+    let admission = &config.limits.admission;
+    vec![
+        ("maxConnections", admission.max_connections.to_string()),
+        (
+            "maxConnectionsPerClient",
+            admission.max_connections_per_client.to_string(),
+        ),
+        (
+            "maxConnectionsPerToken",
+            admission.max_connections_per_token.to_string(),
+        ),
+        ("maxRooms", admission.max_rooms.to_string()),
+        ("maxBytesPerSecond", config.limits.max_bytes_per_second.to_string()),
+        (
+            "headerReadTimeout",
+            orb_api::duration::format_duration(config.header_read_timeout),
+        ),
+        ("maxSummaryBytes", config.summary.max_bytes.to_string()),
+    ]
+}
+
+/// Every `signaling.limits` value reaches signaling as the setting it names: the chart's defaults
+/// are the binary's, and other values are the ones signaling runs with. The client address comes
+/// from X-Forwarded-For behind the chart's Ingress (the ingress controller sets it), from the TCP
+/// peer without one, and from the header named when one is.
 #[test]
-fn signaling_gets_its_connection_caps_and_trusts_a_proxy_header_only_behind_a_proxy() {
+fn signaling_gets_its_limits_and_trusts_a_proxy_header_only_behind_a_proxy() {
     let objects = render(None, &[]);
     let signaling = find(&objects, "Deployment", "-signaling");
-    for (name, value) in [
-        ("SIGNALING_MAX_CONNECTIONS", "10000"),
-        ("SIGNALING_MAX_CONNECTIONS_PER_CLIENT", "50"),
-        ("SIGNALING_MAX_ROOMS", "5000"),
-    ] {
-        assert_eq!(env_of(signaling, name).unwrap()["value"], value, "{name}");
-    }
+    let defaults = orb_signaling::config::Config::parse_from(["orb-signaling"], Some("k".repeat(32))).unwrap();
+    assert_eq!(
+        signaling_limits(&signaling_config(signaling).unwrap()),
+        signaling_limits(&defaults),
+        "the chart's defaults are signaling's"
+    );
     assert!(env_of(signaling, "SIGNALING_TRUSTED_PROXY_HEADER").is_none());
+
+    // From a values file, as an operator sets them: YAML numbers reach the template as floats,
+    // which must still render as integers (not 2e+07).
+    let chosen = [
+        ("maxConnections", "20000000"),
+        ("maxConnectionsPerClient", "20"),
+        ("maxConnectionsPerToken", "2"),
+        ("maxRooms", "700"),
+        ("maxBytesPerSecond", "131072"),
+        ("headerReadTimeout", "2500ms"),
+        ("maxSummaryBytes", "4194304"),
+    ];
+    let values = support::target_dir().join(format!("chart-signaling-limits-{}.yaml", std::process::id()));
+    let yaml: String = chosen.iter().map(|(k, v)| format!("    {k}: {v}\n")).collect();
+    std::fs::write(&values, format!("signaling:\n  limits:\n{yaml}")).unwrap();
+    let objects = render(values.to_str(), &[]);
+    let _ = std::fs::remove_file(&values);
+    let config = signaling_config(find(&objects, "Deployment", "-signaling")).unwrap();
+    let expected: Vec<(&str, String)> = chosen.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    assert_eq!(signaling_limits(&config), expected);
+    // Values signaling would refuse at start-up are refused by the chart already.
+    for bad in [
+        "maxBytesPerSecond=1000",
+        "headerReadTimeout=10",
+        "maxSummaryBytes=16777216",
+        "maxConnectionsPerToken=0",
+    ] {
+        let out = helm()
+            .args(["template", "orb", CHART, "--set", &format!("signaling.limits.{bad}")])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "signaling.limits.{bad} is accepted");
+    }
 
     let header = |extra: &[&str]| {
         let objects = render(None, extra);

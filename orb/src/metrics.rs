@@ -87,6 +87,7 @@ pub struct Metrics {
     pub ice_candidates_dropped: Family<ReasonLabel, Counter>,
     pub brain_errors: Counter,
     pub summaries_unacknowledged: Counter,
+    pub summaries_refused: Counter,
     /// The latest brain latency in microseconds (0 = none yet), for the heartbeat.
     pub last_brain_latency_us: Arc<AtomicU64>,
 }
@@ -194,6 +195,12 @@ impl Metrics {
             "Session summaries signaling did not acknowledge as stored before the orb exited",
             summaries_unacknowledged.clone(),
         );
+        let summaries_refused = Counter::default();
+        registry.register(
+            "summaries_refused",
+            "Session summaries signaling refused to store for good (summary_refused: too large, too many, no owner)",
+            summaries_refused.clone(),
+        );
         // Every series of a closed label set exists from the start, so dashboards and alerts see
         // zeros rather than no data before the first event.
         for state in PeerState::ALL {
@@ -231,6 +238,7 @@ impl Metrics {
             ice_candidates_dropped,
             brain_errors,
             summaries_unacknowledged,
+            summaries_refused,
             last_brain_latency_us: Arc::new(AtomicU64::new(0)),
         }
     }

@@ -57,6 +57,16 @@ pub fn activity_report_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 5).clamp(Duration::from_millis(500), Duration::from_secs(10))
 }
 
+/// How the delivery of the session summary ended.
+enum SummaryDelivery {
+    /// Signaling acknowledged it as stored.
+    Stored,
+    /// Signaling will never store it (`summary_refused`); its message says why.
+    Refused(String),
+    /// No acknowledgement before the timeout, or signaling is gone.
+    Unacknowledged,
+}
+
 struct PeerEntry {
     key: PeerKey,
     peer: Box<dyn Peer>,
@@ -748,27 +758,33 @@ impl Session {
     }
 
     /// Sends the summary and waits for its acknowledgement, sending it again after every
-    /// reconnect (a restarted signaling server has no memory of the first copy).
+    /// reconnect (a restarted signaling server has no memory of the first copy). A refusal is
+    /// final (signaling answers every copy alike), so it ends the wait at once.
     async fn deliver_summary(
         &self,
         summary: Value,
         sig_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
         ack_timeout: Duration,
-    ) -> bool {
+    ) -> SummaryDelivery {
         let deadline = Instant::now() + ack_timeout;
         self.signaling.send(ClientMessage::SessionSummary(summary.clone()));
         loop {
             let event = tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return false,
+                _ = tokio::time::sleep_until(deadline) => return SummaryDelivery::Unacknowledged,
                 event = sig_rx.recv() => event,
             };
             match event {
-                None | Some(SignalingEvent::Fatal(_)) => return false,
+                None | Some(SignalingEvent::Fatal(_)) => return SummaryDelivery::Unacknowledged,
                 Some(SignalingEvent::Message(ServerMessage::SessionSummaryAck { summary_id }))
                     if summary_id == self.summary_id =>
                 {
-                    return true;
+                    return SummaryDelivery::Stored;
                 }
+                // The orb sends no other summary, so the refusal is of this one.
+                Some(SignalingEvent::Message(ServerMessage::Error {
+                    code: ErrorCode::SummaryRefused,
+                    message,
+                })) => return SummaryDelivery::Refused(message),
                 // Back in the room after a reconnect: the copy sent before may be lost.
                 Some(SignalingEvent::Message(ServerMessage::PeerDiscovery { .. })) => {
                     self.signaling.send(ClientMessage::SessionSummary(summary.clone()));
@@ -799,11 +815,16 @@ impl Session {
         };
         let mut summary = session_summary(&ids, &self.record, uptime, ending.reason().as_str());
         summary["summaryId"] = json!(self.summary_id);
-        if self.deliver_summary(summary, sig_rx, ack_timeout).await {
-            info!(summary = %self.summary_id, "signaling stored the session summary");
-        } else {
-            self.metrics.summaries_unacknowledged.inc();
-            warn!(summary = %self.summary_id, "signaling did not acknowledge the session summary in time");
+        match self.deliver_summary(summary, sig_rx, ack_timeout).await {
+            SummaryDelivery::Stored => info!(summary = %self.summary_id, "signaling stored the session summary"),
+            SummaryDelivery::Refused(reason) => {
+                self.metrics.summaries_refused.inc();
+                warn!(summary = %self.summary_id, %reason, "signaling refused the session summary; giving it up");
+            }
+            SummaryDelivery::Unacknowledged => {
+                self.metrics.summaries_unacknowledged.inc();
+                warn!(summary = %self.summary_id, "signaling did not acknowledge the session summary in time");
+            }
         }
         let deadline = Instant::now() + GOODBYE_TIMEOUT;
         let users: Vec<Arc<str>> = self.peers.keys().cloned().collect();

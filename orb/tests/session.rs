@@ -471,3 +471,67 @@ async fn hostile_candidates_never_reach_the_media_stack() {
     tokio::time::timeout(WAIT, orb).await.unwrap().unwrap();
     let _ = std::fs::remove_file(&log_path);
 }
+
+/// A summary signaling refuses (`summary_refused`: too large, one too many, no AiOrb) will never
+/// be stored, so the orb gives it up at once and goes on with its shutdown: with an ack timeout
+/// of an hour the session still ends within the test's wait. Counted as refused, not as
+/// unacknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_summary_ends_the_wait_for_its_ack_at_once() {
+    let relay = TestRelay::start().await.unwrap();
+    relay.refuse_summaries(true);
+    let log_path = std::env::temp_dir().join(format!("orb-refused-summary-test-{}", std::process::id()));
+    let cli = Cli::try_parse_from([
+        "orb",
+        "--room=room-s",
+        "--test-mode",
+        &format!("--signaling-url={}", relay.url()),
+        &format!("--termination-log={}", log_path.display()),
+    ])
+    .unwrap();
+    let config = Config::from_cli(cli, Secrets::default()).unwrap();
+    let metrics = Metrics::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let orb = tokio::spawn(session::run(
+        config,
+        Arc::new(FakeStack::default()),
+        Box::new(TestBrain::new(Duration::from_millis(10))),
+        metrics.clone(),
+        Health::new(),
+        SessionOptions {
+            summary_ack_timeout: Duration::from_secs(3600),
+            ..SessionOptions::default()
+        },
+        async move {
+            let _ = stop_rx.await;
+            "SIGTERM"
+        },
+    ));
+    relay.wait_control("orb_ready", 1, WAIT).await.unwrap();
+    stop_tx.send(()).unwrap();
+    let ending = tokio::time::timeout(WAIT, orb)
+        .await
+        .expect("the orb stops waiting for an ack once its summary is refused")
+        .unwrap();
+    assert_eq!(ending.reason(), orb_api::TerminationReason::SessionComplete);
+    assert_eq!(
+        relay
+            .control_messages()
+            .iter()
+            .filter(|(k, _)| k == "session_summary")
+            .count(),
+        1,
+        "sent once, not re-sent after the refusal"
+    );
+    let text = metrics.encode();
+    for expected in ["orb_summaries_refused_total 1", "orb_summaries_unacknowledged_total 0"] {
+        assert!(text.contains(expected), "{expected} missing from\n{text}");
+    }
+    // The rest of the shutdown ran: the termination message is written.
+    assert!(
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .starts_with("SessionComplete ")
+    );
+    let _ = std::fs::remove_file(&log_path);
+}

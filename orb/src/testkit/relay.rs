@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use orb_protocol::{ClientMessage, ParticipantType, PeerInfo, ServerMessage, UserRole, should_create_offer};
+use orb_protocol::{ClientMessage, ErrorCode, ParticipantType, PeerInfo, ServerMessage, UserRole, should_create_offer};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -32,6 +32,8 @@ struct Inner {
     next_id: u64,
     /// Summaries are received but not acknowledged (a server that dies before storing them).
     withhold_acks: bool,
+    /// Summaries are answered with `summary_refused` (a server that will never store them).
+    refuse_summaries: bool,
 }
 
 #[derive(Clone, Default)]
@@ -82,6 +84,11 @@ impl TestRelay {
     /// While set, summaries are recorded but not acknowledged.
     pub fn withhold_summary_acks(&self, withhold: bool) {
         self.shared.0.lock().expect("relay lock").withhold_acks = withhold;
+    }
+
+    /// While set, summaries are recorded and answered with `error summary_refused`, no ack.
+    pub fn refuse_summaries(&self, refuse: bool) {
+        self.shared.0.lock().expect("relay lock").refuse_summaries = refuse;
     }
 
     /// Control messages received so far, as `(type, body)`.
@@ -221,11 +228,16 @@ async fn serve(socket: WebSocket, room: String, shared: Shared) {
             ClientMessage::SessionSummary(body) => {
                 inner.record("session_summary", body.clone());
                 // This relay is the receiving system in tests: it has the summary.
-                if let Some(id) = body
-                    .get("summaryId")
-                    .and_then(Value::as_str)
-                    .filter(|_| !inner.withhold_acks)
-                {
+                let id = body.get("summaryId").and_then(Value::as_str).unwrap_or_default();
+                if inner.refuse_summaries {
+                    send(
+                        &tx,
+                        &ServerMessage::Error {
+                            code: ErrorCode::SummaryRefused,
+                            message: format!("session summary {id} not stored: refused by the test relay"),
+                        },
+                    );
+                } else if !id.is_empty() && !inner.withhold_acks {
                     send(
                         &tx,
                         &ServerMessage::SessionSummaryAck {
