@@ -31,8 +31,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// inside the pod's 10 s grace period.
 pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the orb keeps its summary, re-sending it across reconnects, until signaling
-/// acknowledges that it is stored durably. Inside the pod's 10 s grace period with room for the
-/// rest of the goodbye.
+/// acknowledges that it is stored durably; counted from the start of the goodbye, so writing the
+/// summary's last step (at most [`SummaryPolicy::final_timeout`]) is inside it. Inside the pod's
+/// 10 s grace period with room for the rest of the goodbye.
 pub const SUMMARY_ACK_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Knobs tests turn; production uses the defaults.
