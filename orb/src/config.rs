@@ -92,6 +92,10 @@ pub struct Cli {
     /// Voice of the realtime model.
     #[arg(long, env = "OPENAI_VOICE", default_value = "alloy")]
     pub openai_voice: String,
+    /// Text model that writes the session summary (Chat Completions at the same base URL, with
+    /// structured output).
+    #[arg(long, env = "OPENAI_SUMMARY_MODEL", default_value = "gpt-4.1-mini")]
+    pub openai_summary_model: String,
     /// Instructions given to the realtime model.
     #[arg(
         long,
@@ -199,6 +203,8 @@ pub struct OpenAiConfig {
     pub voice: String,
     pub instructions: String,
     pub api_key: String,
+    /// The text model of the session summary.
+    pub summary_model: String,
 }
 
 impl std::fmt::Debug for OpenAiConfig {
@@ -207,6 +213,7 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("base_url", &self.base_url)
             .field("model", &self.model)
             .field("voice", &self.voice)
+            .field("summary_model", &self.summary_model)
             .field("api_key", &"..")
             .finish_non_exhaustive()
     }
@@ -319,6 +326,7 @@ impl Config {
                     voice: cli.openai_voice,
                     instructions: cli.openai_instructions,
                     api_key: secrets.openai_api_key.ok_or(ConfigError::MissingApiKey)?,
+                    summary_model: cli.openai_summary_model,
                 })
             }
         };
@@ -460,6 +468,7 @@ mod tests {
         assert_eq!(cfg.token.as_deref(), Some("tok"));
         let BrainConfig::OpenAi(o) = cfg.brain else { panic!() };
         assert_eq!(o.model, "gpt-realtime");
+        assert_eq!(o.summary_model, "gpt-4.1-mini");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::audio::{VOICE_THRESHOLD, rms};
-use crate::brain::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
+use crate::brain::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker, Summarizer};
 use crate::candidates::{self, DropReason, Verdict};
 use crate::config::Config;
 use crate::health::Health;
@@ -23,7 +23,7 @@ use crate::media::{ConnectFailure, IceServer, MediaStack, Peer, PeerEvent, PeerK
 use crate::metrics::{Metrics, PathLabel, PeerErrorKind, StageLabel, StateLabel};
 use crate::playout::{self, PacerCmd};
 use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
-use crate::summary::{SessionRecord, SummaryIds, TranscriptLine, session_summary};
+use crate::summary::{RollingSummary, SessionRecord, SummaryIds, SummaryPolicy, TranscriptLine, session_summary};
 
 /// Seed 001: a heartbeat every 30 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -31,15 +31,18 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// inside the pod's 10 s grace period.
 pub const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the orb keeps its summary, re-sending it across reconnects, until signaling
-/// acknowledges that it is stored durably. Inside the pod's 10 s grace period with room for the
-/// rest of the goodbye.
+/// acknowledges that it is stored durably; counted from the start of the goodbye, so writing the
+/// summary's last step (at most [`SummaryPolicy::final_timeout`]) is inside it. Inside the pod's
+/// 10 s grace period with room for the rest of the goodbye.
 pub const SUMMARY_ACK_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// Knobs tests turn; production uses the defaults.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
     pub heartbeat_interval: Duration,
+    /// From the start of the goodbye, writing the summary's last step included.
     pub summary_ack_timeout: Duration,
+    pub summary: SummaryPolicy,
 }
 
 impl Default for SessionOptions {
@@ -47,6 +50,7 @@ impl Default for SessionOptions {
         Self {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             summary_ack_timeout: SUMMARY_ACK_TIMEOUT,
+            summary: SummaryPolicy::default(),
         }
     }
 }
@@ -89,6 +93,8 @@ struct Session {
     /// Humans in the room now.
     present: BTreeMap<Arc<str>, UserRole>,
     record: SessionRecord,
+    /// The summary's content, written as the session goes.
+    rolling: RollingSummary,
     deadlines: Deadlines,
     joined: bool,
     brain_ready: bool,
@@ -109,6 +115,7 @@ pub struct StartedBrain {
     task: tokio::task::JoinHandle<Result<(), BrainError>>,
     input: mpsc::Sender<BrainInput>,
     events: mpsc::Receiver<BrainEvent>,
+    summarizer: Arc<dyn Summarizer>,
     ready: bool,
 }
 
@@ -117,6 +124,7 @@ impl StartedBrain {
         let (input, brain_in) = mpsc::channel(256);
         let (events_tx, events) = mpsc::channel(256);
         info!(brain = brain.name(), "starting the brain");
+        let summarizer = brain.summarizer();
         let task = tokio::spawn(brain.run(BrainIo {
             input: brain_in,
             events: events_tx,
@@ -125,6 +133,7 @@ impl StartedBrain {
             task,
             input,
             events,
+            summarizer,
             ready: false,
         }
     }
@@ -199,6 +208,7 @@ pub async fn run_started(
         task: mut brain_task,
         input: brain_tx,
         events: mut brain_rx,
+        summarizer,
         ready: brain_ready,
     } = brain;
     let (pacer_tx, pacer_rx) = mpsc::channel(256);
@@ -221,6 +231,7 @@ pub async fn run_started(
         generation: 0,
         present: BTreeMap::new(),
         record: SessionRecord::default(),
+        rolling: RollingSummary::start(summarizer, options.summary.clone()),
         joined: false,
         brain_ready,
         brain_status: AiStatus::Listening,
@@ -273,7 +284,7 @@ pub async fn run_started(
         }
     };
 
-    s.goodbye(&ending, &mut sig_rx, options.summary_ack_timeout).await;
+    s.goodbye(&ending, &mut sig_rx, &options).await;
     drop(s.brain_tx);
     drop(s.pacer_tx);
     let _ = tokio::time::timeout(Duration::from_secs(1), pacer_task).await;
@@ -706,7 +717,12 @@ impl Session {
             BrainEvent::Interrupt { lane } => {
                 let _ = self.pacer_tx.send(PacerCmd::Interrupt { lane }).await;
             }
-            BrainEvent::Transcript { speaker, text } => {
+            BrainEvent::Transcript {
+                speaker,
+                text,
+                overlap,
+                started,
+            } => {
                 let (speaker, role) = match speaker {
                     Speaker::Ai => ("ai".to_owned(), UserRole::Ai),
                     Speaker::Human(Some(id)) => {
@@ -715,15 +731,18 @@ impl Session {
                     }
                     Speaker::Human(None) => ("human".to_owned(), UserRole::Client),
                 };
-                let offset_ms = self.deadlines.uptime(Instant::now()).as_millis() as u64;
-                self.record.add_line(TranscriptLine {
+                let started = started.unwrap_or_else(Instant::now);
+                let line = TranscriptLine {
                     speaker,
                     role,
                     text,
-                    offset_ms,
-                });
+                    offset_ms: self.deadlines.uptime(started).as_millis() as u64,
+                    overlap,
+                };
+                if self.record.add_line(line.clone()) {
+                    self.rolling.add(line);
+                }
             }
-            BrainEvent::Topics(topics) => self.record.topics = topics,
             BrainEvent::Error(error) => {
                 warn!(%error, "brain error");
                 self.metrics.brain_errors.inc();
@@ -764,9 +783,8 @@ impl Session {
         &self,
         summary: Value,
         sig_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
-        ack_timeout: Duration,
+        deadline: Instant,
     ) -> SummaryDelivery {
-        let deadline = Instant::now() + ack_timeout;
         self.signaling.send(ClientMessage::SessionSummary(summary.clone()));
         loop {
             let event = tokio::select! {
@@ -794,28 +812,33 @@ impl Session {
         }
     }
 
-    /// Final status, summary to signaling (kept and re-sent across reconnects until signaling
-    /// acknowledges it is stored, or `ack_timeout` passes), peers closed, signaling left,
-    /// termination message.
+    /// Final status, the summary's last step written (for at most the policy's
+    /// `final_timeout`), the summary to signaling (kept and re-sent across reconnects until
+    /// signaling acknowledges it is stored, or `summary_ack_timeout` from the start of the
+    /// goodbye passes), peers closed, signaling left, termination message.
     async fn goodbye(
         &mut self,
         ending: &Ending,
         sig_rx: &mut mpsc::UnboundedReceiver<SignalingEvent>,
-        ack_timeout: Duration,
+        options: &SessionOptions,
     ) {
-        let uptime = self.deadlines.uptime(Instant::now());
+        let now = Instant::now();
+        let uptime = self.deadlines.uptime(now);
+        let ack_deadline = now + options.summary_ack_timeout;
         info!(reason = %ending.reason(), "ending the session");
         self.health.set_ready(false);
         self.send_status(AiStatus::Ended);
+        let written = self.rolling.finish(now + options.summary.final_timeout).await;
         let ids = SummaryIds {
+            summary: &self.summary_id,
             room: &self.config.room,
             session: &self.config.session,
             coach: &self.config.coach,
             client: &self.config.client,
         };
-        let mut summary = session_summary(&ids, &self.record, uptime, ending.reason().as_str());
-        summary["summaryId"] = json!(self.summary_id);
-        match self.deliver_summary(summary, sig_rx, ack_timeout).await {
+        let message = session_summary(&ids, &self.record, uptime, ending.reason().as_str(), written);
+        let summary = serde_json::to_value(message).expect("a summary serialises");
+        match self.deliver_summary(summary, sig_rx, ack_deadline).await {
             SummaryDelivery::Stored => info!(summary = %self.summary_id, "signaling stored the session summary"),
             SummaryDelivery::Refused(reason) => {
                 self.metrics.summaries_refused.inc();

@@ -89,8 +89,8 @@ async fn fake_service(listener: TcpListener, seen_tx: mpsc::UnboundedSender<Seen
         // 100 ms of a 600 Hz tone at 24 kHz (tone() counts at 48 kHz, so ask for twice the pitch).
         let reply = tone(1200.0, 2400, 8000, 0);
         for event in [
-            json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0}),
-            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 200}),
+            json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_1"}),
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 200, "item_id": "item_1"}),
             json!({"type": "input_audio_buffer.committed", "item_id": "item_1"}),
             json!({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1", "transcript": "hello orb"}),
             json!({"type": "response.created", "response": {"id": "resp_1"}}),
@@ -118,12 +118,13 @@ fn kind(e: &BrainEvent) -> String {
         BrainEvent::Transcript {
             speaker: Speaker::Ai,
             text,
+            ..
         } => format!("ai:{text}"),
         BrainEvent::Transcript {
-            speaker: Speaker::Human(_),
+            speaker: Speaker::Human(who),
             text,
-        } => format!("human:{text}"),
-        BrainEvent::Topics(_) => "topics".into(),
+            ..
+        } => format!("{}:{text}", who.as_deref().unwrap_or("human")),
         BrainEvent::Error(e) => format!("error:{e}"),
     }
 }
@@ -141,6 +142,7 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
         voice: "alloy".into(),
         instructions: "be brief".into(),
         api_key: "test-key".into(),
+        summary_model: "test-summary-model".into(),
     };
     let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
     let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));
@@ -193,7 +195,8 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
             "interrupt",
             "status:listening",
             "status:processing",
-            "human:hello orb",
+            // The only voice on the stream then was the coach's track.
+            "coach-1:hello orb",
             "audio+origin",
             "audio",
             "ai:Hi there",

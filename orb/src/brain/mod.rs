@@ -2,12 +2,15 @@
 //! runs as one task fed by a channel, so a slow brain never stalls the media path, and a local
 //! GPU model can later be one more implementation of the same trait.
 
+pub mod attribution;
 pub mod openai;
+pub mod openai_summary;
 pub mod test;
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use orb_protocol::summary::{SummaryContent, TranscriptLine};
 use orb_protocol::{AiStatus, UserRole};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -65,9 +68,11 @@ pub enum BrainEvent {
     Transcript {
         speaker: Speaker,
         text: String,
+        /// Another human spoke during it too (`speaker` is the one heard longest).
+        overlap: bool,
+        /// When the utterance started, if the brain knows (else: now).
+        started: Option<Instant>,
     },
-    /// Topics of the conversation so far, for the session summary.
-    Topics(Vec<String>),
     /// A problem the brain survived (the orb reports it and carries on).
     Error(String),
 }
@@ -88,5 +93,34 @@ pub struct BrainIo {
 /// brain fails for good.
 pub trait Brain: Send + 'static {
     fn name(&self) -> &'static str;
+    /// What writes this brain's session summaries (with its language model).
+    fn summarizer(&self) -> Arc<dyn Summarizer>;
     fn run(self: Box<Self>, io: BrainIo) -> BoxFuture<'static, Result<(), BrainError>>;
+}
+
+/// One step of a summary: `lines` of the transcript, and the summary of the lines before them
+/// to carry forward (a long session is summarised in chunks as it goes).
+#[derive(Clone, Copy, Debug)]
+pub struct SummaryRequest<'a> {
+    pub previous: Option<&'a SummaryContent>,
+    pub lines: &'a [TranscriptLine],
+}
+
+/// Why one attempt at a summary failed.
+#[derive(Debug, Error)]
+pub enum SummaryError {
+    #[error("the summary service is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the summary service answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("the model's answer is not a valid summary: {0}")]
+    Invalid(String),
+    #[error("the model refused: {0}")]
+    Refused(String),
+}
+
+/// Writes `keyTopics`, `progress` and `recommendations` from transcript lines. One call is one
+/// attempt, its answer checked ([`SummaryContent::check`]); the caller decides on retries.
+pub trait Summarizer: Send + Sync + 'static {
+    fn summarize<'a>(&'a self, request: SummaryRequest<'a>) -> BoxFuture<'a, Result<SummaryContent, SummaryError>>;
 }

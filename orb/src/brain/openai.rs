@@ -1,10 +1,14 @@
 //! A speech-to-speech brain on the OpenAI Realtime WebSocket protocol: the humans' audio is
 //! mixed, resampled to 24 kHz PCM16 and streamed with `input_audio_buffer.append`; the
 //! service's voice activity detection decides turns; response audio is played into the call and
-//! both sides' transcripts are kept. A dropped connection or an `error` event is reported and
-//! retried with backoff; the orb stays in the call meanwhile.
+//! both sides' transcripts are kept. The service hears one mixed stream, so each human line is
+//! given to the human whose own track was voiced during it (see [`super::attribution`]): the
+//! brain keeps every track's voiced frames on the stream's clock, which is the clock of the
+//! service's `audio_start_ms`/`audio_end_ms`. A dropped connection or an `error` event is
+//! reported and retried with backoff; the orb stays in the call meanwhile. Session summaries are
+//! written by the same service's text API ([`super::openai_summary`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -18,8 +22,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue};
 use tracing::{debug, info, warn};
 
-use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker};
-use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, downsample_2x, upsample_2x};
+use super::attribution::{Attributed, Interval, VoiceTimeline};
+use super::openai_summary::ChatSummarizer;
+use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker, Summarizer};
+use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, VOICE_THRESHOLD, downsample_2x, rms, upsample_2x};
 use crate::config::OpenAiConfig;
 use crate::signaling::Backoff;
 
@@ -29,6 +35,8 @@ const LANE: u32 = 0;
 const APPEND_FRAMES: usize = 5;
 /// A human's queued input beyond this (1 s) is dropped: the service wants live audio.
 const MAX_INPUT_SAMPLES: usize = 48_000;
+/// Utterances the service started but has not transcribed yet that the brain keeps track of.
+const MAX_OPEN_UTTERANCES: usize = 64;
 
 pub struct OpenAiBrain {
     config: OpenAiConfig,
@@ -53,6 +61,10 @@ impl OpenAiBrain {
 impl Brain for OpenAiBrain {
     fn name(&self) -> &'static str {
         "openai-realtime"
+    }
+
+    fn summarizer(&self) -> Arc<dyn Summarizer> {
+        Arc::new(ChatSummarizer::new(&self.config))
     }
 
     fn run(self: Box<Self>, io: BrainIo) -> BoxFuture<'static, Result<(), BrainError>> {
@@ -151,10 +163,21 @@ enum ServerEvent {
     SessionCreated,
     #[serde(rename = "session.updated")]
     SessionUpdated,
+    /// `audio_start_ms`/`audio_end_ms` count the audio appended since the session began.
     #[serde(rename = "input_audio_buffer.speech_started")]
-    SpeechStarted,
+    SpeechStarted {
+        #[serde(default)]
+        audio_start_ms: Option<u64>,
+        #[serde(default)]
+        item_id: Option<String>,
+    },
     #[serde(rename = "input_audio_buffer.speech_stopped")]
-    SpeechStopped,
+    SpeechStopped {
+        #[serde(default)]
+        audio_end_ms: Option<u64>,
+        #[serde(default)]
+        item_id: Option<String>,
+    },
     #[serde(rename = "response.created")]
     ResponseCreated,
     // The GA names, with the beta names of the same events as aliases.
@@ -171,7 +194,11 @@ enum ServerEvent {
     )]
     AudioTranscriptDone { transcript: Option<String> },
     #[serde(rename = "conversation.item.input_audio_transcription.completed")]
-    InputTranscriptionCompleted { transcript: String },
+    InputTranscriptionCompleted {
+        #[serde(default)]
+        item_id: Option<String>,
+        transcript: String,
+    },
     #[serde(rename = "response.done")]
     ResponseDone {
         #[serde(default)]
@@ -244,7 +271,13 @@ where
 /// Mixes the humans' frames into one 48 kHz stream, 20 ms at a time.
 #[derive(Default)]
 struct InputMixer {
-    queues: HashMap<Arc<str>, std::collections::VecDeque<i16>>,
+    queues: HashMap<Arc<str>, VecDeque<i16>>,
+}
+
+/// One mixed frame, and whose voice is in it.
+struct Mixed {
+    pcm: Vec<i16>,
+    voiced: Vec<Arc<str>>,
 }
 
 impl InputMixer {
@@ -260,17 +293,86 @@ impl InputMixer {
     }
 
     /// The next mixed frame, or `None` when nobody sent audio.
-    fn frame(&mut self) -> Option<Vec<i16>> {
+    fn frame(&mut self) -> Option<Mixed> {
         let mut mix = vec![0i32; FRAME_SAMPLES];
         let mut any = false;
-        for q in self.queues.values_mut() {
+        let mut voiced = Vec::new();
+        for (speaker, q) in &mut self.queues {
             let n = q.len().min(FRAME_SAMPLES);
             any |= n > 0;
-            for (m, s) in mix.iter_mut().zip(q.drain(..n)) {
+            let part: Vec<i16> = q.drain(..n).collect();
+            // The same test as the orb's activity: this track is voiced in this frame.
+            if n > 0 && rms(&part) >= VOICE_THRESHOLD {
+                voiced.push(speaker.clone());
+            }
+            for (m, s) in mix.iter_mut().zip(part) {
                 *m += i32::from(s);
             }
         }
-        any.then(|| mix.into_iter().map(|m| m.clamp(-32768, 32767) as i16).collect())
+        any.then(|| Mixed {
+            pcm: mix.into_iter().map(|m| m.clamp(-32768, 32767) as i16).collect(),
+            voiced,
+        })
+    }
+}
+
+/// The input stream of one connection: how much audio went to the service, each human's voiced
+/// stretches of it, and the utterances the service found in it.
+#[derive(Default)]
+struct InputStream {
+    /// Samples at 24 kHz appended (or queued to append) since the connection's session began.
+    samples: u64,
+    timeline: VoiceTimeline,
+    /// Utterances not transcribed yet: item id, start and end on the stream's clock.
+    open: VecDeque<(String, Option<u64>, Option<u64>)>,
+}
+
+impl InputStream {
+    fn position_ms(&self) -> u64 {
+        self.samples / 24
+    }
+
+    /// A mixed frame goes to the service: its voiced tracks are noted at its place in the stream.
+    fn push(&mut self, mixed: &Mixed, samples_24k: usize, now: Instant) {
+        let start_ms = self.position_ms();
+        self.samples += samples_24k as u64;
+        let len_ms = self.position_ms() - start_ms;
+        for speaker in &mixed.voiced {
+            self.timeline.voiced(speaker, start_ms, len_ms, now);
+        }
+    }
+
+    fn utterance(&mut self, item_id: Option<String>) -> Option<&mut (String, Option<u64>, Option<u64>)> {
+        let id = item_id?;
+        if let Some(i) = self.open.iter().position(|(open, _, _)| *open == id) {
+            return self.open.get_mut(i);
+        }
+        if self.open.len() >= MAX_OPEN_UTTERANCES {
+            self.open.pop_front();
+        }
+        self.open.push_back((id, None, None));
+        self.open.back_mut()
+    }
+
+    fn speech_started(&mut self, item_id: Option<String>, start_ms: Option<u64>) {
+        if let Some(u) = self.utterance(item_id) {
+            u.1 = start_ms;
+        }
+    }
+
+    fn speech_stopped(&mut self, item_id: Option<String>, end_ms: Option<u64>) {
+        if let Some(u) = self.utterance(item_id) {
+            u.2 = end_ms;
+        }
+    }
+
+    /// Who said the utterance `item_id`, now transcribed (and forgotten). Without an end yet,
+    /// it runs to the end of the audio sent so far.
+    fn transcribed(&mut self, item_id: Option<&str>) -> Option<Attributed> {
+        let i = self.open.iter().position(|(id, _, _)| Some(id.as_str()) == item_id)?;
+        let (_, start, end) = self.open.remove(i)?;
+        let end = end.unwrap_or_else(|| self.position_ms());
+        self.timeline.attribute(Interval::new(start?, end))
     }
 }
 
@@ -372,6 +474,7 @@ async fn connect_and_serve(
         return Outcome::Lost(e);
     }
     let mut turn = Turn::default();
+    let mut stream = InputStream::default();
     let mut ready = false;
     let mut pending: Vec<i16> = Vec::with_capacity(FRAME_SAMPLES * APPEND_FRAMES / 2);
     let mut frames = tokio::time::interval(FRAME_DURATION);
@@ -395,7 +498,7 @@ async fn connect_and_serve(
                         continue;
                     }
                 };
-                if handle_event(event, io, &mut turn, &mut ready).await.is_err() {
+                if handle_event(event, io, &mut turn, &mut stream, &mut ready).await.is_err() {
                     return Outcome::Finished;
                 }
                 if ready {
@@ -412,8 +515,10 @@ async fn connect_and_serve(
                 Some(BrainInput::Connected { .. }) => {}
             },
             _ = frames.tick() => {
-                if let Some(frame) = mixer.frame() {
-                    pending.extend(downsample_2x(&frame));
+                if let Some(mixed) = mixer.frame() {
+                    let down = downsample_2x(&mixed.pcm);
+                    stream.push(&mixed, down.len(), Instant::now());
+                    pending.extend(down);
                 }
                 if pending.len() >= FRAME_SAMPLES / 2 * APPEND_FRAMES {
                     let append = ClientEvent::InputAudioBufferAppend { audio: pcm16_base64(&pending) };
@@ -439,7 +544,13 @@ async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer) {
 }
 
 /// Handles one server event; `Err` when the orb side is gone.
-async fn handle_event(event: ServerEvent, io: &BrainIo, turn: &mut Turn, ready: &mut bool) -> Result<(), ()> {
+async fn handle_event(
+    event: ServerEvent,
+    io: &BrainIo,
+    turn: &mut Turn,
+    stream: &mut InputStream,
+    ready: &mut bool,
+) -> Result<(), ()> {
     let send = |e: BrainEvent| io.events.send(e);
     match event {
         ServerEvent::SessionCreated | ServerEvent::SessionUpdated => {
@@ -449,12 +560,17 @@ async fn handle_event(event: ServerEvent, io: &BrainIo, turn: &mut Turn, ready: 
                 send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
             }
         }
-        ServerEvent::SpeechStarted => {
+        ServerEvent::SpeechStarted {
+            audio_start_ms,
+            item_id,
+        } => {
+            stream.speech_started(item_id, audio_start_ms);
             // The human talks over the orb: stop speaking at once.
             send(BrainEvent::Interrupt { lane: LANE }).await.map_err(drop)?;
             send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
         }
-        ServerEvent::SpeechStopped => {
+        ServerEvent::SpeechStopped { audio_end_ms, item_id } => {
+            stream.speech_stopped(item_id, audio_end_ms);
             turn.speech_end = Some(Instant::now());
             turn.answered = false;
             send(BrainEvent::Status(AiStatus::Processing)).await.map_err(drop)?;
@@ -486,17 +602,25 @@ async fn handle_event(event: ServerEvent, io: &BrainIo, turn: &mut Turn, ready: 
                 send(BrainEvent::Transcript {
                     speaker: Speaker::Ai,
                     text,
+                    overlap: false,
+                    started: None,
                 })
                 .await
                 .map_err(drop)?;
             }
         }
-        ServerEvent::InputTranscriptionCompleted { transcript } => {
+        ServerEvent::InputTranscriptionCompleted { item_id, transcript } => {
+            let who = stream.transcribed(item_id.as_deref());
             let text = transcript.trim();
             if !text.is_empty() {
+                if who.is_none() {
+                    debug!(?item_id, "no human voice heard during a transcribed utterance");
+                }
                 let line = BrainEvent::Transcript {
-                    speaker: Speaker::Human(None),
+                    speaker: Speaker::Human(who.as_ref().map(|w| w.speaker.clone())),
                     text: text.to_owned(),
+                    overlap: who.as_ref().is_some_and(|w| w.overlap),
+                    started: who.map(|w| w.started),
                 };
                 send(line).await.map_err(drop)?;
             }
@@ -540,6 +664,7 @@ mod tests {
             voice: "alloy".into(),
             instructions: "be brief".into(),
             api_key: "k".into(),
+            summary_model: "gpt-test".into(),
         }
     }
 
@@ -611,11 +736,25 @@ mod tests {
         );
         assert_eq!(
             parse(json!({ "type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "i1" })),
-            E::SpeechStarted
+            E::SpeechStarted {
+                audio_start_ms: Some(0),
+                item_id: Some("i1".into())
+            }
         );
         assert_eq!(
             parse(json!({ "type": "input_audio_buffer.speech_stopped", "audio_end_ms": 200, "item_id": "i1" })),
-            E::SpeechStopped
+            E::SpeechStopped {
+                audio_end_ms: Some(200),
+                item_id: Some("i1".into())
+            }
+        );
+        // Both are optional: the brain then cannot say who spoke, and says so.
+        assert_eq!(
+            parse(json!({ "type": "input_audio_buffer.speech_stopped" })),
+            E::SpeechStopped {
+                audio_end_ms: None,
+                item_id: None
+            }
         );
         assert_eq!(
             parse(json!({ "type": "response.created", "response": { "id": "r1", "status": "in_progress" } })),
@@ -664,6 +803,7 @@ mod tests {
                 "item_id": "i1", "content_index": 0, "transcript": "hello orb"
             })),
             E::InputTranscriptionCompleted {
+                item_id: Some("i1".into()),
                 transcript: "hello orb".into()
             }
         );
@@ -752,7 +892,42 @@ mod tests {
         m.push("a".into(), &[100; 960]);
         m.push("b".into(), &[50; 480]);
         let f = m.frame().unwrap();
-        assert_eq!((f[0], f[500]), (150, 100));
+        assert_eq!((f.pcm[0], f.pcm[500]), (150, 100));
+        assert!(f.voiced.is_empty(), "both far below the voice threshold");
         assert!(m.frame().is_none());
+    }
+
+    /// Two humans in turn on one mixed stream: the service's utterances, on the stream's clock,
+    /// go to whoever's track was voiced then, also when the transcription comes much later.
+    #[test]
+    fn utterances_go_to_the_track_voiced_during_them() {
+        let voice = crate::audio::tone(300.0, FRAME_SAMPLES, 8000, 0);
+        let silence = vec![0i16; FRAME_SAMPLES];
+        let (coach, client): (Arc<str>, Arc<str>) = ("coach".into(), "client".into());
+        let mut m = InputMixer::default();
+        let mut stream = InputStream::default();
+        // 1 s coach, 0.5 s nobody, 1 s client: 20 ms frames from both tracks each tick.
+        for i in 0..125 {
+            let (a, b) = match i {
+                0..50 => (&voice, &silence),
+                50..75 => (&silence, &silence),
+                _ => (&silence, &voice),
+            };
+            m.push(coach.clone(), a);
+            m.push(client.clone(), b);
+            let mixed = m.frame().unwrap();
+            stream.push(&mixed, FRAME_SAMPLES / 2, Instant::now());
+        }
+        assert_eq!(stream.position_ms(), 2500);
+        stream.speech_started(Some("i1".into()), Some(0));
+        stream.speech_stopped(Some("i1".into()), Some(1300));
+        stream.speech_started(Some("i2".into()), Some(1200));
+        // i2 has no end yet: it runs to the end of the audio sent.
+        let first = stream.transcribed(Some("i1")).unwrap();
+        let second = stream.transcribed(Some("i2")).unwrap();
+        assert_eq!((&first.speaker, first.overlap), (&coach, false));
+        assert_eq!((&second.speaker, second.overlap), (&client, false));
+        assert_eq!(stream.transcribed(Some("i1")), None, "forgotten once transcribed");
+        assert_eq!(stream.transcribed(None), None);
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use orb_protocol::AiStatus;
+use orb_protocol::summary::SummaryContent;
 use tokio::time::Instant;
 
-use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker};
+use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker, Summarizer, SummaryError, SummaryRequest};
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, VOICE_THRESHOLD, rms, tone};
 
 /// Frequency of the greeting tone.
@@ -34,13 +35,46 @@ impl Brain for TestBrain {
         "test"
     }
 
+    fn summarizer(&self) -> Arc<dyn Summarizer> {
+        Arc::new(TestSummarizer)
+    }
+
     fn run(self: Box<Self>, io: BrainIo) -> BoxFuture<'static, Result<(), BrainError>> {
         run(self.echo_delay, io).boxed()
     }
 }
 
+/// The test brain's summaries: no model, the same content for the same transcript.
+pub struct TestSummarizer;
+
+impl Summarizer for TestSummarizer {
+    fn summarize<'a>(&'a self, request: SummaryRequest<'a>) -> BoxFuture<'a, Result<SummaryContent, SummaryError>> {
+        let mut key_topics = request.previous.map(|p| p.key_topics.clone()).unwrap_or_default();
+        if !key_topics.iter().any(|t| t == "test") {
+            key_topics.push("test".to_owned());
+        }
+        let mut speakers: Vec<&str> = request.lines.iter().map(|l| l.speaker.as_str()).collect();
+        speakers.sort_unstable();
+        speakers.dedup();
+        let last: String = request
+            .lines
+            .last()
+            .map_or("", |l| l.text.as_str())
+            .chars()
+            .take(200)
+            .collect();
+        let content = SummaryContent {
+            key_topics,
+            progress: format!("Heard {}; the last line: \"{last}\"", speakers.join(", ")),
+            recommendations: vec!["Listen back to the transcript.".to_owned()],
+        };
+        futures::future::ready(Ok(content)).boxed()
+    }
+}
+
 struct Burst {
     frames: usize,
+    first: Instant,
     last: Instant,
 }
 
@@ -48,7 +82,6 @@ async fn run(echo_delay: Duration, mut io: BrainIo) -> Result<(), BrainError> {
     let send = |e| io.events.send(e);
     let _ = send(BrainEvent::Ready).await;
     let _ = send(BrainEvent::Status(AiStatus::Listening)).await;
-    let _ = send(BrainEvent::Topics(vec!["test".to_owned()])).await;
     let mut greeted = false;
     let mut lanes: HashMap<Arc<str>, u32> = HashMap::new();
     let mut bursts: HashMap<Arc<str>, Burst> = HashMap::new();
@@ -64,7 +97,7 @@ async fn run(echo_delay: Duration, mut io: BrainIo) -> Result<(), BrainError> {
                         greeted = true;
                         let samples = (GREETING.as_millis() as usize / 20) * FRAME_SAMPLES;
                         let _ = io.events.send(BrainEvent::Audio { lane: 0, pcm: tone(GREETING_HZ, samples, 8000, 0), origin: None }).await;
-                        let _ = io.events.send(BrainEvent::Transcript { speaker: Speaker::Ai, text: "Hello from the test orb.".into() }).await;
+                        let _ = io.events.send(BrainEvent::Transcript { speaker: Speaker::Ai, text: "Hello from the test orb.".into(), overlap: false, started: None }).await;
                     }
                     BrainInput::Connected { .. } => {}
                     BrainInput::Left { speaker } => {
@@ -76,7 +109,7 @@ async fn run(echo_delay: Duration, mut io: BrainIo) -> Result<(), BrainError> {
                         }
                         let next_lane = lanes.len() as u32 + 1;
                         let lane = *lanes.entry(frame.speaker.clone()).or_insert(next_lane);
-                        let burst = bursts.entry(frame.speaker.clone()).or_insert(Burst { frames: 0, last: frame.at });
+                        let burst = bursts.entry(frame.speaker.clone()).or_insert(Burst { frames: 0, first: frame.at, last: frame.at });
                         burst.frames += 1;
                         burst.last = frame.at;
                         pending.push_back((frame.at + echo_delay, BrainEvent::Audio { lane, pcm: frame.pcm, origin: Some(frame.at) }));
@@ -109,6 +142,9 @@ async fn run(echo_delay: Duration, mut io: BrainIo) -> Result<(), BrainError> {
                 .send(BrainEvent::Transcript {
                     speaker: Speaker::Human(Some(speaker)),
                     text: format!("({ms} ms of speech)"),
+                    // Each speaker is heard on its own: who spoke is known, overlap or not.
+                    overlap: false,
+                    started: Some(burst.first),
                 })
                 .await;
             let _ = io
@@ -116,6 +152,8 @@ async fn run(echo_delay: Duration, mut io: BrainIo) -> Result<(), BrainError> {
                 .send(BrainEvent::Transcript {
                     speaker: Speaker::Ai,
                     text: "(echo)".into(),
+                    overlap: false,
+                    started: None,
                 })
                 .await;
         }
@@ -146,7 +184,6 @@ mod tests {
             ev_rx.recv().await,
             Some(BrainEvent::Status(AiStatus::Listening))
         ));
-        assert!(matches!(ev_rx.recv().await, Some(BrainEvent::Topics(_))));
         let coach: Arc<str> = "coach".into();
         for _ in 0..2 {
             in_tx
@@ -201,11 +238,14 @@ mod tests {
         let Some(BrainEvent::Transcript {
             speaker: Speaker::Human(Some(who)),
             text,
+            started: Some(started),
+            ..
         }) = ev_rx.recv().await
         else {
             panic!("transcript")
         };
         assert_eq!((&*who, text.as_str()), ("coach", "(20 ms of speech)"));
+        assert_eq!(started, sent_at, "dated by its first voiced frame");
         drop(in_tx);
         task.await.unwrap().unwrap();
     }

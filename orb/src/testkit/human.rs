@@ -37,10 +37,12 @@ pub struct HeardFrame {
 }
 
 /// Where the human sends its own audio from.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Voice {
     Silence,
     Tone(f32),
+    /// 48 kHz mono samples (real speech: see [`super::speech`]) said once, then silence.
+    Clip(Arc<[i16]>),
 }
 
 pub struct Human {
@@ -276,6 +278,12 @@ impl Human {
         self.voice.send_replace(voice);
     }
 
+    /// Says `clip` (48 kHz mono) once; returns how long it lasts.
+    pub fn say(&self, clip: &[i16]) -> Duration {
+        self.set_voice(Voice::Clip(clip.into()));
+        Duration::from_millis(clip.len() as u64 * 1000 / u64::from(crate::audio::SAMPLE_RATE))
+    }
+
     /// Waits for `frames` consecutive received frames dominated by `freq_hz`; returns the
     /// arrival time of the first of them.
     pub async fn wait_for_tone(&mut self, freq_hz: f32, frames: usize, timeout: Duration) -> Option<Instant> {
@@ -354,21 +362,32 @@ async fn send_voice(
     let Ok(mut encoder) = Encoder::new() else { return };
     let mut ticker = tokio::time::interval(FRAME_DURATION);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let (mut seq, mut ts, mut phase) = (0u16, 0u32, 0usize);
+    let (mut seq, mut ts, mut phase, mut clip_at) = (0u16, 0u32, 0usize, 0usize);
     let mut payload_type = None;
     let mut current = Voice::Silence;
     loop {
         ticker.tick().await;
         if voice.has_changed().unwrap_or(false) {
-            let next = *voice.borrow_and_update();
+            let next = voice.borrow_and_update().clone();
             if current == Voice::Silence && next != Voice::Silence {
                 *voice_started.lock().expect("voice lock") = Some(Instant::now());
             }
             current = next;
+            clip_at = 0;
         }
-        let pcm = match current {
+        let pcm = match &current {
             Voice::Silence => vec![0i16; FRAME_SAMPLES],
-            Voice::Tone(f) => tone(f, FRAME_SAMPLES, 8000, phase),
+            Voice::Tone(f) => tone(*f, FRAME_SAMPLES, 8000, phase),
+            Voice::Clip(clip) => {
+                let end = (clip_at + FRAME_SAMPLES).min(clip.len());
+                let mut frame = clip[clip_at..end].to_vec();
+                frame.resize(FRAME_SAMPLES, 0);
+                clip_at = end;
+                if end == clip.len() {
+                    current = Voice::Silence;
+                }
+                frame
+            }
         };
         phase += FRAME_SAMPLES;
         let Ok(encoded) = encoder.encode(&pcm) else { continue };

@@ -1,9 +1,11 @@
-//! Test and benchmark support: a minimal signaling relay, a scripted human peer, and a handle
-//! on an orb process. Shipped in the library so the end-to-end tests and the benchmark binary
+//! Test and benchmark support: a minimal signaling relay, a scripted human peer (a tone or real
+//! speech), a fake of the OpenAI service, and a handle on an orb process. Shipped in the library so the end-to-end tests and the benchmark binary
 //! share one implementation.
 
+pub mod fake_openai;
 pub mod human;
 pub mod relay;
+pub mod speech;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,31 @@ impl OrbProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> std::io::Result<Self> {
+        Self::spawn_brain(binary, signaling_url, room, &["--test-mode"], extra, env)
+    }
+
+    /// Starts `binary` with the openai-realtime brain against the service at `base_url` (a
+    /// [`fake_openai::FakeOpenAi`]'s), media bound to loopback.
+    pub fn spawn_openai(binary: &Path, signaling_url: &str, room: &str, base_url: &str) -> std::io::Result<Self> {
+        let base = format!("--openai-base-url={base_url}");
+        Self::spawn_brain(
+            binary,
+            signaling_url,
+            room,
+            &["--brain=openai-realtime", &base],
+            &[],
+            &[(crate::config::OPENAI_API_KEY_ENV, "test-key")],
+        )
+    }
+
+    fn spawn_brain(
+        binary: &Path,
+        signaling_url: &str,
+        room: &str,
+        brain: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let http_addr = free_local_addr()?;
         let termination_log =
             std::env::temp_dir().join(format!("orb-termination-{}-{}", room, crate::random_u64() % 1_000_000));
@@ -47,12 +74,12 @@ impl OrbProcess {
             "--session=session-1",
             "--coach=coach-1",
             "--client=client-1",
-            "--test-mode",
             &format!("--signaling-url={signaling_url}"),
             &format!("--http-addr={http_addr}"),
             &format!("--termination-log={}", termination_log.display()),
             "--udp-addrs=127.0.0.1:0",
         ])
+        .args(brain)
         .args(extra)
         .env_remove("ORB_SIGNALING_TOKEN")
         // The test humans offer loopback candidates: no range is denied unless a test says so.

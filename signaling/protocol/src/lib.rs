@@ -5,11 +5,13 @@
 //! SDP and ICE payloads (`offer`, `answer`, `candidate`) are relayed untouched as raw JSON, so a
 //! browser's `RTCSessionDescriptionInit` / `RTCIceCandidateInit` round-trips exactly.
 
+pub mod summary;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `userRole` of a participant.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Deserialize, Serialize, schemars::JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
     Coach,

@@ -423,3 +423,66 @@ async fn a_summary_flood_stores_a_few_and_refuses_the_rest() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The webhook receives the summary the orb sent as the protocol's type defines it (the schema
+/// of docs/session-summary.schema.json), with signaling's `roomId`, `fromId` and `type`; the coach
+/// receives the same live.
+#[tokio::test]
+async fn the_webhook_body_is_the_protocols_summary() {
+    use orb_protocol::UserRole;
+    use orb_protocol::summary::{
+        DeliveredSummary, SessionSummary, SessionSummaryMessage, SummaryContent, SummaryMessageType,
+        SummaryParticipant, TranscriptLine,
+    };
+    let hook = Webhook::start(true).await;
+    let s = start(&["--summary-webhook-url", &hook.url]).await;
+    let (mut coach, _) = s.join("r", "coach-1", "coach").await;
+    let (mut orb, _) = s.join("r", "ai", "ai").await;
+    coach.recv().await;
+    let sent = SessionSummaryMessage {
+        summary_id: "sum-typed".into(),
+        room_id: "whatever-the-orb-says".into(),
+        session_id: "s-1".into(),
+        coach_id: "coach-1".into(),
+        client_id: "client-1".into(),
+        from_id: None,
+        summary: SessionSummary {
+            duration: 60_000,
+            participants: vec![SummaryParticipant {
+                user_id: "coach-1".into(),
+                user_role: UserRole::Coach,
+            }],
+            content: SummaryContent {
+                key_topics: vec!["sleep".into()],
+                progress: "Sleeps better.".into(),
+                recommendations: vec!["Keep the routine.".into()],
+            },
+            transcript: vec![TranscriptLine {
+                speaker: "coach-1".into(),
+                role: UserRole::Coach,
+                text: "How did you sleep?".into(),
+                offset_ms: 1200,
+                overlap: true,
+            }],
+            reason: "SessionComplete".into(),
+            summary_error: Some("partial".into()),
+        },
+    };
+    let mut frame = serde_json::to_value(&sent).unwrap();
+    frame["type"] = json!("session_summary");
+    orb.send(frame).await;
+    assert_eq!(orb.recv().await["type"], "session_summary_ack");
+    let expected = DeliveredSummary {
+        kind: SummaryMessageType::SessionSummary,
+        message: SessionSummaryMessage {
+            room_id: "r".into(),
+            from_id: Some("ai".into()),
+            ..sent
+        },
+    };
+    let live: DeliveredSummary = serde_json::from_value(coach.recv().await).unwrap();
+    assert_eq!(live, expected);
+    eventually("the delivery", || !hook.delivered().is_empty()).await;
+    let body: DeliveredSummary = serde_json::from_slice(&hook.delivered()[0].body).expect("the protocol's type");
+    assert_eq!(body, expected);
+}
