@@ -32,6 +32,8 @@ struct Seen {
     path: String,
     first_event: String,
     input_samples_24k: Vec<i16>,
+    /// The `conversation.item.truncate` a barge-in sent.
+    truncate: Option<Value>,
 }
 
 fn b64_pcm(samples: &[i16]) -> String {
@@ -94,14 +96,28 @@ async fn fake_service(listener: TcpListener, seen_tx: mpsc::UnboundedSender<Seen
             json!({"type": "input_audio_buffer.committed", "item_id": "item_1"}),
             json!({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1", "transcript": "hello orb"}),
             json!({"type": "response.created", "response": {"id": "resp_1"}}),
-            json!({"type": "response.output_audio.delta", "response_id": "resp_1", "delta": b64_pcm(&reply)}),
-            json!({"type": "response.output_audio.delta", "response_id": "resp_1", "delta": b64_pcm(&reply)}),
+            json!({"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_ai_1", "content_index": 0, "delta": b64_pcm(&reply)}),
+            json!({"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_ai_1", "content_index": 0, "delta": b64_pcm(&reply)}),
             json!({"type": "response.output_audio_transcript.done", "response_id": "resp_1", "transcript": "Hi there"}),
             json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}),
-            json!({"type": "error", "error": {"type": "invalid_request_error", "code": "bad_thing", "message": "boom"}}),
+            // The human speaks over the reply still playing.
+            json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 400, "item_id": "item_2"}),
         ] {
             ws.send(send(event)).await.unwrap();
         }
+        while seen.truncate.is_none() {
+            let Some(Ok(Message::Text(text))) = ws.next().await else {
+                panic!("input ended before the truncate")
+            };
+            let event: Value = serde_json::from_str(&text).unwrap();
+            match event["type"].as_str() {
+                Some("input_audio_buffer.append") => {}
+                Some("conversation.item.truncate") => seen.truncate = Some(event),
+                other => panic!("unexpected {other:?} after the reply ended (nothing to cancel)"),
+            }
+        }
+        let error = json!({"type": "error", "error": {"type": "invalid_request_error", "code": "bad_thing", "message": "boom"}});
+        ws.send(send(error)).await.unwrap();
         seen_tx.send(seen).unwrap();
         // Drop the TCP connection without a close handshake, as a crashed service would.
         drop(ws);
@@ -201,6 +217,8 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
             "audio",
             "ai:Hi there",
             "status:listening",
+            "interrupt",
+            "status:listening",
             "error:realtime service error bad_thing: boom",
             kinds.last().unwrap().as_str(),
         ]
@@ -213,6 +231,11 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
     assert_eq!(first.authorization, "Bearer test-key");
     assert_eq!(first.path, "/v1/realtime?model=test-model");
     assert_eq!(first.first_event, "session.update");
+    // The model's record of its reply is cut to what was played: at most the 200 ms it sent.
+    let truncate = first.truncate.as_ref().unwrap();
+    assert_eq!(truncate["item_id"], "item_ai_1");
+    assert_eq!(truncate["content_index"], 0);
+    assert!(truncate["audio_end_ms"].as_u64().unwrap() <= 200, "{truncate}");
     // 48 kHz 1 kHz in, 24 kHz out: the tone sits at 2 kHz when read at 48 kHz.
     assert!(tone_power(&first.input_samples_24k[480..], 2000.0) > 0.8);
 

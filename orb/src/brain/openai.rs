@@ -94,6 +94,16 @@ enum ClientEvent<'a> {
     /// Base64 of 24 kHz mono PCM16.
     #[serde(rename = "input_audio_buffer.append")]
     InputAudioBufferAppend { audio: String },
+    /// Barge-in: the model's record of its reply keeps only what the humans heard.
+    #[serde(rename = "conversation.item.truncate")]
+    ConversationItemTruncate {
+        item_id: String,
+        content_index: u32,
+        audio_end_ms: u64,
+    },
+    /// Barge-in: the reply still being generated is not wanted any more.
+    #[serde(rename = "response.cancel")]
+    ResponseCancel,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,7 +192,14 @@ enum ServerEvent {
     ResponseCreated,
     // The GA names, with the beta names of the same events as aliases.
     #[serde(rename = "response.output_audio.delta", alias = "response.audio.delta")]
-    AudioDelta { delta: String },
+    AudioDelta {
+        delta: String,
+        /// The assistant item the audio belongs to: what a barge-in truncates.
+        #[serde(default)]
+        item_id: Option<String>,
+        #[serde(default)]
+        content_index: u32,
+    },
     #[serde(
         rename = "response.output_audio_transcript.delta",
         alias = "response.audio_transcript.delta"
@@ -235,6 +252,9 @@ struct ErrorDetail {
     code: Option<String>,
     message: Option<String>,
 }
+
+/// The service's answer to a `response.cancel` that arrived after the reply ended.
+const CANCEL_NOT_ACTIVE: &str = "response_cancel_not_active";
 
 /// The `session.update` the orb sends after connecting.
 fn session_update(config: &OpenAiConfig) -> ClientEvent<'_> {
@@ -400,6 +420,48 @@ struct Turn {
     answered: bool,
     upsample_last: i16,
     ai_text: String,
+    /// Between `response.created` and `response.done`.
+    responding: bool,
+    /// The reply audio being played, for a barge-in to truncate.
+    speaking: Option<Speaking>,
+}
+
+/// The assistant item whose audio the orb is playing.
+#[derive(Debug)]
+struct Speaking {
+    item_id: String,
+    content_index: u32,
+    /// When its first audio reached the orb's playout, which plays in real time from then on.
+    started: Instant,
+    /// Audio of the item received so far.
+    received_ms: u64,
+}
+
+impl Speaking {
+    /// How much of the item the humans heard by `now`: playout runs in real time from the first
+    /// frame and cannot play what has not arrived.
+    fn played_ms(&self, now: Instant) -> u64 {
+        let elapsed = u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX);
+        elapsed.min(self.received_ms)
+    }
+}
+
+/// What a human speaking over the orb asks of the service: cancel the reply in flight and cut
+/// the model's record of the reply to what was heard, so the history keeps no speech nobody
+/// heard.
+fn barge_in(turn: &mut Turn, now: Instant) -> Vec<ClientEvent<'static>> {
+    let mut events = Vec::new();
+    if std::mem::take(&mut turn.responding) {
+        events.push(ClientEvent::ResponseCancel);
+    }
+    if let Some(speaking) = turn.speaking.take() {
+        events.push(ClientEvent::ConversationItemTruncate {
+            audio_end_ms: speaking.played_ms(now),
+            item_id: speaking.item_id,
+            content_index: speaking.content_index,
+        });
+    }
+    events
 }
 
 enum Outcome {
@@ -498,8 +560,14 @@ async fn connect_and_serve(
                         continue;
                     }
                 };
-                if handle_event(event, io, &mut turn, &mut stream, &mut ready).await.is_err() {
+                let mut replies = Vec::new();
+                if handle_event(event, io, &mut turn, &mut stream, &mut ready, &mut replies).await.is_err() {
                     return Outcome::Finished;
+                }
+                for reply in &replies {
+                    if let Err(e) = send_event(&mut ws, reply).await {
+                        return Outcome::Lost(e);
+                    }
                 }
                 if ready {
                     backoff.reset();
@@ -543,13 +611,15 @@ async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer) {
     }
 }
 
-/// Handles one server event; `Err` when the orb side is gone.
+/// Handles one server event, pushing what to answer the service onto `replies`; `Err` when the
+/// orb side is gone.
 async fn handle_event(
     event: ServerEvent,
     io: &BrainIo,
     turn: &mut Turn,
     stream: &mut InputStream,
     ready: &mut bool,
+    replies: &mut Vec<ClientEvent<'static>>,
 ) -> Result<(), ()> {
     let send = |e: BrainEvent| io.events.send(e);
     match event {
@@ -566,6 +636,7 @@ async fn handle_event(
         } => {
             stream.speech_started(item_id, audio_start_ms);
             // The human talks over the orb: stop speaking at once.
+            replies.extend(barge_in(turn, Instant::now()));
             send(BrainEvent::Interrupt { lane: LANE }).await.map_err(drop)?;
             send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
         }
@@ -577,12 +648,31 @@ async fn handle_event(
         }
         ServerEvent::ResponseCreated => {
             turn.answered = false;
+            turn.responding = true;
+            turn.speaking = None;
             turn.ai_text.clear();
         }
-        ServerEvent::AudioDelta { delta } => {
+        ServerEvent::AudioDelta {
+            delta,
+            item_id,
+            content_index,
+        } => {
             let Some(pcm) = base64_pcm16(&delta) else {
                 return Ok(());
             };
+            if let Some(item_id) = item_id {
+                let speaking = match &mut turn.speaking {
+                    Some(s) if s.item_id == item_id && s.content_index == content_index => s,
+                    speaking => speaking.insert(Speaking {
+                        item_id,
+                        content_index,
+                        started: Instant::now(),
+                        received_ms: 0,
+                    }),
+                };
+                // 24 kHz: 24 samples a millisecond.
+                speaking.received_ms += pcm.len() as u64 / 24;
+            }
             let origin = if turn.answered { None } else { turn.speech_end.take() };
             turn.answered = true;
             let pcm = upsample_2x(&pcm, &mut turn.upsample_last);
@@ -626,6 +716,8 @@ async fn handle_event(
             }
         }
         ServerEvent::ResponseDone { response } => {
+            // The reply's audio may still be playing: `speaking` stays for a barge-in.
+            turn.responding = false;
             send(BrainEvent::Status(AiStatus::Listening)).await.map_err(drop)?;
             if response.status == Some(ResponseStatus::Failed) {
                 send(BrainEvent::Error(format!(
@@ -642,6 +734,11 @@ async fn handle_event(
                 .as_deref()
                 .unwrap_or("unknown error from the realtime service");
             let code = error.code.as_deref().unwrap_or("");
+            if code == CANCEL_NOT_ACTIVE {
+                // The service's own turn detection cancelled the reply before the orb asked.
+                debug!("no reply in flight to cancel");
+                return Ok(());
+            }
             send(BrainEvent::Error(format!("realtime service error {code}: {message}")))
                 .await
                 .map_err(drop)?;
@@ -653,6 +750,8 @@ async fn handle_event(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::json;
 
     use super::*;
@@ -705,6 +804,59 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn a_barge_in_cancels_the_reply_in_flight_and_truncates_it_to_what_was_heard() {
+        let start = Instant::now();
+        let mut turn = Turn {
+            responding: true,
+            speaking: Some(Speaking {
+                item_id: "item_7".into(),
+                content_index: 0,
+                started: start,
+                received_ms: 5_000,
+            }),
+            ..Turn::default()
+        };
+        let sent: Vec<Value> = barge_in(&mut turn, start + Duration::from_millis(1_250))
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                json!({ "type": "response.cancel" }),
+                json!({ "type": "conversation.item.truncate", "item_id": "item_7", "content_index": 0, "audio_end_ms": 1250 }),
+            ]
+        );
+        // Once is enough: a second voice onset finds nothing left to cut.
+        assert!(barge_in(&mut turn, start + Duration::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn what_was_heard_never_exceeds_what_arrived() {
+        let start = Instant::now();
+        let speaking = Speaking {
+            item_id: "item_1".into(),
+            content_index: 0,
+            started: start,
+            received_ms: 800,
+        };
+        assert_eq!(speaking.played_ms(start), 0);
+        assert_eq!(speaking.played_ms(start + Duration::from_millis(300)), 300);
+        assert_eq!(speaking.played_ms(start + Duration::from_secs(60)), 800);
+        // A reply that ended but whose audio still plays is truncated, not cancelled.
+        let mut turn = Turn {
+            speaking: Some(speaking),
+            ..Turn::default()
+        };
+        let sent = barge_in(&mut turn, start + Duration::from_millis(500));
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(
+            &sent[0],
+            ClientEvent::ConversationItemTruncate { audio_end_ms: 500, .. }
+        ));
     }
 
     #[test]
@@ -768,7 +920,9 @@ mod tests {
                     "output_index": 0, "content_index": 0, "delta": "AQD//w=="
                 })),
                 E::AudioDelta {
-                    delta: "AQD//w==".into()
+                    delta: "AQD//w==".into(),
+                    item_id: Some("i2".into()),
+                    content_index: 0,
                 }
             );
         }
