@@ -96,6 +96,10 @@ pub struct Cli {
     /// structured output).
     #[arg(long, env = "OPENAI_SUMMARY_MODEL", default_value = "gpt-4.1-mini")]
     pub openai_summary_model: String,
+    /// Start a new realtime session, with the conversation so far, once the current one is this
+    /// old: the service ends a session after 60 minutes, and a call may last two hours.
+    #[arg(long, env = "OPENAI_SESSION_RENEW_AFTER", default_value = "50m", value_parser = parse_duration)]
+    pub openai_session_renew_after: Duration,
     /// Instructions given to the realtime model.
     #[arg(
         long,
@@ -205,6 +209,8 @@ pub struct OpenAiConfig {
     pub api_key: String,
     /// The text model of the session summary.
     pub summary_model: String,
+    /// Age at which the realtime session is renewed (`--openai-session-renew-after`).
+    pub session_renew_after: Duration,
 }
 
 impl std::fmt::Debug for OpenAiConfig {
@@ -327,6 +333,7 @@ impl Config {
                     instructions: cli.openai_instructions,
                     api_key: secrets.openai_api_key.ok_or(ConfigError::MissingApiKey)?,
                     summary_model: cli.openai_summary_model,
+                    session_renew_after: cli.openai_session_renew_after,
                 })
             }
         };

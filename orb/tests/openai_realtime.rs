@@ -159,6 +159,7 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
         instructions: "be brief".into(),
         api_key: "test-key".into(),
         summary_model: "test-summary-model".into(),
+        session_renew_after: Duration::from_secs(3000),
     };
     let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
     let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));
@@ -259,5 +260,123 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
     feeder.abort();
     drop(in_tx);
     tokio::time::timeout(WAIT, brain_task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(WAIT, service).await.unwrap().unwrap();
+}
+
+/// Reads the next text event the orb sends that is not input audio.
+async fn next_non_audio<S>(ws: &mut S) -> Option<Value>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(text)) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                if event["type"] != "input_audio_buffer.append" {
+                    return Some(event);
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A session as old as `--openai-session-renew-after` is replaced, at a quiet moment, by a new
+/// one that is given the call so far; the orb neither stops being ready nor reports an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_renewed_at_its_cap_keeps_the_conversation() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (carried_tx, mut carried_rx) = mpsc::unbounded_channel::<Value>();
+    let service = tokio::spawn(async move {
+        for connection in 1..=2 {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let send = |v: Value| Message::text(v.to_string());
+            ws.send(send(
+                json!({"type": "session.created", "session": {"id": format!("sess_{connection}")}}),
+            ))
+            .await
+            .unwrap();
+            let update = next_non_audio(&mut ws).await.unwrap();
+            assert_eq!(update["type"], "session.update");
+            if connection == 2 {
+                carried_tx.send(next_non_audio(&mut ws).await.unwrap()).unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+                return;
+            }
+            ws.send(send(json!({"type": "session.updated", "session": {"id": "sess_1"}})))
+                .await
+                .unwrap();
+            for event in [
+                json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "item_1"}),
+                json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 200, "item_id": "item_1"}),
+                json!({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_1", "transcript": "my goal is a marathon"}),
+                json!({"type": "response.created", "response": {"id": "resp_1"}}),
+                json!({"type": "response.output_audio.delta", "item_id": "item_ai_1", "content_index": 0, "delta": b64_pcm(&tone(1200.0, 2400, 8000, 0))}),
+                json!({"type": "response.output_audio_transcript.done", "transcript": "A fine goal"}),
+                json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}),
+            ] {
+                ws.send(send(event)).await.unwrap();
+            }
+            // The orb closes this session by itself once it is old enough and quiet.
+            assert_eq!(
+                next_non_audio(&mut ws).await,
+                None,
+                "nothing but audio until the orb closes"
+            );
+        }
+    });
+
+    let config = OpenAiConfig {
+        base_url: format!("http://{addr}/v1"),
+        model: "test-model".into(),
+        voice: "alloy".into(),
+        instructions: "be brief".into(),
+        api_key: "test-key".into(),
+        summary_model: "test-summary-model".into(),
+        session_renew_after: Duration::from_secs(1),
+    };
+    let brain = Box::new(OpenAiBrain::new(config));
+    let (in_tx, input) = mpsc::channel(256);
+    let (events, mut ev_rx) = mpsc::channel(256);
+    let brain_task = tokio::spawn(brain.run(BrainIo { input, events }));
+    let speaker: Arc<str> = "coach-1".into();
+    let feeder_tx = in_tx.clone();
+    let feeder = tokio::spawn(async move {
+        for i in 0.. {
+            let frame = HeardFrame {
+                speaker: speaker.clone(),
+                role: UserRole::Coach,
+                pcm: tone(1000.0, FRAME_SAMPLES, 8000, i * FRAME_SAMPLES),
+                at: tokio::time::Instant::now(),
+            };
+            if feeder_tx.send(BrainInput::Audio(frame)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    let carried = tokio::time::timeout(WAIT, carried_rx.recv()).await.unwrap().unwrap();
+    assert_eq!(carried["type"], "conversation.item.create", "{carried}");
+    assert_eq!(carried["item"]["role"], "system");
+    let text = carried["item"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("coach-1: my goal is a marathon"), "{text}");
+    assert!(text.contains("you (the AI): A fine goal"), "{text}");
+
+    feeder.abort();
+    drop(in_tx);
+    tokio::time::timeout(WAIT, brain_task).await.unwrap().unwrap().unwrap();
+    let mut kinds = Vec::new();
+    while let Ok(event) = ev_rx.try_recv() {
+        kinds.push(kind(&event));
+    }
+    assert_eq!(kinds.iter().filter(|k| *k == "ready").count(), 1, "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|k| k == "not-ready" || k.starts_with("error:")),
+        "a renewal is not a loss: {kinds:?}"
+    );
     tokio::time::timeout(WAIT, service).await.unwrap().unwrap();
 }

@@ -43,6 +43,7 @@ fn config(fake: &FakeOpenAi) -> OpenAiConfig {
         instructions: "be brief".into(),
         api_key: "test-key".into(),
         summary_model: "test-summary-model".into(),
+        session_renew_after: Duration::from_secs(3000),
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -37,6 +38,12 @@ const APPEND_FRAMES: usize = 5;
 const MAX_INPUT_SAMPLES: usize = 48_000;
 /// Utterances the service started but has not transcribed yet that the brain keeps track of.
 const MAX_OPEN_UTTERANCES: usize = 64;
+/// A session due for renewal waits at most this long for a quiet moment (nobody speaking, the
+/// orb silent, every utterance transcribed) before it is renewed anyway.
+const RENEW_PATIENCE: Duration = Duration::from_secs(120);
+/// Transcript lines carried into a new session, at most, and their characters.
+const MEMORY_LINES: usize = 40;
+const MEMORY_CHARS: usize = 8_000;
 
 pub struct OpenAiBrain {
     config: OpenAiConfig,
@@ -104,6 +111,71 @@ enum ClientEvent<'a> {
     /// Barge-in: the reply still being generated is not wanted any more.
     #[serde(rename = "response.cancel")]
     ResponseCancel,
+    /// The conversation so far, given to a new session (renewal or reconnect).
+    #[serde(rename = "conversation.item.create")]
+    ConversationItemCreate { item: ConversationItem },
+}
+
+/// A system message of the conversation: text only.
+#[derive(Debug, Serialize)]
+struct ConversationItem {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    content: [InputText; 1],
+}
+
+#[derive(Debug, Serialize)]
+struct InputText {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: String,
+}
+
+/// The recent transcript, carried from one realtime session to the next so a renewed or
+/// reconnected session does not start with no memory of the call.
+#[derive(Debug, Default)]
+struct Memory {
+    lines: VecDeque<String>,
+}
+
+impl Memory {
+    fn heard(&mut self, speaker: &Speaker, text: &str) {
+        let who = match speaker {
+            Speaker::Ai => "you (the AI)",
+            Speaker::Human(Some(id)) => id,
+            Speaker::Human(None) => "a participant",
+        };
+        self.lines.push_back(format!("{who}: {}", text.trim()));
+        while self.lines.len() > MEMORY_LINES || self.chars() > MEMORY_CHARS {
+            self.lines.pop_front();
+        }
+    }
+
+    fn chars(&self) -> usize {
+        self.lines.iter().map(|l| l.len() + 1).sum()
+    }
+
+    /// The message that gives a new session the call so far; `None` before anyone spoke.
+    fn carry_over(&self) -> Option<ClientEvent<'static>> {
+        if self.lines.is_empty() {
+            return None;
+        }
+        let text = format!(
+            "The call so far (continued from an earlier session of this call; the most recent last):\n{}",
+            self.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        );
+        Some(ClientEvent::ConversationItemCreate {
+            item: ConversationItem {
+                kind: "message",
+                role: "system",
+                content: [InputText {
+                    kind: "input_text",
+                    text,
+                }],
+            },
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -437,6 +509,16 @@ struct Speaking {
     received_ms: u64,
 }
 
+impl Turn {
+    /// Nobody is speaking, the orb's reply has been played, and no utterance awaits its
+    /// transcript: a new session can take over without anyone hearing a gap or losing a line.
+    fn is_quiet(&self, stream: &InputStream, now: Instant) -> bool {
+        !self.responding
+            && stream.open.is_empty()
+            && self.speaking.as_ref().is_none_or(|s| s.played_ms(now) >= s.received_ms)
+    }
+}
+
 impl Speaking {
     /// How much of the item the humans heard by `now`: playout runs in real time from the first
     /// frame and cannot play what has not arrived.
@@ -467,15 +549,24 @@ fn barge_in(turn: &mut Turn, now: Instant) -> Vec<ClientEvent<'static>> {
 enum Outcome {
     /// The orb is ending.
     Finished,
+    /// The session is old enough to be renewed; connect again at once.
+    Renew,
     /// The connection broke; reconnect.
     Lost(String),
 }
 
 async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Result<(), BrainError> {
     let mut mixer = InputMixer::default();
+    let mut memory = Memory::default();
+    let mut renewing = false;
     loop {
-        match connect_and_serve(&config, &mut io, &mut mixer, &mut backoff).await {
+        match connect_and_serve(&config, &mut io, &mut mixer, &mut backoff, &mut memory, renewing).await {
             Outcome::Finished => return Ok(()),
+            Outcome::Renew => {
+                info!("renewing the realtime session before the service's limit");
+                renewing = true;
+                continue;
+            }
             Outcome::Lost(reason) => {
                 warn!(%reason, "realtime service connection lost");
                 if io
@@ -488,6 +579,7 @@ async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Res
                 }
                 let _ = io.events.send(BrainEvent::NotReady).await;
                 let _ = io.events.send(BrainEvent::Status(AiStatus::Listening)).await;
+                renewing = false;
             }
         }
         // Keep draining input while waiting so the session loop never blocks on the brain.
@@ -506,11 +598,15 @@ async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Res
     }
 }
 
+/// One realtime session. `renewing`: the previous one was closed on purpose; the humans' audio
+/// is kept (not dropped) while this one connects, and the orb stays ready throughout.
 async fn connect_and_serve(
     config: &OpenAiConfig,
     io: &mut BrainIo,
     mixer: &mut InputMixer,
     backoff: &mut Backoff,
+    memory: &mut Memory,
+    renewing: bool,
 ) -> Outcome {
     let url = realtime_url(config);
     let mut req = match url.as_str().into_client_request() {
@@ -525,7 +621,7 @@ async fn connect_and_serve(
     }
     let ws = tokio::select! {
         r = tokio_tungstenite::connect_async(req) => r,
-        _ = wait_for_end(io, mixer) => return Outcome::Finished,
+        _ = wait_for_end(io, mixer, renewing) => return Outcome::Finished,
     };
     let mut ws = match ws {
         Ok((ws, _)) => ws,
@@ -535,9 +631,16 @@ async fn connect_and_serve(
     if let Err(e) = send_event(&mut ws, &session_update(config)).await {
         return Outcome::Lost(e);
     }
+    if let Some(carry_over) = memory.carry_over()
+        && let Err(e) = send_event(&mut ws, &carry_over).await
+    {
+        return Outcome::Lost(e);
+    }
+    let session_started = Instant::now();
     let mut turn = Turn::default();
     let mut stream = InputStream::default();
-    let mut ready = false;
+    // A renewed session serves an orb that is ready already: no second `Ready`.
+    let mut ready = renewing;
     let mut pending: Vec<i16> = Vec::with_capacity(FRAME_SAMPLES * APPEND_FRAMES / 2);
     let mut frames = tokio::time::interval(FRAME_DURATION);
     frames.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -561,7 +664,7 @@ async fn connect_and_serve(
                     }
                 };
                 let mut replies = Vec::new();
-                if handle_event(event, io, &mut turn, &mut stream, &mut ready, &mut replies).await.is_err() {
+                if handle_event(event, io, &mut turn, &mut stream, &mut ready, &mut replies, memory).await.is_err() {
                     return Outcome::Finished;
                 }
                 for reply in &replies {
@@ -594,18 +697,28 @@ async fn connect_and_serve(
                     if let Err(e) = send_event(&mut ws, &append).await {
                         return Outcome::Lost(e);
                     }
+                    // Renewal only between appends, so no audio is left behind.
+                    let age = session_started.elapsed();
+                    if age >= config.session_renew_after
+                        && (turn.is_quiet(&stream, Instant::now()) || age >= config.session_renew_after + RENEW_PATIENCE)
+                    {
+                        let _ = ws.close(None).await;
+                        return Outcome::Renew;
+                    }
                 }
             }
         }
     }
 }
 
-/// Resolves when the orb closes the brain's input; drops other input meanwhile.
-async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer) {
+/// Resolves when the orb closes the brain's input. Audio meanwhile is kept for the next session
+/// when `keep_audio` (a renewal: the humans are talking to a working orb), else dropped.
+async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer, keep_audio: bool) {
     loop {
         match io.input.recv().await {
             None => return,
             Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
+            Some(BrainInput::Audio(frame)) if keep_audio => mixer.push(frame.speaker, &frame.pcm),
             Some(_) => {}
         }
     }
@@ -620,6 +733,7 @@ async fn handle_event(
     stream: &mut InputStream,
     ready: &mut bool,
     replies: &mut Vec<ClientEvent<'static>>,
+    memory: &mut Memory,
 ) -> Result<(), ()> {
     let send = |e: BrainEvent| io.events.send(e);
     match event {
@@ -689,6 +803,7 @@ async fn handle_event(
             let text = transcript.unwrap_or_else(|| std::mem::take(&mut turn.ai_text));
             turn.ai_text.clear();
             if !text.trim().is_empty() {
+                memory.heard(&Speaker::Ai, &text);
                 send(BrainEvent::Transcript {
                     speaker: Speaker::Ai,
                     text,
@@ -706,8 +821,10 @@ async fn handle_event(
                 if who.is_none() {
                     debug!(?item_id, "no human voice heard during a transcribed utterance");
                 }
+                let speaker = Speaker::Human(who.as_ref().map(|w| w.speaker.clone()));
+                memory.heard(&speaker, text);
                 let line = BrainEvent::Transcript {
-                    speaker: Speaker::Human(who.as_ref().map(|w| w.speaker.clone())),
+                    speaker,
                     text: text.to_owned(),
                     overlap: who.as_ref().is_some_and(|w| w.overlap),
                     started: who.map(|w| w.started),
@@ -750,8 +867,6 @@ async fn handle_event(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::json;
 
     use super::*;
@@ -763,6 +878,7 @@ mod tests {
             voice: "alloy".into(),
             instructions: "be brief".into(),
             api_key: "k".into(),
+            session_renew_after: Duration::from_secs(3000),
             summary_model: "gpt-test".into(),
         }
     }
@@ -832,6 +948,24 @@ mod tests {
         );
         // Once is enough: a second voice onset finds nothing left to cut.
         assert!(barge_in(&mut turn, start + Duration::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn the_memory_keeps_the_most_recent_lines_within_its_bounds() {
+        let mut memory = Memory::default();
+        assert!(memory.carry_over().is_none(), "nothing to carry before anyone spoke");
+        for i in 0..100 {
+            memory.heard(&Speaker::Human(Some("coach-1".into())), &format!("line {i}"));
+        }
+        memory.heard(&Speaker::Ai, &"x".repeat(MEMORY_CHARS / 2));
+        assert!(memory.lines.len() <= MEMORY_LINES && memory.chars() <= MEMORY_CHARS);
+        let carried = serde_json::to_value(memory.carry_over().unwrap()).unwrap();
+        let text = carried["item"]["content"][0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("coach-1: line 99") && !text.contains("line 0\n"),
+            "{text}"
+        );
+        assert!(text.ends_with(&format!("you (the AI): {}", "x".repeat(MEMORY_CHARS / 2))));
     }
 
     #[test]
