@@ -13,6 +13,7 @@ use orb_api::ice::IceTransportPolicy;
 use thiserror::Error;
 
 use crate::media::IceServer;
+use crate::proxy::{ProxyConfigError, ProxyEnv, ProxySettings};
 
 /// Which brain drives the orb's speech.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,6 +151,8 @@ pub enum ConfigError {
     RoomAndWarm,
     #[error("--denied-candidate-cidrs: {0}")]
     DeniedCandidateCidrs(#[from] orb_api::cidr::CidrError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyConfigError),
 }
 
 /// The environment variable holding the orb's room token.
@@ -168,6 +171,8 @@ pub struct Secrets {
     pub openai_api_key: Option<String>,
     /// `ORB_ASSIGN_TOKEN`: a warm orb's assignment credential.
     pub assign_token: Option<String>,
+    /// The proxy variables (a proxy URL may hold a password).
+    pub proxy: ProxyEnv,
 }
 
 impl Secrets {
@@ -177,6 +182,7 @@ impl Secrets {
             signaling_token: var(SIGNALING_TOKEN_ENV),
             openai_api_key: var(OPENAI_API_KEY_ENV),
             assign_token: var(orb_api::assignment::ASSIGN_TOKEN_ENV),
+            proxy: ProxyEnv::from_env(),
         }
     }
 }
@@ -187,6 +193,7 @@ impl std::fmt::Debug for Secrets {
             .field("signaling_token", &self.signaling_token.as_ref().map(|_| ".."))
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| ".."))
             .field("assign_token", &self.assign_token.as_ref().map(|_| ".."))
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -199,6 +206,8 @@ pub struct OpenAiConfig {
     pub voice: String,
     pub instructions: String,
     pub api_key: String,
+    /// How the service is reached: directly or through an HTTP proxy.
+    pub proxy: ProxySettings,
 }
 
 impl std::fmt::Debug for OpenAiConfig {
@@ -208,6 +217,7 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("model", &self.model)
             .field("voice", &self.voice)
             .field("api_key", &"..")
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -319,6 +329,7 @@ impl Config {
                     voice: cli.openai_voice,
                     instructions: cli.openai_instructions,
                     api_key: secrets.openai_api_key.ok_or(ConfigError::MissingApiKey)?,
+                    proxy: ProxySettings::parse(&secrets.proxy)?,
                 })
             }
         };
@@ -468,6 +479,10 @@ mod tests {
             openai_api_key: Some("sk-very-secret".into()),
             signaling_token: Some("jwt-very-secret".into()),
             assign_token: Some("assign-very-secret".into()),
+            proxy: ProxyEnv {
+                https_proxy: Some("http://me:proxy-very-secret@proxy:3128".into()),
+                ..ProxyEnv::default()
+            },
         };
         let cfg = Config::from_cli(cli(&["--room=r"]), secrets.clone()).unwrap();
         let shown = format!("{cfg:?} {secrets:?}");
@@ -485,6 +500,18 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["orb", "--room=r", "--idle-timeout=5d"]).is_err());
+        let bad_proxy = Secrets {
+            openai_api_key: Some("k".into()),
+            proxy: ProxyEnv {
+                https_proxy: Some("socks5://proxy:1080".into()),
+                ..ProxyEnv::default()
+            },
+            ..Secrets::default()
+        };
+        assert!(matches!(
+            Config::from_cli(cli(&["--room=r"]), bad_proxy),
+            Err(ConfigError::Proxy(_))
+        ));
         assert!(
             Config::from_cli(
                 cli(&["--room=r", "--test-mode", "--max-lifetime=0"]),

@@ -6,7 +6,7 @@
 //! its webrtc-rs implementation), [`candidates`] (the remote ICE candidate deny list), [`audio`] (Opus, tones), [`playout`] (the paced outgoing
 //! stream), [`brain`] (the trait and its brains), [`session`] (the loop that ties them),
 //! [`lifecycle`] (deadlines, termination message, exit codes), [`summary`], [`metrics`],
-//! [`health`], [`http`], [`warm`] (a warm orb's assignment), [`procstat`], and, with the `testkit` feature, `testkit` for the tests
+//! [`health`], [`http`], [`proxy`] (the AI service's connection, direct or through an HTTP proxy), [`warm`] (a warm orb's assignment), [`procstat`], and, with the `testkit` feature, `testkit` for the tests
 //! and the benchmark (never in the production binary).
 
 pub mod audio;
@@ -20,6 +20,7 @@ pub mod media;
 pub mod metrics;
 pub mod playout;
 pub mod procstat;
+pub mod proxy;
 pub mod session;
 pub mod signaling;
 pub mod summary;

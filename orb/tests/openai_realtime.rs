@@ -141,6 +141,7 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
         voice: "alloy".into(),
         instructions: "be brief".into(),
         api_key: "test-key".into(),
+        proxy: Default::default(),
     };
     let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
     let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));

@@ -360,7 +360,7 @@ async fn connect_and_serve(
         Err(_) => return Outcome::Lost("the API key is not a valid header value".into()),
     }
     let ws = tokio::select! {
-        r = tokio_tungstenite::connect_async(req) => r,
+        r = crate::proxy::connect_websocket(req, &config.proxy) => r,
         _ = wait_for_end(io, mixer) => return Outcome::Finished,
     };
     let mut ws = match ws {
@@ -540,6 +540,7 @@ mod tests {
             voice: "alloy".into(),
             instructions: "be brief".into(),
             api_key: "k".into(),
+            proxy: Default::default(),
         }
     }
 
