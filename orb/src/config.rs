@@ -206,8 +206,8 @@ pub struct OpenAiConfig {
     pub voice: String,
     pub instructions: String,
     pub api_key: String,
-    /// How the service is reached: directly or through an HTTP proxy.
-    pub proxy: ProxySettings,
+    /// How the service is reached: directly or through an HTTP proxy (shared: it is large).
+    pub proxy: std::sync::Arc<ProxySettings>,
 }
 
 impl std::fmt::Debug for OpenAiConfig {
@@ -329,7 +329,7 @@ impl Config {
                     voice: cli.openai_voice,
                     instructions: cli.openai_instructions,
                     api_key: secrets.openai_api_key.ok_or(ConfigError::MissingApiKey)?,
-                    proxy: ProxySettings::parse(&secrets.proxy)?,
+                    proxy: ProxySettings::parse(&secrets.proxy)?.into(),
                 })
             }
         };

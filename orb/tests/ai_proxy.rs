@@ -138,7 +138,7 @@ fn start_brain(
         voice: "alloy".into(),
         instructions: "be brief".into(),
         api_key: "test-key".into(),
-        proxy: ProxySettings::parse(&env).unwrap(),
+        proxy: ProxySettings::parse(&env).unwrap().into(),
     };
     let brain = Box::new(
         OpenAiBrain::new(config).with_backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(50))),
