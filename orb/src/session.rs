@@ -40,6 +40,7 @@ pub const SUMMARY_ACK_TIMEOUT: Duration = Duration::from_secs(7);
 pub struct SessionOptions {
     pub heartbeat_interval: Duration,
     pub summary_ack_timeout: Duration,
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for SessionOptions {
@@ -47,6 +48,7 @@ impl Default for SessionOptions {
         Self {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             summary_ack_timeout: SUMMARY_ACK_TIMEOUT,
+            checkpoint_interval: crate::checkpoint::CHECKPOINT_INTERVAL,
         }
     }
 }
@@ -101,6 +103,8 @@ struct Session {
     reported_voice: Option<SystemTime>,
     /// This orb's summary id: the idempotency key of its delivery.
     summary_id: String,
+    /// What the last checkpoint sent covered; `None` before the first.
+    checkpointed: Option<crate::checkpoint::Extent>,
 }
 
 /// A brain running before its session: a warm orb starts its brain while it waits for a room, so
@@ -234,12 +238,14 @@ pub async fn run_started(
             std::process::id(),
             crate::random_u64()
         ),
+        checkpointed: None,
     };
     s.update_peer_gauges();
     let mut heartbeat = tokio::time::interval_at(now + options.heartbeat_interval, options.heartbeat_interval);
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     let report_every = activity_report_interval(s.config.idle_timeout);
     let mut activity_report = tokio::time::interval_at(now + report_every, report_every);
+    let mut checkpoint = tokio::time::interval_at(now + options.checkpoint_interval, options.checkpoint_interval);
     tokio::pin!(shutdown);
     let mut brain_done = false;
 
@@ -269,6 +275,7 @@ pub async fn run_started(
             }
             _ = heartbeat.tick() => s.send_heartbeat(),
             _ = activity_report.tick() => s.report_activity(),
+            _ = checkpoint.tick() => s.checkpoint_if_grown(),
             _ = beat.tick() => s.health.beat(),
         }
     };
@@ -467,6 +474,15 @@ impl Session {
                 let urls: Vec<&str> = servers.iter().flat_map(|s| s.urls.iter().map(String::as_str)).collect();
                 info!(?urls, ttl = list.ttl, "ICE servers from signaling");
                 self.media.set_signaled_ice_servers(servers);
+            }
+            ServerMessage::SessionCheckpoint(checkpoint) => {
+                // Only an orb that has sent none yet continues one: after that, the room's
+                // checkpoint is this orb's own (handed back on a reconnect).
+                if self.checkpointed.is_none() {
+                    let lines = crate::checkpoint::restore(&mut self.record, &checkpoint);
+                    info!(lines, "continuing the session of the orb before this one");
+                    self.send_checkpoint();
+                }
             }
             ServerMessage::Pong
             | ServerMessage::AiStatus { .. }
@@ -736,6 +752,35 @@ impl Session {
         }
     }
 
+    /// The session so far, in the summary's shape (without its id).
+    fn summary_so_far(&self, reason: &str) -> Value {
+        let ids = SummaryIds {
+            room: &self.config.room,
+            session: &self.config.session,
+            coach: &self.config.coach,
+            client: &self.config.client,
+        };
+        session_summary(&ids, &self.record, self.deadlines.uptime(Instant::now()), reason)
+    }
+
+    fn send_checkpoint(&mut self) {
+        self.signaling
+            .send(ClientMessage::SessionCheckpoint(self.summary_so_far("InProgress")));
+        self.checkpointed = Some(crate::checkpoint::Extent::of(&self.record));
+    }
+
+    /// A checkpoint when the session grew since the last one (a first one once it has lines).
+    fn checkpoint_if_grown(&mut self) {
+        let now = crate::checkpoint::Extent::of(&self.record);
+        let grown = match self.checkpointed {
+            Some(sent) => sent != now,
+            None => !self.record.transcript.is_empty(),
+        };
+        if grown && self.joined {
+            self.send_checkpoint();
+        }
+    }
+
     fn send_heartbeat(&self) {
         let usage = crate::procstat::sample();
         self.signaling.send(ClientMessage::OrbHeartbeat(json!({
@@ -807,13 +852,7 @@ impl Session {
         info!(reason = %ending.reason(), "ending the session");
         self.health.set_ready(false);
         self.send_status(AiStatus::Ended);
-        let ids = SummaryIds {
-            room: &self.config.room,
-            session: &self.config.session,
-            coach: &self.config.coach,
-            client: &self.config.client,
-        };
-        let mut summary = session_summary(&ids, &self.record, uptime, ending.reason().as_str());
+        let mut summary = self.summary_so_far(ending.reason().as_str());
         summary["summaryId"] = json!(self.summary_id);
         match self.deliver_summary(summary, sig_rx, ack_timeout).await {
             SummaryDelivery::Stored => info!(summary = %self.summary_id, "signaling stored the session summary"),

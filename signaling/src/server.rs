@@ -430,17 +430,33 @@ impl Server {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let store = Summaries::local_store(&config.summary).map_err(std::io::Error::other)?;
-        Self::start_with_store(config, runtime, orb_events, metrics, store).await
+        let checkpoints = Summaries::local_checkpoints(&config.summary).map_err(std::io::Error::other)?;
+        Self::start_inner(config, runtime, orb_events, metrics, store, Some(checkpoints)).await
     }
 
     /// [`Server::start`] with the summary store given (the Kubernetes runtime's ConfigMaps).
     pub async fn start_with_store(
         config: &Config,
         runtime: Arc<dyn OrbRuntime>,
-        mut orb_events: mpsc::UnboundedReceiver<OrbEvent>,
+        orb_events: mpsc::UnboundedReceiver<OrbEvent>,
         metrics: Arc<Metrics>,
         store: Arc<dyn SummaryStore>,
     ) -> std::io::Result<Self> {
+        Self::start_inner(config, runtime, orb_events, metrics, store, None).await
+    }
+
+    async fn start_inner(
+        config: &Config,
+        runtime: Arc<dyn OrbRuntime>,
+        mut orb_events: mpsc::UnboundedReceiver<OrbEvent>,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn SummaryStore>,
+        checkpoints: Option<Arc<dyn crate::summary::checkpoint::CheckpointStore>>,
+    ) -> std::io::Result<Self> {
+        let mut summaries = Summaries::new(store, config.summary.clone(), metrics.clone())?;
+        if let Some(checkpoints) = checkpoints {
+            summaries = summaries.with_checkpoints(checkpoints);
+        }
         if matches!(config.auth, Authenticator::None) {
             warn!("!!! --auth=none: anyone can join any room as anyone. Use this for local development only !!!");
         }
@@ -469,7 +485,7 @@ impl Server {
                 metrics.clone(),
                 cluster.clone(),
             ),
-            summaries: Summaries::new(store, config.summary.clone(), metrics.clone())?,
+            summaries,
             metrics,
             shutdown: CancellationToken::new(),
             close_handshake_timeout: config.drain_timeout,
@@ -486,7 +502,21 @@ impl Server {
         let forward = state.clone();
         tokio::spawn(async move {
             while let Some(event) = orb_events.recv().await {
-                forward.registry.runtime_status(&event.room_id, event.status);
+                let Some(why) = event.gone else {
+                    forward.registry.runtime_status(&event.room_id, event.status);
+                    continue;
+                };
+                let state = forward.clone();
+                tokio::spawn(async move {
+                    let room = event.room_id;
+                    match state.summaries.orb_gone(&room, &why).await {
+                        Ok(Some(id)) => {
+                            info!(%room, summary = %id, %why, "stored the last checkpoint as a partial summary")
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(%room, error = %e, "could not store the last checkpoint"),
+                    }
+                });
             }
         });
         let stop_http = CancellationToken::new();
