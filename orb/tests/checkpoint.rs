@@ -1,7 +1,8 @@
 //! Never lost, never duplicated: in dev mode (signaling's local runtime starting the real orb
-//! binary), an orb checkpoints its session; SIGKILLed once the call is over, it leaves no final
-//! summary, so signaling makes its last checkpoint the session's summary, marked partial, and the
-//! webhook receives exactly that one. Every wait is for a condition with a generous deadline.
+//! binary), an orb checkpoints its session. SIGKILLed once the call is over, it leaves no final
+//! summary, so signaling makes its last checkpoint the session's summary, marked partial;
+//! SIGKILLed mid-call, it is replaced by an orb that continues the session. Either way the webhook
+//! receives exactly one summary. Every wait is for a condition with a generous deadline.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -157,6 +158,83 @@ async fn a_sigkilled_orb_s_session_reaches_the_webhook_once_as_a_partial_summary
     until("the summary delivered", || {
         let stored = std::fs::read_dir(&summaries).ok()?;
         let delivered = stored
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter(|text| text.contains("\"Delivered\""))
+            .count();
+        (delivered == 1).then_some(())
+    })
+    .await;
+    dev_mode::stop(server, runtime).await;
+    let all = received.lock().unwrap().clone();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let _ = std::fs::remove_dir_all(&logs);
+    let _ = std::fs::remove_dir_all(&summaries);
+}
+
+/// SIGKILLed mid-call, the orb is replaced; the replacement is handed the last checkpoint and
+/// continues its transcript, and its final summary (not partial) is the session's only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_orb_continues_the_session_and_its_final_summary_is_the_only_one() {
+    let logs = temp_dir("replaced-logs");
+    let summaries = temp_dir("replaced-summaries");
+    let (hook, received) = webhook().await;
+    let (server, runtime) = dev_mode::start(
+        0,
+        &logs,
+        orb_binary(),
+        &[
+            &format!("--summary-dir={}", summaries.display()),
+            &format!("--summary-webhook-url={hook}"),
+            "--empty-room-grace=1s",
+        ],
+    )
+    .await;
+    let url = format!("ws://{}", server.local_addr());
+    let log_path = dev_mode_log(&logs);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let mut coach = Human::join(&url, ROOM, "coach-1", UserRole::Coach).await.unwrap();
+    assert!(coach.wait_connected(WAIT).await, "coach connected to the orb");
+    assert!(
+        coach.wait_for_tone(GREETING_HZ, 5, WAIT).await.is_some(),
+        "greeting heard"
+    );
+    let checkpoint = until("a checkpoint with the greeting", || {
+        checkpoints(&summaries)
+            .into_iter()
+            .find(|c| !transcript_texts(c).is_empty())
+    })
+    .await;
+    let lines = transcript_texts(&checkpoint);
+
+    // Killed while the coach is in the room: replaced, and the replacement continues.
+    let first = orb_pid(&log()).expect("the orb's pid in its log");
+    // SAFETY: kill(2) with a pid this test's runtime started.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    until("the replacement continuing the session", || {
+        log()
+            .contains("continuing the session of the orb before this one")
+            .then_some(())
+    })
+    .await;
+    assert_ne!(orb_pid(&log()), Some(first), "another process");
+
+    // The coach leaves; the replacement ends after the empty-room grace with its final summary.
+    coach.leave().await;
+    let posted = until("a summary at the webhook", || received.lock().unwrap().first().cloned()).await;
+    assert!(posted["summary"]["partial"].is_null(), "a final summary: {posted}");
+    let own_id = posted["summaryId"].as_str().unwrap();
+    assert!(own_id.starts_with("sum-"), "the replacement's own summary: {posted}");
+    let posted_lines = transcript_texts(&posted);
+    assert!(posted_lines.starts_with(&lines), "{posted_lines:?} vs {lines:?}");
+    until("the orb ended", || log().contains("orb ended:").then_some(())).await;
+    assert!(
+        checkpoints(&summaries).is_empty(),
+        "the final summary superseded the checkpoint"
+    );
+    until("the summary delivered", || {
+        let delivered = std::fs::read_dir(&summaries)
+            .ok()?
             .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
             .filter(|text| text.contains("\"Delivered\""))
             .count();
