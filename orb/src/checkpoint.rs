@@ -12,6 +12,16 @@ use crate::summary::{SessionRecord, TranscriptLine};
 
 /// How often the orb checks whether its session grew since the last checkpoint.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// Checkpoints resend the whole transcript, so they are spaced to average at most this many
+/// bytes per second: well inside signaling's per-socket byte rate (64 KiB/s by default), which
+/// the final summary needs too.
+pub const CHECKPOINT_BYTES_PER_SECOND: u64 = 8 * 1024;
+
+/// How long after sending a checkpoint of `bytes` the next may go: at least `interval`, longer
+/// for a large one.
+pub fn spacing(bytes: usize, interval: Duration) -> Duration {
+    interval.max(Duration::from_secs(bytes as u64 / CHECKPOINT_BYTES_PER_SECOND))
+}
 
 /// What a checkpoint covers, to tell whether the session grew since.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,6 +124,9 @@ mod tests {
         assert_eq!(after.topics, ["goals"]);
         assert_eq!(after.participants.get("coach-1"), Some(&UserRole::Coach));
         assert_ne!(Extent::of(&after), Extent::of(&SessionRecord::default()));
+        // A two-hour transcript (say 400 KB) goes every 48 s, not every 10 s.
+        assert_eq!(spacing(400_000, CHECKPOINT_INTERVAL), Duration::from_secs(48));
+        assert_eq!(spacing(2_000, CHECKPOINT_INTERVAL), CHECKPOINT_INTERVAL);
         // Nothing readable: nothing restored.
         assert_eq!(
             restore(&mut SessionRecord::default(), &serde_json::json!({"summary": 1})),

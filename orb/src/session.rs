@@ -105,6 +105,9 @@ struct Session {
     summary_id: String,
     /// What the last checkpoint sent covered; `None` before the first.
     checkpointed: Option<crate::checkpoint::Extent>,
+    /// No checkpoint before this (large ones are spaced out).
+    next_checkpoint: Instant,
+    checkpoint_interval: Duration,
 }
 
 /// A brain running before its session: a warm orb starts its brain while it waits for a room, so
@@ -239,6 +242,8 @@ pub async fn run_started(
             crate::random_u64()
         ),
         checkpointed: None,
+        next_checkpoint: now,
+        checkpoint_interval: options.checkpoint_interval,
     };
     s.update_peer_gauges();
     let mut heartbeat = tokio::time::interval_at(now + options.heartbeat_interval, options.heartbeat_interval);
@@ -764,9 +769,11 @@ impl Session {
     }
 
     fn send_checkpoint(&mut self) {
-        self.signaling
-            .send(ClientMessage::SessionCheckpoint(self.summary_so_far("InProgress")));
+        let checkpoint = self.summary_so_far("InProgress");
+        let bytes = serde_json::to_vec(&checkpoint).map_or(0, |b| b.len());
+        self.signaling.send(ClientMessage::SessionCheckpoint(checkpoint));
         self.checkpointed = Some(crate::checkpoint::Extent::of(&self.record));
+        self.next_checkpoint = Instant::now() + crate::checkpoint::spacing(bytes, self.checkpoint_interval);
     }
 
     /// A checkpoint when the session grew since the last one (a first one once it has lines).
@@ -776,7 +783,7 @@ impl Session {
             Some(sent) => sent != now,
             None => !self.record.transcript.is_empty(),
         };
-        if grown && self.joined {
+        if grown && self.joined && Instant::now() >= self.next_checkpoint {
             self.send_checkpoint();
         }
     }

@@ -431,21 +431,12 @@ impl Server {
     ) -> std::io::Result<Self> {
         let store = Summaries::local_store(&config.summary).map_err(std::io::Error::other)?;
         let checkpoints = Summaries::local_checkpoints(&config.summary).map_err(std::io::Error::other)?;
-        Self::start_inner(config, runtime, orb_events, metrics, store, Some(checkpoints)).await
+        Self::start_with_store(config, runtime, orb_events, metrics, store, Some(checkpoints)).await
     }
 
-    /// [`Server::start`] with the summary store given (the Kubernetes runtime's ConfigMaps).
+    /// [`Server::start`] with the stores given: the Kubernetes runtime's ConfigMaps for summaries
+    /// and no checkpoints (not kept there yet); the local stores otherwise.
     pub async fn start_with_store(
-        config: &Config,
-        runtime: Arc<dyn OrbRuntime>,
-        orb_events: mpsc::UnboundedReceiver<OrbEvent>,
-        metrics: Arc<Metrics>,
-        store: Arc<dyn SummaryStore>,
-    ) -> std::io::Result<Self> {
-        Self::start_inner(config, runtime, orb_events, metrics, store, None).await
-    }
-
-    async fn start_inner(
         config: &Config,
         runtime: Arc<dyn OrbRuntime>,
         mut orb_events: mpsc::UnboundedReceiver<OrbEvent>,
@@ -496,6 +487,14 @@ impl Server {
             next_conn: AtomicU64::new(0),
         });
         state.summaries.start(state.shutdown.clone());
+        match state.summaries.finish_leftover_checkpoints().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                summaries = n,
+                "stored the checkpoints left by the last run as partial summaries"
+            ),
+            Err(e) => warn!(error = %e, "could not finish the checkpoints left by the last run"),
+        }
         if let Some(cluster) = &cluster {
             cluster.start(state.clone(), state.shutdown.clone());
         }

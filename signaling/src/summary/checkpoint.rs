@@ -23,6 +23,8 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
     /// Removes the room's checkpoint if it is still `body` (a newer one stays).
     fn remove(&self, room_id: &str, body: Option<&Bytes>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The rooms with a checkpoint (by the `roomId` each holds).
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 }
 
 pub struct LocalCheckpoints {
@@ -120,6 +122,27 @@ impl CheckpointStore for LocalCheckpoints {
             Ok(())
         })
     }
+
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let mut rooms: Vec<String> = self.lock().keys().cloned().collect();
+            let Some(dir) = &self.dir else { return Ok(rooms) };
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+                if let Some(room) = body["roomId"].as_str()
+                    && !rooms.iter().any(|r| r == room)
+                {
+                    rooms.push(room.to_owned());
+                }
+            }
+            Ok(rooms)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -131,15 +154,30 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("orb-checkpoints-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = LocalCheckpoints::open(&dir).unwrap();
-        store.put("room-1", Bytes::from_static(b"{\"n\":1}")).await.unwrap();
-        store.put("room-1", Bytes::from_static(b"{\"n\":2}")).await.unwrap();
-        store.put("room-2", Bytes::from_static(b"{\"n\":9}")).await.unwrap();
+        store
+            .put("room-1", Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":1}"))
+            .await
+            .unwrap();
+        store
+            .put("room-1", Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":2}"))
+            .await
+            .unwrap();
+        store
+            .put("room-2", Bytes::from_static(b"{\"roomId\":\"room-2\",\"n\":9}"))
+            .await
+            .unwrap();
         assert_eq!(std::fs::read_dir(dir.join("checkpoints")).unwrap().count(), 2);
         let reopened = LocalCheckpoints::open(&dir).unwrap();
-        assert_eq!(reopened.get("room-1").await.unwrap().unwrap(), "{\"n\":2}");
+        assert_eq!(
+            reopened.get("room-1").await.unwrap().unwrap(),
+            "{\"roomId\":\"room-1\",\"n\":2}"
+        );
+        let mut rooms = reopened.rooms().await.unwrap();
+        rooms.sort();
+        assert_eq!(rooms, ["room-1", "room-2"]);
         // A stale removal leaves the newer checkpoint.
         reopened
-            .remove("room-1", Some(&Bytes::from_static(b"{\"n\":1}")))
+            .remove("room-1", Some(&Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":1}")))
             .await
             .unwrap();
         assert!(reopened.get("room-1").await.unwrap().is_some());

@@ -473,6 +473,24 @@ impl Summaries {
         tokio::spawn(self.deliverer.clone().run(shutdown));
     }
 
+    /// Checkpoints left by a run of this process that ended before their orbs did (the local
+    /// runtime's orbs end with it): their sessions get their partial summaries now, and no orb of
+    /// a later call is handed one.
+    pub async fn finish_leftover_checkpoints(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.checkpoints else { return Ok(0) };
+        let mut stored = 0;
+        for room in store.rooms().await? {
+            if self
+                .orb_gone(&room, "signaling stopped while the orb was running")
+                .await?
+                .is_some()
+            {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
     /// Whether a summary of `bytes` of JSON may be stored; a refusal is counted.
     pub fn check_size(&self, bytes: usize) -> Result<(), Refusal> {
         check_size(bytes, &self.settings).inspect_err(|r| self.refused(r))
