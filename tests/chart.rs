@@ -250,6 +250,196 @@ fn orb_udp_egress_excludes_the_cluster_ranges() {
     assert!(!text.contains("fd00:10:96::/112"), "{text}");
 }
 
+/// Whether the orbs' NetworkPolicy lets an orb open `protocol` `port` to `ip`, evaluated as the
+/// API server does: some egress rule whose ports take it and whose peers include the address (an
+/// ipBlock's cidr minus its excepts). Peers chosen by pod or namespace labels are pods, never an
+/// address outside them, so they admit none here.
+fn orb_egress_allows(objects: &[Value], protocol: &str, port: u16, ip: &str) -> bool {
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let in_cidr = |cidr: &Value| {
+        cidr.as_str()
+            .unwrap()
+            .parse::<orb_api::cidr::Cidr>()
+            .unwrap()
+            .contains(ip)
+    };
+    let ports_take = |rule: &Value| match rule["ports"].as_array() {
+        None => true,
+        Some(ports) => ports.iter().any(|p| {
+            let first = p["port"].as_u64().map(|n| u16::try_from(n).unwrap());
+            let last = p["endPort"].as_u64().map(|n| u16::try_from(n).unwrap()).or(first);
+            p["protocol"].as_str().unwrap_or("TCP") == protocol
+                && first.is_none_or(|first| (first..=last.unwrap()).contains(&port))
+        }),
+    };
+    let peers_include = |rule: &Value| match rule["to"].as_array() {
+        None => true,
+        Some(peers) => peers.iter().any(|peer| {
+            let block = &peer["ipBlock"];
+            !block.is_null()
+                && in_cidr(&block["cidr"])
+                && !block["except"].as_array().into_iter().flatten().any(in_cidr)
+        }),
+    };
+    find(objects, "NetworkPolicy", "-orbs")["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|rule| ports_take(rule) && peers_include(rule))
+}
+
+/// With the chart's defaults the orbs reach the AI service (HTTPS to a public address, which is no
+/// stable range) but no HTTPS port in the cluster's ranges or link-local; `aiEndpointCIDRs` or a
+/// proxy narrow it.
+#[test]
+fn orbs_reach_the_ai_service_over_https_by_default_and_only_outside_the_cluster() {
+    const PUBLIC: &str = "162.159.140.245";
+    let defaults = render(None, &[]);
+    assert!(orb_egress_allows(&defaults, "TCP", 443, PUBLIC));
+    assert!(orb_egress_allows(&defaults, "TCP", 443, "203.0.113.10"));
+    for cluster in ["10.96.0.1", "172.20.3.4", "192.168.1.10", "169.254.169.254"] {
+        assert!(!orb_egress_allows(&defaults, "TCP", 443, cluster), "443 to {cluster}");
+    }
+    assert!(!orb_egress_allows(&defaults, "TCP", 80, PUBLIC), "HTTPS only");
+    assert!(!orb_egress_allows(&defaults, "TCP", 6443, "10.0.0.1"), "no API server");
+    // The media rule is still UDP only.
+    assert!(orb_egress_allows(&defaults, "UDP", 3478, PUBLIC));
+    assert!(!orb_egress_allows(&defaults, "UDP", 3478, "10.0.0.1"));
+
+    // The cluster's ranges follow clusterCIDRs.
+    let custom = render(None, &["--set", "networkPolicy.clusterCIDRs={100.64.0.0/10}"]);
+    assert!(!orb_egress_allows(&custom, "TCP", 443, "100.64.5.6"));
+    assert!(orb_egress_allows(&custom, "TCP", 443, "10.1.2.3"));
+
+    // aiEndpointCIDRs: 443 there only.
+    let narrowed = render(None, &["--set", "networkPolicy.aiEndpointCIDRs={162.159.140.0/24}"]);
+    assert!(orb_egress_allows(&narrowed, "TCP", 443, PUBLIC));
+    assert!(!orb_egress_allows(&narrowed, "TCP", 443, "203.0.113.10"));
+
+    // A proxy: its addresses on its port, and no HTTPS elsewhere.
+    let proxied = render(
+        None,
+        &[
+            "--set",
+            "orb.proxy.https=http://egress-proxy.corp:3128",
+            "--set",
+            "networkPolicy.proxyCIDRs={10.20.0.5/32}",
+        ],
+    );
+    assert!(orb_egress_allows(&proxied, "TCP", 3128, "10.20.0.5"));
+    assert!(!orb_egress_allows(&proxied, "TCP", 3128, "10.20.0.6"));
+    assert!(!orb_egress_allows(&proxied, "TCP", 443, PUBLIC));
+    let default_port = render(
+        None,
+        &[
+            "--set",
+            "orb.proxy.https=egress-proxy.corp",
+            "--set",
+            "networkPolicy.proxyCIDRs={198.51.100.7/32}",
+        ],
+    );
+    assert!(orb_egress_allows(&default_port, "TCP", 80, "198.51.100.7"));
+}
+
+/// `orb.proxy` reaches every orb pod the operator builds as the env the orb reads its proxy from,
+/// before `orb.extraEnv`; settings that cannot work fail rendering, without echoing a password.
+#[test]
+fn orb_pods_get_the_proxy_the_chart_sets() {
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "orb.proxy.https=http://egress-proxy.corp:3128",
+            "--set",
+            "orb.proxy.noProxy={.internal,10.0.0.0/8}",
+            "--set",
+            "networkPolicy.proxyCIDRs={10.20.0.5/32}",
+            "--set-json",
+            r#"orb.extraEnv=[{"name":"RUST_LOG","value":"debug"}]"#,
+        ],
+    );
+    let extra_env = env_of(find(&objects, "Deployment", "-operator"), "ORB_EXTRA_ENV").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = orb_operator::config::Cli::try_parse_from([
+        "orb-operator".to_owned(),
+        "--orb-image=orb:test".to_owned(),
+        format!("--orb-extra-env={extra_env}"),
+    ])
+    .unwrap()
+    .run;
+    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
+    for pod in [
+        orb_operator::pod::build_warm_pod("orb-warm-1", "calls", &config.pod),
+        cold_pod(&config),
+    ] {
+        let env: Vec<(String, String)> = pod.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .filter(|(name, _)| ["HTTPS_PROXY", "NO_PROXY", "RUST_LOG"].contains(&name.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("HTTPS_PROXY".to_owned(), "http://egress-proxy.corp:3128".to_owned()),
+                ("NO_PROXY".to_owned(), ".internal,10.0.0.0/8".to_owned()),
+                ("RUST_LOG".to_owned(), "debug".to_owned()),
+            ]
+        );
+    }
+    // The names are the orb's, and it parses the values.
+    assert!(orb::proxy::HTTPS_PROXY_ENV.contains(&"HTTPS_PROXY"));
+    assert!(orb::proxy::NO_PROXY_ENV.contains(&"NO_PROXY"));
+    orb::proxy::ProxySettings::parse(&orb::proxy::ProxyEnv {
+        https_proxy: Some("http://egress-proxy.corp:3128".into()),
+        http_proxy: None,
+        no_proxy: Some(".internal,10.0.0.0/8".into()),
+    })
+    .unwrap();
+    // Without a proxy the orbs get no proxy env.
+    assert_eq!(
+        env_of(find(&render(None, &[]), "Deployment", "-operator"), "ORB_EXTRA_ENV").unwrap()["value"],
+        "[]"
+    );
+
+    for (extra, message) in [
+        (
+            vec!["--set", "orb.proxy.https=http://egress-proxy.corp:3128"],
+            "orb.proxy.https needs networkPolicy.proxyCIDRs",
+        ),
+        (
+            vec!["--set", "networkPolicy.proxyCIDRs={10.20.0.5/32}"],
+            "networkPolicy.proxyCIDRs is for the proxy of orb.proxy.https",
+        ),
+        (
+            vec![
+                "--set",
+                "orb.proxy.https=http://me:hunter2@egress-proxy.corp:3128",
+                "--set",
+                "networkPolicy.proxyCIDRs={10.20.0.5/32}",
+            ],
+            "is not http://host[:port]",
+        ),
+        (
+            vec![
+                "--set",
+                "orb.proxy.https=https://egress-proxy.corp:443",
+                "--set",
+                "networkPolicy.proxyCIDRs={10.20.0.5/32}",
+            ],
+            "is not http://host[:port]",
+        ),
+    ] {
+        let error = render_error(&extra);
+        assert!(error.contains(message), "{extra:?}: {error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}
+
 #[test]
 fn signaling_rbac_grants_exactly_the_calls_its_kubernetes_runtime_makes() {
     let objects = render(None, &[]);

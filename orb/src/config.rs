@@ -13,6 +13,7 @@ use orb_api::ice::IceTransportPolicy;
 use thiserror::Error;
 
 use crate::media::IceServer;
+use crate::proxy::{ProxyConfigError, ProxyEnv, ProxySettings};
 
 /// Which brain drives the orb's speech.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -158,6 +159,8 @@ pub enum ConfigError {
     RoomAndWarm,
     #[error("--denied-candidate-cidrs: {0}")]
     DeniedCandidateCidrs(#[from] orb_api::cidr::CidrError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyConfigError),
 }
 
 /// The environment variable holding the orb's room token.
@@ -176,6 +179,8 @@ pub struct Secrets {
     pub openai_api_key: Option<String>,
     /// `ORB_ASSIGN_TOKEN`: a warm orb's assignment credential.
     pub assign_token: Option<String>,
+    /// The proxy variables (a proxy URL may hold a password).
+    pub proxy: ProxyEnv,
 }
 
 impl Secrets {
@@ -185,6 +190,7 @@ impl Secrets {
             signaling_token: var(SIGNALING_TOKEN_ENV),
             openai_api_key: var(OPENAI_API_KEY_ENV),
             assign_token: var(orb_api::assignment::ASSIGN_TOKEN_ENV),
+            proxy: ProxyEnv::from_env(),
         }
     }
 }
@@ -195,6 +201,7 @@ impl std::fmt::Debug for Secrets {
             .field("signaling_token", &self.signaling_token.as_ref().map(|_| ".."))
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| ".."))
             .field("assign_token", &self.assign_token.as_ref().map(|_| ".."))
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -211,6 +218,8 @@ pub struct OpenAiConfig {
     pub summary_model: String,
     /// Age at which the realtime session is renewed (`--openai-session-renew-after`).
     pub session_renew_after: Duration,
+    /// How the service is reached: directly or through an HTTP proxy (shared: it is large).
+    pub proxy: std::sync::Arc<ProxySettings>,
 }
 
 impl std::fmt::Debug for OpenAiConfig {
@@ -221,6 +230,7 @@ impl std::fmt::Debug for OpenAiConfig {
             .field("voice", &self.voice)
             .field("summary_model", &self.summary_model)
             .field("api_key", &"..")
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -334,6 +344,7 @@ impl Config {
                     api_key: secrets.openai_api_key.ok_or(ConfigError::MissingApiKey)?,
                     summary_model: cli.openai_summary_model,
                     session_renew_after: cli.openai_session_renew_after,
+                    proxy: ProxySettings::parse(&secrets.proxy)?.into(),
                 })
             }
         };
@@ -484,6 +495,10 @@ mod tests {
             openai_api_key: Some("sk-very-secret".into()),
             signaling_token: Some("jwt-very-secret".into()),
             assign_token: Some("assign-very-secret".into()),
+            proxy: ProxyEnv {
+                https_proxy: Some("http://me:proxy-very-secret@proxy:3128".into()),
+                ..ProxyEnv::default()
+            },
         };
         let cfg = Config::from_cli(cli(&["--room=r"]), secrets.clone()).unwrap();
         let shown = format!("{cfg:?} {secrets:?}");
@@ -501,6 +516,18 @@ mod tests {
             .is_err()
         );
         assert!(Cli::try_parse_from(["orb", "--room=r", "--idle-timeout=5d"]).is_err());
+        let bad_proxy = Secrets {
+            openai_api_key: Some("k".into()),
+            proxy: ProxyEnv {
+                https_proxy: Some("socks5://proxy:1080".into()),
+                ..ProxyEnv::default()
+            },
+            ..Secrets::default()
+        };
+        assert!(matches!(
+            Config::from_cli(cli(&["--room=r"]), bad_proxy),
+            Err(ConfigError::Proxy(_))
+        ));
         assert!(
             Config::from_cli(
                 cli(&["--room=r", "--test-mode", "--max-lifetime=0"]),

@@ -23,7 +23,9 @@ use crate::media::{ConnectFailure, IceServer, MediaStack, Peer, PeerEvent, PeerK
 use crate::metrics::{Metrics, PathLabel, PeerErrorKind, StageLabel, StateLabel};
 use crate::playout::{self, PacerCmd};
 use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
-use crate::summary::{RollingSummary, SessionRecord, SummaryIds, SummaryPolicy, TranscriptLine, session_summary};
+use crate::summary::{
+    RollingSummary, SessionRecord, SummaryIds, SummaryPolicy, TranscriptLine, Written, session_summary,
+};
 
 /// Seed 001: a heartbeat every 30 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -43,6 +45,7 @@ pub struct SessionOptions {
     /// From the start of the goodbye, writing the summary's last step included.
     pub summary_ack_timeout: Duration,
     pub summary: SummaryPolicy,
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for SessionOptions {
@@ -51,6 +54,7 @@ impl Default for SessionOptions {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             summary_ack_timeout: SUMMARY_ACK_TIMEOUT,
             summary: SummaryPolicy::default(),
+            checkpoint_interval: crate::checkpoint::CHECKPOINT_INTERVAL,
         }
     }
 }
@@ -107,6 +111,11 @@ struct Session {
     reported_voice: Option<SystemTime>,
     /// This orb's summary id: the idempotency key of its delivery.
     summary_id: String,
+    /// What the last checkpoint sent covered; `None` before the first.
+    checkpointed: Option<crate::checkpoint::Extent>,
+    /// No checkpoint before this (large ones are spaced out).
+    next_checkpoint: Instant,
+    checkpoint_interval: Duration,
 }
 
 /// A brain running before its session: a warm orb starts its brain while it waits for a room, so
@@ -245,12 +254,16 @@ pub async fn run_started(
             std::process::id(),
             crate::random_u64()
         ),
+        checkpointed: None,
+        next_checkpoint: now,
+        checkpoint_interval: options.checkpoint_interval,
     };
     s.update_peer_gauges();
     let mut heartbeat = tokio::time::interval_at(now + options.heartbeat_interval, options.heartbeat_interval);
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     let report_every = activity_report_interval(s.config.idle_timeout);
     let mut activity_report = tokio::time::interval_at(now + report_every, report_every);
+    let mut checkpoint = tokio::time::interval_at(now + options.checkpoint_interval, options.checkpoint_interval);
     tokio::pin!(shutdown);
     let mut brain_done = false;
 
@@ -280,6 +293,7 @@ pub async fn run_started(
             }
             _ = heartbeat.tick() => s.send_heartbeat(),
             _ = activity_report.tick() => s.report_activity(),
+            _ = checkpoint.tick() => s.checkpoint_if_grown(),
             _ = beat.tick() => s.health.beat(),
         }
     };
@@ -478,6 +492,22 @@ impl Session {
                 let urls: Vec<&str> = servers.iter().flat_map(|s| s.urls.iter().map(String::as_str)).collect();
                 info!(?urls, ttl = list.ttl, "ICE servers from signaling");
                 self.media.set_signaled_ice_servers(servers);
+            }
+            ServerMessage::SessionCheckpoint(checkpoint) => {
+                // Only an orb that has sent none yet continues one: after that, the room's
+                // checkpoint is this orb's own (handed back on a reconnect).
+                if self.checkpointed.is_none() {
+                    let restored = crate::checkpoint::restore(&mut self.record, &checkpoint);
+                    info!(
+                        lines = restored.len(),
+                        "continuing the session of the orb before this one"
+                    );
+                    // The summary is written over the whole session, the earlier orb's part too.
+                    for line in restored {
+                        self.rolling.add(line);
+                    }
+                    self.send_checkpoint();
+                }
             }
             ServerMessage::Pong
             | ServerMessage::AiStatus { .. }
@@ -752,6 +782,42 @@ impl Session {
                     "error": error,
                 })));
             }
+        }
+    }
+
+    /// The session so far, in the summary's shape (without its id).
+    /// The session so far in the summary's shape, for a checkpoint: the transcript and who was
+    /// there (the written content comes with the final summary).
+    fn summary_so_far(&self, reason: &str) -> Value {
+        let ids = SummaryIds {
+            summary: &self.summary_id,
+            room: &self.config.room,
+            session: &self.config.session,
+            coach: &self.config.coach,
+            client: &self.config.client,
+        };
+        let uptime = self.deadlines.uptime(Instant::now());
+        let message = session_summary(&ids, &self.record, uptime, reason, Written::default());
+        serde_json::to_value(message).expect("a summary serialises")
+    }
+
+    fn send_checkpoint(&mut self) {
+        let checkpoint = self.summary_so_far("InProgress");
+        let bytes = serde_json::to_vec(&checkpoint).map_or(0, |b| b.len());
+        self.signaling.send(ClientMessage::SessionCheckpoint(checkpoint));
+        self.checkpointed = Some(crate::checkpoint::Extent::of(&self.record));
+        self.next_checkpoint = Instant::now() + crate::checkpoint::spacing(bytes, self.checkpoint_interval);
+    }
+
+    /// A checkpoint when the session grew since the last one (a first one once it has lines).
+    fn checkpoint_if_grown(&mut self) {
+        let now = crate::checkpoint::Extent::of(&self.record);
+        let grown = match self.checkpointed {
+            Some(sent) => sent != now,
+            None => !self.record.transcript.is_empty(),
+        };
+        if grown && self.joined && Instant::now() >= self.next_checkpoint {
+            self.send_checkpoint();
         }
     }
 

@@ -160,6 +160,7 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
         api_key: "test-key".into(),
         summary_model: "test-summary-model".into(),
         session_renew_after: Duration::from_secs(3000),
+        proxy: Default::default(),
     };
     let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
     let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));
@@ -337,6 +338,7 @@ async fn a_session_renewed_at_its_cap_keeps_the_conversation() {
         api_key: "test-key".into(),
         summary_model: "test-summary-model".into(),
         session_renew_after: Duration::from_secs(1),
+        proxy: Default::default(),
     };
     let brain = Box::new(OpenAiBrain::new(config));
     let (in_tx, input) = mpsc::channel(256);

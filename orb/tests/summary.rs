@@ -44,6 +44,7 @@ fn config(fake: &FakeOpenAi) -> OpenAiConfig {
         api_key: "test-key".into(),
         summary_model: "test-summary-model".into(),
         session_renew_after: Duration::from_secs(3000),
+        proxy: Default::default(),
     }
 }
 

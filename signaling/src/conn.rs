@@ -323,6 +323,13 @@ impl Conn<'_> {
                     self.session_summary(&room, body);
                 }
             }
+            ClientMessage::SessionCheckpoint(body) => {
+                if self.orb_room("session_checkpoint").is_some() {
+                    // Stored before the next message is read, so that a final summary after it
+                    // always supersedes it.
+                    self.session_checkpoint(body).await;
+                }
+            }
             // The decoder keeps these raw (see `wire`); typed ones never reach here.
             ClientMessage::Offer(_) | ClientMessage::Answer(_) | ClientMessage::IceCandidate(_) => {
                 self.reject(ErrorCode::InvalidMessage, "unexpected relay message".into());
@@ -350,7 +357,11 @@ impl Conn<'_> {
                 }
                 tracing::Span::current().record("user", identity.user_id.as_str());
                 info!(role = ?identity.role, "joined");
+                let ai = identity.is_ai();
                 self.joined = Some((room, identity));
+                if ai {
+                    self.hand_over_checkpoint().await;
+                }
                 ControlFlow::Continue(())
             }
             Err(e @ JoinError::RoomFull(_)) => {
@@ -433,6 +444,46 @@ impl Conn<'_> {
         }
     }
 
+    /// The orb's session so far: kept as the room's checkpoint (see [`summary::checkpoint`]).
+    async fn session_checkpoint(&mut self, body: Value) {
+        let mut body = match body {
+            Value::Object(map) => map,
+            _ => {
+                self.reject(ErrorCode::InvalidMessage, "session_checkpoint must be an object".into());
+                return;
+            }
+        };
+        body.remove("summaryId");
+        body.insert("roomId".into(), Value::String(self.room_id.to_owned()));
+        if let Some((_, me)) = &self.joined {
+            body.insert("fromId".into(), Value::String(me.user_id.clone()));
+        }
+        let Ok(text) = serde_json::to_vec(&Value::Object(body)) else {
+            return;
+        };
+        match self
+            .state
+            .summaries
+            .checkpoint(self.room_id, bytes::Bytes::from(text))
+            .await
+        {
+            Ok(()) => debug!("session checkpoint stored"),
+            Err(e) => warn!(error = %e, "could not store the session checkpoint"),
+        }
+    }
+
+    /// An orb joined: the checkpoint an orb before it left in the room, to continue from.
+    async fn hand_over_checkpoint(&self) {
+        match self.state.summaries.last_checkpoint(self.room_id).await {
+            Ok(Some(checkpoint)) => {
+                info!("handing the orb the room's last checkpoint");
+                self.send(&ServerMessage::SessionCheckpoint(checkpoint));
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "could not read the room's checkpoint"),
+        }
+    }
+
     /// The orb's summary: to the coaches connected now, and into the durable store, after which
     /// (and only then) the orb gets `session_summary_ack` and may forget it. One too large, or one
     /// more than an orb may store, is refused (`summary_refused`) and reaches no one.
@@ -488,11 +539,14 @@ impl Conn<'_> {
             async move {
                 match state
                     .summaries
-                    .accept(id.clone(), room_id, orb_uid, bytes::Bytes::from(text))
+                    .accept(id.clone(), room_id.clone(), orb_uid, bytes::Bytes::from(text))
                     .await
                 {
                     Ok(outcome) => {
                         debug!(summary = %id, ?outcome, "summary stored");
+                        if let Err(e) = state.summaries.superseded(&room_id).await {
+                            warn!(error = %e, "could not remove the room's checkpoint");
+                        }
                         handle.send_message(&ServerMessage::SessionSummaryAck { summary_id: id });
                     }
                     Err(StoreError::Refused(refusal)) => refuse_summary(&state, &handle, &id, &refusal),

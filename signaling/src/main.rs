@@ -57,11 +57,14 @@ async fn main() -> anyhow::Result<()> {
         RuntimeKind::None => Arc::new(NoOrbRuntime::new(events)),
     };
 
-    let summary_store = match summary_store {
-        Some(store) => store,
-        None => Summaries::local_store(&config.summary).context("cannot open the summary directory")?,
+    let (summary_store, checkpoints) = match summary_store {
+        Some(store) => (store, None),
+        None => (
+            Summaries::local_store(&config.summary).context("cannot open the summary directory")?,
+            Some(Summaries::local_checkpoints(&config.summary).context("cannot open the checkpoint directory")?),
+        ),
     };
-    let server = Server::start_with_store(&config, runtime, events_rx, metrics, summary_store)
+    let server = Server::start_with_store(&config, runtime, events_rx, metrics, summary_store, checkpoints)
         .await
         .with_context(|| format!("cannot start the server on {}", config.listen))?;
     if let Some(local) = &local_runtime {

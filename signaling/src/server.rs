@@ -430,17 +430,24 @@ impl Server {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let store = Summaries::local_store(&config.summary).map_err(std::io::Error::other)?;
-        Self::start_with_store(config, runtime, orb_events, metrics, store).await
+        let checkpoints = Summaries::local_checkpoints(&config.summary).map_err(std::io::Error::other)?;
+        Self::start_with_store(config, runtime, orb_events, metrics, store, Some(checkpoints)).await
     }
 
-    /// [`Server::start`] with the summary store given (the Kubernetes runtime's ConfigMaps).
+    /// [`Server::start`] with the stores given: the Kubernetes runtime's ConfigMaps for summaries
+    /// and no checkpoints (not kept there yet); the local stores otherwise.
     pub async fn start_with_store(
         config: &Config,
         runtime: Arc<dyn OrbRuntime>,
         mut orb_events: mpsc::UnboundedReceiver<OrbEvent>,
         metrics: Arc<Metrics>,
         store: Arc<dyn SummaryStore>,
+        checkpoints: Option<Arc<dyn crate::summary::checkpoint::CheckpointStore>>,
     ) -> std::io::Result<Self> {
+        let mut summaries = Summaries::new(store, config.summary.clone(), metrics.clone())?;
+        if let Some(checkpoints) = checkpoints {
+            summaries = summaries.with_checkpoints(checkpoints);
+        }
         if matches!(config.auth, Authenticator::None) {
             warn!("!!! --auth=none: anyone can join any room as anyone. Use this for local development only !!!");
         }
@@ -469,7 +476,7 @@ impl Server {
                 metrics.clone(),
                 cluster.clone(),
             ),
-            summaries: Summaries::new(store, config.summary.clone(), metrics.clone())?,
+            summaries,
             metrics,
             shutdown: CancellationToken::new(),
             close_handshake_timeout: config.drain_timeout,
@@ -480,13 +487,35 @@ impl Server {
             next_conn: AtomicU64::new(0),
         });
         state.summaries.start(state.shutdown.clone());
+        match state.summaries.finish_leftover_checkpoints().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                summaries = n,
+                "stored the checkpoints left by the last run as partial summaries"
+            ),
+            Err(e) => warn!(error = %e, "could not finish the checkpoints left by the last run"),
+        }
         if let Some(cluster) = &cluster {
             cluster.start(state.clone(), state.shutdown.clone());
         }
         let forward = state.clone();
         tokio::spawn(async move {
             while let Some(event) = orb_events.recv().await {
-                forward.registry.runtime_status(&event.room_id, event.status);
+                let Some(why) = event.gone else {
+                    forward.registry.runtime_status(&event.room_id, event.status);
+                    continue;
+                };
+                let state = forward.clone();
+                tokio::spawn(async move {
+                    let room = event.room_id;
+                    match state.summaries.orb_gone(&room, &why).await {
+                        Ok(Some(id)) => {
+                            info!(%room, summary = %id, %why, "stored the last checkpoint as a partial summary")
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(%room, error = %e, "could not store the last checkpoint"),
+                    }
+                });
             }
         });
         let stop_http = CancellationToken::new();

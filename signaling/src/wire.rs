@@ -88,13 +88,14 @@ pub fn parse_frame(text: &str) -> Result<Inbound, FrameError> {
         "join" => Ok(Inbound::Message(join(&map))),
         "ai_status" => typed("ai_status", map),
         "orb_activity" => typed("orb_activity", map),
-        "orb_ready" | "orb_heartbeat" | "orb_error" | "session_summary" => {
+        "orb_ready" | "orb_heartbeat" | "orb_error" | "session_summary" | "session_checkpoint" => {
             map.remove("type");
             let body = Value::Object(map);
             Ok(Inbound::Message(match kind.as_str() {
                 "orb_ready" => ClientMessage::OrbReady(body),
                 "orb_heartbeat" => ClientMessage::OrbHeartbeat(body),
                 "orb_error" => ClientMessage::OrbError(body),
+                "session_checkpoint" => ClientMessage::SessionCheckpoint(body),
                 _ => ClientMessage::SessionSummary(body),
             }))
         }

@@ -265,3 +265,43 @@ ranges, not CIDRs). IPv6 addresses come out uncompressed, in lower case.
 {{- end }}
 - {port: {{ .Values.turn.relayPorts.min }}, endPort: {{ .Values.turn.relayPorts.max }}, protocol: UDP}
 {{- end -}}
+
+{{/*
+The port of orb.proxy.https (http://host[:port], 80 when it names none). The URL lands in the pod
+spec, so a password in it is refused: a proxy for the orbs admits them by their address.
+*/}}
+{{- define "orb.proxyPort" -}}
+{{- $url := .Values.orb.proxy.https -}}
+{{- if not (regexMatch "^(http://)?(\\[[0-9a-fA-F:.]+\\]|[^/@?#\\s:\\[\\]]+)(:[0-9]{1,5})?/?$" $url) -}}
+{{- fail (printf "orb.proxy.https: %q is not http://host[:port] (an HTTP proxy, no user or password: the URL is in the pod spec)" (regexReplaceAll "//[^@/]*@" $url "//..@")) -}}
+{{- end -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" (trimSuffix "/" $url)) -}}
+{{- default "80" $port -}}
+{{- end -}}
+
+{{/* The orb container's extra env: the proxy settings, then orb.extraEnv, as a JSON list. */}}
+{{- define "orb.orbExtraEnv" -}}
+{{- $env := list -}}
+{{- with .Values.orb.proxy.https -}}
+{{- $_ := include "orb.proxyPort" $ -}}
+{{- $env = append $env (dict "name" "HTTPS_PROXY" "value" .) -}}
+{{- end -}}
+{{- with .Values.orb.proxy.noProxy -}}
+{{- $env = append $env (dict "name" "NO_PROXY" "value" (join "," .)) -}}
+{{- end -}}
+{{- $all := concat $env .Values.orb.extraEnv -}}
+{{- /* concat of two empty lists is nil, which toJson writes as null. */ -}}
+{{- if $all }}{{ toJson $all }}{{ else }}[]{{ end -}}
+{{- end -}}
+
+{{/*
+The except list of the orbs' 0.0.0.0/0 egress rules (UDP media, HTTPS to the AI service):
+link-local (cloud metadata) and the IPv4 cluster ranges. An except must lie inside its cidr, so
+IPv6 ranges are left out: there is no IPv6 rule to leave them out of.
+*/}}
+{{- define "orb.publicIPv4Except" -}}
+- 169.254.0.0/16
+{{- range include "orb.cidrsOfFamily" (dict "cidrs" (toJson .Values.networkPolicy.clusterCIDRs) "family" "4") | fromJsonArray }}
+- {{ . }}
+{{- end }}
+{{- end -}}

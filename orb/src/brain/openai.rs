@@ -620,7 +620,7 @@ async fn connect_and_serve(
         Err(_) => return Outcome::Lost("the API key is not a valid header value".into()),
     }
     let ws = tokio::select! {
-        r = tokio_tungstenite::connect_async(req) => r,
+        r = crate::proxy::connect_websocket(req, &config.proxy) => r,
         _ = wait_for_end(io, mixer, renewing) => return Outcome::Finished,
     };
     let mut ws = match ws {
@@ -880,6 +880,7 @@ mod tests {
             api_key: "k".into(),
             session_renew_after: Duration::from_secs(3000),
             summary_model: "gpt-test".into(),
+            proxy: Default::default(),
         }
     }
 

@@ -11,7 +11,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use orb_protocol::summary::{SummaryContent, TranscriptLine, content_schema};
 use serde::Deserialize;
@@ -19,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::{Summarizer, SummaryError, SummaryRequest};
 use crate::config::OpenAiConfig;
+use crate::proxy::ProxyConnector;
 
 /// Largest answer read: a summary is a few KiB.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -35,7 +35,7 @@ progress, the client's progress in this session as the coach would note it (what
 stuck), at most a few sentences; recommendations, concrete next steps for the coach and the \
 client, at most 8. Use only what the transcript says; write in the language of the session.";
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<ProxyConnector>, Full<Bytes>>;
 
 /// Writes summaries with the Chat Completions API of the brain's service.
 pub struct ChatSummarizer {
@@ -65,7 +65,14 @@ impl ChatSummarizer {
         // The same CA roots as the realtime connection (the image has no system store).
         let client = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(provider)
-            .map(|b| Client::builder(TokioExecutor::new()).build(b.https_or_http().enable_http1().build()))
+            .map(|b| {
+                // Through the same proxy as the realtime connection, when one is set.
+                let connector = b
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(ProxyConnector::new(config.proxy.clone()));
+                Client::builder(TokioExecutor::new()).build(connector)
+            })
             .map_err(|e| format!("TLS setup: {e}"));
         Self {
             url: chat_completions_url(&config.base_url),

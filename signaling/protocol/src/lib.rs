@@ -95,6 +95,12 @@ pub enum ClientMessage {
     OrbError(Value),
     #[serde(rename = "session_summary")]
     SessionSummary(Value),
+    /// The orb's session so far (a `session_summary` body without `summaryId`), sent when its
+    /// transcript grew and after every join: signaling keeps the room's latest one, hands it to a
+    /// replacement orb, and makes it the session's summary (marked partial) if the orb is gone
+    /// without a final one.
+    #[serde(rename = "session_checkpoint")]
+    SessionCheckpoint(Value),
 }
 
 /// The body of `offer`, `answer` and `ice-candidate`. The sender's `fromId` is never trusted: the
@@ -158,6 +164,10 @@ pub enum ServerMessage {
     /// The orb's session summary, delivered to the room's coach.
     #[serde(rename = "session_summary")]
     SessionSummary(Value),
+    /// To an orb joining a room whose session an orb before it checkpointed (then was killed or
+    /// replaced): that checkpoint, whose transcript the orb continues.
+    #[serde(rename = "session_checkpoint")]
+    SessionCheckpoint(Value),
     /// To the orb: its summary `summaryId` is stored durably; it may forget it.
     #[serde(rename = "session_summary_ack", rename_all = "camelCase")]
     SessionSummaryAck {

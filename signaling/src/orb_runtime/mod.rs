@@ -78,6 +78,9 @@ pub enum OrbCheck {
 pub struct OrbEvent {
     pub room_id: String,
     pub status: AiStatus,
+    /// Set when the room's orb is gone for good (its AiOrb finished): why. Not a status change
+    /// (that one comes as its own event).
+    pub gone: Option<String>,
 }
 
 /// The runtimes' way back to the rooms (and to the orb request metrics).
@@ -98,6 +101,17 @@ impl OrbEvents {
         let _ = self.tx.send(OrbEvent {
             room_id: room_id.to_owned(),
             status,
+            gone: None,
+        });
+    }
+
+    /// The room's orb finished for good (`why`): a checkpoint it left becomes the session's
+    /// summary.
+    pub fn gone(&self, room_id: &str, why: String) {
+        let _ = self.tx.send(OrbEvent {
+            room_id: room_id.to_owned(),
+            status: AiStatus::Ended,
+            gone: Some(why),
         });
     }
 

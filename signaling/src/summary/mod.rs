@@ -10,6 +10,7 @@
 //! `--summary-retry-window` passes. The schedule lives in the stored record, so a restart resumes
 //! it. The rules of that schedule are the pure functions below.
 
+pub mod checkpoint;
 pub mod delivery;
 pub mod kube_store;
 pub mod local_store;
@@ -351,6 +352,8 @@ impl Schedule {
 /// The summaries of this server: the store, and the delivery loop it feeds.
 pub struct Summaries {
     store: Arc<dyn SummaryStore>,
+    /// The rooms' checkpoints; none with the Kubernetes runtime yet (checkpoints are dropped).
+    checkpoints: Option<Arc<dyn checkpoint::CheckpointStore>>,
     settings: SummarySettings,
     deliverer: Arc<delivery::Deliverer>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -368,6 +371,7 @@ impl Summaries {
         let deliverer = Arc::new(delivery::Deliverer::new(store.clone(), &settings, metrics.clone())?);
         Ok(Self {
             store,
+            checkpoints: None,
             settings,
             deliverer,
             metrics,
@@ -383,9 +387,108 @@ impl Summaries {
         })
     }
 
+    /// Keeps checkpoints in `store`.
+    pub fn with_checkpoints(mut self, store: Arc<dyn checkpoint::CheckpointStore>) -> Self {
+        self.checkpoints = Some(store);
+        self
+    }
+
+    /// The checkpoint store the settings name for a runtime without Kubernetes.
+    pub fn local_checkpoints(settings: &SummarySettings) -> Result<Arc<dyn checkpoint::CheckpointStore>, StoreError> {
+        Ok(match &settings.dir {
+            Some(dir) => Arc::new(checkpoint::LocalCheckpoints::open(dir)?),
+            None => Arc::new(checkpoint::LocalCheckpoints::in_memory()),
+        })
+    }
+
+    /// Keeps `body` (a checkpoint's JSON) as the room's latest checkpoint. Refused above the
+    /// summaries' size cap, since it becomes one.
+    pub async fn checkpoint(&self, room_id: &str, body: Bytes) -> Result<(), StoreError> {
+        let Some(store) = &self.checkpoints else { return Ok(()) };
+        check_size(body.len(), &self.settings)?;
+        store.put(room_id, body).await
+    }
+
+    /// The room's latest checkpoint, for the orb joining it.
+    pub async fn last_checkpoint(&self, room_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let Some(store) = &self.checkpoints else {
+            return Ok(None);
+        };
+        let Some(body) = store.get(room_id).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint of room {room_id}: {e}")))
+    }
+
+    /// The room's final summary is stored: it supersedes the checkpoints.
+    pub async fn superseded(&self, room_id: &str) -> Result<(), StoreError> {
+        match &self.checkpoints {
+            Some(store) => store.remove(room_id, None).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The room's orb is gone for good (`why`). A checkpoint left means no final summary was
+    /// stored: it is stored as the session's summary, marked partial with the reason, under an id
+    /// named by its content (so a second call, on any replica, stores nothing new), then removed.
+    pub async fn orb_gone(&self, room_id: &str, why: &str) -> Result<Option<String>, StoreError> {
+        let Some(store) = &self.checkpoints else {
+            return Ok(None);
+        };
+        let Some(body) = store.get(room_id).await? else {
+            return Ok(None);
+        };
+        let mut summary = match serde_json::from_slice(&body) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => {
+                store.remove(room_id, Some(&body)).await?;
+                return Err(StoreError::Corrupt(format!("checkpoint of room {room_id}")));
+            }
+        };
+        let id = format!(
+            "partial-{}",
+            local_store::id_hash(&format!("{room_id}\n{}", String::from_utf8_lossy(&body)))
+        );
+        summary.insert("summaryId".into(), id.clone().into());
+        summary.insert("roomId".into(), room_id.into());
+        if let Some(serde_json::Value::Object(inner)) = summary.get_mut("summary") {
+            inner.insert("partial".into(), true.into());
+            inner.insert(
+                "reason".into(),
+                format!("the orb was gone without a final summary: {why}").into(),
+            );
+        }
+        let msg = crate::protocol::ServerMessage::SessionSummary(serde_json::Value::Object(summary));
+        let text = serde_json::to_vec(&msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.accept(id.clone(), room_id.to_owned(), None, Bytes::from(text))
+            .await?;
+        store.remove(room_id, Some(&body)).await?;
+        Ok(Some(id))
+    }
+
     /// Starts the delivery loop (a no-op without a webhook).
     pub fn start(&self, shutdown: tokio_util::sync::CancellationToken) {
         tokio::spawn(self.deliverer.clone().run(shutdown));
+    }
+
+    /// Checkpoints left by a run of this process that ended before their orbs did (the local
+    /// runtime's orbs end with it): their sessions get their partial summaries now, and no orb of
+    /// a later call is handed one.
+    pub async fn finish_leftover_checkpoints(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.checkpoints else { return Ok(0) };
+        let mut stored = 0;
+        for room in store.rooms().await? {
+            if self
+                .orb_gone(&room, "signaling stopped while the orb was running")
+                .await?
+                .is_some()
+            {
+                stored += 1;
+            }
+        }
+        Ok(stored)
     }
 
     /// Whether a summary of `bytes` of JSON may be stored; a refusal is counted.

@@ -308,6 +308,66 @@ async fn a_summary_survives_sigkill_of_signaling() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An orb's checkpoint outlives a SIGKILL of signaling; the orb dies with it (no final summary).
+/// The restarted signaling stores the checkpoint as the session's partial summary and the webhook
+/// receives it once; a third start finds nothing left to store.
+#[tokio::test]
+async fn a_checkpoint_left_by_a_killed_signaling_becomes_one_partial_summary() {
+    let hook = Webhook::start(true).await;
+    let dir = temp_dir("checkpoint-kill");
+    let secret = secret_file(&dir);
+    let store = dir.join("summaries");
+
+    let first = Signaling::start(&store, &secret, &hook.url).await;
+    let mut orb = first.join_orb("r").await;
+    let transcript = json!([{"speaker": "coach-1", "role": "coach", "text": "where were we", "offsetMs": 5}]);
+    orb.send(json!({"type": "session_checkpoint", "summaryId": "ignored", "summary": {"reason": "InProgress", "transcript": transcript}}))
+        .await;
+    let records = || {
+        std::fs::read_dir(store.join("checkpoints"))
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .count()
+    };
+    eventually("the checkpoint stored", || records() == 1).await;
+    first.kill();
+    orb.abort();
+    assert!(hook.received().is_empty(), "nothing posted while the orb lived");
+
+    let second = Signaling::start(&store, &secret, &hook.url).await;
+    eventually_for("the partial summary delivered", Duration::from_secs(60), || {
+        !hook.delivered().is_empty()
+    })
+    .await;
+    second.kill();
+    let third = Signaling::start(&store, &secret, &hook.url).await;
+    // The third finds no checkpoint and nothing pending; a second id would be a second POST.
+    eventually("the checkpoint gone", || records() == 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    third.kill();
+
+    let delivered = hook.delivered();
+    assert_eq!(delivered.len(), 1, "exactly one summary");
+    assert!(delivered[0].key.starts_with("partial-"), "{}", delivered[0].key);
+    let body: Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert_eq!(body["roomId"], "r");
+    assert_eq!(body["summary"]["partial"], true);
+    assert_eq!(body["summary"]["transcript"], transcript);
+    assert!(
+        body["summary"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("signaling stopped"),
+        "{body}"
+    );
+    verify(&delivered[0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// What the server answered a summary: acknowledged, or refused with the reason.
 #[derive(Debug, PartialEq)]
 enum Answer {

@@ -568,12 +568,17 @@ mod tests {
         }
     }
 
+    /// The next status change (an orb's end for good is no status change).
     async fn next_status(rx: &mut mpsc::UnboundedReceiver<OrbEvent>) -> (String, AiStatus) {
-        let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("a status in time")
-            .expect("the runtime is alive");
-        (e.room_id, e.status)
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("a status in time")
+                .expect("the runtime is alive");
+            if e.gone.is_none() {
+                return (e.room_id, e.status);
+            }
+        }
     }
 
     fn fake_orb(dir: &Path, script: &str) -> PathBuf {

@@ -1,0 +1,196 @@
+//! Checkpoints: the latest `session_checkpoint` of each room's orb, one record per room,
+//! overwritten by the next. A replacement orb gets it on join and continues its transcript; when
+//! the room's orb is gone for good without a final summary (killed, or its summary never stored),
+//! the checkpoint becomes the session's summary, marked partial, and is removed; a final summary
+//! supersedes (removes) it. Kept like summaries: a file per room under `<summary dir>/checkpoints`
+//! (written atomically), or in memory without a directory.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::StoreError;
+use super::local_store::id_hash;
+
+/// Where each room's latest checkpoint is kept.
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// Replaces the room's checkpoint.
+    fn put(&self, room_id: &str, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
+    /// Removes the room's checkpoint if it is still `body` (a newer one stays).
+    fn remove(&self, room_id: &str, body: Option<&Bytes>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The rooms with a checkpoint (by the `roomId` each holds).
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+}
+
+pub struct LocalCheckpoints {
+    dir: Option<PathBuf>,
+    rooms: Mutex<HashMap<String, Bytes>>,
+}
+
+impl LocalCheckpoints {
+    pub fn in_memory() -> Self {
+        Self {
+            dir: None,
+            rooms: Mutex::default(),
+        }
+    }
+
+    /// Opens (creating) `dir/checkpoints`; records are read when asked for.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.join("checkpoints");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir: Some(dir),
+            rooms: Mutex::default(),
+        })
+    }
+
+    fn path(&self, room_id: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{}.json", id_hash(room_id))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bytes>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl CheckpointStore for LocalCheckpoints {
+    fn put(&self, room_id: &str, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        let room_id = room_id.to_owned();
+        Box::pin(async move {
+            let mut rooms = self.lock();
+            if let Some(path) = self.path(&room_id) {
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&body)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            rooms.insert(room_id, body);
+            Ok(())
+        })
+    }
+
+    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+        let room_id = room_id.to_owned();
+        Box::pin(async move {
+            if let Some(body) = self.lock().get(&room_id) {
+                return Ok(Some(body.clone()));
+            }
+            // Written before a restart of this process.
+            let Some(path) = self.path(&room_id) else {
+                return Ok(None);
+            };
+            match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn remove(&self, room_id: &str, body: Option<&Bytes>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let room_id = room_id.to_owned();
+        let expected = body.cloned();
+        Box::pin(async move {
+            let mut rooms = self.lock();
+            if let Some(expected) = &expected {
+                let current = match rooms.get(&room_id) {
+                    Some(b) => Some(b.clone()),
+                    None => match self.path(&room_id).map(std::fs::read) {
+                        Some(Ok(bytes)) => Some(Bytes::from(bytes)),
+                        _ => None,
+                    },
+                };
+                if current.as_ref() != Some(expected) {
+                    return Ok(());
+                }
+            }
+            rooms.remove(&room_id);
+            if let Some(path) = self.path(&room_id) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let mut rooms: Vec<String> = self.lock().keys().cloned().collect();
+            let Some(dir) = &self.dir else { return Ok(rooms) };
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let body: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+                if let Some(room) = body["roomId"].as_str()
+                    && !rooms.iter().any(|r| r == room)
+                {
+                    rooms.push(room.to_owned());
+                }
+            }
+            Ok(rooms)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_checkpoint_per_room_overwritten_and_kept_across_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("orb-checkpoints-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = LocalCheckpoints::open(&dir).unwrap();
+        store
+            .put("room-1", Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":1}"))
+            .await
+            .unwrap();
+        store
+            .put("room-1", Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":2}"))
+            .await
+            .unwrap();
+        store
+            .put("room-2", Bytes::from_static(b"{\"roomId\":\"room-2\",\"n\":9}"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_dir(dir.join("checkpoints")).unwrap().count(), 2);
+        let reopened = LocalCheckpoints::open(&dir).unwrap();
+        assert_eq!(
+            reopened.get("room-1").await.unwrap().unwrap(),
+            "{\"roomId\":\"room-1\",\"n\":2}"
+        );
+        let mut rooms = reopened.rooms().await.unwrap();
+        rooms.sort();
+        assert_eq!(rooms, ["room-1", "room-2"]);
+        // A stale removal leaves the newer checkpoint.
+        reopened
+            .remove("room-1", Some(&Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":1}")))
+            .await
+            .unwrap();
+        assert!(reopened.get("room-1").await.unwrap().is_some());
+        reopened.remove("room-1", None).await.unwrap();
+        assert!(reopened.get("room-1").await.unwrap().is_none());
+        assert!(
+            LocalCheckpoints::open(&dir)
+                .unwrap()
+                .get("room-1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
