@@ -750,6 +750,11 @@ async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Reconciles running at once. Unbounded, an operator starting over thousands of AiOrbs sends
+/// thousands of requests at once: the API server refuses what exceeds its in-flight limit (429),
+/// connections fail, and each refused reconcile backs off for seconds.
+pub const RECONCILE_CONCURRENCY: u16 = 32;
+
 /// Runs the controller until `shutdown` resolves. Its AiOrb store is `cache`, filled with trimmed
 /// orbs ([`crate::cache::trim`]); the owned pods are watched as metadata only.
 pub async fn run(
@@ -774,6 +779,7 @@ pub async fn run(
     )
     .applied_objects();
     Controller::for_stream(orbs, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR).any_semantic())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
