@@ -18,5 +18,7 @@ mod lifecycle;
 mod operator;
 #[path = "apiserver/pool.rs"]
 mod pool;
+#[path = "apiserver/scale.rs"]
+mod scale;
 #[path = "apiserver/summaries.rs"]
 mod summaries;

@@ -71,13 +71,23 @@ pub fn free_port() -> u16 {
 
 /// A workspace binary, built (or found up to date) by cargo first, so a test never runs a stale one.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args(["build", "--quiet", "--bin", name])
-        .status()
-        .unwrap();
+    build_bin(name, false)
+}
+
+/// [`workspace_bin`] built with the release profile, for measurements.
+pub fn workspace_release_bin(name: &str) -> PathBuf {
+    build_bin(name, true)
+}
+
+fn build_bin(name: &str, release: bool) -> PathBuf {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.current_dir(root()).args(["build", "--quiet", "--bin", name]);
+    if release {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().unwrap();
     assert!(status.success(), "cannot build {name}");
-    target_dir().join("debug").join(name)
+    target_dir().join(if release { "release" } else { "debug" }).join(name)
 }
 
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace) when set, else

@@ -1,10 +1,10 @@
 //! The operator at platform scale: what its AiOrb store retains, trimmed and as the API server
-//! sends it, and one admission pass over a long queue (its time, its heap and its writes).
-//! Run: `cargo bench -p orb-operator --bench scale` (prints a report; asserts nothing).
+//! sends it, and one admission pass over a long queue, planned from that store (its time, its heap
+//! and its writes). Run: `cargo bench -p orb-operator --bench scale` (prints a report; asserts
+//! nothing). The same on a real API server, with the operator binary: `tests/benches/admission.rs`.
 //!
 //! Each case runs in a child process of its own, so its RSS is that of a process holding that store
-//! (and, for a pass, the fake API server's copy of the orbs) and nothing else; the orbs stream in
-//! from a file one at a time, as from a watch.
+//! and nothing else; the orbs stream in from a file one at a time, as from a watch.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -110,8 +110,8 @@ fn main() {
     }
     println!("\nOne admission pass after a slot frees (cap {CAP}, {SHOWN} positions shown)");
     println!(
-        "{:<8} {:>10} {:>8} {:>16} {:>14} {:>14}",
-        "orbs", "pass", "writes", "heap peak (pass)", "RSS after", "of it: fake API"
+        "{:<8} {:>10} {:>8} {:>16} {:>14}",
+        "orbs", "pass", "writes", "heap peak (pass)", "RSS after"
     );
     for n in [1_000, 10_000] {
         let file = dir.join(format!("orbs-{n}.jsonl"));
@@ -167,37 +167,30 @@ fn store_case(args: &str) {
     );
 }
 
-/// One pass of the admitter against a fake API server holding the platform's orbs, one of the
-/// running ones just finished.
+/// One pass of the admitter, planning from the trimmed store of the platform's orbs (one of the
+/// running ones just finished), against a fake API server holding the ledger.
 fn pass_case(args: &str) {
     let (n, file) = args.split_once(':').unwrap();
     let n: usize = n.parse().unwrap();
-    // The operator holds its trimmed store while it passes: the process's RSS at the end is both,
-    // and the fake API server's copy of the orbs (read as the bytes it serves).
-    let store = load_store(file, true);
+    let writer = load_store(file, true);
     let ledger: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ledger_file(Path::new(file))).unwrap()).unwrap();
-    let before = LIVE.load(Ordering::Relaxed);
-    let lines = BufReader::new(std::fs::File::open(file).unwrap()).lines();
-    let stored = support::Stored::encoded(lines.map(|l| l.unwrap().into_bytes()).collect());
-    let server_copy = LIVE.load(Ordering::Relaxed) - before;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(support::serve_store(handle, ledger, stored));
+        let server = tokio::spawn(support::serve_store(handle, ledger, support::store(&[])));
         let client = Client::new(service, "default");
         let metrics = std::sync::Arc::new(Metrics::default());
         let admitter = Admitter {
             ledger: Api::namespaced(client.clone(), "orb-system"),
-            orbs: Api::all(client.clone()),
             client: client.clone(),
             cap: CAP,
             shown_positions: SHOWN,
             limits: Default::default(),
-            cache: kube::runtime::reflector::store().0,
+            cache: writer.as_reader(),
             metrics,
             recorder: Recorder::new(
                 client,
@@ -220,12 +213,11 @@ fn pass_case(args: &str) {
         let writes = seen.iter().filter(|(m, _)| m != "GET").count();
         assert_eq!(outcome.admitted.len(), 1);
         println!(
-            "{n:<8} {:>10} {writes:>8} {:>16} {:>14} {:>14}",
+            "{n:<8} {:>10} {writes:>8} {:>16} {:>14}",
             format!("{took:.1?}"),
             mib(peak),
             mib(rss()),
-            mib(server_copy)
         );
-        drop(store);
+        drop(writer);
     });
 }

@@ -2,19 +2,23 @@
 //!
 //! 1. reads the admission ledger, a ConfigMap in the operator's namespace listing the uids that
 //!    hold capacity;
-//! 2. lists every unfinished AiOrb from the API server (a consistent read, not the watch cache;
-//!    paged, one snapshot; finished orbs are labelled and excluded by a label selector, so the
-//!    ones kept for their TTL cost a pass nothing);
+//! 2. takes every AiOrb from the controller's watch-fed store ([`crate::cache`]), as last written
+//!    by the operator where the store lags behind ([`crate::cache::RecentWrites`]), and reads back
+//!    from the API the ledger's holders that view cannot vouch for ([`policy::holders_to_read_back`]:
+//!    normally none), so a freed slot costs no list of the queue;
 //! 3. plans with [`crate::policy::plan_admission`];
 //! 4. writes the new ledger with the resourceVersion it read — the compare-and-swap that makes
-//!    admission safe across parallel passes, restarts and leader changes: of two writers that read
-//!    the same ledger, one gets a conflict and starts over from a fresh read;
-//! 5. only then marks the admitted orbs in their status (also resourceVersion-guarded), and
-//!    updates the queue positions shown (the first `shown_positions` places only, so a freed slot
-//!    costs a bounded number of writes whatever the queue's length).
+//!    admission safe across parallel passes, restarts, leader changes and stale stores: of two
+//!    writers that read the same ledger, one gets a conflict and starts over from a fresh read;
+//! 5. only then marks the admitted orbs in their status (also resourceVersion-guarded: a write
+//!    planned from a stale orb fails), and updates the queue positions shown (the first
+//!    `shown_positions` places only, so a freed slot costs a bounded number of writes whatever the
+//!    queue's length).
 //!
 //! An admitter that dies between 4 and 5 leaves uids in the ledger without status; the next pass
-//! counts them as holding capacity and finishes their status write.
+//! counts them as holding capacity and finishes their status write. The ledger, not the store, is
+//! the truth of who holds a slot: a store behind the API may delay an admission, never add one
+//! past the cap.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use orb_api::{AiOrb, OPERATOR_FIELD_MANAGER, OrbPhase, TerminationReason, UNFINI
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::cache::ListedPage;
+use crate::cache::{ListedPage, RecentWrites};
 use crate::controller::publish_event;
 use crate::metrics::{Metrics, NamespaceLabels, NodeLabels, PhaseLabels, ResultLabels};
 use crate::policy::{self, AdmissionEntry};
@@ -46,7 +50,8 @@ const LEDGER_KEY: &str = "admitted";
 const SESSIONS_KEY: &str = "sessions";
 /// A pass runs at least this often, so nothing depends on a wake-up being delivered.
 pub const RESYNC: Duration = Duration::from_secs(15);
-/// AiOrbs per page of the admission list: bounds the response the API server builds at once.
+/// AiOrbs per page of `orb-operator queue`'s list: bounds the response the API server builds at
+/// once.
 pub const LIST_PAGE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +72,15 @@ pub struct Wake {
     /// Capacity may have been freed: an orb finished or was deleted, or a write conflicted.
     pub freed: Notify,
     /// An orb joined the queue: worth a pass only while [`policy::arrival_needs_pass`], so that
-    /// arrivals into a long queue do not each cost a list of every unfinished orb.
+    /// arrivals into a long queue do not each cost a pass.
     pub queued: Notify,
     /// The warm pool keeper: a warm pod was bound or capacity changed.
     pub pool: Notify,
     /// The ledger's holders as of the last pass (`None` before the first one).
     held: std::sync::Mutex<Option<BTreeSet<String>>>,
+    /// The operator's writes a pass plans from (admissions, positions, ends) until the store
+    /// shows them.
+    pub written: RecentWrites,
 }
 
 impl Wake {
@@ -93,14 +101,12 @@ impl Wake {
 pub struct Admitter {
     pub client: Client,
     pub ledger: Api<ConfigMap>,
-    pub orbs: Api<AiOrb>,
     pub cap: usize,
     /// How many places at the head of the queue get `status.queuePosition`.
     pub shown_positions: usize,
     /// For the session budgets' retention.
     pub limits: policy::Limits,
-    /// The controller's (trimmed) AiOrb store: the finished orbs' counts come from it, as passes
-    /// no longer list them.
+    /// The controller's (trimmed) AiOrb store, which passes plan from.
     pub cache: Store<AiOrb>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -172,8 +178,8 @@ fn render_ledger(ledger: &BTreeSet<String>, by_uid: &BTreeMap<&str, &AiOrb>) -> 
 }
 
 /// Every unfinished AiOrb, trimmed: a paged list, served as one snapshot (the continue token pins
-/// the first page's resourceVersion).
-pub async fn list_unfinished(orbs: &Api<AiOrb>) -> Result<Vec<AiOrb>, kube::Error> {
+/// the first page's resourceVersion). For `orb-operator queue`, which has no store.
+pub async fn list_unfinished(orbs: &Api<AiOrb>) -> Result<Vec<Arc<AiOrb>>, kube::Error> {
     let client = orbs.clone().into_client();
     let resource = kube::core::Request::new(orbs.resource_url());
     let mut params = ListParams::default().labels(UNFINISHED_SELECTOR).limit(LIST_PAGE);
@@ -181,7 +187,7 @@ pub async fn list_unfinished(orbs: &Api<AiOrb>) -> Result<Vec<AiOrb>, kube::Erro
     loop {
         let request = resource.list(&params).map_err(kube::Error::BuildRequest)?;
         let page: ListedPage = client.request(request).await?;
-        all.extend(page.items.into_iter().map(AiOrb::from));
+        all.extend(page.items.into_iter().map(|o| Arc::new(AiOrb::from(o))));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(all),
@@ -193,61 +199,72 @@ pub async fn list_unfinished(orbs: &Api<AiOrb>) -> Result<Vec<AiOrb>, kube::Erro
 pub struct Snapshot {
     pub ledger_cm: Option<ConfigMap>,
     pub ledger: BTreeSet<String>,
-    pub orbs: Vec<AiOrb>,
-    /// Ledger holders the list did not return (labelled finished), as read by name: the finished
-    /// ones free their slots; one whose status is not terminal still holds it (the label is no
-    /// proof: it may have been set by someone else).
-    pub unlisted: BTreeMap<String, AiOrb>,
+    /// The orbs planned from: the view given, its ledger holders read back where it could not
+    /// vouch for them (one whose status is not terminal holds its slot whatever its labels say).
+    pub orbs: Vec<Arc<AiOrb>>,
     pub plan: policy::AdmissionPlan,
 }
 
-/// Reads the ledger and the unfinished orbs, and plans (steps 1 to 3) at `now`, admitting booked
+/// Reads the ledger.
+pub async fn read_ledger(ledger: &Api<ConfigMap>) -> Result<Option<ConfigMap>, kube::Error> {
+    ledger.get_opt(LEDGER_NAME).await
+}
+
+/// Plans from `ledger_cm` and a `view` of the orbs (steps 2 and 3) at `now`, admitting booked
 /// orbs `prewarm_lead` before their start.
 pub async fn snapshot(
-    ledger: &Api<ConfigMap>,
-    orbs: &Api<AiOrb>,
+    client: &Client,
+    ledger_cm: Option<ConfigMap>,
+    mut view: Vec<Arc<AiOrb>>,
     cap: usize,
     prewarm_lead: Duration,
     now: Timestamp,
 ) -> Result<Snapshot, kube::Error> {
-    let ledger_cm = ledger.get_opt(LEDGER_NAME).await?;
     let held = ledger_cm.as_ref().map(parse_ledger).unwrap_or_default();
-    let mut listed = list_unfinished(orbs).await?;
-    let unlisted = read_unlisted(orbs, ledger_cm.as_ref(), &listed).await?;
-    // A holder labelled finished whose status is not: its slot is still held.
-    listed.extend(unlisted.values().filter(|o| !o.is_finished()).cloned());
-    let entries: Vec<AdmissionEntry> = listed.iter().filter_map(|o| entry(o, prewarm_lead, now)).collect();
+    let mut entries: Vec<AdmissionEntry> = view.iter().filter_map(|o| entry(o, prewarm_lead, now)).collect();
+    let unvouched: BTreeSet<String> = policy::holders_to_read_back(&entries, &held).into_iter().collect();
+    if !unvouched.is_empty() {
+        let names = holder_names(ledger_cm.as_ref(), &view, &unvouched);
+        view.retain(|o| !o.metadata.uid.as_ref().is_some_and(|u| unvouched.contains(u)));
+        for (uid, (ns, name)) in names {
+            let found = Api::<AiOrb>::namespaced(client.clone(), &ns).get_opt(&name).await?;
+            // The same uid only: a new AiOrb of that name is another orb. Not found: gone.
+            if let Some(mut orb) = found.filter(|o| o.metadata.uid.as_deref() == Some(uid.as_str())) {
+                crate::cache::trim(&mut orb);
+                view.push(Arc::new(orb));
+            }
+        }
+        entries = view.iter().filter_map(|o| entry(o, prewarm_lead, now)).collect();
+    }
     let plan = policy::plan_admission(&entries, &held, cap);
     Ok(Snapshot {
         ledger_cm,
         ledger: held,
-        orbs: listed,
-        unlisted,
+        orbs: view,
         plan,
     })
 }
 
-/// The ledger's holders missing from `listed`, read by the name their ledger line gives (the same
-/// uid only: a new AiOrb of that name is another orb). Normally the orbs finished since the last
-/// pass: one read each, once.
-async fn read_unlisted(
-    orbs: &Api<AiOrb>,
+/// Where to read each of `uids` back: as the view names it, else as its ledger line does. A holder
+/// neither names is gone from both (the ledger line of a writer that did not know it).
+fn holder_names(
     ledger_cm: Option<&ConfigMap>,
-    listed: &[AiOrb],
-) -> Result<BTreeMap<String, AiOrb>, kube::Error> {
-    let listed: BTreeSet<&str> = listed.iter().filter_map(|o| o.metadata.uid.as_deref()).collect();
-    let client: Client = orbs.clone().into();
-    let mut out = BTreeMap::new();
-    for (uid, name) in ledger_cm.map(ledger_names).unwrap_or_default() {
-        let Some((ns, name)) = name.filter(|_| !listed.contains(uid.as_str())) else {
-            continue;
-        };
-        let found = Api::<AiOrb>::namespaced(client.clone(), &ns).get_opt(&name).await?;
-        if let Some(orb) = found.filter(|o| o.metadata.uid.as_deref() == Some(uid.as_str())) {
-            out.insert(uid, orb);
+    view: &[Arc<AiOrb>],
+    uids: &BTreeSet<String>,
+) -> BTreeMap<String, (String, String)> {
+    let mut names: BTreeMap<String, (String, String)> = ledger_cm
+        .map(ledger_names)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(uid, _)| uids.contains(uid))
+        .filter_map(|(uid, name)| Some((uid, name?)))
+        .collect();
+    for orb in view {
+        if let (Some(uid), Some(ns)) = (orb.metadata.uid.as_ref().filter(|u| uids.contains(*u)), orb.namespace()) {
+            names.insert(uid.clone(), (ns, orb.name_any()));
         }
     }
-    Ok(out)
+    names
 }
 
 /// The whole queue, one line per place, as `orb-operator queue` prints it: the same plan a pass
@@ -276,9 +293,9 @@ pub fn render_queue(snapshot: &Snapshot, cap: usize, now: Timestamp) -> String {
     out
 }
 
-fn by_uid(orbs: &[AiOrb]) -> BTreeMap<&str, &AiOrb> {
+fn by_uid(orbs: &[Arc<AiOrb>]) -> BTreeMap<&str, &AiOrb> {
     orbs.iter()
-        .filter_map(|o| Some((o.metadata.uid.as_deref()?, o)))
+        .filter_map(|o| Some((o.metadata.uid.as_deref()?, o.as_ref())))
         .collect()
 }
 
@@ -314,6 +331,17 @@ impl Admitter {
     /// Runs passes on every wake-up and every [`RESYNC`] until `shutdown` resolves.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Passes plan from the store: not before it holds every orb. An empty store would show
+        // no one waiting (admitting nobody) and no holder the ledger does not name.
+        tokio::select! {
+            _ = &mut shutdown => return,
+            ready = self.cache.wait_until_ready() => {
+                if ready.is_err() {
+                    warn!("the AiOrb store closed before it was filled; the admitter stops");
+                    return;
+                }
+            }
+        }
         // After API errors: 1 s doubling to 32 s (jittered), until a pass succeeds again.
         let retry = ExponentialBuilder::default()
             .with_min_delay(Duration::from_secs(1))
@@ -371,13 +399,15 @@ impl Admitter {
     /// One admission pass (see the module docs for the steps).
     pub async fn pass(&self) -> Result<PassOutcome, AdmissionError> {
         let now = (self.now)();
+        let ledger_cm = read_ledger(&self.ledger).await?;
+        // Taken after the ledger read: as fresh as the store is.
+        let view = self.wake.written.view(self.cache.state());
         let Snapshot {
             ledger_cm,
             ledger,
             orbs,
-            unlisted,
             plan,
-        } = snapshot(&self.ledger, &self.orbs, self.cap, self.limits.prewarm_lead, now).await?;
+        } = snapshot(&self.client, ledger_cm, view, self.cap, self.limits.prewarm_lead, now).await?;
         let sessions = ledger_cm.as_ref().map(parse_ledger_sessions).unwrap_or_default();
         let by_uid = by_uid(&orbs);
         self.observe(&by_uid, &plan);
@@ -386,8 +416,7 @@ impl Admitter {
         // The orbs whose slots this pass frees: one that ended its room's call takes the call's
         // budget along, before anyone is admitted into the room again.
         for uid in ledger.difference(&plan.ledger) {
-            let orb = by_uid.get(uid.as_str()).copied().or_else(|| unlisted.get(uid));
-            let Some((orb, reason)) = end_of(orb) else {
+            let Some((orb, reason)) = end_of(by_uid.get(uid.as_str()).copied()) else {
                 continue;
             };
             let ns = orb.namespace().unwrap_or_default();
@@ -417,6 +446,7 @@ impl Admitter {
             queued: plan.queue.len(),
             next_due: orbs
                 .iter()
+                .filter(|o| !o.is_finished())
                 .filter_map(|o| due_later(o, self.limits.prewarm_lead, now))
                 .min(),
             ..Default::default()
@@ -463,10 +493,6 @@ impl Admitter {
         Ok(outcome)
     }
 
-    /// How an orb whose slot is freed ended: as listed if the list still has it (ended but not yet
-    /// labelled, or being deleted), else as read by the name its ledger line gives — the same
-    /// AiOrb only if the uid matches. `None` when it did not end (a slot over a lowered cap) or is
-    /// gone: its session keeps its budget.
     async fn write_ledger(
         &self,
         existing: Option<ConfigMap>,
@@ -507,7 +533,8 @@ impl Admitter {
         }
     }
 
-    /// Returns false when the orb changed since the list (it will be seen again next pass).
+    /// Returns false when the orb changed since the version planned from (it will be seen again
+    /// next pass). A written orb is recorded until the store shows it.
     async fn write_status(
         &self,
         orb: &AiOrb,
@@ -525,7 +552,10 @@ impl Admitter {
             )
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                self.wake.written.wrote(orb, written);
+                Ok(true)
+            }
             Err(e) if is_conflict(&e) => {
                 self.wake.freed.notify_one();
                 Ok(false)
@@ -540,15 +570,11 @@ impl Admitter {
 
     fn observe(&self, by_uid: &BTreeMap<&str, &AiOrb>, plan: &policy::AdmissionPlan) {
         let m = &self.metrics;
-        let finished = self.cache.state();
         for phase in OrbPhase::ALL {
-            let of_phase = |o: &AiOrb| o.phase().unwrap_or(OrbPhase::Queued) == phase;
-            // Passes list unfinished orbs only; the finished ones are counted in the cache.
-            let n = if phase.is_terminal() {
-                finished.iter().filter(|o| of_phase(o)).count()
-            } else {
-                by_uid.values().filter(|o| of_phase(o)).count()
-            };
+            let n = by_uid
+                .values()
+                .filter(|o| o.phase().unwrap_or(OrbPhase::Queued) == phase)
+                .count();
             m.orbs
                 .get_or_create(&PhaseLabels { phase: phase.as_str() })
                 .set(n as i64);
@@ -593,8 +619,9 @@ mod tests {
         let snapshot = Snapshot {
             ledger_cm: None,
             ledger: BTreeSet::new(),
-            orbs: vec![orb("late", ago(5)), orb("first", ago(90)), orb("second", ago(60))],
-            unlisted: BTreeMap::new(),
+            orbs: [orb("late", ago(5)), orb("first", ago(90)), orb("second", ago(60))]
+                .map(Arc::new)
+                .into(),
             plan: policy::AdmissionPlan {
                 ledger: BTreeSet::from(["uid-first".to_owned()]),
                 admit: vec!["uid-first".into()],

@@ -362,20 +362,21 @@ async fn apply(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     }
     let finished = next.phase.is_some_and(OrbPhase::is_terminal);
     write_status(orb, ctx, next, replacing, now).await?;
-    if finished && orb.labels().get(FINISHED_LABEL).map(String::as_str) != Some("true") {
-        label_finished(orb, ctx).await?;
-    }
-    // Only once the status is written: a pass woken earlier could list the orb as it was, admit
-    // nobody into the slot it frees, and leave the slot empty until the next resync.
+    // Only once the status is written (and recorded for the pass): a pass woken earlier would
+    // plan from the orb as it was, admit nobody into the slot it frees, and leave the slot empty
+    // until the next resync.
     if let Some(wake) = wake {
         wake.notify_one();
+    }
+    if finished && orb.labels().get(FINISHED_LABEL).map(String::as_str) != Some("true") {
+        label_finished(orb, ctx).await?;
     }
     Ok(requeue(&decision, now))
 }
 
-/// Labels a finished orb, so that admission passes stop listing it. Only once its terminal status
-/// is written (terminal phases are final): an orb labelled while it held a slot would drop out of
-/// the passes that count it. The uid makes it a precondition: a new AiOrb of the same name (a
+/// Labels a finished orb, so that lists of the unfinished ones (`orb-operator queue`'s) skip it.
+/// Only once its terminal status is written (terminal phases are final); a label is no proof
+/// that an orb finished, so admission reads back a ledger holder whatever its labels. The uid makes it a precondition: a new AiOrb of the same name (a
 /// room used again) is never labelled by mistake.
 async fn label_finished(orb: &AiOrb, ctx: &Context) -> Result<()> {
     let api: Api<AiOrb> = Api::namespaced(ctx.client.clone(), &orb.namespace().ok_or(Error::NoNamespace)?);
@@ -456,7 +457,14 @@ async fn write_status(
             )
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(written) => {
+                // An end frees a slot: the pass this wakes plans from it, even before the store
+                // has it.
+                if next.phase.is_some_and(OrbPhase::is_terminal) {
+                    ctx.admission.written.wrote(&base, written);
+                }
+                return Ok(());
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let Some(fresh) = api.get_opt(&orb.name_any()).await? else {
                     return Err(kube::Error::Api(s).into());
@@ -673,8 +681,8 @@ async fn name_conflict(
     .await;
     ctx.metrics.terminated(TerminationReason::NameConflict);
     write_status(orb, ctx, next, None, now).await?;
-    label_finished(orb, ctx).await?;
     ctx.admission.freed.notify_one();
+    label_finished(orb, ctx).await?;
     // Back when the finished orb's TTL is up, to be deleted.
     Ok(Action::requeue(ctx.limits.finished_orb_ttl))
 }
@@ -742,6 +750,11 @@ async fn cleanup(orb: &AiOrb, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Reconciles running at once. Unbounded, an operator starting over thousands of AiOrbs sends
+/// thousands of requests at once: the API server refuses what exceeds its in-flight limit (429),
+/// connections fail, and each refused reconcile backs off for seconds.
+pub const RECONCILE_CONCURRENCY: u16 = 32;
+
 /// Runs the controller until `shutdown` resolves. Its AiOrb store is `cache`, filled with trimmed
 /// orbs ([`crate::cache::trim`]); the owned pods are watched as metadata only.
 pub async fn run(
@@ -766,6 +779,7 @@ pub async fn run(
     )
     .applied_objects();
     Controller::for_stream(orbs, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR).any_semantic())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

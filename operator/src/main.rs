@@ -100,7 +100,6 @@ async fn main() -> anyhow::Result<()> {
     let (cache, cache_writer) = reflector::store();
     let admitter = Admitter {
         ledger: Api::namespaced(client.clone(), &config.operator_namespace),
-        orbs: orbs_api(client.clone(), config.watch_namespace.as_deref()),
         client: client.clone(),
         cap: config.limits.max_concurrent_orbs,
         shown_positions: config.queue_positions,
@@ -152,17 +151,29 @@ fn orbs_api(client: Client, watch_namespace: Option<&str>) -> Api<AiOrb> {
     }
 }
 
-/// `orb-operator queue`: the whole queue, read from the API as an admission pass reads it.
+/// `orb-operator queue`: the whole queue, planned as an admission pass plans it, from the ledger
+/// and a list of the unfinished AiOrbs.
 async fn print_queue(run: &RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
     let ledger = Api::namespaced(client.clone(), &run.operator_namespace);
-    let orbs = orbs_api(client, run.watch_namespace.as_deref());
+    let orbs = orbs_api(client.clone(), run.watch_namespace.as_deref());
     let now = k8s_openapi::jiff::Timestamp::now();
-    let snapshot = admission::snapshot(&ledger, &orbs, run.max_concurrent_orbs, run.prewarm_lead, now)
+    let read = async {
+        let ledger_cm = admission::read_ledger(&ledger).await?;
+        let listed = admission::list_unfinished(&orbs).await?;
+        admission::snapshot(
+            &client,
+            ledger_cm,
+            listed,
+            run.max_concurrent_orbs,
+            run.prewarm_lead,
+            now,
+        )
         .await
-        .context("cannot read the admission ledger and the AiOrbs")?;
+    };
+    let snapshot = read.await.context("cannot read the admission ledger and the AiOrbs")?;
     print!("{}", admission::render_queue(&snapshot, run.max_concurrent_orbs, now));
     Ok(())
 }

@@ -10,6 +10,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use orb_api::AiOrb;
 use orb_api::auth::SigningKey;
@@ -30,9 +32,6 @@ const PODS: &str = "/api/v1/namespaces/calls/pods";
 const SECRETS: &str = "/api/v1/namespaces/calls/secrets";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/calls/events?";
 const LEDGER: &str = "/api/v1/namespaces/orb-system/configmaps";
-/// The admission pass's list: unfinished orbs only, in pages.
-const UNFINISHED: &str =
-    "/apis/hybridcoach.io/v1alpha1/aiorbs?&labelSelector=hybridcoach.io%2Ffinished%21%3Dtrue&limit=500";
 
 /// 2027-01-15T08:00:00Z: every scenario runs at this instant.
 fn now() -> Timestamp {
@@ -228,9 +227,11 @@ async fn reconcile_holding(
     (result, finish(verifier).await, woke)
 }
 
-/// Runs one admission pass with `cap` against `script`.
+/// Runs one admission pass with `cap`, the operator's store holding `cached`, against `script`:
+/// a pass reads the orbs from the store, never lists them.
 async fn admission_pass(
     cap: usize,
+    cached: Vec<Value>,
     script: Vec<Exchange>,
 ) -> (
     Result<orb_operator::admission::PassOutcome, orb_operator::admission::AdmissionError>,
@@ -240,22 +241,32 @@ async fn admission_pass(
     let verifier = tokio::spawn(verify(handle, script));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), cap);
-    let admitter = admitter(client, &ctx, cap, 10);
+    let admitter = admitter(client, &ctx, cap, 10, store_of(cached));
     let result = admitter.pass().await;
     drop((admitter, ctx));
     (result, finish(verifier).await)
 }
 
-/// The admitter of `ctx`'s world, with no finished orbs in its cache.
-fn admitter(client: Client, ctx: &Context, cap: usize, shown_positions: usize) -> Admitter {
+/// A filled store holding `orbs`, as the controller's watch leaves it after its initial list.
+fn store_of(orbs: Vec<Value>) -> Store<AiOrb> {
+    let mut writer: Writer<AiOrb> = Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for orb in orbs {
+        writer.apply_watcher_event(&watcher::Event::InitApply(serde_json::from_value(orb).unwrap()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    writer.as_reader()
+}
+
+/// The admitter of `ctx`'s world, planning from `cache`.
+fn admitter(client: Client, ctx: &Context, cap: usize, shown_positions: usize, cache: Store<AiOrb>) -> Admitter {
     Admitter {
         ledger: Api::namespaced(client.clone(), "orb-system"),
-        orbs: Api::all(client.clone()),
         client,
         cap,
         shown_positions,
         limits: Default::default(),
-        cache: kube::runtime::reflector::store().0,
+        cache,
         metrics: ctx.metrics.clone(),
         recorder: ctx.recorder.clone(),
         wake: ctx.admission.clone(),
@@ -263,8 +274,8 @@ fn admitter(client: Client, ctx: &Context, cap: usize, shown_positions: usize) -
     }
 }
 
-async fn admit_with(cap: usize, script: Vec<Exchange>) -> Vec<Seen> {
-    let (result, seen) = admission_pass(cap, script).await;
+async fn admit_with(cap: usize, cached: Vec<Value>, script: Vec<Exchange>) -> Vec<Seen> {
+    let (result, seen) = admission_pass(cap, cached, script).await;
     result.expect("admission pass");
     seen
 }
@@ -380,28 +391,24 @@ async fn first_reconcile_adds_the_finalizer_then_queues_then_admission_then_the_
         "the operator never writes signaling's fields"
     );
 
-    // 3. The admitter: ledger, fresh list, ledger write (create), status, event.
+    // 3. The admitter: ledger, then from its store: ledger write (create), status, event.
     let queued = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
     let seen = admit_with(
         8,
+        vec![queued],
         vec![
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-            expect(
-                "GET",
-                UNFINISHED,
-                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [queued]})),
-            ),
             expect("POST", format!("{LEDGER}?"), None),
             status_write("room-1"),
             event(),
         ],
     )
     .await;
-    assert_eq!(seen[2].body["data"]["admitted"], "calls/room-1 uid-1\n");
-    let status = status_of(&seen[3]);
+    assert_eq!(seen[1].body["data"]["admitted"], "calls/room-1 uid-1\n");
+    let status = status_of(&seen[2]);
     assert_eq!(status["phase"], "Starting");
     assert_eq!(status["admittedAt"], now().to_string());
-    assert_eq!(seen[4].body["reason"], "Admitted");
+    assert_eq!(seen[3].body["reason"], "Admitted");
 
     // 4. Admitted, no pod: token Secret (looked up first: none), pod, event, status.
     let admitted = orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(1)}));
@@ -460,18 +467,14 @@ async fn a_queued_orb_gets_its_position_in_status_and_no_pod() {
         "data": {"admitted": "calls/room-0 uid-0\n"}});
     let seen = admit_with(
         1,
+        vec![holder, waiting.clone()],
         vec![
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
-            expect(
-                "GET",
-                UNFINISHED,
-                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [holder, waiting.clone()]})),
-            ),
             status_write("room-1"),
         ],
     )
     .await;
-    let status = status_of(&seen[2]);
+    let status = status_of(&seen[1]);
     assert_eq!(
         (status["phase"].as_str(), status["queuePosition"].as_i64()),
         (Some("Queued"), Some(1))
@@ -501,13 +504,9 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
         "data": {"admitted": "calls/room-0 uid-0\n"}});
     let seen = admit_with(
         1,
+        vec![done, waiting],
         vec![
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
-            expect(
-                "GET",
-                UNFINISHED,
-                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [done, waiting]})),
-            ),
             expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
             status_write("room-1"),
             event(),
@@ -515,19 +514,19 @@ async fn capacity_freed_admits_the_head_of_the_queue_with_a_compare_and_swap() {
     )
     .await;
     assert_eq!(
-        seen[2].body["metadata"]["resourceVersion"], "7",
+        seen[1].body["metadata"]["resourceVersion"], "7",
         "the ledger write is conditional on what was read"
     );
-    assert_eq!(seen[2].body["data"]["admitted"], "calls/room-1 uid-1\n");
+    assert_eq!(seen[1].body["data"]["admitted"], "calls/room-1 uid-1\n");
     // The new orb's session starts its lifetime budget, in the same compare-and-swap.
     let spec: orb_api::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
     let key = orb_operator::policy::session_key(NS, &spec);
     assert_eq!(
-        seen[2].body["data"]["sessions"],
+        seen[1].body["data"]["sessions"],
         format!("{key} {}\n", now().as_second())
     );
-    assert_eq!(status_of(&seen[3])["phase"], "Starting");
-    assert_eq!(status_of(&seen[3])["sessionStartedAt"], now().to_string());
+    assert_eq!(status_of(&seen[2])["phase"], "Starting");
+    assert_eq!(status_of(&seen[2])["sessionStartedAt"], now().to_string());
 }
 
 fn waiting_spec() -> Value {
@@ -549,21 +548,17 @@ async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
         "data": {"admitted": "", "sessions": format!("0123456789abcdef {forgotten}\n{key} {started}\n")}});
     let seen = admit_with(
         8,
+        vec![waiting],
         vec![
             expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
-            expect(
-                "GET",
-                UNFINISHED,
-                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
-            ),
             expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
             status_write("room-1"),
             event(),
         ],
     )
     .await;
-    assert_eq!(seen[2].body["data"]["sessions"], format!("{key} {started}\n"));
-    let status = status_of(&seen[3]).clone();
+    assert_eq!(seen[1].body["data"]["sessions"], format!("{key} {started}\n"));
+    let status = status_of(&seen[2]).clone();
     let session_start = k8s_openapi::jiff::Timestamp::from_second(started).unwrap().to_string();
     assert_eq!(status["sessionStartedAt"], session_start);
 
@@ -589,10 +584,10 @@ async fn a_recreated_aiorb_of_a_spent_session_gets_no_fresh_lifetime() {
 }
 
 /// A room without a session id is one call at a time. The pass that frees the slot of a room's
-/// finished orb reads it (finished orbs are labelled out of its list) and, when it ended the
-/// call — everyone left (`RoomCleanup`) — forgets the room's budget in the same compare-and-swap,
-/// so the room's next call starts a fresh lifetime. An orb that ended by `MaxLifetime` leaves the
-/// budget for the orb asked for next in the room.
+/// finished orb reads how it ended and, when it ended the call — everyone left (`RoomCleanup`) —
+/// forgets the room's budget in the same compare-and-swap, so the room's next call starts a fresh
+/// lifetime. An orb that ended by `MaxLifetime` leaves the budget for the orb asked for next in
+/// the room.
 #[tokio::test]
 async fn the_pass_freeing_a_room_s_finished_orb_ends_the_room_s_budget_only_with_the_call() {
     let spec: orb_api::AiOrbSpec = serde_json::from_value(waiting_spec()).unwrap();
@@ -612,23 +607,27 @@ async fn the_pass_freeing_a_room_s_finished_orb_ends_the_room_s_budget_only_with
         ended["metadata"]["labels"] = json!({"hybridcoach.io/finished": "true"});
         let ledger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission", "resourceVersion": "7"},
             "data": {"admitted": "calls/room-1 uid-0\n", "sessions": format!("{key} {started}\n")}});
-        let seen = admit_with(
-            8,
-            vec![
-                expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger)),
-                expect(
-                    "GET",
-                    UNFINISHED,
-                    Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})),
-                ),
-                // Labelled finished, it is no longer listed: read by the name its ledger line gives.
-                expect("GET", format!("{ORBS}/room-1"), Some(ended)),
-                expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
-            ],
-        )
-        .await;
-        assert_eq!(seen[3].body["data"]["admitted"], "", "{reason}: the slot is freed");
-        assert_eq!(seen[3].body["data"]["sessions"], sessions_after, "{reason}");
+        // From the store; or, where the store does not have it (gone from it, or not yet in it),
+        // read back by the name its ledger line gives.
+        for in_store in [true, false] {
+            let mut script = vec![expect(
+                "GET",
+                format!("{LEDGER}/orb-operator-admission"),
+                Some(ledger.clone()),
+            )];
+            if !in_store {
+                script.push(expect("GET", format!("{ORBS}/room-1"), Some(ended.clone())));
+            }
+            script.push(expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None));
+            let cached = if in_store { vec![ended.clone()] } else { vec![] };
+            let seen = admit_with(8, cached, script).await;
+            let written = &seen.last().unwrap().body["data"];
+            assert_eq!(written["admitted"], "", "{reason}: the slot is freed");
+            assert_eq!(
+                written["sessions"], sessions_after,
+                "{reason}, in the store: {in_store}"
+            );
+        }
     }
 }
 
@@ -637,13 +636,9 @@ async fn a_ledger_conflict_aborts_the_pass_before_any_admission() {
     let waiting = orb("room-1", "uid-1", 5, json!({"phase": "Queued"}));
     let (result, _) = admission_pass(
         8,
+        vec![waiting],
         vec![
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-            expect(
-                "GET",
-                UNFINISHED,
-                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [waiting]})),
-            ),
             conflict("POST", format!("{LEDGER}?")),
         ],
     )
@@ -923,18 +918,14 @@ async fn after_a_restart_the_admitter_rebuilds_from_the_api_and_admits_nothing_o
     // The ledger ConfigMap was lost too: the status alone must hold the line.
     let seen = admit_with(
         8,
+        items,
         vec![
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-            expect(
-                "GET",
-                UNFINISHED,
-                Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items})),
-            ),
             expect("POST", format!("{LEDGER}?"), None),
         ],
     )
     .await;
-    assert_eq!(seen[2].body["data"]["admitted"].as_str().unwrap().lines().count(), 8);
+    assert_eq!(seen[1].body["data"]["admitted"].as_str().unwrap().lines().count(), 8);
 }
 
 #[tokio::test]
@@ -966,27 +957,27 @@ async fn conflicts_retry_soon_and_other_errors_back_off() {
 
 /// 10 000 unfinished AiOrbs — 100 holding the cap, 9 900 queued with the first 10 places shown,
 /// the last 1 000 of them so new they have no status yet — and 1 000 finished ones kept for their
-/// TTL. One admitted orb has just finished: the pass that fills its slot writes the ledger, the
-/// admitted orb's status and its event, and the 10 shown positions that moved up: at most
-/// `shown_positions + 3` writes, whatever the queue's length (before, every queued orb's position
-/// was rewritten: 9 900 writes). The finished orbs are never listed.
+/// TTL, all in the operator's store. One admitted orb has just finished: the pass that fills its
+/// slot reads the ledger and nothing else (it used to list every unfinished orb: 21 reads), and
+/// writes the ledger, the admitted orb's status and its event, and the 10 shown positions that
+/// moved up: at most `shown_positions + 3` writes, whatever the queue's length (before, every
+/// queued orb's position was rewritten: 9 900 writes).
 #[tokio::test]
-async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
+async fn a_freed_slot_in_a_queue_of_9900_costs_one_read_and_a_bounded_number_of_writes() {
     const SHOWN: usize = 10;
     let mut platform = support::platform(now(), 100, 9_900, 1_000, SHOWN);
-    // One running orb has just ended; its label is not written yet, so the pass still lists it.
+    // One running orb has just ended (its label is not written yet).
     platform.orbs[42]["status"]["phase"] = json!("Succeeded");
     // A burst of new orbs at the back, not reconciled yet: no status at all.
     for new in &mut platform.orbs[9_000..10_000] {
         new.as_object_mut().unwrap().remove("status");
     }
-    let stored = support::store(&platform.orbs);
-    drop(platform.orbs);
+    let cache = store_of(platform.orbs);
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(support::serve_store(handle, platform.ledger, stored));
+    let server = tokio::spawn(support::serve_store(handle, platform.ledger, support::store(&[])));
     let client = Client::new(service, "default");
     let ctx = context(client.clone(), 100);
-    let admitter = admitter(client, &ctx, 100, SHOWN);
+    let admitter = admitter(client, &ctx, 100, SHOWN, cache);
     let outcome = admitter.pass().await.expect("admission pass");
     let metrics = ctx.metrics.encode();
     drop((admitter, ctx));
@@ -997,7 +988,7 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
 
     assert_eq!(outcome.admitted, vec!["q-00000"]);
     assert_eq!(outcome.queued, 9_899);
-    assert_eq!(listed, 10_000, "the 1 000 finished orbs are not listed");
+    assert_eq!(listed, 0, "nothing is listed");
     let writes: Vec<&(String, String)> = seen.iter().filter(|(m, _)| m != "GET").collect();
     let status_writes = writes.iter().filter(|(_, u)| u.contains("/status?")).count();
     assert!(
@@ -1007,9 +998,68 @@ async fn a_freed_slot_in_a_queue_of_9900_costs_a_bounded_number_of_writes() {
     );
     // Exactly: the ledger, the admitted orb's status and event, and the 10 positions shown.
     assert_eq!((writes.len(), status_writes), (SHOWN + 3, 1 + SHOWN));
-    let reads = seen.len() - writes.len();
-    assert_eq!(reads, 1 + 10_000 / orb_operator::admission::LIST_PAGE as usize);
+    let reads: Vec<&(String, String)> = seen.iter().filter(|(m, _)| m == "GET").collect();
+    assert_eq!(reads.len(), 1, "the ledger only: {reads:#?}");
     assert!(metrics.contains("orb_operator_namespace_queue_length{namespace=\"calls\"} 9899"));
+    assert!(metrics.contains("orb_operator_orbs{phase=\"Succeeded\"} 1001"));
+}
+
+/// The store lags behind the operator's own writes. A pass right after one that admitted an orb
+/// (woken by the next freed slot, say) plans from the orb as the admission wrote it, not as the
+/// store still shows it: it neither admits it again nor reads it back. A ledger holder the store
+/// shows waiting that the operator did not admit itself (a previous leader did) is read back: the
+/// API says it is admitted, and it keeps its slot.
+#[tokio::test]
+async fn a_store_behind_the_operator_s_writes_admits_no_one_twice_and_never_past_the_cap() {
+    let queued = orb("room-1", "uid-1", 5, json!({"phase": "Queued", "queuePosition": 1}));
+    let mut admitted = orb("room-1", "uid-1", 5, json!({"phase": "Starting", "admittedAt": ago(0)}));
+    admitted["metadata"]["resourceVersion"] = json!("101");
+    let ledger = |holders: &str, rv: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "orb-operator-admission", "resourceVersion": rv},
+            "data": {"admitted": holders}})
+    };
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = tokio::spawn(verify(
+        handle,
+        vec![
+            // First pass: room-1 is admitted.
+            expect("GET", format!("{LEDGER}/orb-operator-admission"), Some(ledger("", "7"))),
+            expect("PUT", format!("{LEDGER}/orb-operator-admission?"), None),
+            expect("PATCH", status_uri("room-1"), Some(admitted.clone())),
+            event(),
+            // Second pass, the store unchanged: the ledger, and nothing else.
+            expect(
+                "GET",
+                format!("{LEDGER}/orb-operator-admission"),
+                Some(ledger("calls/room-1 uid-1\n", "8")),
+            ),
+        ],
+    ));
+    let client = Client::new(service, "default");
+    let ctx = context(client.clone(), 1);
+    let admitter = admitter(client, &ctx, 1, 10, store_of(vec![queued.clone()]));
+    assert_eq!(admitter.pass().await.unwrap().admitted, ["room-1"]);
+    let second = admitter.pass().await.unwrap();
+    assert!(second.admitted.is_empty(), "{second:?}");
+    drop((admitter, ctx));
+    finish(verifier).await;
+
+    // Another admitter, whose store shows room-1 waiting (and room-0, created earlier, too).
+    let older = orb("room-0", "uid-0", 50, json!({"phase": "Queued", "queuePosition": 1}));
+    let seen = admit_with(
+        1,
+        vec![older, queued],
+        vec![
+            expect(
+                "GET",
+                format!("{LEDGER}/orb-operator-admission"),
+                Some(ledger("calls/room-1 uid-1\n", "8")),
+            ),
+            expect("GET", format!("{ORBS}/room-1"), Some(admitted)),
+        ],
+    )
+    .await;
+    assert_eq!(seen.len(), 2, "room-0 is not admitted past the cap, room-1 not again");
 }
 
 // ---- the warm pool ----
@@ -1489,17 +1539,14 @@ fn booked(name: &str, uid: &str, in_secs: i64) -> Value {
 
 #[tokio::test]
 async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_before() {
-    let list = |items: Vec<Value>| Some(json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}));
     // Ten minutes ahead (lead: two): nothing is written; the next pass is due in eight minutes.
     let (result, seen) = admission_pass(
         8,
-        vec![
-            not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-            expect("GET", UNFINISHED, list(vec![booked("booked-1", "uid-b", 600)])),
-        ],
+        vec![booked("booked-1", "uid-b", 600)],
+        vec![not_found("GET", format!("{LEDGER}/orb-operator-admission"))],
     )
     .await;
-    assert_eq!(seen.len(), 2, "no ledger write: it holds no slot");
+    assert_eq!(seen.len(), 1, "no ledger write: it holds no slot");
     let outcome = result.expect("admission pass");
     assert!(outcome.admitted.is_empty());
     assert_eq!(outcome.queued, 0, "not in the queue either");
@@ -1516,9 +1563,9 @@ async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_befo
     early["status"]["participants"] = json!(1);
     let (result, _) = admission_pass(
         8,
+        vec![early],
         vec![
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-            expect("GET", UNFINISHED, list(vec![early])),
             expect("POST", format!("{LEDGER}?"), None),
             status_write("booked-1"),
             event(),
@@ -1531,9 +1578,9 @@ async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_befo
     let walk_in = orb("walk-in", "uid-w", 60, json!({"phase": "Queued"}));
     let (result, seen) = admission_pass(
         1,
+        vec![booked("booked-1", "uid-b", 90), walk_in],
         vec![
             not_found("GET", format!("{LEDGER}/orb-operator-admission")),
-            expect("GET", UNFINISHED, list(vec![booked("booked-1", "uid-b", 90), walk_in])),
             expect("POST", format!("{LEDGER}?"), None),
             status_write("booked-1"),
             event(),
@@ -1544,11 +1591,11 @@ async fn a_booked_orb_is_admitted_its_prewarm_lead_before_its_start_and_not_befo
     let outcome = result.expect("admission pass");
     assert_eq!(outcome.admitted, ["booked-1"]);
     assert_eq!(outcome.next_due, None);
-    assert_eq!(status_of(&seen[3])["phase"], "Starting");
+    assert_eq!(status_of(&seen[2])["phase"], "Starting");
     // The lead is not the call's time: the session's lifetime starts at the booked start.
-    assert_eq!(status_of(&seen[3])["admittedAt"], now().to_string());
-    assert_eq!(status_of(&seen[3])["sessionStartedAt"], ago(-90));
-    assert_eq!(status_of(&seen[5])["queuePosition"], 1);
+    assert_eq!(status_of(&seen[2])["admittedAt"], now().to_string());
+    assert_eq!(status_of(&seen[2])["sessionStartedAt"], ago(-90));
+    assert_eq!(status_of(&seen[4])["queuePosition"], 1);
 }
 
 // ---- objects with the orb's names that are not the orb's ----

@@ -29,13 +29,24 @@ impl Operator {
     /// Starts the operator with `env` (on top of a minimal environment) and the identity of
     /// `kubeconfig`.
     pub fn start(cp: &ControlPlane, name: &str, kubeconfig: &Path, env: &BTreeMap<String, String>) -> Operator {
+        Operator::start_binary(cp, &workspace_bin("orb-operator"), name, kubeconfig, env)
+    }
+
+    /// [`Operator::start`] with the operator binary at `binary`.
+    pub fn start_binary(
+        cp: &ControlPlane,
+        binary: &Path,
+        name: &str,
+        kubeconfig: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Operator {
         let log = cp.dir().join(format!("operator-{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(workspace_bin("orb-operator"));
+        let mut cmd = Command::new(binary);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)

@@ -61,6 +61,29 @@ pub fn arrival_needs_pass(queue_len: usize, shown: usize) -> bool {
     queue_len < shown.max(1)
 }
 
+/// The ledger's holders that a view of the orbs cannot vouch for, to be read back from the API
+/// before planning: those missing from the view, and those it shows neither admitted nor finished.
+///
+/// A watch-fed view may lag behind the API. An orb's admission and its end are both final, so a
+/// view showing either is right about it (a holder shown admitted that has since finished only
+/// keeps its slot a pass longer). A holder shown still waiting may have been admitted since, and
+/// planning from that view could drop it from the ledger and hand its slot to another orb. Read
+/// back, every holder is as the API has it, and the ledger, read fresh and written with a
+/// compare-and-swap, keeps every slot accounted for: a stale view may delay an admission, never
+/// add one past the cap.
+pub fn holders_to_read_back(view: &[AdmissionEntry], ledger: &BTreeSet<String>) -> Vec<String> {
+    let vouched: BTreeSet<&str> = view
+        .iter()
+        .filter(|o| o.admitted || o.phase.is_some_and(OrbPhase::is_terminal))
+        .map(|o| o.uid.as_str())
+        .collect();
+    ledger
+        .iter()
+        .filter(|uid| !vouched.contains(uid.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Admits the oldest waiting orbs into free capacity. Capacity is held by every non-terminal orb
 /// that is admitted by status or by the ledger, including one that is terminating or being deleted
 /// (its pod still holds a GPU). Anything counted twice errs towards admitting fewer, never more.

@@ -11,7 +11,10 @@ mod pod;
 mod pool;
 mod session;
 
-pub use admission::{AdmissionEntry, AdmissionPlan, admission_due, arrival_needs_pass, plan_admission, shown_position};
+pub use admission::{
+    AdmissionEntry, AdmissionPlan, admission_due, arrival_needs_pass, holders_to_read_back, plan_admission,
+    shown_position,
+};
 pub use deadlines::*;
 pub use decide::*;
 pub use launch::{Launch, launch};

@@ -227,6 +227,112 @@ proptest! {
     }
 }
 
+/// One step of the world an admitter plans in, for [`a_stale_view_never_over_admits`].
+#[derive(Clone, Debug)]
+enum WorldStep {
+    /// A room asks for an orb.
+    Create,
+    /// The `n`th unfinished orb (modulo their number) ends.
+    Finish(usize),
+    /// An orb holding nothing is deleted (a holder keeps its finalizer until a pass frees it).
+    Delete(usize),
+    /// An admission pass. `lags`: how many versions behind the API the view shows each orb
+    /// (cycled; as many as it has: not seen at all); `crash`: the admitter dies after its ledger
+    /// write, before its status writes.
+    Pass { lags: Vec<usize>, crash: bool },
+}
+
+fn world_step() -> impl Strategy<Value = WorldStep> {
+    prop_oneof![
+        3 => Just(WorldStep::Create),
+        2 => any::<usize>().prop_map(WorldStep::Finish),
+        1 => any::<usize>().prop_map(WorldStep::Delete),
+        4 => (prop::collection::vec(0usize..4, 0..6), any::<bool>())
+            .prop_map(|(lags, crash)| WorldStep::Pass { lags, crash }),
+    ]
+}
+
+fn holds(o: &AdmissionEntry) -> bool {
+    o.admitted && !o.phase.is_some_and(OrbPhase::is_terminal)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+    /// An admitter planning from a view that lags behind the API by any number of versions, orb by
+    /// orb — a watch-fed cache, or a new leader's, older than what the last leader saw — never
+    /// leaves more than `cap` orbs holding capacity once the view is combined with the ledger
+    /// (read fresh each pass, the holders the view cannot vouch for read back), and every holder
+    /// stays in the ledger. Admission status writes carry the version planned from: written from a
+    /// stale view, they fail, as the API server's precondition makes them.
+    #[test]
+    fn a_stale_view_never_over_admits(steps in prop::collection::vec(world_step(), 1..80), cap in 1usize..5) {
+        // Each orb as the API has it: every version it went through, the newest last.
+        let mut orbs: Vec<Vec<AdmissionEntry>> = Vec::new();
+        let newest = |o: &Vec<AdmissionEntry>| o.last().unwrap().clone();
+        let mut ledger: BTreeSet<String> = BTreeSet::new();
+        for (n, s) in steps.into_iter().enumerate() {
+            match s {
+                WorldStep::Create => {
+                    let mut e = entry(n, n as i64);
+                    e.phase = Some(OrbPhase::Queued);
+                    orbs.push(vec![e]);
+                }
+                WorldStep::Finish(i) => {
+                    let unfinished: Vec<usize> =
+                        (0..orbs.len()).filter(|i| !newest(&orbs[*i]).phase.is_some_and(OrbPhase::is_terminal)).collect();
+                    if let Some(&i) = unfinished.get(i % unfinished.len().max(1)) {
+                        let mut done = newest(&orbs[i]);
+                        done.phase = Some(OrbPhase::Succeeded);
+                        orbs[i].push(done);
+                    }
+                }
+                WorldStep::Delete(i) if !orbs.is_empty() => {
+                    let i = i % orbs.len();
+                    if !holds(&newest(&orbs[i])) && !ledger.contains(&newest(&orbs[i]).uid) {
+                        orbs.remove(i);
+                    }
+                }
+                WorldStep::Pass { lags, crash } => {
+                    // The view: (orb, version) pairs.
+                    let mut view: Vec<(usize, usize)> = orbs
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, o)| {
+                            let lag = lags.get(i % lags.len().max(1)).copied().unwrap_or(0);
+                            Some((i, (o.len() - 1).checked_sub(lag)?))
+                        })
+                        .collect();
+                    let entries_of = |view: &[(usize, usize)]| -> Vec<AdmissionEntry> {
+                        view.iter().map(|(i, v)| orbs[*i][*v].clone()).collect()
+                    };
+                    for uid in holders_to_read_back(&entries_of(&view), &ledger) {
+                        view.retain(|(i, _)| newest(&orbs[*i]).uid != uid);
+                        if let Some(i) = orbs.iter().position(|o| newest(o).uid == uid) {
+                            view.push((i, orbs[i].len() - 1));
+                        }
+                    }
+                    let plan = plan_admission(&entries_of(&view), &ledger, cap);
+                    ledger = plan.ledger.clone();
+                    for uid in plan.admit.iter().filter(|_| !crash) {
+                        let (i, planned) = *view.iter().find(|(i, _)| &newest(&orbs[*i]).uid == uid).unwrap();
+                        // The precondition: only over the version the plan was made from.
+                        if orbs[i].len() - 1 == planned {
+                            let mut admitted = newest(&orbs[i]);
+                            admitted.admitted = true;
+                            admitted.phase = Some(OrbPhase::Starting);
+                            orbs[i].push(admitted);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            let holders: Vec<String> = orbs.iter().map(newest).filter(holds).map(|o| o.uid).collect();
+            prop_assert!(holders.len() <= cap, "{} orbs hold a slot, cap {cap}", holders.len());
+            prop_assert!(holders.iter().all(|u| ledger.contains(u)), "a holder missing from the ledger");
+        }
+    }
+}
+
 // ---- limits and deadlines ----
 
 fn limits() -> Limits {
