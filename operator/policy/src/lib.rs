@@ -147,7 +147,11 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
         }
     }
     // Characters, as the schema counts them: free text is often not ASCII.
-    if spec.purpose.as_ref().is_some_and(|p| p.chars().count() > MAX_PURPOSE_CHARS) {
+    if spec
+        .purpose
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PURPOSE_CHARS)
+    {
         return Err(SpecError::TooLong {
             field: "spec.purpose",
             max: MAX_PURPOSE_CHARS,

@@ -820,12 +820,30 @@ fn the_session_context_reaches_the_orbs_args_and_its_assignment() {
     };
     let limits = orb_limits_of(&spec);
     let launched = launch(&spec, &limits, &clock(0, Some(1), None), t(10), "ws://sig:8080");
-    for arg in ["--coach=coach-1", "--client=client-1", "--purpose=Quarterly goals review"] {
-        assert!(launched.args.iter().any(|a| a == arg), "{arg} missing: {:?}", launched.args);
+    for arg in [
+        "--coach=coach-1",
+        "--client=client-1",
+        "--purpose=Quarterly goals review",
+    ] {
+        assert!(
+            launched.args.iter().any(|a| a == arg),
+            "{arg} missing: {:?}",
+            launched.args
+        );
     }
     assert_eq!(launched.assignment.purpose.as_deref(), Some("Quarterly goals review"));
-    let without = launch(&AiOrbSpec { purpose: None, ..spec }, &limits, &clock(0, Some(1), None), t(10), "ws://sig:8080");
-    assert!(!without.args.iter().any(|a| a.starts_with("--purpose")), "{:?}", without.args);
+    let without = launch(
+        &AiOrbSpec { purpose: None, ..spec },
+        &limits,
+        &clock(0, Some(1), None),
+        t(10),
+        "ws://sig:8080",
+    );
+    assert!(
+        !without.args.iter().any(|a| a.starts_with("--purpose")),
+        "{:?}",
+        without.args
+    );
 }
 
 // ---- the lifetime is the session's ----

@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 
 use super::attribution::{Attributed, Interval, VoiceTimeline};
 use super::openai_summary::ChatSummarizer;
-use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker, Summarizer};
+use super::{
+    Brain, BrainError, BrainEvent, BrainInput, BrainIo, SessionContext, Speaker, Summarizer, session_instructions,
+};
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, VOICE_THRESHOLD, downsample_2x, rms, upsample_2x};
 use crate::config::OpenAiConfig;
 use crate::signaling::Backoff;
@@ -256,13 +258,14 @@ struct ErrorDetail {
 /// The service's answer to a `response.cancel` that arrived after the reply ended.
 const CANCEL_NOT_ACTIVE: &str = "response_cancel_not_active";
 
-/// The `session.update` the orb sends after connecting.
-fn session_update(config: &OpenAiConfig) -> ClientEvent<'_> {
+/// The `session.update` the orb sends after connecting, and again when it learns its session's
+/// context: the configured instructions with the context (see [`session_instructions`]).
+fn session_update<'a>(config: &'a OpenAiConfig, instructions: &'a str) -> ClientEvent<'a> {
     let format = || AudioFormat::Pcm { rate: 24_000 };
     ClientEvent::SessionUpdate {
         session: Session {
             kind: SessionType::Realtime,
-            instructions: &config.instructions,
+            instructions,
             output_modalities: &[Modality::Audio],
             audio: SessionAudio {
                 input: AudioInput {
@@ -473,8 +476,10 @@ enum Outcome {
 
 async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Result<(), BrainError> {
     let mut mixer = InputMixer::default();
+    // Kept across reconnects: a new connection's session is told it from the start.
+    let mut context = SessionContext::default();
     loop {
-        match connect_and_serve(&config, &mut io, &mut mixer, &mut backoff).await {
+        match connect_and_serve(&config, &mut io, &mut mixer, &mut context, &mut backoff).await {
             Outcome::Finished => return Ok(()),
             Outcome::Lost(reason) => {
                 warn!(%reason, "realtime service connection lost");
@@ -499,6 +504,7 @@ async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Res
                 input = io.input.recv() => match input {
                     None => return Ok(()),
                     Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
+                    Some(BrainInput::Context(c)) => context = c,
                     Some(_) => {}
                 },
             }
@@ -510,6 +516,7 @@ async fn connect_and_serve(
     config: &OpenAiConfig,
     io: &mut BrainIo,
     mixer: &mut InputMixer,
+    context: &mut SessionContext,
     backoff: &mut Backoff,
 ) -> Outcome {
     let url = realtime_url(config);
@@ -525,14 +532,15 @@ async fn connect_and_serve(
     }
     let ws = tokio::select! {
         r = tokio_tungstenite::connect_async(req) => r,
-        _ = wait_for_end(io, mixer) => return Outcome::Finished,
+        _ = wait_for_end(io, mixer, context) => return Outcome::Finished,
     };
     let mut ws = match ws {
         Ok((ws, _)) => ws,
         Err(e) => return Outcome::Lost(e.to_string()),
     };
     info!(%url, "connected to the realtime service");
-    if let Err(e) = send_event(&mut ws, &session_update(config)).await {
+    let instructions = session_instructions(&config.instructions, context);
+    if let Err(e) = send_event(&mut ws, &session_update(config, &instructions)).await {
         return Outcome::Lost(e);
     }
     let mut turn = Turn::default();
@@ -581,6 +589,15 @@ async fn connect_and_serve(
                 Some(BrainInput::Audio(frame)) => mixer.push(frame.speaker, &frame.pcm),
                 Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
                 Some(BrainInput::Connected { .. }) => {}
+                Some(BrainInput::Context(c)) => {
+                    if c != *context {
+                        *context = c;
+                        let instructions = session_instructions(&config.instructions, context);
+                        if let Err(e) = send_event(&mut ws, &session_update(config, &instructions)).await {
+                            return Outcome::Lost(e);
+                        }
+                    }
+                }
             },
             _ = frames.tick() => {
                 if let Some(mixed) = mixer.frame() {
@@ -600,12 +617,13 @@ async fn connect_and_serve(
     }
 }
 
-/// Resolves when the orb closes the brain's input; drops other input meanwhile.
-async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer) {
+/// Resolves when the orb closes the brain's input; drops other input meanwhile but the context.
+async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer, context: &mut SessionContext) {
     loop {
         match io.input.recv().await {
             None => return,
             Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
+            Some(BrainInput::Context(c)) => *context = c,
             Some(_) => {}
         }
     }
@@ -781,7 +799,7 @@ mod tests {
 
     #[test]
     fn session_update_serialises_as_documented() {
-        let sent = serde_json::to_value(session_update(&cfg("wss://x"))).unwrap();
+        let sent = serde_json::to_value(session_update(&cfg("wss://x"), "be brief")).unwrap();
         assert_eq!(
             sent,
             json!({
@@ -804,6 +822,27 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn the_session_update_carries_the_sessions_context() {
+        let config = cfg("wss://x");
+        let context = SessionContext {
+            coach: "coach-1".into(),
+            client: "client-2".into(),
+            purpose: "Quarterly goals review".into(),
+        };
+        let instructions = session_instructions(&config.instructions, &context);
+        let sent = serde_json::to_value(session_update(&config, &instructions)).unwrap();
+        let sent = sent["session"]["instructions"].as_str().unwrap();
+        assert!(sent.starts_with("be brief\n\n"), "{sent}");
+        for fact in [
+            r#""coachUserId":"coach-1""#,
+            r#""clientUserId":"client-2""#,
+            r#""purpose":"Quarterly goals review""#,
+        ] {
+            assert!(sent.contains(fact), "{fact} missing: {sent}");
+        }
     }
 
     #[test]
