@@ -28,6 +28,9 @@ pub const UNFINISHED_SELECTOR: &str = "hybridcoach.io/finished!=true";
 /// Upper bound for every duration in the spec: a day. A coaching call that needs more is a bug.
 pub const MAX_DURATION_SECONDS: i64 = 86_400;
 
+/// The longest `spec.purpose`, in characters: a line or a short paragraph, never a document.
+pub const MAX_PURPOSE_CHARS: usize = 1000;
+
 /// Desired state of an AI orb: which room it serves and its optional limits. Unset limits take the
 /// operator's configured defaults.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -74,6 +77,12 @@ pub struct AiOrbSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub client_id: Option<String>,
+    /// What the session is for, in the app's words (e.g. "Quarterly goals review"), at most 1000
+    /// characters. The orb's model gets it as context of the session, together with the coach's
+    /// and the client's ids; it is shown to the model as data from the app, never as instructions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_PURPOSE_CHARS))]
+    pub purpose: Option<String>,
     /// Test mode: deterministic test brain and a short lifetime (the operator's test-mode timeout).
     #[serde(default)]
     pub test_mode: bool,

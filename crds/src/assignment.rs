@@ -24,6 +24,9 @@ pub struct Assignment {
     pub coach: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The session's purpose (`spec.purpose`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
     /// What is left of the orb's lifetime.
     pub max_lifetime_seconds: u64,
     pub idle_timeout_seconds: u64,
@@ -58,6 +61,7 @@ impl Assignment {
             ("session", &self.session),
             ("coach", &self.coach),
             ("client", &self.client),
+            ("purpose", &self.purpose),
         ] {
             if let Some(v) = value {
                 args.push(format!("--{flag}={v}"));
@@ -133,6 +137,7 @@ mod tests {
             session: Some("s".into()),
             coach: None,
             client: Some("c".into()),
+            purpose: Some("Goals review: \"Q3\" --room=x".into()),
             max_lifetime_seconds: 0,
             idle_timeout_seconds: 300,
             signaling_url: "ws://sig:8080".into(),
@@ -145,6 +150,8 @@ mod tests {
                 "--signaling-url=ws://sig:8080",
                 "--session=s",
                 "--client=c",
+                // One argument however the text reads: no shell, no splitting.
+                "--purpose=Goals review: \"Q3\" --room=x",
                 "--max-lifetime=1s",
                 "--idle-timeout=300s"
             ]

@@ -59,6 +59,12 @@ fn schema_is_structural_with_status_subresource_and_immutable_room() {
     assert_eq!(version["subresources"]["status"], serde_json::json!({}));
     let schema = &version["schema"]["openAPIV3Schema"];
     assert_structural("", schema);
+    let purpose = &schema["properties"]["spec"]["properties"]["purpose"];
+    assert_eq!(
+        (purpose["type"].as_str(), purpose["maxLength"].as_u64()),
+        (Some("string"), Some(orb_api::MAX_PURPOSE_CHARS as u64)),
+        "the API server bounds the purpose as the operator and the orb do"
+    );
     let room = &schema["properties"]["spec"]["properties"]["roomId"];
     assert_eq!(room["x-kubernetes-validations"][0]["rule"], "self == oldSelf");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "orb");

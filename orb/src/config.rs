@@ -12,6 +12,7 @@ use orb_api::duration::parse_duration;
 use orb_api::ice::IceTransportPolicy;
 use thiserror::Error;
 
+use crate::brain::SessionContext;
 use crate::media::IceServer;
 use crate::proxy::{ProxyConfigError, ProxyEnv, ProxySettings};
 
@@ -54,6 +55,11 @@ pub struct Cli {
     /// The client's user id.
     #[arg(long, env = "ORB_CLIENT", default_value = "")]
     pub client: String,
+    /// What the session is for, in the app's words (the AiOrb's `spec.purpose`, at most 1000
+    /// characters). The model gets it with the coach's and the client's ids as the session's
+    /// context, marked as information, not instructions.
+    #[arg(long, env = "ORB_PURPOSE", default_value = "")]
+    pub purpose: String,
     /// Longest the orb lives before it leaves on its own (bare integer = milliseconds).
     #[arg(long, env = "ORB_MAX_LIFETIME", default_value = "2h", value_parser = parse_duration)]
     pub max_lifetime: Duration,
@@ -157,6 +163,8 @@ pub enum ConfigError {
     MissingAssignToken,
     #[error("a warm orb gets its room from its assignment; --room and --warm exclude each other")]
     RoomAndWarm,
+    #[error("the session's purpose is longer than {max} characters", max = orb_api::MAX_PURPOSE_CHARS)]
+    PurposeTooLong,
     #[error("--denied-candidate-cidrs: {0}")]
     DeniedCandidateCidrs(#[from] orb_api::cidr::CidrError),
     #[error(transparent)]
@@ -261,6 +269,7 @@ pub struct Config {
     pub session: String,
     pub coach: String,
     pub client: String,
+    pub purpose: String,
     pub user_id: String,
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
@@ -312,6 +321,7 @@ impl Config {
         if cli.idle_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration("--idle-timeout"));
         }
+        check_purpose(&cli.purpose)?;
         if cli.udp_addrs.is_empty() {
             return Err(ConfigError::NoUdpAddr);
         }
@@ -355,6 +365,7 @@ impl Config {
             session: cli.session,
             coach: cli.coach,
             client: cli.client,
+            purpose: cli.purpose,
             user_id,
             max_lifetime: cli.max_lifetime,
             idle_timeout: cli.idle_timeout,
@@ -384,12 +395,15 @@ impl Config {
         if a.idle_timeout_seconds == 0 {
             return Err(ConfigError::ZeroDuration("idleTimeoutSeconds"));
         }
+        let purpose = a.purpose.clone().unwrap_or_default();
+        check_purpose(&purpose)?;
         Ok(Self {
             signaling_endpoint: endpoint(&a.signaling_url, &a.room)?,
             room: a.room.clone(),
             session: a.session.clone().unwrap_or_default(),
             coach: a.coach.clone().unwrap_or_default(),
             client: a.client.clone().unwrap_or_default(),
+            purpose,
             user_id: default_user_id(&a.room),
             max_lifetime: Duration::from_secs(a.max_lifetime_seconds),
             idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
@@ -398,6 +412,26 @@ impl Config {
             ..self.clone()
         })
     }
+}
+
+impl Config {
+    /// What the brain is told of the session besides what it hears.
+    pub fn session_context(&self) -> SessionContext {
+        SessionContext {
+            coach: self.coach.clone(),
+            client: self.client.clone(),
+            purpose: self.purpose.clone(),
+        }
+    }
+}
+
+/// The operator checked the AiOrb's purpose already; the orb checks again what reaches it by any
+/// other way (a hand-started orb, an assignment), in characters as the CRD counts them.
+fn check_purpose(purpose: &str) -> Result<(), ConfigError> {
+    if purpose.chars().count() > orb_api::MAX_PURPOSE_CHARS {
+        return Err(ConfigError::PurposeTooLong);
+    }
+    Ok(())
 }
 
 /// The configured URLs as one server with the configured credential (none when no URL is set).
@@ -471,6 +505,35 @@ mod tests {
         );
         assert_eq!(cfg.user_id, "ai-orb-room123");
         assert!(cfg.token.is_none());
+    }
+
+    #[test]
+    fn the_purpose_is_the_sessions_context_with_the_coach_and_client() {
+        let cfg = Config::from_cli(
+            cli(&[
+                "--room=r",
+                "--test-mode",
+                "--coach=coach-1",
+                "--client=client-2",
+                "--purpose=Quarterly goals review",
+            ]),
+            Secrets::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.session_context(),
+            SessionContext {
+                coach: "coach-1".into(),
+                client: "client-2".into(),
+                purpose: "Quarterly goals review".into()
+            }
+        );
+        // Counted in characters: 1000 of them fit however many bytes they take.
+        let longest = format!("--purpose={}", "é".repeat(orb_api::MAX_PURPOSE_CHARS));
+        assert!(Config::from_cli(cli(&["--room=r", "--test-mode", &longest]), Secrets::default()).is_ok());
+        let too_long = format!("--purpose={}", "e".repeat(orb_api::MAX_PURPOSE_CHARS + 1));
+        let err = Config::from_cli(cli(&["--room=r", "--test-mode", &too_long]), Secrets::default()).unwrap_err();
+        assert_eq!(err.to_string(), "the session's purpose is longer than 1000 characters");
     }
 
     #[test]
@@ -585,6 +648,7 @@ mod tests {
             session: Some("s1".into()),
             coach: Some("c".into()),
             client: None,
+            purpose: Some("Goals review".into()),
             max_lifetime_seconds: 90,
             idle_timeout_seconds: 30,
             signaling_url: "ws://sig:8080/".into(),
@@ -595,6 +659,14 @@ mod tests {
         assert_eq!(bound.user_id, "ai-orb-room-7");
         assert_eq!(bound.max_lifetime, Duration::from_secs(90));
         assert_eq!(bound.token.as_deref(), Some("t"));
+        assert_eq!(
+            bound.session_context(),
+            SessionContext {
+                coach: "c".into(),
+                client: String::new(),
+                purpose: "Goals review".into()
+            }
+        );
         assert!(bound.warm.is_none() && matches!(bound.brain, BrainConfig::Test { .. }));
         // The same values a cold orb's flags would refuse.
         a.room = "a b".into();
@@ -603,6 +675,9 @@ mod tests {
         a.signaling_url = "http://x".into();
         assert!(warm.assigned(&a).is_err());
         a.signaling_url = "ws://x".into();
+        a.purpose = Some("x".repeat(orb_api::MAX_PURPOSE_CHARS + 1));
+        assert!(matches!(warm.assigned(&a), Err(ConfigError::PurposeTooLong)));
+        a.purpose = None;
         a.idle_timeout_seconds = 0;
         assert!(warm.assigned(&a).is_err());
     }

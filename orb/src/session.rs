@@ -220,6 +220,9 @@ pub async fn run_started(
         summarizer,
         ready: brain_ready,
     } = brain;
+    // First of all its input, so the model knows whom it talks to before it hears them.
+    let context = config.session_context();
+    let _ = brain_tx.send(BrainInput::Context(context.clone())).await;
     let (pacer_tx, pacer_rx) = mpsc::channel(256);
     let (speaking_tx, mut speaking_rx) = mpsc::channel(8);
     let pacer_task = tokio::spawn(playout::run(pacer_rx, speaking_tx, metrics.clone()));
@@ -240,7 +243,7 @@ pub async fn run_started(
         generation: 0,
         present: BTreeMap::new(),
         record: SessionRecord::default(),
-        rolling: RollingSummary::start(summarizer, options.summary.clone()),
+        rolling: RollingSummary::start(summarizer, options.summary.clone(), context),
         joined: false,
         brain_ready,
         brain_status: AiStatus::Listening,

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 pub use orb_protocol::summary::TranscriptLine;
 
-use crate::brain::{Summarizer, SummaryRequest};
+use crate::brain::{SessionContext, Summarizer, SummaryRequest};
 
 /// What the orb remembers of the session.
 #[derive(Clone, Debug, Default)]
@@ -126,10 +126,15 @@ impl Default for SummaryPolicy {
 /// One step, tried again once if it fails. `Err` says why, for `summaryError`.
 pub async fn summarize_with_retry(
     summarizer: &dyn Summarizer,
+    context: &SessionContext,
     previous: Option<&SummaryContent>,
     lines: &[TranscriptLine],
 ) -> Result<SummaryContent, String> {
-    let request = SummaryRequest { previous, lines };
+    let request = SummaryRequest {
+        context,
+        previous,
+        lines,
+    };
     match summarizer.summarize(request).await {
         Ok(content) => Ok(content),
         Err(first) => {
@@ -157,9 +162,9 @@ pub struct RollingSummary {
 }
 
 impl RollingSummary {
-    pub fn start(summarizer: Arc<dyn Summarizer>, policy: SummaryPolicy) -> Self {
+    pub fn start(summarizer: Arc<dyn Summarizer>, policy: SummaryPolicy, context: SessionContext) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(summarizer, policy, rx));
+        tokio::spawn(run(summarizer, policy, Arc::new(context), rx));
         Self { commands }
     }
 
@@ -187,6 +192,7 @@ type Step = BoxFuture<'static, (usize, Result<SummaryContent, String>)>;
 
 struct State {
     summarizer: Arc<dyn Summarizer>,
+    context: Arc<SessionContext>,
     policy: SummaryPolicy,
     content: Option<SummaryContent>,
     /// Lines not summarised yet, with when each arrived.
@@ -229,9 +235,10 @@ impl State {
             lines
         };
         let summarizer = self.summarizer.clone();
+        let context = self.context.clone();
         let previous = self.content.clone();
         async move {
-            let result = summarize_with_retry(&*summarizer, previous.as_ref(), &lines).await;
+            let result = summarize_with_retry(&*summarizer, &context, previous.as_ref(), &lines).await;
             (lines.len(), result)
         }
         .boxed()
@@ -294,9 +301,15 @@ impl State {
     }
 }
 
-async fn run(summarizer: Arc<dyn Summarizer>, policy: SummaryPolicy, mut commands: mpsc::UnboundedReceiver<Command>) {
+async fn run(
+    summarizer: Arc<dyn Summarizer>,
+    policy: SummaryPolicy,
+    context: Arc<SessionContext>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
     let mut state = State {
         summarizer,
+        context,
         policy,
         content: None,
         pending: VecDeque::new(),
@@ -429,7 +442,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn long_sessions_are_summarised_in_chunks_so_the_last_step_is_small() {
         let s = Arc::new(Recording::default());
-        let rolling = RollingSummary::start(s.clone(), policy());
+        let rolling = RollingSummary::start(s.clone(), policy(), SessionContext::default());
         for i in 0..7 {
             rolling.add(line("coach-1", &format!("line {i}"), i));
             settle().await;
@@ -460,7 +473,7 @@ mod tests {
             fail: vec![1, 2],
             ..Recording::default()
         });
-        let rolling = RollingSummary::start(s.clone(), policy());
+        let rolling = RollingSummary::start(s.clone(), policy(), SessionContext::default());
         for i in 0..6 {
             rolling.add(line("coach-1", "x", i));
             settle().await;
@@ -484,7 +497,7 @@ mod tests {
             fail: vec![2, 3],
             ..Recording::default()
         });
-        let rolling = RollingSummary::start(s.clone(), policy());
+        let rolling = RollingSummary::start(s.clone(), policy(), SessionContext::default());
         for i in 0..4 {
             rolling.add(line("coach-1", "x", i));
             settle().await;
@@ -502,7 +515,7 @@ mod tests {
             fail: vec![1, 2],
             ..Recording::default()
         });
-        let rolling = RollingSummary::start(s, policy());
+        let rolling = RollingSummary::start(s, policy(), SessionContext::default());
         rolling.add(line("coach-1", "x", 0));
         let written = rolling.finish(Instant::now() + Duration::from_secs(4)).await;
         assert_eq!(written.content, SummaryContent::default());
@@ -515,7 +528,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_session_needs_no_model() {
         let s = Arc::new(Recording::default());
-        let rolling = RollingSummary::start(s.clone(), policy());
+        let rolling = RollingSummary::start(s.clone(), policy(), SessionContext::default());
         let written = rolling.finish(Instant::now() + Duration::from_secs(4)).await;
         assert_eq!(written, Written::default());
         assert!(s.calls.lock().unwrap().is_empty());
@@ -530,7 +543,7 @@ mod tests {
                 futures::future::pending().boxed()
             }
         }
-        let rolling = RollingSummary::start(Arc::new(Slow), policy());
+        let rolling = RollingSummary::start(Arc::new(Slow), policy(), SessionContext::default());
         rolling.add(line("coach-1", "x", 0));
         let start = Instant::now();
         let written = rolling.finish(start + Duration::from_secs(4)).await;

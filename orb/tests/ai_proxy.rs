@@ -283,6 +283,7 @@ async fn the_summary_request_goes_through_the_same_proxy() {
     let content = tokio::time::timeout(
         WAIT,
         summarizer.summarize(SummaryRequest {
+            context: &Default::default(),
             previous: None,
             lines: &lines,
         }),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use orb::brain::openai::OpenAiBrain;
 use orb::brain::openai_summary::ChatSummarizer;
-use orb::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
+use orb::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, SessionContext, Speaker};
 use orb::config::OpenAiConfig;
 use orb::summary::{RollingSummary, SessionRecord, SummaryIds, SummaryPolicy, TranscriptLine, session_summary};
 use orb::testkit::OrbProcess;
@@ -247,7 +247,11 @@ fn line(speaker: &str, role: UserRole, text: &str, offset_ms: u64) -> Transcript
 async fn summary_after(answers: Vec<ChatAnswer>) -> (Value, usize) {
     let fake = FakeOpenAi::start().await.unwrap();
     fake.script_chat(answers);
-    let rolling = RollingSummary::start(Arc::new(ChatSummarizer::new(&config(&fake))), SummaryPolicy::default());
+    let rolling = RollingSummary::start(
+        Arc::new(ChatSummarizer::new(&config(&fake))),
+        SummaryPolicy::default(),
+        SessionContext::default(),
+    );
     let mut record = SessionRecord::default();
     record.participants.insert("coach-1".into(), UserRole::Coach);
     record.participants.insert("client-1".into(), UserRole::Client);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use orb::brain::test::GREETING_HZ;
 use orb::testkit::OrbProcess;
+use orb::testkit::fake_openai::FakeOpenAi;
 use orb::testkit::human::Human;
 use orb::testkit::relay::TestRelay;
 use orb_api::assignment::Assignment;
@@ -39,6 +40,7 @@ fn assignment(room: &str, signaling_url: &str) -> Assignment {
         session: Some("session-1".into()),
         coach: Some("coach-1".into()),
         client: Some("client-1".into()),
+        purpose: None,
         max_lifetime_seconds: 120,
         idle_timeout_seconds: 120,
         signaling_url: signaling_url.into(),
@@ -99,6 +101,49 @@ async fn a_warm_orb_waits_in_no_room_then_joins_the_room_it_is_assigned() {
         coach.wait_for_tone(GREETING_HZ, 5, WAIT).await.is_some(),
         "coach heard the greeting"
     );
+}
+
+/// A warm orb's model was set up before its room was known: the assignment's context reaches it
+/// in a new `session.update`, the configured instructions followed by the coach, the client and
+/// the purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_orbs_model_learns_its_sessions_context_from_the_assignment() {
+    let relay = TestRelay::start().await.unwrap();
+    let service = FakeOpenAi::start().await.unwrap();
+    let orb = OrbProcess::spawn_warm_openai(orb_binary(), "the-credential", &service.base_url()).unwrap();
+    until("warm readiness", async || {
+        matches!(orb.http_get("/readyz").await, Some((200, _)))
+    })
+    .await;
+    // Readiness may come with the service's `session.created`, before its update arrived there.
+    until("the warm session.update", async || {
+        !service.session_instructions().is_empty()
+    })
+    .await;
+    let warm = service.session_instructions();
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    assert!(!warm[0].contains("coach-1"), "no session known while warm: {warm:?}");
+
+    let body = serde_json::to_string(&Assignment {
+        purpose: Some("Quarterly goals review".into()),
+        ..assignment("context-room", &relay.url())
+    })
+    .unwrap();
+    let (status, text) = orb.assign("the-credential", &body).await.unwrap();
+    assert!(status == 200 || status == 202, "{status} {text}");
+    until("a session.update with the session's context", async || {
+        service.session_instructions().len() > 1
+    })
+    .await;
+    let instructions = service.session_instructions().pop().unwrap();
+    assert!(instructions.starts_with(&warm[0]), "{instructions}");
+    for fact in [
+        r#""coachUserId":"coach-1""#,
+        r#""clientUserId":"client-1""#,
+        r#""purpose":"Quarterly goals review""#,
+    ] {
+        assert!(instructions.contains(fact), "{fact} missing: {instructions}");
+    }
 }
 
 fn read(path: impl AsRef<Path>) -> String {

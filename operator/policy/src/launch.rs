@@ -28,6 +28,7 @@ pub fn launch(spec: &AiOrbSpec, limits: &OrbLimits, clock: &OrbClock, now: Times
         session: spec.session_id.clone(),
         coach: spec.coach_id.clone(),
         client: spec.client_id.clone(),
+        purpose: spec.purpose.clone(),
         max_lifetime_seconds: left.as_secs().max(1),
         // Always the effective value: the orb's idle timer and its activity reports follow it.
         idle_timeout_seconds: limits.idle_timeout.as_secs().max(1),

@@ -28,7 +28,7 @@ pub use session::{
 use std::time::Duration;
 
 use orb_api::duration::after;
-use orb_api::{AiOrbSpec, MAX_DURATION_SECONDS, naming};
+use orb_api::{AiOrbSpec, MAX_DURATION_SECONDS, MAX_PURPOSE_CHARS, naming};
 
 /// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
 pub const TERMINATION_GRACE_SECONDS: i64 = 10;
@@ -148,6 +148,17 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
         if value.as_ref().is_some_and(|v| v.len() > MAX_ID_LEN) {
             return Err(SpecError::TooLong { field, max: MAX_ID_LEN });
         }
+    }
+    // Characters, as the schema counts them: free text is often not ASCII.
+    if spec
+        .purpose
+        .as_ref()
+        .is_some_and(|p| p.chars().count() > MAX_PURPOSE_CHARS)
+    {
+        return Err(SpecError::TooLong {
+            field: "spec.purpose",
+            max: MAX_PURPOSE_CHARS,
+        });
     }
     Ok(())
 }

@@ -902,6 +902,56 @@ fn spec_validation_explains_itself() {
     assert!(e.contains("spec.idleTimeoutSeconds"), "{e}");
 }
 
+#[test]
+fn a_purpose_is_bounded_in_characters_not_bytes() {
+    let with = |purpose: String| AiOrbSpec {
+        room_id: "r".into(),
+        purpose: Some(purpose),
+        ..Default::default()
+    };
+    // 1000 three-byte characters: within the schema's limit, which counts characters.
+    assert!(validate_spec(&with("ü€".repeat(MAX_PURPOSE_CHARS / 2))).is_ok());
+    let e = validate_spec(&with("x".repeat(MAX_PURPOSE_CHARS + 1))).unwrap_err();
+    assert_eq!(e.to_string(), "spec.purpose: longer than 1000 characters");
+}
+
+#[test]
+fn the_session_context_reaches_the_orbs_args_and_its_assignment() {
+    let spec = AiOrbSpec {
+        room_id: "room-1".into(),
+        coach_id: Some("coach-1".into()),
+        client_id: Some("client-1".into()),
+        purpose: Some("Quarterly goals review".into()),
+        ..Default::default()
+    };
+    let limits = orb_limits_of(&spec);
+    let launched = launch(&spec, &limits, &clock(0, Some(1), None), t(10), "ws://sig:8080");
+    for arg in [
+        "--coach=coach-1",
+        "--client=client-1",
+        "--purpose=Quarterly goals review",
+    ] {
+        assert!(
+            launched.args.iter().any(|a| a == arg),
+            "{arg} missing: {:?}",
+            launched.args
+        );
+    }
+    assert_eq!(launched.assignment.purpose.as_deref(), Some("Quarterly goals review"));
+    let without = launch(
+        &AiOrbSpec { purpose: None, ..spec },
+        &limits,
+        &clock(0, Some(1), None),
+        t(10),
+        "ws://sig:8080",
+    );
+    assert!(
+        !without.args.iter().any(|a| a.starts_with("--purpose")),
+        "{:?}",
+        without.args
+    );
+}
+
 // ---- the lifetime is the session's ----
 
 fn spec_in(room: &str, session: Option<&str>) -> AiOrbSpec {

@@ -25,7 +25,9 @@ use tracing::{debug, info, warn};
 
 use super::attribution::{Attributed, Interval, VoiceTimeline};
 use super::openai_summary::ChatSummarizer;
-use super::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, Speaker, Summarizer};
+use super::{
+    Brain, BrainError, BrainEvent, BrainInput, BrainIo, SessionContext, Speaker, Summarizer, session_instructions,
+};
 use crate::audio::{FRAME_DURATION, FRAME_SAMPLES, VOICE_THRESHOLD, downsample_2x, rms, upsample_2x};
 use crate::config::OpenAiConfig;
 use crate::signaling::Backoff;
@@ -328,13 +330,14 @@ struct ErrorDetail {
 /// The service's answer to a `response.cancel` that arrived after the reply ended.
 const CANCEL_NOT_ACTIVE: &str = "response_cancel_not_active";
 
-/// The `session.update` the orb sends after connecting.
-fn session_update(config: &OpenAiConfig) -> ClientEvent<'_> {
+/// The `session.update` the orb sends after connecting, and again when it learns its session's
+/// context: the configured instructions with the context (see [`session_instructions`]).
+fn session_update<'a>(config: &'a OpenAiConfig, instructions: &'a str) -> ClientEvent<'a> {
     let format = || AudioFormat::Pcm { rate: 24_000 };
     ClientEvent::SessionUpdate {
         session: Session {
             kind: SessionType::Realtime,
-            instructions: &config.instructions,
+            instructions,
             output_modalities: &[Modality::Audio],
             audio: SessionAudio {
                 input: AudioInput {
@@ -559,8 +562,20 @@ async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Res
     let mut mixer = InputMixer::default();
     let mut memory = Memory::default();
     let mut renewing = false;
+    // Kept across reconnects: a new connection's session is told it from the start.
+    let mut context = SessionContext::default();
     loop {
-        match connect_and_serve(&config, &mut io, &mut mixer, &mut backoff, &mut memory, renewing).await {
+        match connect_and_serve(
+            &config,
+            &mut io,
+            &mut mixer,
+            &mut context,
+            &mut backoff,
+            &mut memory,
+            renewing,
+        )
+        .await
+        {
             Outcome::Finished => return Ok(()),
             Outcome::Renew => {
                 info!("renewing the realtime session before the service's limit");
@@ -591,6 +606,7 @@ async fn run(config: OpenAiConfig, mut backoff: Backoff, mut io: BrainIo) -> Res
                 input = io.input.recv() => match input {
                     None => return Ok(()),
                     Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
+                    Some(BrainInput::Context(c)) => context = c,
                     Some(_) => {}
                 },
             }
@@ -604,6 +620,7 @@ async fn connect_and_serve(
     config: &OpenAiConfig,
     io: &mut BrainIo,
     mixer: &mut InputMixer,
+    context: &mut SessionContext,
     backoff: &mut Backoff,
     memory: &mut Memory,
     renewing: bool,
@@ -621,14 +638,15 @@ async fn connect_and_serve(
     }
     let ws = tokio::select! {
         r = crate::proxy::connect_websocket(req, &config.proxy) => r,
-        _ = wait_for_end(io, mixer, renewing) => return Outcome::Finished,
+        _ = wait_for_end(io, mixer, context, renewing) => return Outcome::Finished,
     };
     let mut ws = match ws {
         Ok((ws, _)) => ws,
         Err(e) => return Outcome::Lost(e.to_string()),
     };
     info!(%url, "connected to the realtime service");
-    if let Err(e) = send_event(&mut ws, &session_update(config)).await {
+    let instructions = session_instructions(&config.instructions, context);
+    if let Err(e) = send_event(&mut ws, &session_update(config, &instructions)).await {
         return Outcome::Lost(e);
     }
     if let Some(carry_over) = memory.carry_over()
@@ -684,6 +702,15 @@ async fn connect_and_serve(
                 Some(BrainInput::Audio(frame)) => mixer.push(frame.speaker, &frame.pcm),
                 Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
                 Some(BrainInput::Connected { .. }) => {}
+                Some(BrainInput::Context(c)) => {
+                    if c != *context {
+                        *context = c;
+                        let instructions = session_instructions(&config.instructions, context);
+                        if let Err(e) = send_event(&mut ws, &session_update(config, &instructions)).await {
+                            return Outcome::Lost(e);
+                        }
+                    }
+                }
             },
             _ = frames.tick() => {
                 if let Some(mixed) = mixer.frame() {
@@ -711,14 +738,16 @@ async fn connect_and_serve(
     }
 }
 
-/// Resolves when the orb closes the brain's input. Audio meanwhile is kept for the next session
-/// when `keep_audio` (a renewal: the humans are talking to a working orb), else dropped.
-async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer, keep_audio: bool) {
+/// Resolves when the orb closes the brain's input; keeps the session's context. Audio meanwhile
+/// is kept for the next session when `keep_audio` (a renewal: the humans are talking to a working
+/// orb), else dropped.
+async fn wait_for_end(io: &mut BrainIo, mixer: &mut InputMixer, context: &mut SessionContext, keep_audio: bool) {
     loop {
         match io.input.recv().await {
             None => return,
             Some(BrainInput::Left { speaker }) => mixer.remove(&speaker),
             Some(BrainInput::Audio(frame)) if keep_audio => mixer.push(frame.speaker, &frame.pcm),
+            Some(BrainInput::Context(c)) => *context = c,
             Some(_) => {}
         }
     }
@@ -898,7 +927,7 @@ mod tests {
 
     #[test]
     fn session_update_serialises_as_documented() {
-        let sent = serde_json::to_value(session_update(&cfg("wss://x"))).unwrap();
+        let sent = serde_json::to_value(session_update(&cfg("wss://x"), "be brief")).unwrap();
         assert_eq!(
             sent,
             json!({
@@ -921,6 +950,27 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn the_session_update_carries_the_sessions_context() {
+        let config = cfg("wss://x");
+        let context = SessionContext {
+            coach: "coach-1".into(),
+            client: "client-2".into(),
+            purpose: "Quarterly goals review".into(),
+        };
+        let instructions = session_instructions(&config.instructions, &context);
+        let sent = serde_json::to_value(session_update(&config, &instructions)).unwrap();
+        let sent = sent["session"]["instructions"].as_str().unwrap();
+        assert!(sent.starts_with("be brief\n\n"), "{sent}");
+        for fact in [
+            r#""coachUserId":"coach-1""#,
+            r#""clientUserId":"client-2""#,
+            r#""purpose":"Quarterly goals review""#,
+        ] {
+            assert!(sent.contains(fact), "{fact} missing: {sent}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use orb_protocol::summary::{SummaryContent, TranscriptLine, content_schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Summarizer, SummaryError, SummaryRequest};
+use super::{Summarizer, SummaryError, SummaryRequest, session_instructions};
 use crate::config::OpenAiConfig;
 use crate::proxy::ProxyConnector;
 
@@ -134,7 +134,7 @@ pub fn request_body(model: &str, request: SummaryRequest<'_>) -> Value {
     json!({
         "model": model,
         "messages": [
-            { "role": "system", "content": INSTRUCTIONS },
+            { "role": "system", "content": session_instructions(INSTRUCTIONS, request.context) },
             { "role": "user", "content": user },
         ],
         "response_format": {
@@ -205,6 +205,7 @@ mod tests {
     use orb_protocol::UserRole;
 
     use super::*;
+    use crate::brain::SessionContext;
 
     fn answer(content: &str) -> Vec<u8> {
         json!({"id": "c1", "object": "chat.completion", "choices": [
@@ -252,6 +253,11 @@ mod tests {
         let body = request_body(
             "m",
             SummaryRequest {
+                context: &SessionContext {
+                    coach: "coach-1".into(),
+                    client: "client-1".into(),
+                    purpose: "Sleep and energy".into(),
+                },
                 previous: Some(&previous),
                 lines: &lines,
             },
@@ -260,6 +266,9 @@ mod tests {
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert_eq!(body["response_format"]["json_schema"]["strict"], true);
         assert_eq!(body["response_format"]["json_schema"]["schema"], content_schema());
+        let system = body["messages"][0]["content"].as_str().unwrap();
+        assert!(system.starts_with(INSTRUCTIONS), "{system}");
+        assert!(system.contains(r#""purpose":"Sleep and energy""#), "{system}");
         let user = body["messages"][1]["content"].as_str().unwrap();
         assert!(user.contains("\"keyTopics\":[\"sleep\"]"), "{user}");
         assert!(user.contains("[01:01] coach-1 (coach): How was the week?"), "{user}");

@@ -103,6 +103,7 @@ async fn run(echo_delay: Duration, mut io: BrainIo) -> Result<(), BrainError> {
                     BrainInput::Left { speaker } => {
                         bursts.remove(&speaker);
                     }
+                    BrainInput::Context(_) => {}
                     BrainInput::Audio(frame) => {
                         if rms(&frame.pcm) < VOICE_THRESHOLD {
                             continue;

@@ -6,6 +6,7 @@
 //!   on the appended audio's clock, and an `item_id`), `conversation.item.input_audio_transcription.completed`
 //!   with the next scripted transcript, and a short spoken-less answer
 //!   (`response.output_audio_transcript.done`).
+//!   It records the `instructions` of every `session.update`.
 //! * `POST /v1/chat/completions`: answers each request with the next scripted answer (or a
 //!   valid default summary), and records the request.
 
@@ -56,6 +57,7 @@ struct Shared {
     chat_answers: Mutex<VecDeque<ChatAnswer>>,
     chat_requests: Mutex<Vec<(String, Value)>>,
     utterances: Mutex<Vec<Utterance>>,
+    session_instructions: Mutex<Vec<String>>,
 }
 
 pub struct FakeOpenAi {
@@ -110,6 +112,11 @@ impl FakeOpenAi {
     /// Every chat request: its `Authorization` header and its body.
     pub fn chat_requests(&self) -> Vec<(String, Value)> {
         self.shared.chat_requests.lock().expect("lock").clone()
+    }
+
+    /// The `instructions` of every `session.update`, in order of arrival.
+    pub fn session_instructions(&self) -> Vec<String> {
+        self.shared.session_instructions.lock().expect("lock").clone()
     }
 
     /// Every utterance transcribed so far.
@@ -246,7 +253,12 @@ async fn serve_realtime(mut socket: WebSocket, shared: Arc<Shared>) {
             continue;
         };
         let replies = match event["type"].as_str() {
-            Some("session.update") => vec![json!({"type": "session.updated", "session": {"id": "sess_fake"}})],
+            Some("session.update") => {
+                let instructions = event["session"]["instructions"].as_str().unwrap_or_default();
+                let mut seen = shared.session_instructions.lock().expect("lock");
+                seen.push(instructions.to_owned());
+                vec![json!({"type": "session.updated", "session": {"id": "sess_fake"}})]
+            }
             Some("input_audio_buffer.append") => {
                 let bytes = B64
                     .decode(event["audio"].as_str().unwrap_or_default())

@@ -97,18 +97,40 @@ impl OrbProcess {
 
     /// Starts `binary` warm, in test mode: in no room until assigned with `credential`.
     pub fn spawn_warm(binary: &Path, credential: &str) -> std::io::Result<Self> {
+        Self::spawn_warm_brain(binary, credential, &["--test-mode"], &[])
+    }
+
+    /// [`OrbProcess::spawn_warm`] with the openai-realtime brain against the service at
+    /// `base_url` (a [`fake_openai::FakeOpenAi`]'s).
+    pub fn spawn_warm_openai(binary: &Path, credential: &str, base_url: &str) -> std::io::Result<Self> {
+        let base = format!("--openai-base-url={base_url}");
+        Self::spawn_warm_brain(
+            binary,
+            credential,
+            &["--brain=openai-realtime", &base],
+            &[(crate::config::OPENAI_API_KEY_ENV, "test-key")],
+        )
+    }
+
+    fn spawn_warm_brain(
+        binary: &Path,
+        credential: &str,
+        brain: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Self> {
         let http_addr = free_local_addr()?;
         let termination_log =
             std::env::temp_dir().join(format!("orb-termination-warm-{}", crate::random_u64() % 1_000_000));
         let child = Command::new(binary)
             .args([
                 "--warm",
-                "--test-mode",
                 &format!("--http-addr={http_addr}"),
                 &format!("--termination-log={}", termination_log.display()),
                 "--udp-addrs=127.0.0.1:0",
             ])
+            .args(brain)
             .env_remove("ORB_SIGNALING_TOKEN")
+            .envs(env.iter().copied())
             .env(orb_api::assignment::ASSIGN_TOKEN_ENV, credential)
             // The test humans offer loopback candidates.
             .env("ORB_DENIED_CANDIDATE_CIDRS", "")
