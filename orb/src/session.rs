@@ -788,10 +788,8 @@ impl Session {
         }
     }
 
-    /// The session so far, in the summary's shape (without its id).
-    /// The session so far in the summary's shape, for a checkpoint: the transcript and who was
-    /// there (the written content comes with the final summary).
-    fn summary_so_far(&self, reason: &str) -> Value {
+    /// The session's summary as `session_summary` and `session_checkpoint` carry it.
+    fn summary_body(&self, uptime: Duration, reason: &str, written: Written) -> Value {
         let ids = SummaryIds {
             summary: &self.summary_id,
             room: &self.config.room,
@@ -799,9 +797,15 @@ impl Session {
             coach: &self.config.coach,
             client: &self.config.client,
         };
-        let uptime = self.deadlines.uptime(Instant::now());
-        let message = session_summary(&ids, &self.record, uptime, reason, Written::default());
+        let message = session_summary(&ids, &self.record, uptime, reason, written);
         serde_json::to_value(message).expect("a summary serialises")
+    }
+
+    /// The session so far in the summary's shape, for a checkpoint: the transcript and who was
+    /// there (the written content comes with the final summary).
+    fn summary_so_far(&self, reason: &str) -> Value {
+        let uptime = self.deadlines.uptime(Instant::now());
+        self.summary_body(uptime, reason, Written::default())
     }
 
     fn send_checkpoint(&mut self) {
@@ -898,15 +902,7 @@ impl Session {
         self.health.set_ready(false);
         self.send_status(AiStatus::Ended);
         let written = self.rolling.finish(now + options.summary.final_timeout).await;
-        let ids = SummaryIds {
-            summary: &self.summary_id,
-            room: &self.config.room,
-            session: &self.config.session,
-            coach: &self.config.coach,
-            client: &self.config.client,
-        };
-        let message = session_summary(&ids, &self.record, uptime, ending.reason().as_str(), written);
-        let summary = serde_json::to_value(message).expect("a summary serialises");
+        let summary = self.summary_body(uptime, ending.reason().as_str(), written);
         match self.deliver_summary(summary, sig_rx, ack_deadline).await {
             SummaryDelivery::Stored => info!(summary = %self.summary_id, "signaling stored the session summary"),
             SummaryDelivery::Refused(reason) => {

@@ -15,6 +15,7 @@ use orb::brain::{Brain, BrainEvent, BrainIo};
 use orb::config::OpenAiConfig;
 use orb::proxy::{ProxyEnv, ProxySettings};
 use orb::signaling::Backoff;
+use orb::testkit::openai_config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -133,14 +134,8 @@ fn start_brain(
     tokio::task::JoinHandle<Result<(), orb::brain::BrainError>>,
 ) {
     let config = OpenAiConfig {
-        base_url: format!("http://{service}/v1"),
-        model: "test-model".into(),
-        voice: "alloy".into(),
-        instructions: "be brief".into(),
-        api_key: "test-key".into(),
-        summary_model: "test-summary-model".into(),
-        session_renew_after: Duration::from_secs(3000),
         proxy: ProxySettings::parse(&env).unwrap().into(),
+        ..openai_config(&format!("http://{service}/v1"))
     };
     let brain = Box::new(
         OpenAiBrain::new(config).with_backoff(Backoff::new(Duration::from_millis(10), Duration::from_millis(50))),
@@ -263,14 +258,8 @@ async fn the_summary_request_goes_through_the_same_proxy() {
         ..ProxyEnv::default()
     };
     let config = OpenAiConfig {
-        base_url: fake.base_url(),
-        model: "test-model".into(),
-        voice: "alloy".into(),
-        instructions: "be brief".into(),
-        api_key: "test-key".into(),
-        summary_model: "test-summary-model".into(),
-        session_renew_after: Duration::from_secs(3000),
         proxy: ProxySettings::parse(&env).unwrap().into(),
+        ..openai_config(&fake.base_url())
     };
     let lines = [orb::summary::TranscriptLine {
         speaker: "coach-1".into(),

@@ -16,6 +16,7 @@ use orb::brain::openai::OpenAiBrain;
 use orb::brain::{Brain, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker};
 use orb::config::OpenAiConfig;
 use orb::signaling::Backoff;
+use orb::testkit::openai_config;
 use orb_protocol::UserRole;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -124,6 +125,25 @@ async fn fake_service(listener: TcpListener, seen_tx: mpsc::UnboundedSender<Seen
     }
 }
 
+/// `coach-1` speaks a 1 kHz tone in real time, 20 ms a frame, until the brain's input closes.
+fn coach_speaks_a_tone(input: mpsc::Sender<BrainInput>) -> tokio::task::JoinHandle<()> {
+    let speaker: Arc<str> = "coach-1".into();
+    tokio::spawn(async move {
+        for i in 0.. {
+            let frame = HeardFrame {
+                speaker: speaker.clone(),
+                role: UserRole::Coach,
+                pcm: tone(1000.0, FRAME_SAMPLES, 8000, i * FRAME_SAMPLES),
+                at: tokio::time::Instant::now(),
+            };
+            if input.send(BrainInput::Audio(frame)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
 fn kind(e: &BrainEvent) -> String {
     match e {
         BrainEvent::Ready => "ready".into(),
@@ -152,41 +172,14 @@ async fn realtime_brain_speaks_the_protocol_and_survives_errors_and_disconnects(
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     let service = tokio::spawn(fake_service(listener, seen_tx));
 
-    let config = OpenAiConfig {
-        base_url: format!("http://{addr}/v1"),
-        model: "test-model".into(),
-        voice: "alloy".into(),
-        instructions: "be brief".into(),
-        api_key: "test-key".into(),
-        summary_model: "test-summary-model".into(),
-        session_renew_after: Duration::from_secs(3000),
-        proxy: Default::default(),
-    };
+    let config = openai_config(&format!("http://{addr}/v1"));
     let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(50));
     let brain = Box::new(OpenAiBrain::new(config).with_backoff(backoff));
     let (in_tx, input) = mpsc::channel(256);
     let (events, mut ev_rx) = mpsc::channel(256);
     let brain_task = tokio::spawn(brain.run(BrainIo { input, events }));
 
-    // A human speaks a 1 kHz tone in real time.
-    let speaker: Arc<str> = "coach-1".into();
-    let feeder_tx = in_tx.clone();
-    let feeder = tokio::spawn(async move {
-        let mut i = 0;
-        loop {
-            let frame = HeardFrame {
-                speaker: speaker.clone(),
-                role: UserRole::Coach,
-                pcm: tone(1000.0, FRAME_SAMPLES, 8000, i * FRAME_SAMPLES),
-                at: tokio::time::Instant::now(),
-            };
-            if feeder_tx.send(BrainInput::Audio(frame)).await.is_err() {
-                return;
-            }
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let feeder = coach_speaks_a_tone(in_tx.clone());
 
     let mut kinds = Vec::new();
     let mut reply_audio = Vec::new();
@@ -331,35 +324,14 @@ async fn a_session_renewed_at_its_cap_keeps_the_conversation() {
     });
 
     let config = OpenAiConfig {
-        base_url: format!("http://{addr}/v1"),
-        model: "test-model".into(),
-        voice: "alloy".into(),
-        instructions: "be brief".into(),
-        api_key: "test-key".into(),
-        summary_model: "test-summary-model".into(),
         session_renew_after: Duration::from_secs(1),
-        proxy: Default::default(),
+        ..openai_config(&format!("http://{addr}/v1"))
     };
     let brain = Box::new(OpenAiBrain::new(config));
     let (in_tx, input) = mpsc::channel(256);
     let (events, mut ev_rx) = mpsc::channel(256);
     let brain_task = tokio::spawn(brain.run(BrainIo { input, events }));
-    let speaker: Arc<str> = "coach-1".into();
-    let feeder_tx = in_tx.clone();
-    let feeder = tokio::spawn(async move {
-        for i in 0.. {
-            let frame = HeardFrame {
-                speaker: speaker.clone(),
-                role: UserRole::Coach,
-                pcm: tone(1000.0, FRAME_SAMPLES, 8000, i * FRAME_SAMPLES),
-                at: tokio::time::Instant::now(),
-            };
-            if feeder_tx.send(BrainInput::Audio(frame)).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let feeder = coach_speaks_a_tone(in_tx.clone());
 
     let carried = tokio::time::timeout(WAIT, carried_rx.recv()).await.unwrap().unwrap();
     assert_eq!(carried["type"], "conversation.item.create", "{carried}");

@@ -16,6 +16,7 @@ use orb::summary::{RollingSummary, SessionRecord, SummaryIds, SummaryPolicy, Tra
 use orb::testkit::OrbProcess;
 use orb::testkit::fake_openai::{ChatAnswer, FakeOpenAi, default_summary};
 use orb::testkit::human::Human;
+use orb::testkit::openai_config;
 use orb::testkit::relay::TestRelay;
 use orb::testkit::speech::espeak;
 use orb_protocol::summary::{DeliveredSummary, content_schema};
@@ -36,16 +37,7 @@ const TURNS: [(&str, &str, &str); 3] = [
 const PAUSE: Duration = Duration::from_millis(1500);
 
 fn config(fake: &FakeOpenAi) -> OpenAiConfig {
-    OpenAiConfig {
-        base_url: fake.base_url(),
-        model: "test-model".into(),
-        voice: "alloy".into(),
-        instructions: "be brief".into(),
-        api_key: "test-key".into(),
-        summary_model: "test-summary-model".into(),
-        session_renew_after: Duration::from_secs(3000),
-        proxy: Default::default(),
-    }
+    openai_config(&fake.base_url())
 }
 
 fn spoken() -> Vec<Vec<i16>> {

@@ -198,3 +198,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .await
         .ok()
 }
+
+/// The realtime brain's settings against a local fake service at `base_url`: a test key, no
+/// proxy, a session that is never renewed during a test.
+pub fn openai_config(base_url: &str) -> crate::config::OpenAiConfig {
+    crate::config::OpenAiConfig {
+        base_url: base_url.to_owned(),
+        model: "test-model".into(),
+        voice: "alloy".into(),
+        instructions: "be brief".into(),
+        api_key: "test-key".into(),
+        summary_model: "test-summary-model".into(),
+        session_renew_after: Duration::from_secs(3000),
+        proxy: Default::default(),
+    }
+}
