@@ -337,8 +337,9 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     }
 }
 
-/// The final summary supersedes the checkpoints (removed under the chart's RBAC); a checkpoint
-/// overwritten since it was read stays; a newer AiOrb's checkpoint is not an older orb's to finish.
+/// The final summary supersedes the checkpoints (removed under the chart's RBAC), also when the
+/// orb ends before the removal; a checkpoint overwritten since it was read stays; a newer
+/// AiOrb's checkpoint is not an older orb's to finish.
 #[tokio::test]
 async fn checkpoints_are_overwritten_superseded_and_finished_only_by_their_own_orb() {
     let Some(cp) = ControlPlane::start().await else { return };
@@ -394,6 +395,11 @@ async fn checkpoints_are_overwritten_superseded_and_finished_only_by_their_own_o
         .await
         .unwrap();
     assert_eq!(outcome, PutOutcome::Stored);
+    // The checkpoint was not removed after the final summary (say, an API error): the orb's end
+    // finds its summary stored and only removes the checkpoint.
+    assert_eq!(summaries.orb_gone(room, Some(&uid), "test").await.unwrap(), None);
+    assert!(checkpoints.get(room).await.unwrap().is_none());
+    summaries.checkpoint(room, Some(&uid), second.clone()).await.unwrap();
     summaries.superseded(room).await.unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     assert!(
@@ -404,5 +410,4 @@ async fn checkpoints_are_overwritten_superseded_and_finished_only_by_their_own_o
             .is_none(),
         "the final summary removed the checkpoint ConfigMap"
     );
-    assert_eq!(summaries.orb_gone(room, Some(&uid), "test").await.unwrap(), None);
 }

@@ -333,6 +333,11 @@ impl SummaryStore for KubeStore {
             }
         })
     }
+
+    fn stored_any(&self, orb_key: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let params = ListParams::default().labels(&format!("{ORB_LABEL}={orb_key}")).limit(1);
+        Box::pin(async move { Ok(!self.config_maps.list_metadata(&params).await?.items.is_empty()) })
+    }
 }
 
 /// The room's checkpoint ConfigMap: one per room, overwritten by each checkpoint.

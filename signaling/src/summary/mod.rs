@@ -182,6 +182,12 @@ pub trait SummaryStore: Send + Sync + 'static {
     /// `record.version`; returns the record with its new version, or [`StoreError::Conflict`]
     /// (also when the summary is gone: another replica finished it).
     fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>>;
+    /// Whether orb attempt `orb_key` ([`orb_key`]) has stored a summary. Stores shared by replicas
+    /// answer it, so a checkpoint whose removal after the final summary failed does not become a
+    /// second summary; a process-local store answers no (its removal is in the same process).
+    fn stored_any(&self, _orb_key: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// The orb attempt a summary counts against: the AiOrb's uid (from the orb's token, or the
@@ -453,6 +459,13 @@ impl Summaries {
             return Ok(None);
         }
         let body = checkpoint.body;
+        if let Some(uid) = &checkpoint.orb_uid
+            && self.store.stored_any(uid).await?
+        {
+            // Its final summary (or this partial one, by another replica) is stored already.
+            store.remove(room_id, Some(&body)).await?;
+            return Ok(None);
+        }
         let mut summary = match serde_json::from_slice(&body) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => {
