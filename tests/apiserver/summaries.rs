@@ -269,9 +269,10 @@ fn checkpoint_body(room: &str, lines: &[&str]) -> axum::body::Bytes {
     serde_json::to_vec(&body).unwrap().into()
 }
 
-/// A SIGKILLed orb leaves its last checkpoint; its AiOrb then fails. Both replicas see the end:
-/// the checkpoint becomes exactly one partial summary, which reaches the webhook once, and the
-/// checkpoint ConfigMap is removed. Written under the chart's RBAC for signaling.
+/// A SIGKILLed orb leaves its last checkpoint; its AiOrb then fails (and another room's AiOrb is
+/// deleted). Both replicas see each end: each checkpoint becomes exactly one partial summary,
+/// which reaches the webhook once, and the checkpoint ConfigMaps are removed. Written under the
+/// chart's RBAC for signaling.
 #[tokio::test]
 async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas() {
     let Some(cp) = ControlPlane::start().await else { return };
@@ -281,10 +282,24 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     let room = "room-killed";
     let orb = crate::operator::create_orb(&admin, NS, &orb_name_for_room(room), crate::operator::spec(room)).await;
     let uid = orb.uid().unwrap();
+    // Another room's AiOrb is deleted before it finishes (no garbage collector runs here, so its
+    // checkpoint is still there when the replicas see the deletion).
+    let deleted_room = "room-deleted";
+    let deleted = crate::operator::create_orb(
+        &admin,
+        NS,
+        &orb_name_for_room(deleted_room),
+        crate::operator::spec(deleted_room),
+    )
+    .await;
 
     let checkpoints = KubeCheckpoints::new(signaling.clone(), NS);
     let body = checkpoint_body(room, &["coach: hello", "client: hi"]);
     checkpoints.put(room, Some(&uid), body.clone()).await.unwrap();
+    checkpoints
+        .put(deleted_room, None, checkpoint_body(deleted_room, &["coach: bye"]))
+        .await
+        .unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let cm = config_maps.get(&checkpoint_config_map_name(room)).await.unwrap();
     assert_eq!(
@@ -305,10 +320,15 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     )
     .await
     .unwrap();
+    orbs.delete(&deleted.name_any(), &Default::default()).await.unwrap();
 
     wait_until(
-        "the partial summary reached the webhook and the checkpoint is gone",
-        || async { !hook.posts().is_empty() && checkpoints.get(room).await.unwrap().is_none() },
+        "the partial summaries reached the webhook and the checkpoints are gone",
+        || async {
+            hook.posts().len() >= 2
+                && checkpoints.get(room).await.unwrap().is_none()
+                && checkpoints.get(deleted_room).await.unwrap().is_none()
+        },
     )
     .await;
     let store = KubeStore::new(admin.clone(), NS);
@@ -317,8 +337,16 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     })
     .await;
     let posts = hook.posts();
-    assert_eq!(posts.len(), 1, "one summary for the session: {posts:?}");
-    let (key, posted) = &posts[0];
+    assert_eq!(posts.len(), 2, "one summary for each session: {posts:?}");
+    let of_room = |room: &str| {
+        let posted: Vec<_> = posts.iter().filter(|(_, p)| p["roomId"] == room).collect();
+        assert_eq!(posted.len(), 1, "one summary for the session of {room}: {posts:?}");
+        posted[0].clone()
+    };
+    let (_, posted_deleted) = of_room(deleted_room);
+    assert_eq!(posted_deleted["summary"]["transcript"], json!(["coach: bye"]));
+    assert_eq!(posted_deleted["summary"]["partial"], true);
+    let (key, posted) = &of_room(room);
     assert!(key.starts_with("partial-"), "{key}");
     assert_eq!(posted["summaryId"], key.as_str());
     assert_eq!(posted["summary"]["partial"], true);

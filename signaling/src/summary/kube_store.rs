@@ -51,9 +51,11 @@ pub const MAX_COMPRESSED_BYTES: usize = 900 * 1024;
 
 /// Every Kubernetes API call this store makes, as RBAC rules `(apiGroup, resource, verbs)`.
 pub const API_CALLS: &[(&str, &str, &[&str])] = &[
-    // List (metadata only), get (a claimed summary's body), patch (its record).
+    // List (metadata only), get (a claimed summary's body), patch (its record); checkpoints:
+    // apply (patch), get, delete.
     ("", "configmaps", &["list", "get", "create", "patch", "delete"]),
-    // The owning AiOrb (get) and its status.summary (apply).
+    // The owning AiOrb (get; a checkpoint's, when the orb's token names none) and its
+    // status.summary (apply).
     ("hybridcoach.io", "aiorbs", &["get"]),
     ("hybridcoach.io", "aiorbs/status", &["patch"]),
 ];
