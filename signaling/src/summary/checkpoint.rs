@@ -2,8 +2,9 @@
 //! overwritten by the next. A replacement orb gets it on join and continues its transcript; when
 //! the room's orb is gone for good without a final summary (killed, or its summary never stored),
 //! the checkpoint becomes the session's summary, marked partial, and is removed; a final summary
-//! supersedes (removes) it. Kept like summaries: a file per room under `<summary dir>/checkpoints`
-//! (written atomically), or in memory without a directory.
+//! supersedes (removes) it. Kept like summaries: with the Kubernetes runtime a ConfigMap per room
+//! owned by its AiOrb ([`super::kube_store::KubeCheckpoints`]), else a file per room under
+//! `<summary dir>/checkpoints` (written atomically), or in memory without a directory.
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -12,6 +12,8 @@
 //! without its AiOrb. Each record is labelled with its orb attempt, which stores at most
 //! [`super::MAX_PER_ORB`]. The AiOrb's `status.summary` mirrors the record (field manager
 //! [`SUMMARY_FIELD_MANAGER`]; presence has its own, so neither apply drops the other's fields).
+//!
+//! The rooms' checkpoints are ConfigMaps too ([`KubeCheckpoints`]), with the same compression.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
