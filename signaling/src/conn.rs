@@ -455,16 +455,18 @@ impl Conn<'_> {
         };
         body.remove("summaryId");
         body.insert("roomId".into(), Value::String(self.room_id.to_owned()));
-        if let Some((_, me)) = &self.joined {
+        let me = self.joined.as_ref().map(|(_, me)| me);
+        if let Some(me) = me {
             body.insert("fromId".into(), Value::String(me.user_id.clone()));
         }
+        let orb_uid = me.and_then(|me| me.orb_uid.clone());
         let Ok(text) = serde_json::to_vec(&Value::Object(body)) else {
             return;
         };
         match self
             .state
             .summaries
-            .checkpoint(self.room_id, bytes::Bytes::from(text))
+            .checkpoint(self.room_id, orb_uid.as_deref(), bytes::Bytes::from(text))
             .await
         {
             Ok(()) => debug!("session checkpoint stored"),

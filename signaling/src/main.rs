@@ -10,7 +10,8 @@ use orb_signaling::orb_runtime::kubernetes::{KubernetesRuntime, KubernetesSettin
 use orb_signaling::orb_runtime::local::LocalRuntime;
 use orb_signaling::orb_runtime::{NoOrbRuntime, OrbEvents, OrbRuntime};
 use orb_signaling::server::Server;
-use orb_signaling::summary::kube_store::KubeStore;
+use orb_signaling::summary::checkpoint::CheckpointStore;
+use orb_signaling::summary::kube_store::{KubeCheckpoints, KubeStore};
 use orb_signaling::summary::{Summaries, SummaryStore};
 use tracing::info;
 
@@ -30,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::shared();
     let (events, events_rx) = OrbEvents::new(metrics.clone());
     let mut local_runtime = None;
-    let mut summary_store: Option<Arc<dyn SummaryStore>> = None;
+    let mut kube_stores: Option<(Arc<dyn SummaryStore>, Arc<dyn CheckpointStore>)> = None;
     let runtime: Arc<dyn OrbRuntime> = match config.orb_runtime {
         RuntimeKind::Kubernetes => {
             let client = kube::Client::try_default()
@@ -41,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| client.default_namespace().to_owned());
             info!(%namespace, "creating orbs as AiOrb resources");
-            summary_store = Some(Arc::new(KubeStore::new(client.clone(), &namespace)));
+            kube_stores = Some((
+                Arc::new(KubeStore::new(client.clone(), &namespace)),
+                Arc::new(KubeCheckpoints::new(client.clone(), &namespace)),
+            ));
             let settings = KubernetesSettings {
                 namespace,
                 test_mode: config.orb_test_mode,
@@ -57,8 +61,8 @@ async fn main() -> anyhow::Result<()> {
         RuntimeKind::None => Arc::new(NoOrbRuntime::new(events)),
     };
 
-    let (summary_store, checkpoints) = match summary_store {
-        Some(store) => (store, None),
+    let (summary_store, checkpoints) = match kube_stores {
+        Some((store, checkpoints)) => (store, Some(checkpoints)),
         None => (
             Summaries::local_store(&config.summary).context("cannot open the summary directory")?,
             Some(Summaries::local_checkpoints(&config.summary).context("cannot open the checkpoint directory")?),

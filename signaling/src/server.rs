@@ -434,8 +434,8 @@ impl Server {
         Self::start_with_store(config, runtime, orb_events, metrics, store, Some(checkpoints)).await
     }
 
-    /// [`Server::start`] with the stores given: the Kubernetes runtime's ConfigMaps for summaries
-    /// and no checkpoints (not kept there yet); the local stores otherwise.
+    /// [`Server::start`] with the stores given: the Kubernetes runtime's ConfigMaps, or the local
+    /// stores.
     pub async fn start_with_store(
         config: &Config,
         runtime: Arc<dyn OrbRuntime>,
@@ -508,7 +508,7 @@ impl Server {
                 let state = forward.clone();
                 tokio::spawn(async move {
                     let room = event.room_id;
-                    match state.summaries.orb_gone(&room, &why).await {
+                    match state.summaries.orb_gone(&room, event.orb_uid.as_deref(), &why).await {
                         Ok(Some(id)) => {
                             info!(%room, summary = %id, %why, "stored the last checkpoint as a partial summary")
                         }

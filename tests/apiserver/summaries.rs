@@ -11,9 +11,15 @@ use std::time::Duration;
 
 use axum::extract::Path as UrlPath;
 use axum::http::{HeaderMap, StatusCode};
-use orb_signaling::summary::kube_store::KubeStore;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use orb_api::AiOrb;
+use orb_api::naming::orb_name_for_room;
+use orb_signaling::summary::checkpoint::CheckpointStore;
+use orb_signaling::summary::kube_store::{KubeCheckpoints, KubeStore, ORB_LABEL, checkpoint_config_map_name};
 use orb_signaling::summary::signature::IDEMPOTENCY_HEADER;
-use orb_signaling::summary::{CLAIM, PutOutcome, StoredSummary, SummarySettings, SummaryStore, new_meta};
+use orb_signaling::summary::{CLAIM, PutOutcome, StoredSummary, Summaries, SummarySettings, SummaryStore, new_meta};
 use serde_json::json;
 
 use crate::envtest::{ControlPlane, apply_all, wait_until};
@@ -95,6 +101,26 @@ impl SlowWebhook {
     }
 }
 
+/// The chart's ServiceAccount, Role and RoleBinding of signaling in [`NS`]: a kubeconfig of it.
+async fn signaling_identity(cp: &ControlPlane, admin: &kube::Client) -> std::path::PathBuf {
+    let rbac: Vec<_> = render(None, &[])
+        .into_iter()
+        .filter(|o| {
+            o["metadata"]["name"] == SIGNALING
+                && ["ServiceAccount", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        rbac.len(),
+        3,
+        "the chart's ServiceAccount, Role and RoleBinding of signaling"
+    );
+    crate::envtest::ensure_namespace(admin, NS).await;
+    let applied = apply_all(admin, NS, &rbac).await;
+    assert!(applied.values().all(Result::is_ok), "{applied:?}");
+    cp.service_account(NS, SIGNALING).await.1
+}
+
 /// One `orb-signaling` replica with the Kubernetes runtime, delivering to `webhook`.
 fn start_signaling(cp: &ControlPlane, name: &str, kubeconfig: &Path, webhook: &str) -> Process {
     let log = std::fs::File::create(cp.dir().join(format!("signaling-{name}.log"))).unwrap();
@@ -128,22 +154,7 @@ fn log_of(cp: &ControlPlane, name: &str) -> String {
 async fn two_replicas_behind_a_slow_webhook_deliver_each_summary_once() {
     let Some(cp) = ControlPlane::start().await else { return };
     let admin = cp.admin().await;
-    let rbac: Vec<_> = render(None, &[])
-        .into_iter()
-        .filter(|o| {
-            o["metadata"]["name"] == SIGNALING
-                && ["ServiceAccount", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or_default())
-        })
-        .collect();
-    assert_eq!(
-        rbac.len(),
-        3,
-        "the chart's ServiceAccount, Role and RoleBinding of signaling"
-    );
-    crate::envtest::ensure_namespace(&admin, NS).await;
-    let applied = apply_all(&admin, NS, &rbac).await;
-    assert!(applied.values().all(Result::is_ok), "{applied:?}");
-    let (_, kubeconfig) = cp.service_account(NS, SIGNALING).await;
+    let kubeconfig = signaling_identity(&cp, &admin).await;
 
     let hook = SlowWebhook::default();
     let base = hook.start().await;
@@ -216,4 +227,215 @@ async fn two_replicas_behind_a_slow_webhook_deliver_each_summary_once() {
         );
     }
     eprintln!("posts per replica: {:?}", hook.per_replica.lock().unwrap());
+}
+
+/// A webhook on loopback that answers 204 at once and keeps every POST: (idempotency key, body).
+#[derive(Clone, Default)]
+struct RecordingWebhook(Arc<Mutex<Vec<(String, serde_json::Value)>>>);
+
+impl RecordingWebhook {
+    async fn start(&self) -> String {
+        let posts = self.0.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let posts = posts.clone();
+                async move {
+                    let key = headers
+                        .get(IDEMPOTENCY_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let body = serde_json::from_slice(&body).unwrap_or_default();
+                    posts.lock().unwrap().push((key, body));
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn posts(&self) -> Vec<(String, serde_json::Value)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A checkpoint as signaling keeps it: the session so far of the room's orb.
+fn checkpoint_body(room: &str, lines: &[&str]) -> axum::body::Bytes {
+    let body = json!({"type": "session_checkpoint", "roomId": room, "summary": {"transcript": lines}});
+    serde_json::to_vec(&body).unwrap().into()
+}
+
+/// A SIGKILLed orb leaves its last checkpoint; its AiOrb then fails (and another room's AiOrb is
+/// deleted). Both replicas see each end: each checkpoint becomes exactly one partial summary,
+/// which reaches the webhook once, and the checkpoint ConfigMaps are removed. Written under the
+/// chart's RBAC for signaling.
+#[tokio::test]
+async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas() {
+    let Some(cp) = ControlPlane::start().await else { return };
+    let admin = cp.admin().await;
+    let kubeconfig = signaling_identity(&cp, &admin).await;
+    let signaling = crate::envtest::client_for(&kubeconfig).await;
+    let room = "room-killed";
+    let orb = crate::operator::create_orb(&admin, NS, &orb_name_for_room(room), crate::operator::spec(room)).await;
+    let uid = orb.uid().unwrap();
+    // Another room's AiOrb is deleted before it finishes (no garbage collector runs here, so its
+    // checkpoint is still there when the replicas see the deletion).
+    let deleted_room = "room-deleted";
+    let deleted = crate::operator::create_orb(
+        &admin,
+        NS,
+        &orb_name_for_room(deleted_room),
+        crate::operator::spec(deleted_room),
+    )
+    .await;
+
+    let checkpoints = KubeCheckpoints::new(signaling.clone(), NS);
+    let body = checkpoint_body(room, &["coach: hello", "client: hi"]);
+    checkpoints.put(room, Some(&uid), body.clone()).await.unwrap();
+    checkpoints
+        .put(deleted_room, None, checkpoint_body(deleted_room, &["coach: bye"]))
+        .await
+        .unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
+    let cm = config_maps.get(&checkpoint_config_map_name(room)).await.unwrap();
+    assert_eq!(
+        cm.owner_references().iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
+        [uid.as_str()],
+        "owned by the room's AiOrb, so it goes with it"
+    );
+
+    let hook = RecordingWebhook::default();
+    let url = hook.start().await;
+    let _a = start_signaling(&cp, "partial-a", &kubeconfig, &url);
+    let _b = start_signaling(&cp, "partial-b", &kubeconfig, &url);
+    let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
+    orbs.patch_status(
+        &orb.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+    )
+    .await
+    .unwrap();
+    orbs.delete(&deleted.name_any(), &Default::default()).await.unwrap();
+
+    wait_until(
+        "the partial summaries reached the webhook and the checkpoints are gone",
+        || async {
+            hook.posts().len() >= 2
+                && checkpoints.get(room).await.unwrap().is_none()
+                && checkpoints.get(deleted_room).await.unwrap().is_none()
+        },
+    )
+    .await;
+    let store = KubeStore::new(admin.clone(), NS);
+    wait_until("no summary is pending", || async {
+        store.pending().await.unwrap().is_empty()
+    })
+    .await;
+    let posts = hook.posts();
+    assert_eq!(posts.len(), 2, "one summary for each session: {posts:?}");
+    let of_room = |room: &str| {
+        let posted: Vec<_> = posts.iter().filter(|(_, p)| p["roomId"] == room).collect();
+        assert_eq!(posted.len(), 1, "one summary for the session of {room}: {posts:?}");
+        posted[0].clone()
+    };
+    let (_, posted_deleted) = of_room(deleted_room);
+    assert_eq!(posted_deleted["summary"]["transcript"], json!(["coach: bye"]));
+    assert_eq!(posted_deleted["summary"]["partial"], true);
+    let (key, posted) = &of_room(room);
+    assert!(key.starts_with("partial-"), "{key}");
+    assert_eq!(posted["summaryId"], key.as_str());
+    assert_eq!(posted["summary"]["partial"], true);
+    assert_eq!(posted["summary"]["transcript"], json!(["coach: hello", "client: hi"]));
+    let stored = config_maps
+        .list_metadata(&ListParams::default().labels(&format!("{ORB_LABEL}={uid}")))
+        .await
+        .unwrap();
+    assert_eq!(stored.items.len(), 1, "one summary record for the orb");
+    for name in ["partial-a", "partial-b"] {
+        let log = log_of(&cp, name);
+        assert!(
+            !log.contains("Forbidden") && !log.contains("could not store the last checkpoint"),
+            "replica {name}:\n{log}"
+        );
+    }
+}
+
+/// The final summary supersedes the checkpoints (removed under the chart's RBAC), also when the
+/// orb ends before the removal; a checkpoint overwritten since it was read stays; a newer
+/// AiOrb's checkpoint is not an older orb's to finish.
+#[tokio::test]
+async fn checkpoints_are_overwritten_superseded_and_finished_only_by_their_own_orb() {
+    let Some(cp) = ControlPlane::start().await else { return };
+    let admin = cp.admin().await;
+    let kubeconfig = signaling_identity(&cp, &admin).await;
+    let signaling = crate::envtest::client_for(&kubeconfig).await;
+    let room = "room-final";
+    let orb = crate::operator::create_orb(&admin, NS, &orb_name_for_room(room), crate::operator::spec(room)).await;
+    let uid = orb.uid().unwrap();
+    let checkpoints = Arc::new(KubeCheckpoints::new(signaling.clone(), NS));
+    let summaries = Summaries::new(
+        Arc::new(KubeStore::new(signaling.clone(), NS)),
+        SummarySettings::default(),
+        Arc::new(orb_signaling::metrics::Metrics::default()),
+    )
+    .unwrap()
+    .with_checkpoints(checkpoints.clone());
+
+    let first = checkpoint_body(room, &["one"]);
+    let second = checkpoint_body(room, &["one", "two"]);
+    // Without a uid (no orb token), the room's AiOrb owns it.
+    summaries.checkpoint(room, None, first.clone()).await.unwrap();
+    summaries.checkpoint(room, Some(&uid), second.clone()).await.unwrap();
+    let kept = checkpoints.get(room).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.body, kept.orb_uid.as_deref()),
+        (second.clone(), Some(uid.as_str()))
+    );
+    assert_eq!(
+        summaries.last_checkpoint(room).await.unwrap().unwrap()["summary"]["transcript"],
+        json!(["one", "two"])
+    );
+    checkpoints.remove(room, Some(&first)).await.unwrap();
+    assert!(
+        checkpoints.get(room).await.unwrap().is_some(),
+        "a stale removal keeps the newer one"
+    );
+    assert_eq!(
+        summaries.orb_gone(room, Some("an-older-aiorb"), "test").await.unwrap(),
+        None,
+        "another AiOrb's checkpoint"
+    );
+    assert!(checkpoints.get(room).await.unwrap().is_some());
+
+    let final_summary = json!({"type": "session_summary", "summaryId": "final-1", "roomId": room, "summary": {}});
+    let outcome = summaries
+        .accept(
+            "final-1".into(),
+            room.into(),
+            Some(uid.clone()),
+            serde_json::to_vec(&final_summary).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Stored);
+    // The checkpoint was not removed after the final summary (say, an API error): the orb's end
+    // finds its summary stored and only removes the checkpoint.
+    assert_eq!(summaries.orb_gone(room, Some(&uid), "test").await.unwrap(), None);
+    assert!(checkpoints.get(room).await.unwrap().is_none());
+    summaries.checkpoint(room, Some(&uid), second.clone()).await.unwrap();
+    summaries.superseded(room).await.unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
+    assert!(
+        config_maps
+            .get_opt(&checkpoint_config_map_name(room))
+            .await
+            .unwrap()
+            .is_none(),
+        "the final summary removed the checkpoint ConfigMap"
+    );
 }

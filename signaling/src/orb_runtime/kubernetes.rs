@@ -8,7 +8,8 @@
 //!   change schedules a write `--presence-debounce` later and everything arriving meanwhile is
 //!   folded into it, so a room costs at most one write per debounce period.
 //! * Status: one watch on the namespace's AiOrbs; phase changes of orbs whose rooms have people
-//!   become `ai_status` events.
+//!   become `ai_status` events, and the end of every AiOrb (`Succeeded`, `Failed`, or deleted
+//!   before either) an [`OrbEvents::gone`], once per replica.
 //!
 //! All API calls run in spawned tasks: a slow or failing API server delays orbs, never calls.
 
@@ -258,13 +259,52 @@ impl WatchedOrb {
 async fn watch_phases(api: Api<AiOrb>, watched: Watched, events: OrbEvents) {
     let stream = watcher(api);
     futures::pin_mut!(stream);
+    let mut ends = Ends::default();
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Apply(orb) | Event::InitApply(orb)) => watched.observe(&orb, false, &events),
-            Ok(Event::Delete(orb)) => watched.observe(&orb, true, &events),
+            Ok(Event::Apply(orb) | Event::InitApply(orb)) => {
+                watched.observe(&orb, false, &events);
+                ends.observe(&orb, false, &events);
+            }
+            Ok(Event::Delete(orb)) => {
+                watched.observe(&orb, true, &events);
+                ends.observe(&orb, true, &events);
+            }
             Ok(Event::Init | Event::InitDone) => {}
             Err(e) => warn!(error = %e, "AiOrb watch failed; retrying"),
         }
+    }
+}
+
+/// The ends of every AiOrb of the namespace, whether or not its room is on this replica: each
+/// is reported once as [`OrbEvents::gone`] (a checkpoint it left becomes the session's partial
+/// summary). Every replica reports every end; what is done with it is idempotent.
+#[derive(Default)]
+struct Ends {
+    /// Uids of the AiOrbs that ended and still exist (forgotten when deleted).
+    reported: HashSet<String>,
+}
+
+impl Ends {
+    fn observe(&mut self, orb: &AiOrb, deleted: bool, events: &OrbEvents) {
+        let Some(uid) = orb.uid() else { return };
+        let why = if deleted {
+            // Reported already if it had finished first.
+            if self.reported.remove(&uid) {
+                return;
+            }
+            "its AiOrb was deleted".to_owned()
+        } else if orb.is_finished() {
+            if !self.reported.insert(uid.clone()) {
+                return;
+            }
+            let phase = orb.phase().map_or("", OrbPhase::as_str);
+            format!("its AiOrb {phase}")
+        } else {
+            // Still live, or ending (Terminating): its orb may still send its final summary.
+            return;
+        };
+        events.gone(&orb.spec.room_id, Some(uid), why);
     }
 }
 

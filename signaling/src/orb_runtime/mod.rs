@@ -81,6 +81,8 @@ pub struct OrbEvent {
     /// Set when the room's orb is gone for good (its AiOrb finished): why. Not a status change
     /// (that one comes as its own event).
     pub gone: Option<String>,
+    /// The AiOrb that is gone, when the runtime has them.
+    pub orb_uid: Option<String>,
 }
 
 /// The runtimes' way back to the rooms (and to the orb request metrics).
@@ -102,16 +104,18 @@ impl OrbEvents {
             room_id: room_id.to_owned(),
             status,
             gone: None,
+            orb_uid: None,
         });
     }
 
-    /// The room's orb finished for good (`why`): a checkpoint it left becomes the session's
-    /// summary.
-    pub fn gone(&self, room_id: &str, why: String) {
+    /// The room's orb (of AiOrb `orb_uid`, when the runtime has them) finished for good (`why`):
+    /// a checkpoint it left becomes the session's summary.
+    pub fn gone(&self, room_id: &str, orb_uid: Option<String>, why: String) {
         let _ = self.tx.send(OrbEvent {
             room_id: room_id.to_owned(),
             status: AiStatus::Ended,
             gone: Some(why),
+            orb_uid,
         });
     }
 

@@ -2,8 +2,9 @@
 //! overwritten by the next. A replacement orb gets it on join and continues its transcript; when
 //! the room's orb is gone for good without a final summary (killed, or its summary never stored),
 //! the checkpoint becomes the session's summary, marked partial, and is removed; a final summary
-//! supersedes (removes) it. Kept like summaries: a file per room under `<summary dir>/checkpoints`
-//! (written atomically), or in memory without a directory.
+//! supersedes (removes) it. Kept like summaries: with the Kubernetes runtime a ConfigMap per room
+//! owned by its AiOrb ([`super::kube_store::KubeCheckpoints`]), else a file per room under
+//! `<summary dir>/checkpoints` (written atomically), or in memory without a directory.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,15 +17,26 @@ use futures::future::BoxFuture;
 use super::StoreError;
 use super::local_store::id_hash;
 
+/// A room's latest checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Its JSON, as signaling keeps it.
+    pub body: Bytes,
+    /// The AiOrb whose orb sent it, when the store knows it (Kubernetes runtime).
+    pub orb_uid: Option<String>,
+}
+
 /// Where each room's latest checkpoint is kept.
 pub trait CheckpointStore: Send + Sync + 'static {
-    /// Replaces the room's checkpoint.
-    fn put(&self, room_id: &str, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
-    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>>;
+    /// Replaces the room's checkpoint; `orb_uid` is the sending orb's AiOrb, if its token names it.
+    fn put(&self, room_id: &str, orb_uid: Option<&str>, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Checkpoint>, StoreError>>;
     /// Removes the room's checkpoint if it is still `body` (a newer one stays).
     fn remove(&self, room_id: &str, body: Option<&Bytes>) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// The rooms with a checkpoint (by the `roomId` each holds).
-    fn rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// The rooms with a checkpoint whose orb cannot end any more by itself: left by an earlier
+    /// run of this process whose orbs ended with it (by the `roomId` each holds). Where orbs
+    /// outlive signaling (Kubernetes), none: their ends come from the AiOrbs.
+    fn orphaned_rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
 }
 
 pub struct LocalCheckpoints {
@@ -60,7 +72,7 @@ impl LocalCheckpoints {
 }
 
 impl CheckpointStore for LocalCheckpoints {
-    fn put(&self, room_id: &str, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn put(&self, room_id: &str, _orb_uid: Option<&str>, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
         let room_id = room_id.to_owned();
         Box::pin(async move {
             let mut rooms = self.lock();
@@ -76,18 +88,19 @@ impl CheckpointStore for LocalCheckpoints {
         })
     }
 
-    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<Checkpoint>, StoreError>> {
         let room_id = room_id.to_owned();
         Box::pin(async move {
+            let checkpoint = |body| Checkpoint { body, orb_uid: None };
             if let Some(body) = self.lock().get(&room_id) {
-                return Ok(Some(body.clone()));
+                return Ok(Some(checkpoint(body.clone())));
             }
             // Written before a restart of this process.
             let Some(path) = self.path(&room_id) else {
                 return Ok(None);
             };
             match std::fs::read(&path) {
-                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Ok(bytes) => Ok(Some(checkpoint(Bytes::from(bytes)))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e.into()),
             }
@@ -123,7 +136,7 @@ impl CheckpointStore for LocalCheckpoints {
         })
     }
 
-    fn rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+    fn orphaned_rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
             let mut rooms: Vec<String> = self.lock().keys().cloned().collect();
             let Some(dir) = &self.dir else { return Ok(rooms) };
@@ -155,24 +168,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = LocalCheckpoints::open(&dir).unwrap();
         store
-            .put("room-1", Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":1}"))
+            .put("room-1", None, Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":1}"))
             .await
             .unwrap();
         store
-            .put("room-1", Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":2}"))
+            .put("room-1", None, Bytes::from_static(b"{\"roomId\":\"room-1\",\"n\":2}"))
             .await
             .unwrap();
         store
-            .put("room-2", Bytes::from_static(b"{\"roomId\":\"room-2\",\"n\":9}"))
+            .put("room-2", None, Bytes::from_static(b"{\"roomId\":\"room-2\",\"n\":9}"))
             .await
             .unwrap();
         assert_eq!(std::fs::read_dir(dir.join("checkpoints")).unwrap().count(), 2);
         let reopened = LocalCheckpoints::open(&dir).unwrap();
         assert_eq!(
-            reopened.get("room-1").await.unwrap().unwrap(),
+            reopened.get("room-1").await.unwrap().unwrap().body,
             "{\"roomId\":\"room-1\",\"n\":2}"
         );
-        let mut rooms = reopened.rooms().await.unwrap();
+        let mut rooms = reopened.orphaned_rooms().await.unwrap();
         rooms.sort();
         assert_eq!(rooms, ["room-1", "room-2"]);
         // A stale removal leaves the newer checkpoint.

@@ -12,6 +12,8 @@
 //! without its AiOrb. Each record is labelled with its orb attempt, which stores at most
 //! [`super::MAX_PER_ORB`]. The AiOrb's `status.summary` mirrors the record (field manager
 //! [`SUMMARY_FIELD_MANAGER`]; presence has its own, so neither apply drops the other's fields).
+//!
+//! The rooms' checkpoints are ConfigMaps too ([`KubeCheckpoints`]), with the same compression.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -51,9 +53,11 @@ pub const MAX_COMPRESSED_BYTES: usize = 900 * 1024;
 
 /// Every Kubernetes API call this store makes, as RBAC rules `(apiGroup, resource, verbs)`.
 pub const API_CALLS: &[(&str, &str, &[&str])] = &[
-    // List (metadata only), get (a claimed summary's body), patch (its record).
+    // List (metadata only), get (a claimed summary's body), patch (its record); checkpoints:
+    // apply (patch), get, delete.
     ("", "configmaps", &["list", "get", "create", "patch", "delete"]),
-    // The owning AiOrb (get) and its status.summary (apply).
+    // The owning AiOrb (get; a checkpoint's, when the orb's token names none) and its
+    // status.summary (apply).
     ("hybridcoach.io", "aiorbs", &["get"]),
     ("hybridcoach.io", "aiorbs/status", &["patch"]),
 ];
@@ -144,13 +148,17 @@ fn record_json(meta: &SummaryMeta) -> Result<String, StoreError> {
 }
 
 fn owner_references(orb: &AiOrb) -> Vec<OwnerReference> {
-    vec![OwnerReference {
+    vec![owner_reference(&orb.name_any(), &orb.uid().unwrap_or_default())]
+}
+
+fn owner_reference(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
         api_version: AiOrb::api_version(&()).into_owned(),
         kind: AiOrb::kind(&()).into_owned(),
-        name: orb.name_any(),
-        uid: orb.uid().unwrap_or_default(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
         ..Default::default()
-    }]
+    }
 }
 
 /// The record a ConfigMap's metadata holds.
@@ -182,6 +190,25 @@ fn record_patch(record: &SummaryRecord, owner: Option<&AiOrb>) -> Result<serde_j
     Ok(json!({ "metadata": metadata }))
 }
 
+/// The gzip-compressed body of a record, refused when it would not fit a ConfigMap.
+fn compressed(body: &[u8]) -> Result<ByteString, StoreError> {
+    let gz = gzip(body)?;
+    if gz.len() > MAX_COMPRESSED_BYTES {
+        return Err(Refusal::TooLargeCompressed(gz.len()).into());
+    }
+    Ok(ByteString(gz))
+}
+
+/// The uncompressed body of a record stored under `key`.
+fn body_of(cm: &ConfigMap, key: &str) -> Result<Bytes, StoreError> {
+    let gz = cm
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .ok_or_else(|| StoreError::Corrupt(format!("{}: no body", cm.name_any())))?;
+    Ok(Bytes::from(gunzip(&gz.0)?))
+}
+
 pub fn gzip(body: &[u8]) -> Result<Vec<u8>, StoreError> {
     let mut enc = GzEncoder::new(Vec::new(), Compression::default());
     enc.write_all(body)?;
@@ -197,10 +224,7 @@ fn gunzip(gz: &[u8]) -> Result<Vec<u8>, StoreError> {
 impl SummaryStore for KubeStore {
     fn put(&self, mut summary: StoredSummary) -> BoxFuture<'_, Result<PutOutcome, StoreError>> {
         Box::pin(async move {
-            let gz = gzip(&summary.body)?;
-            if gz.len() > MAX_COMPRESSED_BYTES {
-                return Err(Refusal::TooLargeCompressed(gz.len()).into());
-            }
+            let gz = compressed(&summary.body)?;
             let orb = self.owner(&summary.meta).await?;
             // Only a final record is owned: a pending one must outlive a replaced AiOrb, and is
             // removed by the delivery pass at the end of its retry window if it has no owner by
@@ -226,7 +250,7 @@ impl SummaryStore for KubeStore {
             {
                 return Ok(PutOutcome::AlreadyStored);
             }
-            let cm = Self::to_config_map(&summary, &key, orb.as_ref().filter(|_| final_state), ByteString(gz))?;
+            let cm = Self::to_config_map(&summary, &key, orb.as_ref().filter(|_| final_state), gz)?;
             match self.config_maps.create(&PostParams::default(), &cm).await {
                 Ok(_) => {
                     if let Some(orb) = &orb {
@@ -262,15 +286,7 @@ impl SummaryStore for KubeStore {
 
     fn body(&self, id: &str) -> BoxFuture<'_, Result<Bytes, StoreError>> {
         let name = config_map_name(id);
-        Box::pin(async move {
-            let cm = self.config_maps.get(&name).await?;
-            let gz = cm
-                .binary_data
-                .as_ref()
-                .and_then(|d| d.get(BODY_KEY))
-                .ok_or_else(|| StoreError::Corrupt(format!("{name}: no body")))?;
-            Ok(Bytes::from(gunzip(&gz.0)?))
-        })
+        Box::pin(async move { body_of(&self.config_maps.get(&name).await?, BODY_KEY) })
     }
 
     fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>> {
@@ -320,5 +336,122 @@ impl SummaryStore for KubeStore {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+
+    fn stored_any(&self, orb_key: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let params = ListParams::default().labels(&format!("{ORB_LABEL}={orb_key}")).limit(1);
+        Box::pin(async move { Ok(!self.config_maps.list_metadata(&params).await?.items.is_empty()) })
+    }
+}
+
+/// The room's checkpoint ConfigMap: one per room, overwritten by each checkpoint.
+pub fn checkpoint_config_map_name(room_id: &str) -> String {
+    format!("orb-checkpoint-{}", id_hash(room_id))
+}
+
+const CHECKPOINT_KEY: &str = "checkpoint.json.gz";
+
+/// Checkpoints as ConfigMaps ([`checkpoint_config_map_name`]), the body gzip-compressed like a
+/// summary's, owned by the AiOrb whose orb sent it: a checkpoint goes with its AiOrb, and one
+/// whose AiOrb is gone (deleted before any replica saw it end) is collected, never left behind.
+/// Every write is idempotent or a compare-and-swap, so any number of replicas may act on one room.
+pub struct KubeCheckpoints {
+    config_maps: Api<ConfigMap>,
+    orbs: Api<AiOrb>,
+}
+
+impl KubeCheckpoints {
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            config_maps: Api::namespaced(client.clone(), namespace),
+            orbs: Api::namespaced(client, namespace),
+        }
+    }
+
+    /// The uid of the room's AiOrb, to own a checkpoint whose orb's token named none.
+    async fn room_orb_uid(&self, room_id: &str) -> Result<String, StoreError> {
+        self.orbs
+            .get_opt(&orb_name_for_room(room_id))
+            .await?
+            .filter(|o| o.spec.room_id == room_id && o.metadata.deletion_timestamp.is_none())
+            .and_then(|o| o.uid())
+            .ok_or_else(|| Refusal::NoOwner.into())
+    }
+}
+
+impl super::checkpoint::CheckpointStore for KubeCheckpoints {
+    fn put(&self, room_id: &str, orb_uid: Option<&str>, body: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (room_id, orb_uid) = (room_id.to_owned(), orb_uid.map(str::to_owned));
+        Box::pin(async move {
+            let gz = compressed(&body)?;
+            let uid = match orb_uid {
+                Some(uid) => uid,
+                None => self.room_orb_uid(&room_id).await?,
+            };
+            let name = checkpoint_config_map_name(&room_id);
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/managed-by".into(),
+                        SIGNALING_FIELD_MANAGER.into(),
+                    )])),
+                    owner_references: Some(vec![owner_reference(&orb_name_for_room(&room_id), &uid)]),
+                    ..Default::default()
+                },
+                binary_data: Some(BTreeMap::from([(CHECKPOINT_KEY.into(), gz)])),
+                ..Default::default()
+            };
+            // Create or overwrite in one call; the owner is replaced too when the room's AiOrb is.
+            let params = PatchParams::apply(SIGNALING_FIELD_MANAGER).force();
+            self.config_maps.patch(&name, &params, &Patch::Apply(&cm)).await?;
+            Ok(())
+        })
+    }
+
+    fn get(&self, room_id: &str) -> BoxFuture<'_, Result<Option<super::checkpoint::Checkpoint>, StoreError>> {
+        let name = checkpoint_config_map_name(room_id);
+        Box::pin(async move {
+            let Some(cm) = self.config_maps.get_opt(&name).await? else {
+                return Ok(None);
+            };
+            let orb_uid = cm.owner_references().first().map(|o| o.uid.clone());
+            Ok(Some(super::checkpoint::Checkpoint {
+                body: body_of(&cm, CHECKPOINT_KEY)?,
+                orb_uid,
+            }))
+        })
+    }
+
+    fn remove(&self, room_id: &str, body: Option<&Bytes>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = checkpoint_config_map_name(room_id);
+        let expected = body.cloned();
+        Box::pin(async move {
+            let mut params = DeleteParams::default();
+            if let Some(expected) = expected {
+                let Some(cm) = self.config_maps.get_opt(&name).await? else {
+                    return Ok(());
+                };
+                if body_of(&cm, CHECKPOINT_KEY)? != expected {
+                    return Ok(());
+                }
+                // Deleted only as read: a checkpoint written since then stays.
+                params.preconditions = Some(kube::api::Preconditions {
+                    resource_version: cm.resource_version(),
+                    uid: None,
+                });
+            }
+            match self.config_maps.delete(&name, &params).await {
+                Ok(_) => Ok(()),
+                // Gone already (another replica), or overwritten since it was read.
+                Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn orphaned_rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        // AiOrbs outlive signaling: the AiOrb watch reports the ones that ended meanwhile.
+        Box::pin(async { Ok(Vec::new()) })
     }
 }

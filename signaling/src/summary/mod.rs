@@ -182,6 +182,12 @@ pub trait SummaryStore: Send + Sync + 'static {
     /// `record.version`; returns the record with its new version, or [`StoreError::Conflict`]
     /// (also when the summary is gone: another replica finished it).
     fn update(&self, record: SummaryRecord) -> BoxFuture<'_, Result<SummaryRecord, StoreError>>;
+    /// Whether orb attempt `orb_key` ([`orb_key`]) has stored a summary. Stores shared by replicas
+    /// answer it, so a checkpoint whose removal after the final summary failed does not become a
+    /// second summary; a process-local store answers no (its removal is in the same process).
+    fn stored_any(&self, _orb_key: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// The orb attempt a summary counts against: the AiOrb's uid (from the orb's token, or the
@@ -352,7 +358,7 @@ impl Schedule {
 /// The summaries of this server: the store, and the delivery loop it feeds.
 pub struct Summaries {
     store: Arc<dyn SummaryStore>,
-    /// The rooms' checkpoints; none with the Kubernetes runtime yet (checkpoints are dropped).
+    /// The rooms' checkpoints (dropped without a store).
     checkpoints: Option<Arc<dyn checkpoint::CheckpointStore>>,
     settings: SummarySettings,
     deliverer: Arc<delivery::Deliverer>,
@@ -402,11 +408,11 @@ impl Summaries {
     }
 
     /// Keeps `body` (a checkpoint's JSON) as the room's latest checkpoint. Refused above the
-    /// summaries' size cap, since it becomes one.
-    pub async fn checkpoint(&self, room_id: &str, body: Bytes) -> Result<(), StoreError> {
+    /// summaries' size cap, since it becomes one. `orb_uid`: the sending orb's AiOrb, if known.
+    pub async fn checkpoint(&self, room_id: &str, orb_uid: Option<&str>, body: Bytes) -> Result<(), StoreError> {
         let Some(store) = &self.checkpoints else { return Ok(()) };
         check_size(body.len(), &self.settings)?;
-        store.put(room_id, body).await
+        store.put(room_id, orb_uid, body).await
     }
 
     /// The room's latest checkpoint, for the orb joining it.
@@ -414,10 +420,10 @@ impl Summaries {
         let Some(store) = &self.checkpoints else {
             return Ok(None);
         };
-        let Some(body) = store.get(room_id).await? else {
+        let Some(checkpoint) = store.get(room_id).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&body)
+        serde_json::from_slice(&checkpoint.body)
             .map(Some)
             .map_err(|e| StoreError::Corrupt(format!("checkpoint of room {room_id}: {e}")))
     }
@@ -430,16 +436,36 @@ impl Summaries {
         }
     }
 
-    /// The room's orb is gone for good (`why`). A checkpoint left means no final summary was
-    /// stored: it is stored as the session's summary, marked partial with the reason, under an id
-    /// named by its content (so a second call, on any replica, stores nothing new), then removed.
-    pub async fn orb_gone(&self, room_id: &str, why: &str) -> Result<Option<String>, StoreError> {
+    /// The room's orb is gone for good (`why`; `orb_uid`: its AiOrb, when the runtime has them).
+    /// A checkpoint left means no final summary was stored: it is stored as the session's summary,
+    /// marked partial with the reason, under an id named by its content (so a second call, on any
+    /// replica, stores nothing new), then removed. A checkpoint of another AiOrb of the room (a
+    /// newer one) is not this orb's to finish.
+    pub async fn orb_gone(
+        &self,
+        room_id: &str,
+        orb_uid: Option<&str>,
+        why: &str,
+    ) -> Result<Option<String>, StoreError> {
         let Some(store) = &self.checkpoints else {
             return Ok(None);
         };
-        let Some(body) = store.get(room_id).await? else {
+        let Some(checkpoint) = store.get(room_id).await? else {
             return Ok(None);
         };
+        if let (Some(gone), Some(owner)) = (orb_uid, checkpoint.orb_uid.as_deref())
+            && gone != owner
+        {
+            return Ok(None);
+        }
+        let body = checkpoint.body;
+        if let Some(uid) = &checkpoint.orb_uid
+            && self.store.stored_any(uid).await?
+        {
+            // Its final summary (or this partial one, by another replica) is stored already.
+            store.remove(room_id, Some(&body)).await?;
+            return Ok(None);
+        }
         let mut summary = match serde_json::from_slice(&body) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => {
@@ -462,7 +488,8 @@ impl Summaries {
         }
         let msg = crate::protocol::ServerMessage::SessionSummary(serde_json::Value::Object(summary));
         let text = serde_json::to_vec(&msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.accept(id.clone(), room_id.to_owned(), None, Bytes::from(text))
+        let orb_uid = checkpoint.orb_uid.or_else(|| orb_uid.map(str::to_owned));
+        self.accept(id.clone(), room_id.to_owned(), orb_uid, Bytes::from(text))
             .await?;
         store.remove(room_id, Some(&body)).await?;
         Ok(Some(id))
@@ -479,9 +506,9 @@ impl Summaries {
     pub async fn finish_leftover_checkpoints(&self) -> Result<usize, StoreError> {
         let Some(store) = &self.checkpoints else { return Ok(0) };
         let mut stored = 0;
-        for room in store.rooms().await? {
+        for room in store.orphaned_rooms().await? {
             if self
-                .orb_gone(&room, "signaling stopped while the orb was running")
+                .orb_gone(&room, None, "signaling stopped while the orb was running")
                 .await?
                 .is_some()
             {

@@ -125,7 +125,7 @@ impl State {
                 orb.queue_position = None;
                 let detail = message.map(|m| format!(" ({m})")).unwrap_or_default();
                 self.note(&room, &format!("orb ended: {phase} {reason}{detail}"));
-                self.events.gone(&room, format!("{phase} {reason}{detail}"));
+                self.events.gone(&room, None, format!("{phase} {reason}{detail}"));
                 finished = true;
             }
             Step::AwaitReplacement { reason, message } => {
