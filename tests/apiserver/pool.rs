@@ -211,7 +211,9 @@ async fn a_pod_planted_with_the_warm_label_is_never_counted_stopped_or_sent_a_to
     .await;
     assert_eq!(bound.as_deref(), Some(real.as_str()));
     assert_eq!(evil.count(), 0, "the planted pod was sent an assignment");
-    assert_eq!(honest.count(), 1);
+    // Once, or again by a reconcile that ran before the binding's status reached its cache: an
+    // assignment is idempotent (the same one is answered again), so a repeat is not a fault.
+    assert!(honest.count() >= 1, "the operator's own warm pod got the assignment");
     // Not the pool's: not stopped either (it is not the operator's to delete).
     let still = pods.get("planted").await.unwrap();
     assert!(still.metadata.deletion_timestamp.is_none());
