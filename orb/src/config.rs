@@ -23,6 +23,17 @@ pub enum BrainKind {
     Test,
     /// A speech-to-speech service speaking the OpenAI Realtime protocol.
     OpenaiRealtime,
+    /// Whisper, a language model and a voice from model files, on the orb's own GPU or CPU.
+    Local,
+}
+
+/// When the local brain answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LocalAnswer {
+    /// When a turn names the orb (`--local-names`).
+    Addressed,
+    /// After every turn.
+    Always,
 }
 
 /// Log output format.
@@ -114,6 +125,53 @@ pub struct Cli {
         default_value = "You are a supportive AI assistant taking part in a coaching session between a coach and a client. Speak briefly and only when it helps."
     )]
     pub openai_instructions: String,
+    /// The local brain's models, under fixed names (`whisper/`, `llm.gguf`, `voice.onnx` with
+    /// `voice.onnx.json`, `libonnxruntime.so`); the flags below name one file elsewhere.
+    #[arg(long, env = "ORB_MODELS_DIR", default_value = "/models")]
+    pub models_dir: PathBuf,
+    /// A CTranslate2 Whisper directory (default: `<models-dir>/whisper`).
+    #[arg(long, env = "ORB_ASR_MODEL")]
+    pub asr_model: Option<PathBuf>,
+    /// A GGUF language model with a chat template (default: `<models-dir>/llm.gguf`).
+    #[arg(long, env = "ORB_LLM_MODEL")]
+    pub llm_model: Option<PathBuf>,
+    /// A Piper voice, `.onnx` with its `.onnx.json` beside it (default: `<models-dir>/voice.onnx`).
+    #[arg(long, env = "ORB_VOICE_MODEL")]
+    pub voice_model: Option<PathBuf>,
+    /// ONNX Runtime's shared library (default: `<models-dir>/libonnxruntime.so`).
+    #[arg(long, env = "ORB_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
+    /// The `espeak-ng` program, which gives the voice its phonemes.
+    #[arg(long, env = "ORB_ESPEAK", default_value = "espeak-ng")]
+    pub espeak: PathBuf,
+    /// Names that address the orb, comma-separated (a turn naming one is answered).
+    #[arg(long, env = "ORB_LOCAL_NAMES", value_delimiter = ',', default_value = "orb")]
+    pub local_names: Vec<String>,
+    /// When the local brain answers a turn.
+    #[arg(long, env = "ORB_LOCAL_ANSWER", value_enum, default_value = "addressed")]
+    pub local_answer: LocalAnswer,
+    /// Silence that ends a human's turn.
+    #[arg(long, env = "ORB_LOCAL_END_OF_TURN", default_value = "700ms", value_parser = parse_duration)]
+    pub local_end_of_turn: Duration,
+    /// How long a human talks over the orb before it stops speaking.
+    #[arg(long, env = "ORB_LOCAL_BARGE_IN", default_value = "300ms", value_parser = parse_duration)]
+    pub local_barge_in: Duration,
+    /// Threads for the models (0: one per core).
+    #[arg(long, env = "ORB_LOCAL_THREADS", default_value_t = 0)]
+    pub local_threads: usize,
+    /// Language-model layers on the GPU (a CUDA build; 0 runs on the CPU).
+    #[arg(long, env = "ORB_LOCAL_GPU_LAYERS", default_value_t = 0)]
+    pub local_gpu_layers: u32,
+    /// Longest answer, in tokens.
+    #[arg(long, env = "ORB_LOCAL_MAX_ANSWER_TOKENS", default_value_t = 96)]
+    pub local_max_answer_tokens: usize,
+    /// Instructions given to the local language model.
+    #[arg(
+        long,
+        env = "ORB_LOCAL_INSTRUCTIONS",
+        default_value = "You are Orb, a supportive AI assistant in a coaching session between a coach and a client. Answer in one or two short spoken sentences, without lists or formatting."
+    )]
+    pub local_instructions: String,
     /// STUN/TURN server URLs, comma-separated, besides those signaling hands out with the join
     /// (with a TURN credential minted for this orb: the usual way, no static password needed).
     #[arg(long, env = "ORB_ICE_SERVERS", value_delimiter = ',')]
@@ -169,6 +227,10 @@ pub enum ConfigError {
     DeniedCandidateCidrs(#[from] orb_api::cidr::CidrError),
     #[error(transparent)]
     Proxy(#[from] ProxyConfigError),
+    #[error("the local brain's models are missing: {}", .0.join("; "))]
+    MissingModels(Vec<String>),
+    #[error("--local-names needs at least one name when --local-answer is addressed")]
+    NoLocalNames,
 }
 
 /// The environment variable holding the orb's room token.
@@ -260,6 +322,7 @@ pub struct RtcConfig {
 pub enum BrainConfig {
     Test { echo_delay: Duration },
     OpenAi(OpenAiConfig),
+    Local(crate::brain::local::LocalConfig),
 }
 
 /// Validated configuration. Its `Debug` leaves the token out.
@@ -357,6 +420,7 @@ impl Config {
                     proxy: ProxySettings::parse(&secrets.proxy)?.into(),
                 })
             }
+            BrainKind::Local => BrainConfig::Local(local_config(&cli)?),
         };
         let user_id = cli.user_id.unwrap_or_else(|| default_user_id(&room));
         Ok(Self {
@@ -435,6 +499,63 @@ fn check_purpose(purpose: &str) -> Result<(), ConfigError> {
 }
 
 /// The configured URLs as one server with the configured credential (none when no URL is set).
+fn local_config(cli: &Cli) -> Result<crate::brain::local::LocalConfig, ConfigError> {
+    use orb_speech::conversation::AnswerPolicy;
+    let mut models = orb_speech::models::ModelFiles::in_dir(&cli.models_dir);
+    for (flag, path) in [
+        (&cli.asr_model, &mut models.speech_recognition),
+        (&cli.llm_model, &mut models.language_model),
+        (&cli.voice_model, &mut models.voice),
+        (&cli.onnxruntime_lib, &mut models.onnxruntime),
+    ] {
+        if let Some(p) = flag {
+            *path = p.clone();
+        }
+    }
+    models
+        .check()
+        .map_err(|missing| ConfigError::MissingModels(missing.iter().map(ToString::to_string).collect()))?;
+    let names: Vec<String> = cli
+        .local_names
+        .iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() && cli.local_answer == LocalAnswer::Addressed {
+        return Err(ConfigError::NoLocalNames);
+    }
+    for (name, d) in [
+        ("--local-end-of-turn", cli.local_end_of_turn),
+        ("--local-barge-in", cli.local_barge_in),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::ZeroDuration(name));
+        }
+    }
+    let threads = match cli.local_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    Ok(crate::brain::local::LocalConfig {
+        models,
+        espeak: cli.espeak.clone(),
+        threads,
+        gpu_layers: cli.local_gpu_layers,
+        instructions: cli.local_instructions.clone(),
+        names,
+        policy: match cli.local_answer {
+            LocalAnswer::Addressed => AnswerPolicy::WhenAddressed,
+            LocalAnswer::Always => AnswerPolicy::Always,
+        },
+        turn: orb_speech::turns::TurnConfig {
+            end_silence_ms: cli.local_end_of_turn.as_millis() as u64,
+            ..orb_speech::turns::TurnConfig::default()
+        },
+        barge_in: cli.local_barge_in,
+        max_answer_tokens: cli.local_max_answer_tokens.max(8),
+    })
+}
+
 fn static_ice_servers(urls: Vec<String>, username: String, credential: String) -> Vec<IceServer> {
     let urls: Vec<String> = urls.into_iter().filter(|s| !s.trim().is_empty()).collect();
     if urls.is_empty() {

@@ -75,6 +75,7 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
     let brain: Box<dyn Brain> = match &config.brain {
         BrainConfig::Test { echo_delay } => Box::new(orb::brain::test::TestBrain::new(*echo_delay)),
         BrainConfig::OpenAi(openai) => Box::new(orb::brain::openai::OpenAiBrain::new(openai.clone())),
+        BrainConfig::Local(local) => Box::new(orb::brain::local::LocalBrain::new(local.clone())),
     };
     let media = Arc::new(WebrtcStack::new(config.rtc.clone(), metrics.clone()));
     let mut brain = StartedBrain::start(brain);

@@ -4,6 +4,7 @@
 //! and wires them into its brain.
 
 pub mod asr;
+pub mod conversation;
 pub mod llm;
 pub mod models;
 pub mod resample;

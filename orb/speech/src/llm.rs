@@ -89,6 +89,9 @@ pub enum Flow {
 }
 
 pub struct LanguageModel {
+    /// Held while a context is made: llama.cpp may adjust the model then, so two threads (an
+    /// answer and a summary) must not make one at the same time.
+    contexts: std::sync::Mutex<()>,
     model: LlamaModel,
     template: LlamaChatTemplate,
     options: LlmOptions,
@@ -107,6 +110,7 @@ impl LanguageModel {
             Err(_) => LlamaChatTemplate::new("chatml").map_err(|e| SpeechError::load("language model", e))?,
         };
         Ok(Self {
+            contexts: std::sync::Mutex::new(()),
             model,
             template,
             options,
@@ -128,6 +132,18 @@ impl LanguageModel {
         &self,
         messages: &[ChatMessage],
         max_tokens: usize,
+        on_text: impl FnMut(&str) -> Flow,
+    ) -> Result<String, SpeechError> {
+        self.generate_constrained(messages, max_tokens, None, on_text)
+    }
+
+    /// [`LanguageModel::generate`], the output held to a GBNF `grammar` (root rule `root`) when
+    /// one is given: a small model then cannot write anything but, say, the JSON asked for.
+    pub fn generate_constrained(
+        &self,
+        messages: &[ChatMessage],
+        max_tokens: usize,
+        grammar: Option<&str>,
         mut on_text: impl FnMut(&str) -> Flow,
     ) -> Result<String, SpeechError> {
         let infer = |e: &dyn std::fmt::Display| SpeechError::Inference(format!("language model: {e}"));
@@ -154,14 +170,20 @@ impl LanguageModel {
             .with_n_batch(self.options.context_tokens)
             .with_n_threads(self.options.threads)
             .with_n_threads_batch(self.options.threads);
-        let mut ctx = self.model.new_context(backend()?, params).map_err(|e| infer(&e))?;
+        let mut ctx = {
+            let _making = self.contexts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.model.new_context(backend()?, params).map_err(|e| infer(&e))?
+        };
         let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
         let last = tokens.len() - 1;
         for (i, &t) in tokens.iter().enumerate() {
             batch.add(t, i as i32, &[0], i == last).map_err(|e| infer(&e))?;
         }
         ctx.decode(&mut batch).map_err(|e| infer(&e))?;
-        let mut sampler = if self.options.temperature > 0.0 {
+        let mut sampler = if let Some(grammar) = grammar {
+            let constrained = LlamaSampler::grammar(&self.model, grammar, "root").map_err(|e| infer(&e))?;
+            LlamaSampler::chain_simple([constrained, LlamaSampler::greedy()])
+        } else if self.options.temperature > 0.0 {
             LlamaSampler::chain_simple([
                 LlamaSampler::top_k(40),
                 LlamaSampler::temp(self.options.temperature),

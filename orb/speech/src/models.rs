@@ -51,6 +51,32 @@ impl ModelFiles {
     }
 }
 
+/// The models `scripts/install-models.sh` put in this checkout (`target/models`), or in
+/// `ORB_MODELS_DIR`: what the tests, the benchmark and dev mode use.
+pub fn installed() -> Result<ModelFiles, Vec<SpeechError>> {
+    let dir = std::env::var_os("ORB_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/models"));
+    let files = ModelFiles::in_dir(&dir);
+    files.check().map(|()| files)
+}
+
+/// [`installed`] for a test: `None` (with a message) when they are not installed, so a checkout
+/// without them still runs the rest; a failure under CI, where install-deps puts them.
+pub fn installed_for_tests() -> Option<ModelFiles> {
+    match installed() {
+        Ok(files) => Some(files),
+        Err(missing) if std::env::var_os("CI").is_some() => panic!("models missing in CI: {missing:?}"),
+        Err(missing) => {
+            eprintln!(
+                "skipped: run scripts/install-models.sh ({} files missing)",
+                missing.len()
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

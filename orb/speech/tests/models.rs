@@ -3,32 +3,15 @@
 //! voice detector on real speech and real noise. Skipped with a message when the models are not
 //! installed, except in CI.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use orb_speech::asr::SpeechRecognizer;
 use orb_speech::llm::{ChatMessage, Flow, LanguageModel, LlmOptions, Role};
-use orb_speech::models::ModelFiles;
 use orb_speech::resample::{CALL_RATE, Decimator, LISTEN_RATE, resample};
 use orb_speech::tts::Voice;
 use orb_speech::turns::{TurnConfig, TurnEvent, TurnTracker};
 use orb_speech::vad::{VadConfig, VoiceActivity};
 use orb_speech::wav::{espeak, wav_to_48k};
-
-fn models() -> Option<ModelFiles> {
-    let dir = std::env::var_os("ORB_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/models"));
-    let files = ModelFiles::in_dir(&dir);
-    match files.check() {
-        Ok(()) => Some(files),
-        Err(missing) if std::env::var_os("CI").is_some() => panic!("models missing in CI: {missing:?}"),
-        Err(missing) => {
-            eprintln!("skipped: run scripts/install-models.sh ({} missing)", missing.len());
-            None
-        }
-    }
-}
 
 fn listen(pcm48: &[i16]) -> Vec<f32> {
     let mut d = Decimator::new();
@@ -143,7 +126,9 @@ fn noise_and_tones_never_open_a_turn() {
 
 #[test]
 fn whisper_transcribes_espeak_speech() {
-    let Some(files) = models() else { return };
+    let Some(files) = orb_speech::models::installed_for_tests() else {
+        return;
+    };
     let mut asr = SpeechRecognizer::load(&files.speech_recognition).unwrap();
     let pcm = espeak("Hey orb, how can I stay focused at work?", "en-us").unwrap();
     let text = asr.transcribe(&listen(&pcm)).unwrap();
@@ -155,7 +140,9 @@ fn whisper_transcribes_espeak_speech() {
 
 #[test]
 fn the_voice_speaks_what_whisper_then_reads_back() {
-    let Some(files) = models() else { return };
+    let Some(files) = orb_speech::models::installed_for_tests() else {
+        return;
+    };
     let mut voice = Voice::load(&files.voice, &files.onnxruntime, "espeak-ng".into(), 2).unwrap();
     let sentence = "The quick brown fox jumps over the lazy dog.";
     let spoken = voice.speak(sentence).unwrap();
@@ -177,7 +164,9 @@ fn the_voice_speaks_what_whisper_then_reads_back() {
 
 #[test]
 fn the_language_model_answers_in_streamed_pieces_and_can_be_stopped() {
-    let Some(files) = models() else { return };
+    let Some(files) = orb_speech::models::installed_for_tests() else {
+        return;
+    };
     let llm = LanguageModel::load(&files.language_model, LlmOptions::default()).unwrap();
     let messages = [
         ChatMessage::new(

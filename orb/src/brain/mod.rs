@@ -3,6 +3,7 @@
 //! GPU model can later be one more implementation of the same trait.
 
 pub mod attribution;
+pub mod local;
 pub mod openai;
 pub mod openai_summary;
 pub mod test;

@@ -117,8 +117,9 @@ impl Summarizer for ChatSummarizer {
     }
 }
 
-/// The Chat Completions request of one summary step.
-pub fn request_body(model: &str, request: SummaryRequest<'_>) -> Value {
+/// What any model is asked for one summary step: its instructions (with the session's context)
+/// and the transcript lines, after the summary so far when there is one.
+pub fn summary_prompt(request: SummaryRequest<'_>) -> (String, String) {
     let mut user = String::new();
     if let Some(previous) = request.previous {
         user.push_str("The summary of the session before these lines:\n");
@@ -131,10 +132,16 @@ pub fn request_body(model: &str, request: SummaryRequest<'_>) -> Value {
         user.push_str(&transcript_line(line));
         user.push('\n');
     }
+    (session_instructions(INSTRUCTIONS, request.context), user)
+}
+
+/// The Chat Completions request of one summary step.
+pub fn request_body(model: &str, request: SummaryRequest<'_>) -> Value {
+    let (system, user) = summary_prompt(request);
     json!({
         "model": model,
         "messages": [
-            { "role": "system", "content": session_instructions(INSTRUCTIONS, request.context) },
+            { "role": "system", "content": system },
             { "role": "user", "content": user },
         ],
         "response_format": {
