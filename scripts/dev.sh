@@ -6,6 +6,8 @@
 # Environment: PORT (default 8080), HOST (default 127.0.0.1: this machine only), ORB_LOG_DIR (default target/dev/logs), and any orb or
 # signaling setting (e.g. MAX_CONCURRENT_ORBS, ORB_CLEANUP_GRACE_PERIOD, IDLE_TIMEOUT). Without
 # OPENAI_API_KEY the orbs run the test brain (a greeting tone, then an echo of what they hear).
+# ORB_BRAIN=local runs the local brain on this machine's CPU with the small models (installed
+# into target/models on first use): say "Hey orb, ..." to be answered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,10 @@ fi
 
 if [ -z "${OPENAI_API_KEY:-}" ]; then
   export ORB_BRAIN="${ORB_BRAIN:-test}"
+fi
+if [ "${ORB_BRAIN:-}" = local ]; then
+  ./scripts/install-models.sh
+  export ORB_MODELS_DIR="${ORB_MODELS_DIR:-$PWD/target/models}"
 fi
 
 cat <<INFO

@@ -400,10 +400,10 @@ fn orb_pods_get_the_proxy_the_chart_sets() {
         no_proxy: Some(".internal,10.0.0.0/8".into()),
     })
     .unwrap();
-    // Without a proxy the orbs get no proxy env.
+    // Without a proxy the orbs get no proxy env (only the brain).
     assert_eq!(
         env_of(find(&render(None, &[]), "Deployment", "-operator"), "ORB_EXTRA_ENV").unwrap()["value"],
-        "[]"
+        r#"[{"name":"ORB_BRAIN","value":"openai-realtime"}]"#
     );
 
     for (extra, message) in [
@@ -2223,6 +2223,73 @@ fn orb_pods_get_the_ice_transport_policy_the_chart_sets() {
             .unwrap();
         assert_eq!(policy.value.as_deref(), Some("relay"));
     }
+}
+
+/// `orb.brain: local` with its models: the operator gets the volume and mounts it into every orb
+/// pod, which is told where it is and which brain to run; a local brain without models, or with
+/// two sources, does not render.
+#[test]
+fn a_local_brain_gets_its_models_volume_in_every_orb_pod() {
+    let objects = render(
+        None,
+        &[
+            "--set",
+            "orb.brain=local",
+            "--set",
+            "orb.models.persistentVolumeClaim=orb-models",
+        ],
+    );
+    let operator = find(&objects, "Deployment", "-operator");
+    let value = |name: &str| env_of(operator, name).unwrap()["value"].as_str().unwrap().to_owned();
+    let extra_env = value("ORB_EXTRA_ENV");
+    assert!(
+        extra_env.contains(r#"{"name":"ORB_BRAIN","value":"local"}"#),
+        "{extra_env}"
+    );
+    let run = orb_operator::config::Cli::try_parse_from([
+        "orb-operator".to_owned(),
+        "--orb-image=orb:test".to_owned(),
+        format!("--orb-models-volume={}", value("ORB_MODELS_VOLUME")),
+        format!("--orb-models-mount-path={}", value("ORB_MODELS_MOUNT_PATH")),
+        format!("--orb-extra-env={extra_env}"),
+    ])
+    .unwrap()
+    .run;
+    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
+    for pod in [
+        orb_operator::pod::build_warm_pod("orb-warm-1", "calls", &config.pod),
+        cold_pod(&config),
+    ] {
+        let spec = pod.spec.unwrap();
+        let claim = spec
+            .volumes
+            .unwrap()
+            .iter()
+            .find_map(|v| v.persistent_volume_claim.clone())
+            .unwrap();
+        assert_eq!((claim.claim_name.as_str(), claim.read_only), ("orb-models", Some(true)));
+        let env = spec.containers[0].env.clone().unwrap();
+        let get = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone());
+        assert_eq!(get("ORB_MODELS_DIR").as_deref(), Some("/models"));
+        assert_eq!(get("ORB_BRAIN").as_deref(), Some("local"));
+        // What the chart passes, the orb reads.
+        let orb_env = env_names(orb::config::Cli::command());
+        assert!(orb_env.contains(&"ORB_MODELS_DIR".to_owned()) && orb_env.contains(&"ORB_BRAIN".to_owned()));
+    }
+    assert!(
+        render_error(&["--set", "orb.brain=local"])
+            .contains("set orb.models.persistentVolumeClaim or orb.models.image")
+    );
+    assert!(
+        render_error(&[
+            "--set",
+            "orb.models.persistentVolumeClaim=a",
+            "--set",
+            "orb.models.image=b"
+        ])
+        .contains("not both")
+    );
+    assert!(render_error(&["--set", "orb.brain=gpt"]).contains("openai-realtime"));
 }
 
 /// Signaling's TURN settings (SIGNALING_ICE_SERVERS, SIGNALING_TURN_SECRET_FILE,

@@ -119,6 +119,14 @@ pub struct RunArgs {
     /// Extra env of the orb container, as a JSON array of Kubernetes EnvVars.
     #[arg(long, env = "ORB_EXTRA_ENV", default_value = "[]")]
     pub orb_extra_env: String,
+    /// The local brain's models for orb pods: a Kubernetes volume source as JSON (say
+    /// `{"persistentVolumeClaim":{"claimName":"orb-models","readOnly":true}}` or
+    /// `{"image":{"reference":"registry/models:v1"}}`), mounted read-only at
+    /// `--orb-models-mount-path` and named to the orb as ORB_MODELS_DIR. Empty: no models volume.
+    #[arg(long, env = "ORB_MODELS_VOLUME", default_value = "")]
+    pub orb_models_volume: String,
+    #[arg(long, env = "ORB_MODELS_MOUNT_PATH", default_value = "/models")]
+    pub orb_models_mount_path: String,
     /// Secrets whose keys become env of the orb container (AI API keys), comma-separated.
     #[arg(long, env = "ORB_ENV_FROM_SECRETS", default_value = "")]
     pub orb_env_from_secrets: String,
@@ -171,6 +179,8 @@ pub struct PodSettings {
     pub denied_candidate_cidrs: Option<CidrList>,
     /// `ORB_ICE_TRANSPORT_POLICY` of the orb pods; `None` leaves the orb's default.
     pub ice_transport_policy: Option<IceTransportPolicy>,
+    /// The local brain's models: a volume (named `models`) and where it is mounted.
+    pub models: Option<(k8s_openapi::api::core::v1::Volume, String)>,
 }
 
 /// The warm pool: its size and the namespace its pods run in.
@@ -227,6 +237,22 @@ fn json<T: serde::de::DeserializeOwned>(flag: &'static str, s: &str) -> Result<T
 }
 
 impl RunArgs {
+    fn models_volume(&self) -> Result<Option<(k8s_openapi::api::core::v1::Volume, String)>, ConfigError> {
+        if self.orb_models_volume.trim().is_empty() {
+            return Ok(None);
+        }
+        let mut source: serde_json::Map<String, serde_json::Value> =
+            json("--orb-models-volume", &self.orb_models_volume)?;
+        source.insert("name".into(), "models".into());
+        let volume: k8s_openapi::api::core::v1::Volume = serde_json::from_value(source.into())
+            .map_err(|e| invalid("--orb-models-volume", format!("not a volume source: {e}")))?;
+        let path = self.orb_models_mount_path.trim();
+        if !path.starts_with('/') || path == "/" {
+            return Err(invalid("--orb-models-mount-path", "must be an absolute path below /"));
+        }
+        Ok(Some((volume, path.to_owned())))
+    }
+
     /// Validates the flags. `signing_key_env` is `ORB_SIGNING_KEY`, read by the caller so that the
     /// key never appears in `--help` or in parsed-argument debug output.
     pub fn validate(&self, signing_key_env: Option<String>) -> Result<Config, ConfigError> {
@@ -318,6 +344,7 @@ impl RunArgs {
                     .transpose()
                     .map_err(|e: orb_api::cidr::CidrError| invalid("--orb-denied-candidate-cidrs", e.to_string()))?,
                 ice_transport_policy: self.orb_ice_transport_policy,
+                models: self.models_volume()?,
             },
             signing_key,
             watch_namespace: self.watch_namespace.clone().filter(|s| !s.is_empty()),

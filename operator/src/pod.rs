@@ -207,6 +207,9 @@ fn orb_pod(
             .ice_transport_policy
             .map(|policy| env(ICE_TRANSPORT_POLICY_ENV, policy.to_string())),
     );
+    if let Some((_, path)) = &settings.models {
+        env_vars.push(env("ORB_MODELS_DIR", path.clone()));
+    }
     env_vars.extend(settings.extra_env.iter().cloned());
     let mut resources: ResourceRequirements = settings.resources.clone();
     if settings.gpu_count > 0 {
@@ -290,21 +293,34 @@ fn orb_pod(
                 }),
                 termination_message_path: Some("/dev/termination-log".into()),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "tmp".into(),
-                    mount_path: "/tmp".into(),
-                    ..Default::default()
-                }]),
+                volume_mounts: Some(
+                    std::iter::once(VolumeMount {
+                        name: "tmp".into(),
+                        mount_path: "/tmp".into(),
+                        ..Default::default()
+                    })
+                    .chain(settings.models.iter().map(|(volume, path)| VolumeMount {
+                        name: volume.name.clone(),
+                        mount_path: path.clone(),
+                        read_only: Some(true),
+                        ..Default::default()
+                    }))
+                    .collect(),
+                ),
                 ..Default::default()
             }],
-            volumes: Some(vec![Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity("64Mi".into())),
+            volumes: Some(
+                std::iter::once(Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("64Mi".into())),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+                })
+                .chain(settings.models.iter().map(|(volume, _)| volume.clone()))
+                .collect(),
+            ),
             ..Default::default()
         }),
         status: None,
@@ -367,7 +383,45 @@ mod tests {
             resources: Default::default(),
             denied_candidate_cidrs: Some("169.254.0.0/16,10.96.0.0/12".parse().unwrap()),
             ice_transport_policy: Some(orb_api::ice::IceTransportPolicy::Relay),
+            models: None,
         }
+    }
+
+    #[test]
+    fn the_models_volume_is_mounted_read_only_and_named_to_the_orb() {
+        let volume: Volume = serde_json::from_value(serde_json::json!({
+            "name": "models",
+            "persistentVolumeClaim": {"claimName": "orb-models", "readOnly": true}
+        }))
+        .unwrap();
+        let with_models = PodSettings {
+            models: Some((volume, "/models".into())),
+            ..settings()
+        };
+        let spec = build_pod(&orb(), &with_models, 1, &launch(&orb(), &with_models, 30))
+            .spec
+            .unwrap();
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(
+            volumes[1].persistent_volume_claim.as_ref().unwrap().claim_name,
+            "orb-models"
+        );
+        let container = &spec.containers[0];
+        let mount = &container.volume_mounts.as_ref().unwrap()[1];
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str(), mount.read_only),
+            ("models", "/models", Some(true))
+        );
+        let env = container.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "ORB_MODELS_DIR" && e.value.as_deref() == Some("/models"))
+        );
+        // Without models, the pod has its scratch volume only.
+        let plain = build_pod(&orb(), &settings(), 1, &launch(&orb(), &settings(), 30))
+            .spec
+            .unwrap();
+        assert_eq!(plain.volumes.unwrap().len(), 1);
     }
 
     #[test]

@@ -281,7 +281,7 @@ spec, so a password in it is refused: a proxy for the orbs admits them by their 
 
 {{/* The orb container's extra env: the proxy settings, then orb.extraEnv, as a JSON list. */}}
 {{- define "orb.orbExtraEnv" -}}
-{{- $env := list -}}
+{{- $env := list (dict "name" "ORB_BRAIN" "value" .Values.orb.brain) -}}
 {{- with .Values.orb.proxy.https -}}
 {{- $_ := include "orb.proxyPort" $ -}}
 {{- $env = append $env (dict "name" "HTTPS_PROXY" "value" .) -}}
@@ -289,9 +289,7 @@ spec, so a password in it is refused: a proxy for the orbs admits them by their 
 {{- with .Values.orb.proxy.noProxy -}}
 {{- $env = append $env (dict "name" "NO_PROXY" "value" (join "," .)) -}}
 {{- end -}}
-{{- $all := concat $env .Values.orb.extraEnv -}}
-{{- /* concat of two empty lists is nil, which toJson writes as null. */ -}}
-{{- if $all }}{{ toJson $all }}{{ else }}[]{{ end -}}
+{{- toJson (concat $env .Values.orb.extraEnv) -}}
 {{- end -}}
 
 {{/*
@@ -304,4 +302,24 @@ IPv6 ranges are left out: there is no IPv6 rule to leave them out of.
 {{- range include "orb.cidrsOfFamily" (dict "cidrs" (toJson .Values.networkPolicy.clusterCIDRs) "family" "4") | fromJsonArray }}
 - {{ . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The local brain's models volume source as JSON for the operator ("" when none), checked.
+*/}}
+{{- define "orb.modelsVolume" -}}
+{{- $m := .Values.orb.models -}}
+{{- if not (has .Values.orb.brain (list "openai-realtime" "local" "test")) -}}
+{{- fail (printf "orb.brain must be openai-realtime, local or test (got %q)" .Values.orb.brain) -}}
+{{- end -}}
+{{- if and $m.persistentVolumeClaim $m.image -}}
+{{- fail "orb.models: set persistentVolumeClaim or image, not both" -}}
+{{- end -}}
+{{- if $m.persistentVolumeClaim -}}
+{{- toJson (dict "persistentVolumeClaim" (dict "claimName" $m.persistentVolumeClaim "readOnly" true)) -}}
+{{- else if $m.image -}}
+{{- toJson (dict "image" (dict "reference" $m.image "pullPolicy" "IfNotPresent")) -}}
+{{- else if eq .Values.orb.brain "local" -}}
+{{- fail "orb.brain is local: set orb.models.persistentVolumeClaim or orb.models.image" -}}
+{{- end -}}
 {{- end -}}
