@@ -2274,7 +2274,7 @@ fn a_local_brain_gets_its_models_volume_in_every_orb_pod() {
         assert_eq!(get("ORB_BRAIN").as_deref(), Some("local"));
         // What the chart passes, the orb reads.
         let orb_env = env_names(orb::config::Cli::command());
-        assert!(orb_env.contains(&"ORB_MODELS_DIR".to_owned()) && orb_env.contains(&"ORB_BRAIN".to_owned()));
+        assert!(orb_env.contains("ORB_MODELS_DIR") && orb_env.contains("ORB_BRAIN"));
     }
     assert!(
         render_error(&["--set", "orb.brain=local"])
