@@ -40,7 +40,8 @@ impl SpeechRecognizer {
         crate::require_file("speech recognition model", &model_bin)?;
         crate::require_file("speech recognition vocabulary", &vocabulary_txt)?;
         let load = |e: &dyn std::fmt::Display| SpeechError::load("speech recognition model", e);
-        let device = Device::Cpu;
+        // The GPU when this is a CUDA build and one is there; the CPU otherwise.
+        let device = Device::cuda_if_available(0).map_err(|e| load(&e))?;
         let bytes = std::fs::read(&model_bin).map_err(|e| load(&e))?;
         let tensors = ct2::read(&bytes, &device).map_err(|e| load(&e))?;
         let (weights, config) = ct2::to_candle(tensors).map_err(|e| load(&e))?;
