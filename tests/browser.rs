@@ -40,8 +40,14 @@ struct Stack {
     _drivers: Vec<Process>,
 }
 
-/// One signaling process in dev mode on `port`, logging to `<dir>/<log>`.
+/// One signaling process in dev mode on `port`, logging to `<dir>/<log>`; its orbs run the test
+/// brain.
 fn signaling_process(dir: &Path, log: &str, port: u16, extra: &[&str]) -> Process {
+    signaling_process_with(dir, log, port, extra, &[("ORB_BRAIN", "test")])
+}
+
+/// [`signaling_process`] with `env` (the orbs' brain and its settings: the orbs inherit it).
+fn signaling_process_with(dir: &Path, log: &str, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Process {
     let log = std::fs::File::create(dir.join(log)).unwrap();
     Process(
         Command::new(workspace_bin("orb-signaling"))
@@ -54,8 +60,8 @@ fn signaling_process(dir: &Path, log: &str, port: u16, extra: &[&str]) -> Proces
             .args(["--empty-room-grace", &format!("{}ms", GRACE.as_millis())])
             .args(extra)
             .env("ORB_SIGNING_KEY", SIGNING_KEY)
-            .env("ORB_BRAIN", "test")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -548,6 +554,145 @@ async fn people_talking_keep_their_orb_and_silence_ends_it() {
         })
         .await;
         assert!(silent.elapsed() >= idle, "the orb ended before the idle timeout");
+    })
+    .await;
+}
+
+/// A WAV for a fake microphone: `text` spoken by espeak-ng (none: silence), then `pause` of
+/// silence; Chromium loops it.
+fn mic_wav(dir: &Path, name: &str, text: Option<&str>, pause: Duration) -> String {
+    let mut pcm = text
+        .map(|t| orb::testkit::speech::espeak(t, "en-us").unwrap())
+        .unwrap_or_default();
+    pcm.extend(std::iter::repeat_n(0i16, pause.as_millis() as usize * 48));
+    let path = dir.join(name);
+    std::fs::write(&path, orb_speech::wav::to_wav(&pcm, 48_000)).unwrap();
+    format!("--use-file-for-fake-audio-capture={}", path.display())
+}
+
+/// The first object under `value` that has `key`.
+fn find_key<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    match value {
+        Value::Object(map) => map.get(key).or_else(|| map.values().find_map(|v| find_key(v, key))),
+        Value::Array(items) => items.iter().find_map(|v| find_key(v, key)),
+        _ => None,
+    }
+}
+
+/// The local brain in a browser call: the client's microphone asks the orb a question (speech by
+/// espeak-ng, Chromium's fake capture device), the coach's is silent. Both pages hear the orb's
+/// spoken answer; when they leave, the session's summary attributes the question to the client,
+/// holds the orb's answer, and its topics come from the local language model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_brain_answers_a_question_asked_in_the_browser() {
+    let Some(models) = orb_speech::models::installed_for_tests() else {
+        return;
+    };
+    let name = "local-brain";
+    let dir = Stack::fresh_dir(name);
+    let port = free_port();
+    let models_dir = models.language_model.parent().unwrap().display().to_string();
+    let summaries = dir.join("summaries");
+    let signaling = signaling_process_with(
+        &dir,
+        "signaling.log",
+        port,
+        &["--summary-dir", summaries.to_str().unwrap()],
+        &[
+            ("ORB_BRAIN", "local"),
+            ("ORB_MODELS_DIR", &models_dir),
+            ("ORB_LOCAL_THREADS", "1"),
+        ],
+    );
+    let stack = Stack::with_browsers(dir, port, vec![signaling], false);
+    let question = mic_wav(
+        &stack.dir,
+        "question.wav",
+        Some("Hey orb, how can I stay focused at work?"),
+        Duration::from_secs(8),
+    );
+    let quiet = mic_wav(&stack.dir, "quiet.wav", None, Duration::from_secs(2));
+    let pages = Pages::default();
+    let stack_ref = &stack;
+    scenario(name, &stack.dir, &pages, async {
+        let room = "browser-local-brain";
+        let coach = pages.add(stack_ref.browser_with("coach", std::slice::from_ref(&quiet)).await);
+        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
+        let coach_call = wait_connected(&coach, &["ai"]).await;
+        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+        let client = pages.add(stack_ref.browser_with("client", std::slice::from_ref(&question)).await);
+        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
+        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
+        let client_id = client_call["userId"].as_str().unwrap().to_owned();
+        for page in [&client, &coach] {
+            wait_for(&format!("{}: the orb's answer heard", page.name), || async {
+                let level = page.js("return window.orbCall.audioLevel").await.as_f64()?;
+                (level > 0.05).then_some(())
+            })
+            .await;
+        }
+        // The answer ends (the orb's line is in the transcript once it is spoken): two quiet
+        // seconds on the client's page.
+        let quiet_since = std::sync::Mutex::new(None::<Instant>);
+        wait_for("client: the orb's answer finished", || async {
+            let level = client.js("return window.orbCall.audioLevel").await.as_f64()?;
+            let mut since = quiet_since.lock().unwrap();
+            if level > 0.01 {
+                *since = None;
+                return None;
+            }
+            (since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(2)).then_some(())
+        })
+        .await;
+        // The local model summarises as the call goes: the question and the answer are in a
+        // summary step before the humans leave.
+        wait_for("the orb's summary of the call so far", || async {
+            stack_ref.orb_log(room).contains("summary written so far").then_some(())
+        })
+        .await;
+        for page in [&coach, &client] {
+            page.client
+                .find(Locator::Id("leave"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+        let summary = wait_for("the session's summary", || async {
+            let entry = std::fs::read_dir(&summaries)
+                .ok()?
+                .flatten()
+                .find(|e| e.path().extension().is_some_and(|x| x == "json"))?;
+            serde_json::from_str::<Value>(&std::fs::read_to_string(entry.path()).ok()?).ok()
+        })
+        .await;
+        let transcript = find_key(&summary, "transcript")
+            .and_then(Value::as_array)
+            .expect("a transcript");
+        let lines_of = |speaker: &str| -> Vec<String> {
+            transcript
+                .iter()
+                .filter(|l| l["speaker"] == speaker)
+                .map(|l| l["text"].as_str().unwrap_or_default().to_lowercase())
+                .collect()
+        };
+        assert!(
+            lines_of(&client_id).iter().any(|t| t.contains("focus")),
+            "the question is the client's: {transcript:?}"
+        );
+        assert!(
+            lines_of(&coach_id).is_empty(),
+            "the silent coach said nothing: {transcript:?}"
+        );
+        assert!(
+            lines_of("ai").iter().any(|t| !t.is_empty()),
+            "the orb's answer: {transcript:?}"
+        );
+        let topics = find_key(&summary, "keyTopics")
+            .and_then(Value::as_array)
+            .expect("keyTopics");
+        assert!(!topics.is_empty(), "{summary}");
     })
     .await;
 }

@@ -24,7 +24,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "orb-signaling",
         &["orb-api", "orb-policy", "orb-protocol", "orb-telemetry"],
     ),
-    ("orb", &["orb-api", "orb-protocol", "orb-telemetry"]),
+    // The local brain's parts: models and audio, nothing of the call.
+    ("orb-speech", &[]),
+    ("orb", &["orb-api", "orb-protocol", "orb-speech", "orb-telemetry"]),
     // The cross-crate tests may use everything (dev-dependencies only).
     ("orb-system-tests", &[]),
 ];

@@ -15,6 +15,9 @@ use orb::session::{self, SessionOptions, StartedBrain};
 use tracing::{error, info};
 
 /// The WebRTC stack logs every state change at info and some benign conditions as warnings.
+/// The local brain's summary steps: after every question and answer, or a quarter minute.
+const LOCAL_SUMMARY_EVERY_LINES: usize = 2;
+const LOCAL_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 const DEFAULT_LOG: &str = "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,webrtc=warn";
 
 fn main() {
@@ -77,6 +80,13 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
         BrainConfig::OpenAi(openai) => Box::new(orb::brain::openai::OpenAiBrain::new(openai.clone())),
         BrainConfig::Local(local) => Box::new(orb::brain::local::LocalBrain::new(local.clone())),
     };
+    let mut options = SessionOptions::default();
+    if matches!(config.brain, BrainConfig::Local(_)) {
+        // A model on the pod's own CPU or GPU writes the summary as the call goes (it is idle
+        // while people talk), so the goodbye's few seconds only add the last lines.
+        options.summary.every_lines = LOCAL_SUMMARY_EVERY_LINES;
+        options.summary.every = LOCAL_SUMMARY_EVERY;
+    }
     let media = Arc::new(WebrtcStack::new(config.rtc.clone(), metrics.clone()));
     let mut brain = StartedBrain::start(brain);
     let shutdown = orb_telemetry::shutdown_signal();
@@ -91,15 +101,9 @@ async fn run(config: Config) -> anyhow::Result<Ending> {
             }
         },
     };
-    let ending = session::run_started(
-        config,
-        media,
-        brain,
-        metrics,
-        health,
-        SessionOptions::default(),
-        async { shutdown.await.name() },
-    )
+    let ending = session::run_started(config, media, brain, metrics, health, options, async {
+        shutdown.await.name()
+    })
     .await;
     info!(reason = %ending.reason(), code = ending.exit_code(), "orb finished");
     Ok(ending)

@@ -16,7 +16,7 @@ use orb_protocol::UserRole;
 use orb_protocol::summary::{SessionSummary, SessionSummaryMessage, SummaryContent, SummaryParticipant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use orb_protocol::summary::TranscriptLine;
 
@@ -252,7 +252,7 @@ impl State {
                 self.content = Some(content);
                 self.last_error = None;
                 self.retry_after = None;
-                debug!(lines = self.summarised, "summary written so far");
+                info!(lines = self.summarised, "summary written so far");
             }
             Err(error) => {
                 warn!(%error, "summary step failed; the lines wait for the next one");

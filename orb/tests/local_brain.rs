@@ -193,6 +193,7 @@ async fn the_orb_answers_when_named_and_only_then_with_speech() {
         client: "client-1".into(),
         purpose: "Focus at work".into(),
     };
+    let summarizing = Instant::now();
     let summary = brain
         .brain_summarizer
         .summarize(SummaryRequest {
@@ -202,7 +203,7 @@ async fn the_orb_answers_when_named_and_only_then_with_speech() {
         })
         .await
         .expect("a summary in the summary's shape");
-    eprintln!("summary: {summary:?}");
+    eprintln!("summary in {:?}: {summary:?}", summarizing.elapsed());
     assert!(!summary.key_topics.is_empty() && !summary.progress.is_empty() && !summary.recommendations.is_empty());
 }
 

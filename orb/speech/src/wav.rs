@@ -68,6 +68,25 @@ pub fn wav_to_48k(bytes: &[u8]) -> Result<Vec<i16>, WavError> {
     Err(WavError::NoData)
 }
 
+/// A mono PCM16 WAV of `samples` at `rate` (what a browser's fake microphone plays).
+pub fn to_wav(samples: &[i16], rate: u32) -> Vec<u8> {
+    let data = 2 * samples.len() as u32;
+    let mut b = b"RIFF".to_vec();
+    b.extend((36 + data).to_le_bytes());
+    b.extend(b"WAVEfmt ");
+    b.extend(16u32.to_le_bytes());
+    b.extend(1u16.to_le_bytes()); // PCM
+    b.extend(1u16.to_le_bytes()); // mono
+    b.extend(rate.to_le_bytes());
+    b.extend((rate * 2).to_le_bytes());
+    b.extend(2u16.to_le_bytes());
+    b.extend(16u16.to_le_bytes());
+    b.extend(b"data");
+    b.extend(data.to_le_bytes());
+    b.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+    b
+}
+
 /// `text` spoken by `espeak-ng` in `voice` (say `en-us`, `en-gb`), at 48 kHz.
 pub fn espeak(text: &str, voice: &str) -> Result<Vec<i16>, WavError> {
     let out = Command::new("espeak-ng")
@@ -84,18 +103,10 @@ pub fn espeak(text: &str, voice: &str) -> Result<Vec<i16>, WavError> {
 mod tests {
     use super::*;
 
+    /// A WAV whose data chunk claims `data_size` bytes (a streamed WAV claims more than it has).
     fn wav(rate: u32, samples: &[i16], data_size: u32) -> Vec<u8> {
-        let mut b = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
-        b.extend(16u32.to_le_bytes());
-        b.extend(1u16.to_le_bytes());
-        b.extend(1u16.to_le_bytes());
-        b.extend(rate.to_le_bytes());
-        b.extend((rate * 2).to_le_bytes());
-        b.extend(2u16.to_le_bytes());
-        b.extend(16u16.to_le_bytes());
-        b.extend(b"data");
-        b.extend(data_size.to_le_bytes());
-        b.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+        let mut b = to_wav(samples, rate);
+        b[40..44].copy_from_slice(&data_size.to_le_bytes());
         b
     }
 

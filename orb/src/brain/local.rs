@@ -424,8 +424,22 @@ fn answer(
         Flow::Continue
     };
     let voice = &mut models.voice;
+    // A small model may start its answer the way the transcript's lines start ("coach: …"):
+    // the label is not said.
+    let mut held = Some(String::new());
     let result = llm.generate(&messages, config.max_answer_tokens, |piece| {
-        for sentence in splitter.push(piece) {
+        let piece = match held.as_mut() {
+            Some(start) => {
+                start.push_str(piece);
+                if start.len() < LABEL_PREFIX_CHARS && !start.contains(':') {
+                    return Flow::Continue;
+                }
+                let start = held.take().expect("held");
+                strip_speaker_label(&start).to_owned()
+            }
+            None => piece.to_owned(),
+        };
+        for sentence in splitter.push(&piece) {
             if speak(sentence, voice) == Flow::Stop {
                 return Flow::Stop;
             }
@@ -434,6 +448,11 @@ fn answer(
     });
     match result {
         Ok(_) => {
+            if let Some(start) = held.take() {
+                for sentence in splitter.push(strip_speaker_label(&start)) {
+                    speak(sentence, voice);
+                }
+            }
             if let Some(rest) = splitter.finish() {
                 speak(rest, voice);
             }
@@ -445,20 +464,41 @@ fn answer(
     spoken
 }
 
+/// How much of an answer's start is held back to see whether it begins with a speaker label.
+const LABEL_PREFIX_CHARS: usize = 16;
+
+/// `text` without a leading `coach:`, `client:`, `assistant:` or `orb:` label.
+fn strip_speaker_label(text: &str) -> &str {
+    let trimmed = text.trim_start();
+    for label in ["coach:", "client:", "assistant:", "orb:", "participant:"] {
+        if trimmed
+            .get(..label.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(label))
+        {
+            return trimmed[label.len()..].trim_start();
+        }
+    }
+    text
+}
+
 /// Summaries written by the local language model, held to the summary's JSON shape by a
 /// grammar (a small model writes valid JSON only when it cannot do otherwise).
 pub struct LocalSummarizer {
     llm: Arc<OnceLock<Arc<LanguageModel>>>,
 }
 
-/// GBNF of [`SummaryContent`]: short strings, a few list items.
+/// GBNF of [`SummaryContent`], kept short: the session's last step must be written within the
+/// goodbye's few seconds on a CPU (at most 3 topics, 2 recommendations, a few sentences).
 const SUMMARY_GRAMMAR: &str = r#"
 root ::= "{\"keyTopics\": " topics ", \"progress\": " text ", \"recommendations\": " steps "}"
-topics ::= "[" item ("," " " item){0,4} "]"
-steps ::= "[" item ("," " " item){0,3} "]"
-item ::= "\"" [^"\\\n]{2,80} "\""
-text ::= "\"" [^"\\\n]{2,400} "\""
+topics ::= "[" topic ("," " " topic){0,2} "]"
+steps ::= "[" step ("," " " step){0,1} "]"
+topic ::= "\"" [^"\\\n]{2,40} "\""
+step ::= "\"" [^"\\\n]{2,100} "\""
+text ::= "\"" [^"\\\n]{2,240} "\""
 "#;
+/// Enough tokens for the longest answer the grammar allows.
+const SUMMARY_MAX_TOKENS: usize = 240;
 
 impl Summarizer for LocalSummarizer {
     fn summarize<'a>(&'a self, request: SummaryRequest<'a>) -> BoxFuture<'a, Result<SummaryContent, SummaryError>> {
@@ -475,7 +515,7 @@ impl Summarizer for LocalSummarizer {
                     ChatMessage::new(Role::System, system),
                     ChatMessage::new(Role::User, user),
                 ];
-                llm.generate_constrained(&messages, 600, Some(SUMMARY_GRAMMAR), |_| Flow::Continue)
+                llm.generate_constrained(&messages, SUMMARY_MAX_TOKENS, Some(SUMMARY_GRAMMAR), |_| Flow::Continue)
             })
             .await
             .map_err(|e| SummaryError::Unreachable(e.to_string()))?
@@ -486,5 +526,25 @@ impl Summarizer for LocalSummarizer {
             Ok(content)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_speaker_label_at_the_start_of_an_answer_is_not_said() {
+        assert_eq!(strip_speaker_label("client: Try a timer."), "Try a timer.");
+        assert_eq!(strip_speaker_label("  Coach:Breathe."), "Breathe.");
+        assert_eq!(
+            strip_speaker_label("Focus: one task at a time."),
+            "Focus: one task at a time."
+        );
+        assert_eq!(
+            strip_speaker_label("Él dijo: sí"),
+            "Él dijo: sí",
+            "no label, and no slicing inside a character"
+        );
     }
 }
