@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::audio::{VOICE_THRESHOLD, rms};
 use crate::brain::{Brain, BrainError, BrainEvent, BrainInput, BrainIo, HeardFrame, Speaker, Summarizer};
 use crate::candidates::{self, DropReason, Verdict};
 use crate::config::Config;
@@ -26,6 +25,7 @@ use crate::signaling::{self, SignalingConfig, SignalingEvent, SignalingHandle};
 use crate::summary::{
     RollingSummary, SessionRecord, SummaryIds, SummaryPolicy, TranscriptLine, Written, session_summary,
 };
+use orb_speech::vad::{VadConfig, VoiceActivity};
 
 /// Seed 001: a heartbeat every 30 s.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -81,6 +81,9 @@ struct PeerEntry {
     state: PeerState,
     offered_at: Instant,
     connected: bool,
+    /// Whether this human is speaking: what counts as activity for the idle timeout (a voice,
+    /// not a fan, a keyboard or a tone).
+    voice: VoiceActivity,
 }
 
 struct Session {
@@ -589,6 +592,7 @@ impl Session {
                         state: PeerState::New,
                         offered_at,
                         connected: false,
+                        voice: VoiceActivity::new(VadConfig::default()),
                     },
                 );
                 info!(peer = %from, "answered offer");
@@ -712,7 +716,11 @@ impl Session {
                 self.update_peer_gauges();
             }
             PeerEvent::Audio { key, pcm, at } => {
-                if rms(&pcm) >= VOICE_THRESHOLD {
+                let voiced = self
+                    .peers
+                    .get_mut(&key.user)
+                    .is_some_and(|entry| entry.voice.push(&pcm));
+                if voiced {
                     self.voice(at);
                 }
                 let role = self.role_of(&key.user);

@@ -83,18 +83,21 @@ impl Peer for FakePeer {
                 state: PeerState::Connected,
             })
             .await;
-        // A human who says something as soon as the call connects: one voiced frame.
+        // A human who says something as soon as the call connects: real speech, frame by frame
+        // (the idle timeout counts voice, which a tone is not).
         if sdp.contains("voice") {
-            let pcm = orb::audio::tone(440.0, orb::audio::FRAME_SAMPLES, 8000, 0);
-            let at = tokio::time::Instant::now();
-            let _ = self
-                .events
-                .send(PeerEvent::Audio {
-                    key: self.key.clone(),
-                    pcm,
-                    at,
-                })
-                .await;
+            let speech = orb::testkit::speech::espeak("Hello there.", "en-us").expect("espeak-ng speaks");
+            for pcm in speech.chunks(orb::audio::FRAME_SAMPLES) {
+                let at = tokio::time::Instant::now();
+                let _ = self
+                    .events
+                    .send(PeerEvent::Audio {
+                        key: self.key.clone(),
+                        pcm: pcm.to_vec(),
+                        at,
+                    })
+                    .await;
+            }
         }
         Ok(json!({"type": "answer", "sdp": format!("v=0 answer {}", self.key.generation)}))
     }
