@@ -509,6 +509,27 @@ fn speech_wav(dir: &Path) -> PathBuf {
     wav
 }
 
+/// A coach and a client join `room` with their microphones (Chromium flags), the coach first:
+/// both connected to the orb and to each other. Returns their pages, the orb's id and theirs.
+async fn join_with_mics(
+    stack: &Stack,
+    pages: &Pages,
+    room: &str,
+    coach_mic: &str,
+    client_mic: &str,
+) -> (Arc<Page>, Arc<Page>, String, String, String) {
+    let coach = pages.add(stack.browser_with("coach", &[coach_mic.to_owned()]).await);
+    coach.client.goto(&stack.room_url(room, "coach")).await.unwrap();
+    let coach_call = wait_connected(&coach, &["ai"]).await;
+    let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
+    let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
+    let client = pages.add(stack.browser_with("client", &[client_mic.to_owned()]).await);
+    client.client.goto(&stack.room_url(room, "client")).await.unwrap();
+    let client_call = wait_connected(&client, &["ai", &coach_id]).await;
+    let client_id = client_call["userId"].as_str().unwrap().to_owned();
+    (coach, client, ai, coach_id, client_id)
+}
+
 /// The idle timeout measures speech, not signaling: with real speech from both people the call
 /// lasts several idle timeouts although no signaling message flows once the media is up (the orb
 /// reports the voice it hears); when both mute, nobody says anything and the orb ends with
@@ -523,14 +544,7 @@ async fn people_talking_keep_their_orb_and_silence_ends_it() {
     let stack_ref = &stack;
     scenario(name, &stack.dir, &pages, async {
         let room = "browser-speech";
-        let coach = pages.add(stack_ref.browser_with("coach", std::slice::from_ref(&mic)).await);
-        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
-        let coach_call = wait_connected(&coach, &["ai"]).await;
-        let ai = coach_call["aiPeerId"].as_str().unwrap().to_owned();
-        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
-        let client = pages.add(stack_ref.browser_with("client", std::slice::from_ref(&mic)).await);
-        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
-        wait_connected(&client, &["ai", &coach_id]).await;
+        let (coach, client, ai, _, _) = join_with_mics(stack_ref, &pages, room, &mic, &mic).await;
         wait_orb_audio(&coach, &ai).await;
 
         // They talk for three idle timeouts: the orb stays.
@@ -616,14 +630,7 @@ async fn the_local_brain_answers_a_question_asked_in_the_browser() {
     let stack_ref = &stack;
     scenario(name, &stack.dir, &pages, async {
         let room = "browser-local-brain";
-        let coach = pages.add(stack_ref.browser_with("coach", std::slice::from_ref(&quiet)).await);
-        coach.client.goto(&stack_ref.room_url(room, "coach")).await.unwrap();
-        let coach_call = wait_connected(&coach, &["ai"]).await;
-        let coach_id = coach_call["userId"].as_str().unwrap().to_owned();
-        let client = pages.add(stack_ref.browser_with("client", std::slice::from_ref(&question)).await);
-        client.client.goto(&stack_ref.room_url(room, "client")).await.unwrap();
-        let client_call = wait_connected(&client, &["ai", &coach_id]).await;
-        let client_id = client_call["userId"].as_str().unwrap().to_owned();
+        let (coach, client, _, coach_id, client_id) = join_with_mics(stack_ref, &pages, room, &quiet, &question).await;
         for page in [&client, &coach] {
             wait_for(&format!("{}: the orb's answer heard", page.name), || async {
                 let level = page.js("return window.orbCall.audioLevel").await.as_f64()?;

@@ -362,18 +362,7 @@ fn orb_pods_get_the_proxy_the_chart_sets() {
         .as_str()
         .unwrap()
         .to_owned();
-    let run = orb_operator::config::Cli::try_parse_from([
-        "orb-operator".to_owned(),
-        "--orb-image=orb:test".to_owned(),
-        format!("--orb-extra-env={extra_env}"),
-    ])
-    .unwrap()
-    .run;
-    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
-    for pod in [
-        orb_operator::pod::build_warm_pod("orb-warm-1", "calls", &config.pod),
-        cold_pod(&config),
-    ] {
+    for pod in orb_pods_from_flags(&[format!("--orb-extra-env={extra_env}")]) {
         let env: Vec<(String, String)> = pod.spec.unwrap().containers[0]
             .env
             .clone()
@@ -959,6 +948,20 @@ fn admitted_pod(orb: &orb_api::AiOrb, config: &orb_operator::config::Config) -> 
 }
 
 /// A cold orb pod of room-1.
+/// The operator's orb pods (a warm one and a cold one) from its command-line `flags`, as the
+/// chart's values reach it.
+fn orb_pods_from_flags(flags: &[String]) -> [k8s_openapi::api::core::v1::Pod; 2] {
+    let args = ["orb-operator".to_owned(), "--orb-image=orb:test".to_owned()]
+        .into_iter()
+        .chain(flags.iter().cloned());
+    let run = orb_operator::config::Cli::try_parse_from(args).unwrap().run;
+    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
+    [
+        orb_operator::pod::build_warm_pod("orb-warm-1", "calls", &config.pod),
+        cold_pod(&config),
+    ]
+}
+
 fn cold_pod(config: &orb_operator::config::Config) -> k8s_openapi::api::core::v1::Pod {
     let mut orb = orb_api::AiOrb::new(
         "room-1",
@@ -2246,20 +2249,11 @@ fn a_local_brain_gets_its_models_volume_in_every_orb_pod() {
         extra_env.contains(r#"{"name":"ORB_BRAIN","value":"local"}"#),
         "{extra_env}"
     );
-    let run = orb_operator::config::Cli::try_parse_from([
-        "orb-operator".to_owned(),
-        "--orb-image=orb:test".to_owned(),
+    for pod in orb_pods_from_flags(&[
         format!("--orb-models-volume={}", value("ORB_MODELS_VOLUME")),
         format!("--orb-models-mount-path={}", value("ORB_MODELS_MOUNT_PATH")),
         format!("--orb-extra-env={extra_env}"),
-    ])
-    .unwrap()
-    .run;
-    let config = run.validate(Some("0123456789abcdef0123456789abcdef".into())).unwrap();
-    for pod in [
-        orb_operator::pod::build_warm_pod("orb-warm-1", "calls", &config.pod),
-        cold_pod(&config),
-    ] {
+    ]) {
         let spec = pod.spec.unwrap();
         let claim = spec
             .volumes
