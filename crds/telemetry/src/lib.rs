@@ -8,10 +8,13 @@ pub mod probe;
 use tracing_subscriber::EnvFilter;
 
 /// Structured logs to stderr, as text or JSON lines; `RUST_LOG` filters, else `default_filter`.
+/// Text is coloured only on a terminal: a log file or a collector gets `key=value` as written.
 pub fn init_logging(json: bool, default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
