@@ -79,15 +79,54 @@ pub fn workspace_release_bin(name: &str) -> PathBuf {
     build_bin(name, true)
 }
 
+/// Builds each binary once per test process; after the suite's own build it is a no-op.
 fn build_bin(name: &str, release: bool) -> PathBuf {
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.current_dir(root()).args(["build", "--quiet", "--bin", name]);
+    static BUILT: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+    let path = target_dir().join(if release { "release" } else { "debug" }).join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|(n, r)| n == name && *r == release) {
+        return path;
+    }
+    let mut cargo = cargo_as_from_a_shell();
+    cargo
+        .current_dir(root())
+        .args(["build", "--quiet", "--locked", "--bin", name]);
     if release {
         cargo.arg("--release");
     }
     let status = cargo.status().unwrap();
     assert!(status.success(), "cannot build {name}");
-    target_dir().join(if release { "release" } else { "debug" }).join(name)
+    built.push((name.to_owned(), release));
+    path
+}
+
+/// Variables cargo sets for a running test (not configuration a user sets): whole names, then
+/// prefixes.
+const SET_FOR_TESTS: [&str; 8] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+const SET_FOR_TESTS_PREFIXES: [&str; 2] = ["CARGO_PKG_", "CARGO_BIN_EXE_"];
+
+/// `cargo` with the environment a developer's shell would give it. Build scripts rerun when a
+/// variable they watch changes (ring watches `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`, which cargo
+/// sets for this test): a build from a test with them would rebuild half the tree, and the
+/// suite's next build would rebuild it back, minutes on a small machine while other tests wait.
+pub fn cargo_as_from_a_shell() -> Command {
+    let mut cargo = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if SET_FOR_TESTS.contains(&key) || SET_FOR_TESTS_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            cargo.env_remove(key);
+        }
+    }
+    cargo
 }
 
 /// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the workspace) when set, else

@@ -141,25 +141,9 @@ fn start_signaling(cp: &ControlPlane, name: &str, kubeconfig: &Path, webhook: &s
     Process(child)
 }
 
-/// Replica `name`'s log as text: terminal colour codes (the binary colours its log fields)
-/// taken out, so `summary=sum-01 ` matches.
+/// Replica `name`'s log (plain `key=value` fields: a log that is not a terminal is not coloured).
 fn log_of(cp: &ControlPlane, name: &str) -> String {
-    let raw = std::fs::read_to_string(cp.dir().join(format!("signaling-{name}.log"))).unwrap_or_default();
-    let mut text = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, ending with a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            text.push(c);
-        }
-    }
-    text
+    std::fs::read_to_string(cp.dir().join(format!("signaling-{name}.log"))).unwrap_or_default()
 }
 
 /// Item 4 of issue 22: a pass took its clock once, so behind a slow webhook its later claims were
