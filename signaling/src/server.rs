@@ -501,21 +501,39 @@ impl Server {
         let forward = state.clone();
         tokio::spawn(async move {
             while let Some(event) = orb_events.recv().await {
-                let Some(why) = event.gone else {
-                    forward.registry.runtime_status(&event.room_id, event.status);
-                    continue;
-                };
                 let state = forward.clone();
-                tokio::spawn(async move {
-                    let room = event.room_id;
-                    match state.summaries.orb_gone(&room, event.orb_uid.as_deref(), &why).await {
-                        Ok(Some(id)) => {
-                            info!(%room, summary = %id, %why, "stored the last checkpoint as a partial summary")
-                        }
-                        Ok(None) => {}
-                        Err(e) => warn!(%room, error = %e, "could not store the last checkpoint"),
+                match event {
+                    OrbEvent::Status { room_id, status } => {
+                        forward.registry.runtime_status(&room_id, status);
                     }
-                });
+                    OrbEvent::Gone {
+                        room_id: room,
+                        orb_uid,
+                        why,
+                    } => {
+                        tokio::spawn(async move {
+                            match state.summaries.orb_gone(&room, orb_uid.as_deref(), &why).await {
+                                Ok(Some(id)) => {
+                                    info!(%room, summary = %id, %why, "stored the last checkpoint as a partial summary")
+                                }
+                                Ok(None) => {}
+                                Err(e) => warn!(%room, error = %e, "could not store the last checkpoint"),
+                            }
+                        });
+                    }
+                    OrbEvent::Listed { orb_uids } => {
+                        tokio::spawn(async move {
+                            match state.summaries.finish_checkpoints_of_unlisted_orbs(&orb_uids).await {
+                                Ok(0) => {}
+                                Ok(n) => info!(
+                                    summaries = n,
+                                    "stored the checkpoints of AiOrbs gone unseen as partial summaries"
+                                ),
+                                Err(e) => warn!(error = %e, "could not finish the checkpoints of AiOrbs gone unseen"),
+                            }
+                        });
+                    }
+                }
             }
         });
         let stop_http = CancellationToken::new();

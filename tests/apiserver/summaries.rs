@@ -271,9 +271,10 @@ fn checkpoint_body(room: &str, lines: &[&str]) -> axum::body::Bytes {
 }
 
 /// A SIGKILLed orb leaves its last checkpoint; its AiOrb then fails (and another room's AiOrb is
-/// deleted). Both replicas see each end: each checkpoint becomes exactly one partial summary,
-/// which reaches the webhook once, and the checkpoint ConfigMaps are removed. Written under the
-/// chart's RBAC for signaling.
+/// deleted, and a third one was deleted before any replica ran: no replica sees that end, only
+/// its absence from their first list). Both replicas see each end: each checkpoint becomes
+/// exactly one partial summary, which reaches the webhook once, and the checkpoint ConfigMaps
+/// are removed. Written under the chart's RBAC for signaling.
 #[tokio::test]
 async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas() {
     let Some(cp) = ControlPlane::start().await else { return };
@@ -294,6 +295,15 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     )
     .await;
 
+    let unseen_room = "room-deleted-unseen";
+    let unseen = crate::operator::create_orb(
+        &admin,
+        NS,
+        &orb_name_for_room(unseen_room),
+        crate::operator::spec(unseen_room),
+    )
+    .await;
+
     let checkpoints = KubeCheckpoints::new(signaling.clone(), NS);
     let body = checkpoint_body(room, &["coach: hello", "client: hi"]);
     checkpoints.put(room, Some(&uid), body.clone()).await.unwrap();
@@ -301,6 +311,12 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
         .put(deleted_room, None, checkpoint_body(deleted_room, &["coach: bye"]))
         .await
         .unwrap();
+    checkpoints
+        .put(unseen_room, None, checkpoint_body(unseen_room, &["client: see you"]))
+        .await
+        .unwrap();
+    let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
+    orbs.delete(&unseen.name_any(), &Default::default()).await.unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NS);
     let cm = config_maps.get(&checkpoint_config_map_name(room)).await.unwrap();
     assert_eq!(
@@ -313,7 +329,6 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     let url = hook.start().await;
     let _a = start_signaling(&cp, "partial-a", &kubeconfig, &url);
     let _b = start_signaling(&cp, "partial-b", &kubeconfig, &url);
-    let orbs: Api<AiOrb> = Api::namespaced(admin.clone(), NS);
     orbs.patch_status(
         &orb.name_any(),
         &PatchParams::default(),
@@ -326,9 +341,10 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     wait_until(
         "the partial summaries reached the webhook and the checkpoints are gone",
         || async {
-            hook.posts().len() >= 2
+            hook.posts().len() >= 3
                 && checkpoints.get(room).await.unwrap().is_none()
                 && checkpoints.get(deleted_room).await.unwrap().is_none()
+                && checkpoints.get(unseen_room).await.unwrap().is_none()
         },
     )
     .await;
@@ -338,7 +354,7 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     })
     .await;
     let posts = hook.posts();
-    assert_eq!(posts.len(), 2, "one summary for each session: {posts:?}");
+    assert_eq!(posts.len(), 3, "one summary for each session: {posts:?}");
     let of_room = |room: &str| {
         let posted: Vec<_> = posts.iter().filter(|(_, p)| p["roomId"] == room).collect();
         assert_eq!(posted.len(), 1, "one summary for the session of {room}: {posts:?}");
@@ -347,6 +363,9 @@ async fn a_failed_orb_s_checkpoint_becomes_one_partial_summary_across_replicas()
     let (_, posted_deleted) = of_room(deleted_room);
     assert_eq!(posted_deleted["summary"]["transcript"], json!(["coach: bye"]));
     assert_eq!(posted_deleted["summary"]["partial"], true);
+    let (_, posted_unseen) = of_room(unseen_room);
+    assert_eq!(posted_unseen["summary"]["transcript"], json!(["client: see you"]));
+    assert_eq!(posted_unseen["summary"]["partial"], true);
     let (key, posted) = &of_room(room);
     assert!(key.starts_with("partial-"), "{key}");
     assert_eq!(posted["summaryId"], key.as_str());

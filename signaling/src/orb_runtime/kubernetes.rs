@@ -260,9 +260,16 @@ async fn watch_phases(api: Api<AiOrb>, watched: Watched, events: OrbEvents) {
     let stream = watcher(api);
     futures::pin_mut!(stream);
     let mut ends = Ends::default();
+    // The uids of a (re)list in progress: a deletion during a gap in the watch comes as no event.
+    let mut listing: HashSet<String> = HashSet::new();
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Apply(orb) | Event::InitApply(orb)) => {
+            Ok(Event::Apply(orb)) => {
+                watched.observe(&orb, false, &events);
+                ends.observe(&orb, false, &events);
+            }
+            Ok(Event::InitApply(orb)) => {
+                listing.extend(orb.uid());
                 watched.observe(&orb, false, &events);
                 ends.observe(&orb, false, &events);
             }
@@ -270,7 +277,12 @@ async fn watch_phases(api: Api<AiOrb>, watched: Watched, events: OrbEvents) {
                 watched.observe(&orb, true, &events);
                 ends.observe(&orb, true, &events);
             }
-            Ok(Event::Init | Event::InitDone) => {}
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitDone) => {
+                let listed = std::mem::take(&mut listing);
+                ends.reported.retain(|uid| listed.contains(uid));
+                events.listed(listed);
+            }
             Err(e) => warn!(error = %e, "AiOrb watch failed; retrying"),
         }
     }

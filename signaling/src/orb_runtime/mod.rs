@@ -8,6 +8,7 @@ pub mod check_cache;
 pub mod kubernetes;
 pub mod local;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -73,16 +74,21 @@ pub enum OrbCheck {
     Unknown,
 }
 
-/// A status change of a room's orb, as a runtime saw it.
+/// What a runtime saw of the rooms' orbs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrbEvent {
-    pub room_id: String,
-    pub status: AiStatus,
-    /// Set when the room's orb is gone for good (its AiOrb finished): why. Not a status change
-    /// (that one comes as its own event).
-    pub gone: Option<String>,
-    /// The AiOrb that is gone, when the runtime has them.
-    pub orb_uid: Option<String>,
+pub enum OrbEvent {
+    /// A status change of a room's orb.
+    Status { room_id: String, status: AiStatus },
+    /// The room's orb is gone for good (its AiOrb, `orb_uid` when the runtime has them,
+    /// finished): why. Not a status change (that one comes as its own event).
+    Gone {
+        room_id: String,
+        orb_uid: Option<String>,
+        why: String,
+    },
+    /// The runtime listed every orb there is (at start, and again after its watch lost track):
+    /// their uids. A checkpoint owned by any other orb was left by one that ended unseen.
+    Listed { orb_uids: HashSet<String> },
 }
 
 /// The runtimes' way back to the rooms (and to the orb request metrics).
@@ -100,23 +106,25 @@ impl OrbEvents {
 
     pub fn status(&self, room_id: &str, status: AiStatus) {
         // The receiver is gone only when the server is shutting down.
-        let _ = self.tx.send(OrbEvent {
+        let _ = self.tx.send(OrbEvent::Status {
             room_id: room_id.to_owned(),
             status,
-            gone: None,
-            orb_uid: None,
         });
     }
 
     /// The room's orb (of AiOrb `orb_uid`, when the runtime has them) finished for good (`why`):
     /// a checkpoint it left becomes the session's summary.
     pub fn gone(&self, room_id: &str, orb_uid: Option<String>, why: String) {
-        let _ = self.tx.send(OrbEvent {
+        let _ = self.tx.send(OrbEvent::Gone {
             room_id: room_id.to_owned(),
-            status: AiStatus::Ended,
-            gone: Some(why),
             orb_uid,
+            why,
         });
+    }
+
+    /// Every orb there is, by uid (see [`OrbEvent::Listed`]).
+    pub fn listed(&self, orb_uids: HashSet<String>) {
+        let _ = self.tx.send(OrbEvent::Listed { orb_uids });
     }
 
     pub fn request_result(&self, result: OrbRequestResult) {

@@ -6,7 +6,7 @@
 //! owned by its AiOrb ([`super::kube_store::KubeCheckpoints`]), else a file per room under
 //! `<summary dir>/checkpoints` (written atomically), or in memory without a directory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -37,6 +37,16 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// run of this process whose orbs ended with it (by the `roomId` each holds). Where orbs
     /// outlive signaling (Kubernetes), none: their ends come from the AiOrbs.
     fn orphaned_rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// The checkpoints owned by an orb not among `orb_uids` (every orb there is, as the runtime
+    /// listed them), by room with their owner: left by an orb that ended while nobody watched.
+    /// A store that keeps no owners has none.
+    fn rooms_of_unlisted_orbs(
+        &self,
+        orb_uids: &HashSet<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        let _ = orb_uids;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 pub struct LocalCheckpoints {

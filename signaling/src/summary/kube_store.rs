@@ -15,7 +15,7 @@
 //!
 //! The rooms' checkpoints are ConfigMaps too ([`KubeCheckpoints`]), with the same compression.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 
 use bytes::Bytes;
@@ -45,6 +45,9 @@ pub const STATE_LABEL: &str = "hybridcoach.io/summary-state";
 /// The orb attempt a summary counts against ([`orb_key`]): its AiOrb's uid, else `room-<hash>`.
 pub const ORB_LABEL: &str = "hybridcoach.io/summary-orb";
 const RECORD_ANNOTATION: &str = "hybridcoach.io/summary-record";
+/// The room of a checkpoint ConfigMap (its name is a hash of it).
+const CHECKPOINT_ROOM_ANNOTATION: &str = "hybridcoach.io/checkpoint-room";
+const CHECKPOINT_PREFIX: &str = "orb-checkpoint-";
 const BODY_KEY: &str = "summary.json.gz";
 /// Records per list request: a page of metadata stays small however many summaries wait.
 const LIST_PAGE: u32 = 500;
@@ -267,20 +270,15 @@ impl SummaryStore for KubeStore {
     fn pending(&self) -> BoxFuture<'_, Result<Vec<SummaryRecord>, StoreError>> {
         Box::pin(async move {
             let selector = format!("{STATE_LABEL}={}", state_label(SummaryState::Pending));
-            let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
-            let mut records = Vec::new();
-            loop {
-                let page = self.config_maps.list_metadata(&params).await?;
-                records.extend(page.items.iter().filter_map(|cm: &PartialObjectMeta<ConfigMap>| {
+            let listed = list_metadata(&self.config_maps, &selector).await?;
+            Ok(listed
+                .iter()
+                .filter_map(|cm: &PartialObjectMeta<ConfigMap>| {
                     record_of(&cm.metadata)
                         .inspect_err(|e| warn!(error = %e, "skipping an unreadable stored summary"))
                         .ok()
-                }));
-                match page.metadata.continue_ {
-                    Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                    _ => return Ok(records),
-                }
-            }
+                })
+                .collect())
         })
     }
 
@@ -344,9 +342,23 @@ impl SummaryStore for KubeStore {
     }
 }
 
+/// Every ConfigMap matching `selector`, metadata only, a page of [`LIST_PAGE`] at a time.
+async fn list_metadata(api: &Api<ConfigMap>, selector: &str) -> Result<Vec<PartialObjectMeta<ConfigMap>>, kube::Error> {
+    let mut params = ListParams::default().labels(selector).limit(LIST_PAGE);
+    let mut items = Vec::new();
+    loop {
+        let page = api.list_metadata(&params).await?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
+}
+
 /// The room's checkpoint ConfigMap: one per room, overwritten by each checkpoint.
 pub fn checkpoint_config_map_name(room_id: &str) -> String {
-    format!("orb-checkpoint-{}", id_hash(room_id))
+    format!("{CHECKPOINT_PREFIX}{}", id_hash(room_id))
 }
 
 const CHECKPOINT_KEY: &str = "checkpoint.json.gz";
@@ -396,6 +408,7 @@ impl super::checkpoint::CheckpointStore for KubeCheckpoints {
                         "app.kubernetes.io/managed-by".into(),
                         SIGNALING_FIELD_MANAGER.into(),
                     )])),
+                    annotations: Some(BTreeMap::from([(CHECKPOINT_ROOM_ANNOTATION.into(), room_id.clone())])),
                     owner_references: Some(vec![owner_reference(&orb_name_for_room(&room_id), &uid)]),
                     ..Default::default()
                 },
@@ -453,5 +466,43 @@ impl super::checkpoint::CheckpointStore for KubeCheckpoints {
     fn orphaned_rooms(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         // AiOrbs outlive signaling: the AiOrb watch reports the ones that ended meanwhile.
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn rooms_of_unlisted_orbs(
+        &self,
+        orb_uids: &HashSet<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
+        let orb_uids = orb_uids.clone();
+        Box::pin(async move {
+            let selector = format!("app.kubernetes.io/managed-by={SIGNALING_FIELD_MANAGER}");
+            let mut rooms = Vec::new();
+            for cm in list_metadata(&self.config_maps, &selector).await? {
+                let name = cm.name_any();
+                let Some(owner) = cm.owner_references().first().map(|o| o.uid.clone()) else {
+                    continue;
+                };
+                if !name.starts_with(CHECKPOINT_PREFIX) || orb_uids.contains(&owner) {
+                    continue;
+                }
+                let room = match cm.annotations().get(CHECKPOINT_ROOM_ANNOTATION) {
+                    Some(room) => Some(room.clone()),
+                    // Written before the annotation: the room is in the body.
+                    None => self.room_in_body(&name).await?,
+                };
+                rooms.extend(room.map(|room| (room, owner)));
+            }
+            Ok(rooms)
+        })
+    }
+}
+
+impl KubeCheckpoints {
+    async fn room_in_body(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let Some(cm) = self.config_maps.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let body: serde_json::Value = serde_json::from_slice(&body_of(&cm, CHECKPOINT_KEY)?)
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint {name}: {e}")))?;
+        Ok(body["roomId"].as_str().map(str::to_owned))
     }
 }

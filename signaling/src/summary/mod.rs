@@ -16,7 +16,7 @@ pub mod kube_store;
 pub mod local_store;
 pub mod signature;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -509,6 +509,24 @@ impl Summaries {
         for room in store.orphaned_rooms().await? {
             if self
                 .orb_gone(&room, None, "signaling stopped while the orb was running")
+                .await?
+                .is_some()
+            {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// After the runtime listed every orb there is (`orb_uids`): the checkpoint of each orb not
+    /// among them (its AiOrb was deleted while no replica watched) becomes its session's partial
+    /// summary. Returns how many were stored.
+    pub async fn finish_checkpoints_of_unlisted_orbs(&self, orb_uids: &HashSet<String>) -> Result<usize, StoreError> {
+        let Some(store) = &self.checkpoints else { return Ok(0) };
+        let mut stored = 0;
+        for (room, owner) in store.rooms_of_unlisted_orbs(orb_uids).await? {
+            if self
+                .orb_gone(&room, Some(&owner), "its AiOrb was gone before signaling saw it end")
                 .await?
                 .is_some()
             {

@@ -575,8 +575,8 @@ mod tests {
                 .await
                 .expect("a status in time")
                 .expect("the runtime is alive");
-            if e.gone.is_none() {
-                return (e.room_id, e.status);
+            if let OrbEvent::Status { room_id, status } = e {
+                return (room_id, status);
             }
         }
     }
