@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Event, HEARTBEAT_INTERVAL, LIVENESS_TTL, MemberRecord};
+use super::{Event, HEARTBEAT_INTERVAL, LIVENESS_TTL, MemberRecord, envelope};
 use crate::metrics::Metrics;
 use crate::protocol::AiStatus;
 use crate::server::AppState;
@@ -322,7 +322,7 @@ impl Cluster {
 
     /// Sends `event` to another replica's inbox.
     pub fn publish(&self, replica: &str, event: &Event) {
-        let payload = serde_json::to_string(event).expect("events always serialise");
+        let payload = envelope::encode(event);
         self.queue(Op::Publish {
             replica: replica.to_owned(),
             payload,
@@ -335,7 +335,7 @@ impl Cluster {
         self.queue(Op::SetStatus {
             room: room.to_owned(),
             status,
-            event: serde_json::to_string(event).expect("events always serialise"),
+            event: envelope::encode(event),
         });
     }
 
@@ -461,7 +461,7 @@ impl Cluster {
                         .status
                         .key(room_key(&room))
                         .arg(inbox_prefix())
-                        .arg(status_name(status))
+                        .arg(envelope::status_name(status))
                         .arg(event)
                         .invoke_async(&mut con)
                         .await;
@@ -560,7 +560,7 @@ impl Cluster {
                 let Ok(payload) = msg.get_payload::<String>() else {
                     continue;
                 };
-                match serde_json::from_str::<Event>(&payload) {
+                match envelope::decode(&payload) {
                     Ok(event) => state.registry.apply_event(event),
                     Err(e) => warn!(error = %e, "unreadable inbox event"),
                 }
@@ -734,13 +734,6 @@ async fn read_snapshot(con: &mut ConnectionManager, room: &str) -> redis::RedisR
         }
     }
     Ok(snapshot)
-}
-
-fn status_name(status: AiStatus) -> String {
-    match serde_json::to_value(status) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! Every replica holds a copy of the rooms it has members in ([`crate::room`]), updated from
 //! the numbered events; a gap in the numbers makes it re-read the room.
 
+mod envelope;
 mod link;
 
 use std::sync::Arc;
@@ -193,17 +194,6 @@ mod tests {
             serde_json::from_value(left).unwrap(),
             Event::Left { seq: 3, .. }
         ));
-        let deliver = serde_json::to_value(Event::Deliver {
-            room: "r".into(),
-            to: Target::User("x".into()),
-            text: "{}".into(),
-            ai_status: None,
-        })
-        .unwrap();
-        assert_eq!(
-            deliver,
-            json!({"k": "deliver", "room": "r", "to": {"user": "x"}, "text": "{}"})
-        );
     }
 }
 
@@ -234,6 +224,11 @@ pub mod testing {
 
         pub fn url(&self) -> String {
             format!("redis://127.0.0.1:{}", self.port)
+        }
+
+        /// The server's process id while it runs (benchmarks read its CPU time).
+        pub fn pid(&self) -> Option<u32> {
+            self.child.as_ref().map(Child::id)
         }
 
         fn run(&mut self) {
