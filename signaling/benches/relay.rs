@@ -338,13 +338,14 @@ fn sent_at(text: &str) -> Option<u64> {
 }
 
 /// A client joined to `room` as `user`, and how long that took: from the TCP connect to the
-/// `peer-discovery` answering its join.
-async fn connect(addr: SocketAddr, room: &str, user: usize) -> (Ws, Duration) {
+/// `peer-discovery` answering its join, and of that the part until the WebSocket was open.
+async fn connect_timed(addr: SocketAddr, room: &str, user: usize) -> (Ws, Duration, Duration) {
     let started = Instant::now();
     let url = format!("ws://{addr}/ws-simple/{room}");
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .expect("connect");
+    let upgraded = started.elapsed();
     let join = format!(
         r#"{{"type":"join","roomId":"{room}","userId":"u{user}","userRole":"client","participantType":"human"}}"#
     );
@@ -352,7 +353,7 @@ async fn connect(addr: SocketAddr, room: &str, user: usize) -> (Ws, Duration) {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.as_str().contains("peer-discovery") => {
-                return (ws, started.elapsed());
+                return (ws, started.elapsed(), upgraded);
             }
             Some(Ok(_)) => {}
             other => panic!("join failed: {other:?}"),
@@ -360,16 +361,35 @@ async fn connect(addr: SocketAddr, room: &str, user: usize) -> (Ws, Duration) {
     }
 }
 
+async fn connect(addr: SocketAddr, room: &str, user: usize) -> (Ws, Duration) {
+    let (ws, took, _) = connect_timed(addr, room, user).await;
+    (ws, took)
+}
+
 /// Joins one at a time, each in a fresh room and closed before the next: the latency of a join
 /// on a server that has nothing else to do but hold the benchmark's idle sockets.
+/// Also prints where the time goes: until the WebSocket is open (TCP connect and the HTTP
+/// upgrade), and from the join message to `peer-discovery`.
 async fn sequential_joins(servers: &Servers) -> Vec<Duration> {
     let mut took = Vec::with_capacity(SEQUENTIAL_JOINS);
+    let mut upgrades = Vec::with_capacity(SEQUENTIAL_JOINS);
+    let mut answers = Vec::with_capacity(SEQUENTIAL_JOINS);
     for i in 0..SEQUENTIAL_JOINS {
         let addr = servers.addrs[i % servers.addrs.len()];
-        let (mut ws, t) = connect(addr, &format!("join-{i}"), 1_000_000 + i).await;
+        let (mut ws, t, upgraded) = connect_timed(addr, &format!("join-{i}"), 1_000_000 + i).await;
         took.push(t);
+        upgrades.push(upgraded);
+        answers.push(t - upgraded);
         let _ = ws.close(None).await;
     }
+    let (upgrade, answer) = (quantiles(&mut upgrades), quantiles(&mut answers));
+    println!(
+        "joins one at a time, p50 / p99: WebSocket open {} / {}, join → peer-discovery {} / {}",
+        ms(upgrade.0),
+        ms(upgrade.1),
+        ms(answer.0),
+        ms(answer.1)
+    );
     took
 }
 
@@ -560,7 +580,7 @@ fn main() {
     for (target, o) in outcomes.iter().filter(|(t, _)| *t != Target::Seed) {
         let relay = match (o.at(COMPARED_RATE), seed.at(COMPARED_RATE)) {
             (Some(ours), Some(theirs)) => format!(
-                "p99 at {k}k {:.2}× the seed's (goal ≤ 0.20×)",
+                "p99 at {k}k {:.2}× the seed's (the goal for one replica: ≤ 0.20×)",
                 ours.p99.as_secs_f64() / theirs.p99.as_secs_f64()
             ),
             _ => format!("no p99 at {k}k"),
@@ -723,6 +743,15 @@ async fn run(opts: &Options, target: Target, servers: &Servers) -> Outcome {
         r.abort();
     }
     let (peak_rss, cpu) = servers_stats(servers);
+    let per_process: Vec<String> = servers
+        .pids()
+        .into_iter()
+        .map(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{} {:.1}s", name.trim(), proc_stats(pid).1)
+        })
+        .collect();
+    println!("server-side CPU time per process: {}", per_process.join(", "));
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "\nload average (1/5/15 min): {}; highest sustained rate (>= 95% delivered, p99 <= {} ms, no disconnects): {}",
