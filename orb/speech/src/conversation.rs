@@ -29,6 +29,8 @@ pub struct Conversation {
     lines: Vec<Line>,
     /// Lines dropped from the front to fit the context (said in the prompt).
     dropped: usize,
+    /// A summary of the call so far, standing in for the dropped lines.
+    earlier: Option<String>,
 }
 
 /// Whether `text` names the orb: one of `names` appears as a whole word (case and punctuation
@@ -53,7 +55,14 @@ impl Conversation {
             policy,
             lines: Vec::new(),
             dropped: 0,
+            earlier: None,
         }
+    }
+
+    /// The call so far in a few words (the rolling summary's latest), shown in place of the lines
+    /// the context no longer holds: trimmed, a long call is summarised, not forgotten.
+    pub fn set_earlier(&mut self, summary: Option<String>) {
+        self.earlier = summary.filter(|s| !s.trim().is_empty());
     }
 
     /// The session's context changed the instructions (a warm orb learns its room late).
@@ -96,14 +105,19 @@ impl Conversation {
     }
 
     /// The messages for the next answer: the instructions, then as many of the latest lines as
-    /// fit in `budget` tokens by `count` (older lines are dropped, and the model is told so).
+    /// fit in `budget` tokens by `count` (older lines are dropped, and the model is told so, with
+    /// the summary of the call so far when there is one).
     pub fn messages(&mut self, budget: usize, count: impl Fn(&str) -> usize) -> Vec<ChatMessage> {
-        let system = |dropped: usize, instructions: &str| {
-            if dropped == 0 {
-                instructions.to_owned()
-            } else {
+        let earlier = self.earlier.as_deref();
+        let system = |dropped: usize, instructions: &str| match (dropped, earlier) {
+            (0, _) => instructions.to_owned(),
+            (_, None) => {
                 format!("{instructions}\n\n(The call has gone on for a while; its earliest lines are not shown.)")
             }
+            (_, Some(summary)) => format!(
+                "{instructions}\n\n(The call has gone on for a while; its earliest lines are not shown. \
+                 So far, in short: {summary})"
+            ),
         };
         let mut used = count(&system(1, &self.instructions));
         let mut keep = 0;
@@ -188,6 +202,26 @@ mod tests {
         assert!(m[0].content.contains("earliest lines are not shown"));
         assert_eq!(m.last().unwrap().content, "Noted.");
         assert!(m[1..].iter().all(|x| !x.content.contains("number 0 ")));
+    }
+
+    #[test]
+    fn dropped_lines_are_stood_in_for_by_the_summary_so_far() {
+        let mut c = Conversation::new("Be brief.", names(), AnswerPolicy::Always);
+        c.set_earlier(Some("topics: sleep, a morning routine; progress: a 7 am alarm".into()));
+        let count = |t: &str| t.split_whitespace().count();
+        c.heard("client", "I slept badly.");
+        let short = c.messages(200, count);
+        assert_eq!(short[0].content, "Be brief.", "nothing dropped, nothing summarised");
+        for i in 0..100 {
+            c.heard("client", &format!("line number {i} of a long call"));
+            c.said("Noted.");
+        }
+        let m = c.messages(200, count);
+        let total: usize = m.iter().map(|x| count(&x.content) + 8).sum();
+        assert!(total <= 200 + 8, "the summary counts against the budget: {total}");
+        assert!(m[0].content.contains("a morning routine"), "{}", m[0].content);
+        c.set_earlier(Some("  ".into()));
+        assert!(c.messages(200, count)[0].content.ends_with("are not shown.)"));
     }
 
     #[test]

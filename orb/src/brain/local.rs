@@ -63,15 +63,23 @@ pub struct LocalConfig {
 
 pub struct LocalBrain {
     config: LocalConfig,
-    /// The language model once loaded, shared with the summarizer.
-    llm: Arc<OnceLock<Arc<LanguageModel>>>,
+    shared: Arc<Shared>,
+}
+
+/// What the answering side and the summarizer share.
+#[derive(Default)]
+struct Shared {
+    /// The language model once loaded.
+    llm: OnceLock<Arc<LanguageModel>>,
+    /// The rolling summary's latest text: what the answers' context keeps of the lines it drops.
+    earlier: std::sync::Mutex<Option<String>>,
 }
 
 impl LocalBrain {
     pub fn new(config: LocalConfig) -> Self {
         Self {
             config,
-            llm: Arc::new(OnceLock::new()),
+            shared: Arc::default(),
         }
     }
 }
@@ -82,11 +90,13 @@ impl Brain for LocalBrain {
     }
 
     fn summarizer(&self) -> Arc<dyn Summarizer> {
-        Arc::new(LocalSummarizer { llm: self.llm.clone() })
+        Arc::new(LocalSummarizer {
+            shared: self.shared.clone(),
+        })
     }
 
     fn run(self: Box<Self>, io: BrainIo) -> BoxFuture<'static, Result<(), BrainError>> {
-        run(self.config, self.llm, io).boxed()
+        run(self.config, self.shared, io).boxed()
     }
 }
 
@@ -155,11 +165,7 @@ struct Playing {
     interrupted: bool,
 }
 
-async fn run(
-    config: LocalConfig,
-    llm_slot: Arc<OnceLock<Arc<LanguageModel>>>,
-    mut io: BrainIo,
-) -> Result<(), BrainError> {
+async fn run(config: LocalConfig, shared: Arc<Shared>, mut io: BrainIo) -> Result<(), BrainError> {
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(256);
     let cancelled = Arc::new(AtomicU64::new(0));
@@ -169,7 +175,7 @@ async fn run(
         let cancelled = cancelled.clone();
         std::thread::Builder::new()
             .name("orb-local-brain".into())
-            .spawn(move || worker(config, llm_slot, job_rx, done_tx, cancelled, loaded_tx))
+            .spawn(move || worker(config, shared, job_rx, done_tx, cancelled, loaded_tx))
             .map_err(|e| BrainError::Failed(format!("cannot start the model thread: {e}")))?;
     }
     match loaded_rx.await {
@@ -291,7 +297,7 @@ fn load(config: &LocalConfig) -> Result<Models, String> {
 /// The model thread: one job at a time, in order.
 fn worker(
     config: LocalConfig,
-    llm_slot: Arc<OnceLock<Arc<LanguageModel>>>,
+    shared: Arc<Shared>,
     jobs: std::sync::mpsc::Receiver<Job>,
     done: mpsc::Sender<Done>,
     cancelled: Arc<AtomicU64>,
@@ -304,7 +310,7 @@ fn worker(
             return;
         }
     };
-    let _ = llm_slot.set(models.llm.clone());
+    let _ = shared.llm.set(models.llm.clone());
     let _ = loaded.send(Ok(()));
     let event = |e| done.blocking_send(Done::Event(e)).is_ok();
     let mut conversation = Conversation::new(config.instructions.clone(), config.names.clone(), config.policy);
@@ -357,6 +363,7 @@ fn worker(
                 }
                 answers += 1;
                 event(BrainEvent::Status(AiStatus::Processing));
+                conversation.set_earlier(shared.earlier.lock().unwrap_or_else(|e| e.into_inner()).clone());
                 let sentences = answer(
                     &config,
                     &mut models,
@@ -484,7 +491,7 @@ fn strip_speaker_label(text: &str) -> &str {
 /// Summaries written by the local language model, held to the summary's JSON shape by a
 /// grammar (a small model writes valid JSON only when it cannot do otherwise).
 pub struct LocalSummarizer {
-    llm: Arc<OnceLock<Arc<LanguageModel>>>,
+    shared: Arc<Shared>,
 }
 
 /// GBNF of [`SummaryContent`], kept short: the session's last step must be written within the
@@ -502,7 +509,7 @@ const SUMMARY_MAX_TOKENS: usize = 240;
 
 impl Summarizer for LocalSummarizer {
     fn summarize<'a>(&'a self, request: SummaryRequest<'a>) -> BoxFuture<'a, Result<SummaryContent, SummaryError>> {
-        let Some(llm) = self.llm.get().cloned() else {
+        let Some(llm) = self.shared.llm.get().cloned() else {
             return futures::future::ready(Err(SummaryError::Unreachable(
                 "the local language model is not loaded".into(),
             )))
@@ -523,10 +530,20 @@ impl Summarizer for LocalSummarizer {
             let content: SummaryContent =
                 serde_json::from_str(&json).map_err(|e| SummaryError::Invalid(format!("{e}: {json}")))?;
             content.check().map_err(|e| SummaryError::Invalid(e.to_string()))?;
+            *self.shared.earlier.lock().unwrap_or_else(|e| e.into_inner()) = Some(earlier_text(&content));
             Ok(content)
         }
         .boxed()
     }
+}
+
+/// The rolling summary as a line of the answers' context.
+fn earlier_text(content: &SummaryContent) -> String {
+    format!(
+        "topics: {}; progress: {}",
+        content.key_topics.join(", "),
+        content.progress
+    )
 }
 
 #[cfg(test)]

@@ -43,6 +43,20 @@ pub enum AiStatus {
     Ended,
 }
 
+impl AiStatus {
+    /// Every status, in the order of a session.
+    pub const ALL: [AiStatus; 8] = [
+        AiStatus::Queued,
+        AiStatus::Starting,
+        AiStatus::Ready,
+        AiStatus::Listening,
+        AiStatus::Processing,
+        AiStatus::Speaking,
+        AiStatus::Unavailable,
+        AiStatus::Ended,
+    ];
+}
+
 /// A peer as listed in `peer-discovery`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

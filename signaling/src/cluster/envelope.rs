@@ -142,17 +142,6 @@ mod tests {
 
     use super::*;
 
-    const STATUSES: [AiStatus; 8] = [
-        AiStatus::Queued,
-        AiStatus::Starting,
-        AiStatus::Ready,
-        AiStatus::Listening,
-        AiStatus::Processing,
-        AiStatus::Speaking,
-        AiStatus::Unavailable,
-        AiStatus::Ended,
-    ];
-
     fn target() -> impl Strategy<Value = Target> {
         prop_oneof![
             Just(Target::All),
@@ -171,9 +160,9 @@ mod tests {
             room in any::<String>(),
             to in target(),
             text in any::<String>(),
-            status in proptest::option::of(0..STATUSES.len()),
+            status in proptest::option::of(0..AiStatus::ALL.len()),
         ) {
-            let event = Event::Deliver { room, to, text, ai_status: status.map(|i| STATUSES[i]) };
+            let event = Event::Deliver { room, to, text, ai_status: status.map(|i| AiStatus::ALL[i]) };
             let payload = encode(&event);
             prop_assert_eq!(decode(&payload), Ok(event));
         }

@@ -140,17 +140,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-const STATUSES: [AiStatus; 8] = [
-    AiStatus::Queued,
-    AiStatus::Starting,
-    AiStatus::Ready,
-    AiStatus::Listening,
-    AiStatus::Processing,
-    AiStatus::Speaking,
-    AiStatus::Unavailable,
-    AiStatus::Ended,
-];
-
 struct Conn {
     handle: ConnHandle,
     rx: ConnReceivers,
@@ -245,12 +234,12 @@ impl Harness {
             Op::OrbStatus { conn, status } => {
                 if let Some(room) = &self.conns[conn].room {
                     self.registry
-                        .orb_status(room, self.conns[conn].handle.id, STATUSES[status as usize], None);
+                        .orb_status(room, self.conns[conn].handle.id, AiStatus::ALL[status as usize], None);
                 }
             }
             Op::RuntimeStatus { room, status } => {
                 self.registry
-                    .runtime_status(&format!("room{room}"), STATUSES[status as usize]);
+                    .runtime_status(&format!("room{room}"), AiStatus::ALL[status as usize]);
             }
             Op::Read { conn } => {
                 while let Ok(out) = self.conns[conn].rx.outbound.try_recv() {
