@@ -3,8 +3,9 @@
 //! A relayed frame (`Deliver`, nearly all the traffic) goes in a compact envelope: its fields
 //! length-prefixed and the frame's text appended as it is, so a relay costs neither escaping the
 //! frame into a JSON string nor unescaping it out again. Membership events (`Joined`, `Left`,
-//! written by the Lua scripts) and `Activity` stay JSON; a JSON `Deliver` (what replicas before
-//! the compact envelope sent) is still read.
+//! written by the Lua scripts) and `Activity` stay JSON, and every event is also readable as
+//! JSON: a replica sends the compact envelope only to replicas registered as its readers, JSON to
+//! the others (replicas of a version before it, during a rolling upgrade).
 //!
 //! ```text
 //! D <room len>:<room> <target> <status> <frame text>      (without the spaces)
@@ -42,7 +43,7 @@ pub fn encode(event: &Event) -> String {
         ai_status,
     } = event
     else {
-        return serde_json::to_string(event).expect("events always serialise");
+        return encode_json(event);
     };
     let mut out = String::with_capacity(text.len() + room.len() + 32);
     out.push(DELIVER);
@@ -69,6 +70,11 @@ pub fn encode(event: &Event) -> String {
     }
     out.push_str(text);
     out
+}
+
+/// The inbox payload of `event` for a replica that reads only JSON.
+pub fn encode_json(event: &Event) -> String {
+    serde_json::to_string(event).expect("events always serialise")
 }
 
 /// The event in an inbox payload.

@@ -52,6 +52,10 @@ fn replica_rooms_key(replica: &str) -> String {
 }
 const EPOCH_KEY: &str = "orb:epoch";
 const REPLICAS_KEY: &str = "orb:replicas";
+/// The replicas that read the compact envelope ([`envelope`]): each adds itself on every
+/// heartbeat; the others get JSON, so replicas of an older version keep reading their inbox
+/// through a rolling upgrade.
+const COMPACT_READERS_KEY: &str = "orb:compact-readers";
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
@@ -194,6 +198,8 @@ pub struct Cluster {
     resyncs_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     scripts: Scripts,
     metrics: Arc<Metrics>,
+    /// The replicas known to read the compact envelope, as of the last sweep.
+    compact_readers: Mutex<HashSet<String>>,
 }
 
 impl Cluster {
@@ -217,6 +223,7 @@ impl Cluster {
             resyncs_rx: Mutex::new(Some(resyncs_rx)),
             scripts: Scripts::new(),
             metrics,
+            compact_readers: Mutex::default(),
         })
     }
 
@@ -322,7 +329,16 @@ impl Cluster {
 
     /// Sends `event` to another replica's inbox.
     pub fn publish(&self, replica: &str, event: &Event) {
-        let payload = envelope::encode(event);
+        let compact = self
+            .compact_readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(replica);
+        let payload = if compact {
+            envelope::encode(event)
+        } else {
+            envelope::encode_json(event)
+        };
         self.queue(Op::Publish {
             replica: replica.to_owned(),
             payload,
@@ -335,7 +351,8 @@ impl Cluster {
         self.queue(Op::SetStatus {
             room: room.to_owned(),
             status,
-            event: envelope::encode(event),
+            // The script tells every replica in the room at once: JSON, which all of them read.
+            event: envelope::encode_json(event),
         });
     }
 
@@ -616,6 +633,10 @@ impl Cluster {
                 warn!("this replica was swept as dead (liveness expired); restoring its members");
                 self.restore.notify_one();
             }
+            let registered: redis::RedisResult<()> = con.sadd(COMPACT_READERS_KEY, &self.replica).await;
+            if let Err(e) = registered {
+                debug!(error = %e, "could not register as a compact-envelope reader");
+            }
             if let Err(e) = self.sweep(&mut con, &state, &mut missing_since).await {
                 debug!(error = %e, "sweep failed");
             }
@@ -628,6 +649,8 @@ impl Cluster {
         state: &AppState,
         missing_since: &mut HashMap<String, Instant>,
     ) -> redis::RedisResult<()> {
+        let readers: HashSet<String> = con.smembers(COMPACT_READERS_KEY).await?;
+        *self.compact_readers.lock().unwrap_or_else(|e| e.into_inner()) = readers;
         let mut replicas: HashSet<String> = con.smembers(REPLICAS_KEY).await?;
         replicas.extend(state.registry.remote_replicas());
         replicas.remove(&self.replica);
@@ -651,6 +674,7 @@ impl Cluster {
             if reaped > 0 {
                 info!(%replica, members = reaped, "swept a replica that stopped refreshing its liveness");
             }
+            let _: i64 = con.srem(COMPACT_READERS_KEY, &replica).await?;
             missing.insert(replica);
         }
         // A replica counts as gone from when it was first seen missing, until it is back or
@@ -769,5 +793,45 @@ mod tests {
         let mut rx = cluster.ops_rx.lock().unwrap().take().unwrap();
         cluster.dequeued(rx.try_recv().unwrap());
         assert!(cluster.queue(publish()));
+    }
+
+    /// A replica that registered as a compact-envelope reader gets the compact envelope; any
+    /// other (one of an older version, or one not seen by a sweep yet) gets JSON, which every
+    /// version reads. The orb's status, told to a whole room by a script, is JSON.
+    #[tokio::test]
+    async fn the_compact_envelope_goes_only_to_replicas_that_read_it() {
+        let settings = RedisSettings {
+            url: "redis://127.0.0.1:1".into(),
+            replica_id: "r".into(),
+        };
+        let cluster = Cluster::new(&settings, Metrics::shared()).unwrap();
+        cluster.compact_readers.lock().unwrap().insert("new".into());
+        let event = Event::Deliver {
+            room: "room".into(),
+            to: super::super::Target::All,
+            text: r#"{"type":"offer"}"#.into(),
+            ai_status: None,
+        };
+        cluster.publish("new", &event);
+        cluster.publish("old", &event);
+        cluster.set_status("room", AiStatus::Ready, &event);
+        let mut rx = cluster.ops_rx.lock().unwrap().take().unwrap();
+        let mut payloads = vec![];
+        while let Ok(op) = rx.try_recv() {
+            match op {
+                Op::Publish { replica, payload } => payloads.push((replica, payload)),
+                Op::SetStatus { event, .. } => payloads.push(("room".into(), event)),
+                _ => unreachable!(),
+            }
+        }
+        assert_eq!(payloads[0].0, "new");
+        assert!(payloads[0].1.starts_with('D'), "{}", payloads[0].1);
+        for (to, payload) in &payloads[1..] {
+            let json: serde_json::Value = serde_json::from_str(payload).unwrap_or_else(|e| panic!("{to}: {e}"));
+            assert_eq!(json["k"], "deliver");
+        }
+        for (_, payload) in payloads {
+            assert_eq!(envelope::decode(&payload), Ok(event.clone()));
+        }
     }
 }

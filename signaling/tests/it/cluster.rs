@@ -194,18 +194,49 @@ async fn simultaneous_first_joins_on_three_replicas_ask_for_one_orb() {
     assert_eq!(rooms, ["a", "b", "c", "d", "e", "f", "g", "h"], "one request per room");
 }
 
+/// In order, both before the replicas know each other as compact-envelope readers (JSON
+/// between them) and after (the compact envelope), frames with quotes, escapes and Unicode intact.
 #[tokio::test]
 async fn one_sender_s_relays_arrive_in_order_across_replicas() {
     let s = start_replicas(2, &["--max-messages-per-second", "100000"]).await;
     let (mut a, _) = s.join_at(0, "r", "a", "coach").await;
     let (mut b, _) = s.join_at(1, "r", "b", "client").await;
     a.recv_type("user-joined").await;
+    relay_in_order(&mut a, &mut b, 0).await;
+    // Two heartbeats: each replica registered, and each swept (and so read the other's entry).
+    let port = s.redis.as_ref().unwrap().port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port, "SMEMBERS", "orb:compact-readers"])
+            .output()
+            .expect("redis-cli (the Debian package redis-tools)");
+        let readers = String::from_utf8_lossy(&out.stdout).into_owned();
+        if readers.contains("replica-0") && readers.contains("replica-1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicas never registered: {readers}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(signaling_heartbeat() * 2).await;
+    relay_in_order(&mut a, &mut b, 1).await;
+}
+
+fn signaling_heartbeat() -> Duration {
+    orb_signaling::cluster::HEARTBEAT_INTERVAL
+}
+
+/// `a` sends `b` 500 candidates (quotes, escapes, Unicode in them), `b` answers everyone.
+async fn relay_in_order(a: &mut Client, b: &mut Client, round: usize) {
+    let sdp = |i: usize| format!("v=0\r\n\"{round}:{i}\" \u{00e9}");
     for i in 0..500 {
-        a.send(json!({"type": "ice-candidate", "toId": "b", "candidate": {"n": i}}))
+        a.send(json!({"type": "ice-candidate", "toId": "b", "candidate": {"n": i, "sdp": sdp(i)}}))
             .await;
     }
     for i in 0..500 {
-        assert_eq!(b.recv().await["candidate"]["n"], i);
+        let got = b.recv().await;
+        assert_eq!(got["candidate"]["n"], i);
+        assert_eq!(got["candidate"]["sdp"], sdp(i));
     }
     b.send(json!({"type": "answer", "answer": {"n": "broadcast"}})).await;
     assert_eq!(a.recv().await["fromId"], "b", "a broadcast crosses replicas too");
