@@ -31,6 +31,10 @@ pub const MAX_DURATION_SECONDS: i64 = 86_400;
 /// The longest `spec.purpose`, in characters: a line or a short paragraph, never a document.
 pub const MAX_PURPOSE_CHARS: usize = 1000;
 
+/// The longest `spec.sessionId`, `spec.coachId` and `spec.clientId`, in characters (as the
+/// schema counts them).
+pub const MAX_ID_CHARS: usize = 256;
+
 /// Desired state of an AI orb: which room it serves and its optional limits. Unset limits take the
 /// operator's configured defaults.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -67,15 +71,15 @@ pub struct AiOrbSpec {
     /// Without one, the session is the room's current call: it ends when an orb of it finishes
     /// `RoomCleanup`, `SessionComplete` or `Deleted`, and the room's next AiOrb starts afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = MAX_ID_CHARS))]
     pub session_id: Option<String>,
     /// The coach's user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = MAX_ID_CHARS))]
     pub coach_id: Option<String>,
     /// The client's user id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = MAX_ID_CHARS))]
     pub client_id: Option<String>,
     /// What the session is for, in the app's words (e.g. "Quarterly goals review"), at most 1000
     /// characters. The orb's model gets it as context of the session, together with the coach's

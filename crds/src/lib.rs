@@ -10,7 +10,7 @@ pub mod ice;
 pub mod naming;
 
 pub use aiorb::{
-    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, MAX_PURPOSE_CHARS, OPERATOR_FIELD_MANAGER,
+    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, MAX_ID_CHARS, MAX_PURPOSE_CHARS, OPERATOR_FIELD_MANAGER,
     OrbPhase, PodStart, SIGNALING_FIELD_MANAGER, TerminationReason, UNFINISHED_SELECTOR, condition,
 };
 

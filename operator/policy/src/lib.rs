@@ -28,7 +28,7 @@ pub use session::{
 use std::time::Duration;
 
 use orb_api::duration::after;
-use orb_api::{AiOrbSpec, MAX_DURATION_SECONDS, MAX_PURPOSE_CHARS, naming};
+use orb_api::{AiOrbSpec, MAX_DURATION_SECONDS, MAX_ID_CHARS, MAX_PURPOSE_CHARS, naming};
 
 /// The seed's force-kill after 10 s: the orb gets this long to say goodbye on SIGTERM.
 pub const TERMINATION_GRACE_SECONDS: i64 = 10;
@@ -116,9 +116,6 @@ pub enum SpecError {
     TooLong { field: &'static str, max: usize },
 }
 
-/// The longest session, coach and client id accepted (the CRD schema's limit).
-pub const MAX_ID_LEN: usize = 256;
-
 /// What the schema enforces, checked again: an AiOrb can reach the operator without the schema
 /// (an older CRD, a bypassing client), and a bad spec must end as `Failed/InvalidSpec`, not a crash.
 pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
@@ -145,11 +142,11 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
         ("spec.coachId", &spec.coach_id),
         ("spec.clientId", &spec.client_id),
     ] {
-        if value.as_ref().is_some_and(|v| v.len() > MAX_ID_LEN) {
-            return Err(SpecError::TooLong { field, max: MAX_ID_LEN });
+        // Characters, as the schema counts them: ids and free text are often not ASCII.
+        if value.as_ref().is_some_and(|v| v.chars().count() > MAX_ID_CHARS) {
+            return Err(SpecError::TooLong { field, max: MAX_ID_CHARS });
         }
     }
-    // Characters, as the schema counts them: free text is often not ASCII.
     if spec
         .purpose
         .as_ref()

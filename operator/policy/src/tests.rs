@@ -915,6 +915,20 @@ fn a_purpose_is_bounded_in_characters_not_bytes() {
     assert_eq!(e.to_string(), "spec.purpose: longer than 1000 characters");
 }
 
+/// The ids are bounded as the schema bounds them, in characters: an id of 256 non-ASCII
+/// characters passes both (in bytes it once passed the schema and was refused here).
+#[test]
+fn ids_are_bounded_in_characters_not_bytes() {
+    let coach = |id: String| AiOrbSpec {
+        room_id: "r".into(),
+        coach_id: Some(id),
+        ..Default::default()
+    };
+    assert!(validate_spec(&coach("Zoë".repeat(MAX_ID_CHARS / 3) + "ü")).is_ok());
+    let e = validate_spec(&coach("x".repeat(MAX_ID_CHARS + 1))).unwrap_err();
+    assert_eq!(e.to_string(), "spec.coachId: longer than 256 characters");
+}
+
 #[test]
 fn the_session_context_reaches_the_orbs_args_and_its_assignment() {
     let spec = AiOrbSpec {
