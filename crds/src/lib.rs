@@ -10,8 +10,9 @@ pub mod ice;
 pub mod naming;
 
 pub use aiorb::{
-    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, MAX_ID_CHARS, MAX_PURPOSE_CHARS, OPERATOR_FIELD_MANAGER,
-    OrbPhase, PodStart, SIGNALING_FIELD_MANAGER, TerminationReason, UNFINISHED_SELECTOR, condition,
+    AiOrb, AiOrbSpec, AiOrbStatus, FINISHED_LABEL, MAX_DURATION_SECONDS, MAX_ID_CHARS, MAX_PURPOSE_CHARS,
+    OPERATOR_FIELD_MANAGER, OrbPhase, PodStart, SIGNALING_FIELD_MANAGER, TerminationReason, UNFINISHED_SELECTOR,
+    condition,
 };
 
 use kube::CustomResourceExt;

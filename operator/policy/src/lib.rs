@@ -144,7 +144,10 @@ pub fn validate_spec(spec: &AiOrbSpec) -> Result<(), SpecError> {
     ] {
         // Characters, as the schema counts them: ids and free text are often not ASCII.
         if value.as_ref().is_some_and(|v| v.chars().count() > MAX_ID_CHARS) {
-            return Err(SpecError::TooLong { field, max: MAX_ID_CHARS });
+            return Err(SpecError::TooLong {
+                field,
+                max: MAX_ID_CHARS,
+            });
         }
     }
     if spec
