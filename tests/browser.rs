@@ -19,7 +19,8 @@ use fantoccini::Locator;
 use futures::{SinkExt, StreamExt};
 use orb_api::auth::{Role, RoomClaims, SigningKey, unix_now};
 use pages::{
-    PATIENCE, Page, Pages, chromium, peer_state, scenario, wait_connected, wait_for, wait_orb_audio, webdriver_session,
+    PATIENCE, Page, Pages, chromium, peer_state, scenario, wait_connected, wait_for, wait_for_within, wait_orb_audio,
+    webdriver_session,
 };
 use serde_json::{Value, json};
 use support::{Process, free_port, root, tool, workspace_bin};
@@ -574,6 +575,16 @@ async fn people_talking_keep_their_orb_and_silence_ends_it() {
 
 /// A WAV for a fake microphone: `text` spoken by espeak-ng (none: silence), then `pause` of
 /// silence; Chromium loops it.
+/// [`wait_for`] a step that runs language and speech models on the CPU: on a 2-core machine busy
+/// with other tests one answer has taken over 100 s, so only a hang is given up on.
+async fn wait_for_models<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for_within(what, Duration::from_secs(420), f).await
+}
+
 fn mic_wav(dir: &Path, name: &str, text: Option<&str>, pause: Duration) -> String {
     let mut pcm = text
         .map(|t| orb::testkit::speech::espeak(t, "en-us").unwrap())
@@ -632,7 +643,7 @@ async fn the_local_brain_answers_a_question_asked_in_the_browser() {
         let room = "browser-local-brain";
         let (coach, client, _, coach_id, client_id) = join_with_mics(stack_ref, &pages, room, &quiet, &question).await;
         for page in [&client, &coach] {
-            wait_for(&format!("{}: the orb's answer heard", page.name), || async {
+            wait_for_models(&format!("{}: the orb's answer heard", page.name), || async {
                 let level = page.js("return window.orbCall.audioLevel").await.as_f64()?;
                 (level > 0.05).then_some(())
             })
@@ -641,7 +652,7 @@ async fn the_local_brain_answers_a_question_asked_in_the_browser() {
         // The answer ends (the orb's line is in the transcript once it is spoken): two quiet
         // seconds on the client's page.
         let quiet_since = std::sync::Mutex::new(None::<Instant>);
-        wait_for("client: the orb's answer finished", || async {
+        wait_for_models("client: the orb's answer finished", || async {
             let level = client.js("return window.orbCall.audioLevel").await.as_f64()?;
             let mut since = quiet_since.lock().unwrap();
             if level > 0.01 {
@@ -653,7 +664,7 @@ async fn the_local_brain_answers_a_question_asked_in_the_browser() {
         .await;
         // The local model summarises as the call goes: the question and the answer are in a
         // summary step before the humans leave.
-        wait_for("the orb's summary of the call so far", || async {
+        wait_for_models("the orb's summary of the call so far", || async {
             stack_ref.orb_log(room).contains("summary written so far").then_some(())
         })
         .await;
@@ -666,7 +677,7 @@ async fn the_local_brain_answers_a_question_asked_in_the_browser() {
                 .await
                 .unwrap();
         }
-        let summary = wait_for("the session's summary", || async {
+        let summary = wait_for_models("the session's summary", || async {
             let entry = std::fs::read_dir(&summaries)
                 .ok()?
                 .flatten()

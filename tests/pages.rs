@@ -105,7 +105,16 @@ impl Page {
 }
 
 /// Polls `f` until it returns `Some`; panics with `what` after [`PATIENCE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_within(what, PATIENCE, f).await
+}
+
+/// [`wait_for`] with its own patience.
+pub async fn wait_for_within<T, F, Fut>(what: &str, patience: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -115,7 +124,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(started.elapsed() < PATIENCE, "gave up waiting for {what}");
+        assert!(started.elapsed() < patience, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use orb_api::{AiOrb, AiOrbSpec, OrbPhase, TerminationReason};
@@ -43,6 +43,31 @@ async fn wait_phase(orbs: &Api<AiOrb>, name: &str, phase: OrbPhase) -> AiOrb {
         (orb.status.as_ref().and_then(|s| s.phase) == Some(phase)).then_some(orb)
     })
     .await
+}
+
+/// The AiOrb `name` in `phase`, read from a watch that replays every change after `since` (a
+/// version it had): a state the AiOrb passes through and leaves soon (a finished orb deleted after
+/// a short TTL) is seen however late this looks.
+async fn wait_phase_after(orbs: &Api<AiOrb>, since: &AiOrb, phase: OrbPhase) -> AiOrb {
+    if since.status.as_ref().and_then(|s| s.phase) == Some(phase) {
+        return since.clone();
+    }
+    let name = since.name_any();
+    let version = since.resource_version().expect("a stored AiOrb has a version");
+    let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let found = tokio::time::timeout(std::time::Duration::from_secs(180), async {
+        let mut events = orbs.watch(&params, &version).await.unwrap().boxed();
+        while let Some(event) = events.next().await {
+            if let WatchEvent::Added(orb) | WatchEvent::Modified(orb) = event.unwrap()
+                && orb.status.as_ref().and_then(|s| s.phase) == Some(phase)
+            {
+                return orb;
+            }
+        }
+        panic!("the watch of {name} ended before it was {phase:?}");
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("timed out waiting until {name} is {phase:?}"))
 }
 
 /// Signaling's apply of the summary's delivery state, as its store writes it.
@@ -155,7 +180,7 @@ async fn a_rooms_next_call_starts_a_fresh_budget_and_a_call_past_its_lifetime_do
     let first = wait_phase(&orbs, "room-a", OrbPhase::Starting).await;
     report_presence(&admin, NS, "room-a", 2).await;
     report_presence(&admin, NS, "room-a", 0).await;
-    let ended = wait_phase(&orbs, "room-a", OrbPhase::Succeeded).await;
+    let ended = wait_phase_after(&orbs, &first, OrbPhase::Succeeded).await;
     assert_eq!(
         ended.status.unwrap().termination_reason,
         Some(TerminationReason::RoomCleanup)
@@ -173,16 +198,16 @@ async fn a_rooms_next_call_starts_a_fresh_budget_and_a_call_past_its_lifetime_do
         ..spec("room-b")
     };
     create_orb(&admin, NS, "room-b", short.clone()).await;
-    wait_phase(&orbs, "room-b", OrbPhase::Starting).await;
+    let starting = wait_phase(&orbs, "room-b", OrbPhase::Starting).await;
     report_presence(&admin, NS, "room-b", 2).await;
-    let expired = wait_phase(&orbs, "room-b", OrbPhase::Succeeded).await;
+    let expired = wait_phase_after(&orbs, &starting, OrbPhase::Succeeded).await;
     assert_eq!(
         expired.status.as_ref().unwrap().termination_reason,
         Some(TerminationReason::MaxLifetime)
     );
     let again = recreate(&orbs, &admin, "room-b", short).await;
     assert_eq!(budget_start(&again), budget_start(&expired));
-    let ended = wait_phase(&orbs, "room-b", OrbPhase::Succeeded).await;
+    let ended = wait_phase_after(&orbs, &again, OrbPhase::Succeeded).await;
     assert_eq!(
         ended.status.unwrap().termination_reason,
         Some(TerminationReason::MaxLifetime)
