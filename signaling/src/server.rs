@@ -523,7 +523,7 @@ impl Server {
                     }
                     OrbEvent::Listed { orb_uids } => {
                         tokio::spawn(async move {
-                            match state.summaries.finish_checkpoints_of_unlisted_orbs(&orb_uids).await {
+                            match state.summaries.finish_checkpoints_of_unlisted_orbs(orb_uids).await {
                                 Ok(0) => {}
                                 Ok(n) => info!(
                                     summaries = n,

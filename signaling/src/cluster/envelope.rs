@@ -108,8 +108,8 @@ pub fn decode(payload: &str) -> Result<Event, EnvelopeError> {
 }
 
 fn field(out: &mut String, value: &str) {
-    out.push_str(&value.len().to_string());
-    out.push(':');
+    use std::fmt::Write;
+    let _ = write!(out, "{}:", value.len());
     out.push_str(value);
 }
 

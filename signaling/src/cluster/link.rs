@@ -53,7 +53,7 @@ fn replica_rooms_key(replica: &str) -> String {
 const EPOCH_KEY: &str = "orb:epoch";
 const REPLICAS_KEY: &str = "orb:replicas";
 /// The replicas that read the compact envelope ([`envelope`]): each adds itself on every
-/// heartbeat; the others get JSON, so replicas of an older version keep reading their inbox
+/// heartbeat and a swept one is removed (both in the scripts); the others get JSON, so replicas of an older version keep reading their inbox
 /// through a rolling upgrade.
 const COMPACT_READERS_KEY: &str = "orb:compact-readers";
 
@@ -605,6 +605,7 @@ impl Cluster {
                 .key(EPOCH_KEY)
                 .key(liveness_key(&self.replica))
                 .key(REPLICAS_KEY)
+                .key(COMPACT_READERS_KEY)
                 .arg(&fresh_epoch)
                 .arg(&self.replica)
                 .arg(LIVENESS_TTL.as_millis() as u64)
@@ -632,10 +633,6 @@ impl Cluster {
             } else if previous.as_deref() != Some(epoch.as_str()) {
                 warn!("this replica was swept as dead (liveness expired); restoring its members");
                 self.restore.notify_one();
-            }
-            let registered: redis::RedisResult<()> = con.sadd(COMPACT_READERS_KEY, &self.replica).await;
-            if let Err(e) = registered {
-                debug!(error = %e, "could not register as a compact-envelope reader");
             }
             if let Err(e) = self.sweep(&mut con, &state, &mut missing_since).await {
                 debug!(error = %e, "sweep failed");
@@ -666,6 +663,7 @@ impl Cluster {
                 .key(liveness_key(&replica))
                 .key(replica_rooms_key(&replica))
                 .key(REPLICAS_KEY)
+                .key(COMPACT_READERS_KEY)
                 .arg(inbox_prefix())
                 .arg(room_key(""))
                 .arg(&replica)
@@ -674,7 +672,6 @@ impl Cluster {
             if reaped > 0 {
                 info!(%replica, members = reaped, "swept a replica that stopped refreshing its liveness");
             }
-            let _: i64 = con.srem(COMPACT_READERS_KEY, &replica).await?;
             missing.insert(replica);
         }
         // A replica counts as gone from when it was first seen missing, until it is back or

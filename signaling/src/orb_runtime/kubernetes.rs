@@ -263,28 +263,30 @@ async fn watch_phases(api: Api<AiOrb>, watched: Watched, events: OrbEvents) {
     // The uids of a (re)list in progress: a deletion during a gap in the watch comes as no event.
     let mut listing: HashSet<String> = HashSet::new();
     while let Some(event) = stream.next().await {
-        match event {
-            Ok(Event::Apply(orb)) => {
-                watched.observe(&orb, false, &events);
-                ends.observe(&orb, false, &events);
-            }
+        let (orb, deleted) = match event {
+            Ok(Event::Apply(orb)) => (orb, false),
             Ok(Event::InitApply(orb)) => {
                 listing.extend(orb.uid());
-                watched.observe(&orb, false, &events);
-                ends.observe(&orb, false, &events);
+                (orb, false)
             }
-            Ok(Event::Delete(orb)) => {
-                watched.observe(&orb, true, &events);
-                ends.observe(&orb, true, &events);
+            Ok(Event::Delete(orb)) => (orb, true),
+            Ok(Event::Init) => {
+                listing.clear();
+                continue;
             }
-            Ok(Event::Init) => listing.clear(),
             Ok(Event::InitDone) => {
                 let listed = std::mem::take(&mut listing);
                 ends.reported.retain(|uid| listed.contains(uid));
                 events.listed(listed);
+                continue;
             }
-            Err(e) => warn!(error = %e, "AiOrb watch failed; retrying"),
-        }
+            Err(e) => {
+                warn!(error = %e, "AiOrb watch failed; retrying");
+                continue;
+            }
+        };
+        watched.observe(&orb, deleted, &events);
+        ends.observe(&orb, deleted, &events);
     }
 }
 

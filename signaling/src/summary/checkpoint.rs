@@ -42,7 +42,7 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// A store that keeps no owners has none.
     fn rooms_of_unlisted_orbs(
         &self,
-        orb_uids: &HashSet<String>,
+        orb_uids: HashSet<String>,
     ) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
         let _ = orb_uids;
         Box::pin(async { Ok(Vec::new()) })

@@ -470,11 +470,11 @@ impl super::checkpoint::CheckpointStore for KubeCheckpoints {
 
     fn rooms_of_unlisted_orbs(
         &self,
-        orb_uids: &HashSet<String>,
+        orb_uids: HashSet<String>,
     ) -> BoxFuture<'_, Result<Vec<(String, String)>, StoreError>> {
-        let orb_uids = orb_uids.clone();
         Box::pin(async move {
-            let selector = format!("app.kubernetes.io/managed-by={SIGNALING_FIELD_MANAGER}");
+            // Signaling's ConfigMaps without a summary's state: the checkpoints.
+            let selector = format!("app.kubernetes.io/managed-by={SIGNALING_FIELD_MANAGER},!{STATE_LABEL}");
             let mut rooms = Vec::new();
             for cm in list_metadata(&self.config_maps, &selector).await? {
                 let name = cm.name_any();

@@ -505,31 +505,34 @@ impl Summaries {
     /// a later call is handed one.
     pub async fn finish_leftover_checkpoints(&self) -> Result<usize, StoreError> {
         let Some(store) = &self.checkpoints else { return Ok(0) };
-        let mut stored = 0;
-        for room in store.orphaned_rooms().await? {
-            if self
-                .orb_gone(&room, None, "signaling stopped while the orb was running")
-                .await?
-                .is_some()
-            {
-                stored += 1;
-            }
-        }
-        Ok(stored)
+        let rooms = store.orphaned_rooms().await?.into_iter().map(|room| (room, None));
+        self.finish_checkpoints(rooms, "signaling stopped while the orb was running")
+            .await
     }
 
     /// After the runtime listed every orb there is (`orb_uids`): the checkpoint of each orb not
     /// among them (its AiOrb was deleted while no replica watched) becomes its session's partial
     /// summary. Returns how many were stored.
-    pub async fn finish_checkpoints_of_unlisted_orbs(&self, orb_uids: &HashSet<String>) -> Result<usize, StoreError> {
+    pub async fn finish_checkpoints_of_unlisted_orbs(&self, orb_uids: HashSet<String>) -> Result<usize, StoreError> {
         let Some(store) = &self.checkpoints else { return Ok(0) };
+        let rooms = store.rooms_of_unlisted_orbs(orb_uids).await?.into_iter();
+        self.finish_checkpoints(
+            rooms.map(|(room, owner)| (room, Some(owner))),
+            "its AiOrb was gone before signaling saw it end",
+        )
+        .await
+    }
+
+    /// [`Summaries::orb_gone`] for each `(room, owner)`; returns how many partial summaries were
+    /// stored.
+    async fn finish_checkpoints(
+        &self,
+        rooms: impl Iterator<Item = (String, Option<String>)>,
+        why: &str,
+    ) -> Result<usize, StoreError> {
         let mut stored = 0;
-        for (room, owner) in store.rooms_of_unlisted_orbs(orb_uids).await? {
-            if self
-                .orb_gone(&room, Some(&owner), "its AiOrb was gone before signaling saw it end")
-                .await?
-                .is_some()
-            {
+        for (room, owner) in rooms {
+            if self.orb_gone(&room, owner.as_deref(), why).await?.is_some() {
                 stored += 1;
             }
         }

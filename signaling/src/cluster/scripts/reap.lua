@@ -1,5 +1,6 @@
 -- Removes every member of a replica whose liveness key expired, telling the other replicas.
--- KEYS[1] the dead replica's liveness key, KEYS[2] its room set, KEYS[3] the replica set.
+-- KEYS[1] the dead replica's liveness key, KEYS[2] its room set, KEYS[3] the replica set,
+-- KEYS[4] the set of replicas that read the compact envelope.
 -- ARGV: inbox channel prefix, room key prefix, dead replica id.
 -- Idempotent: several replicas may sweep at once; only the first finds anything.
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
@@ -21,4 +22,5 @@ for _, room_id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('SREM', KEYS[4], ARGV[3])
 return removed
